@@ -1,0 +1,176 @@
+//! Errors: the request-path [`Error`] with its one status mapping, and [`StartupError`].
+//!
+//! Owns: what each failure answers (status + stable JSON code). Bodies never carry internals:
+//! the `#[source]` chain goes to the log (once, in `routes`), never to the client.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, Body};
+
+/// A failure on the request path. Every variant maps to one status and one code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- client
+    /// No (valid) session where one is required.
+    #[error("no valid session")]
+    Unauthenticated,
+    /// Missing or wrong CSRF header.
+    #[error("missing or wrong CSRF header")]
+    Csrf,
+    /// `Origin` not allowed.
+    #[error("origin not allowed")]
+    Origin,
+    /// `return_to` is not a same-origin relative path.
+    #[error("invalid return_to")]
+    InvalidReturnTo,
+    /// Unknown, replayed, expired or foreign `state`.
+    #[error("invalid state: {0}")]
+    InvalidState(&'static str),
+    /// Malformed request (bad back-channel logout token, bad query…).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No route and no endpoint for this path.
+    #[error("not found")]
+    NotFound,
+    /// Wrong method on a known endpoint.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    // --- IdP
+    /// The ID token failed validation (OIDC Core 3.1.3.7).
+    #[error("ID token rejected: {0}")]
+    InvalidIdToken(String),
+    /// The code exchange failed.
+    #[error("token exchange failed: {0}")]
+    TokenExchange(String),
+    /// The IdP could not refresh a token and the current one is expired.
+    #[error("token refresh unavailable: {0}")]
+    RefreshUnavailable(String),
+    // --- upstream
+    /// Could not connect to / talk to the upstream.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    // --- store
+    /// The session store did not answer.
+    #[error("session store unavailable")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    // --- us
+    /// A bug or an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Status and stable error code. One match, no catch-all: a new variant must be mapped here.
+    #[must_use]
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Csrf => (StatusCode::FORBIDDEN, "csrf"),
+            Error::Origin => (StatusCode::FORBIDDEN, "origin"),
+            Error::InvalidReturnTo => (StatusCode::BAD_REQUEST, "invalid_return_to"),
+            Error::InvalidState(_) => (StatusCode::BAD_REQUEST, "invalid_state"),
+            Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Error::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
+            Error::TokenExchange(_) => (StatusCode::BAD_GATEWAY, "token_exchange_failed"),
+            Error::RefreshUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "token_refresh_unavailable")
+            }
+            Error::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+            Error::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Error::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The response the client gets: status + `{"error": code}`, never the cause.
+    #[must_use]
+    pub fn into_response(&self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let mut resp = json_response(status, &serde_json::json!({ "error": code }));
+        if matches!(self, Error::RefreshUnavailable(_) | Error::StoreUnavailable(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+#[must_use]
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A failure before serving: config, bind, discovery, store connect.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    /// A listener could not bind.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// OIDC discovery failed.
+    #[error("OIDC discovery at {issuer} failed: {reason}")]
+    Discovery {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The session store could not be reached.
+    #[error("session store: {0}")]
+    Store(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_is_pinned() {
+        let io = || Box::new(std::io::Error::other("x")) as Box<dyn std::error::Error + Send + Sync>;
+        let table: Vec<(Error, u16, &str)> = vec![
+            (Error::Unauthenticated, 401, "unauthenticated"),
+            (Error::Csrf, 403, "csrf"),
+            (Error::Origin, 403, "origin"),
+            (Error::InvalidReturnTo, 400, "invalid_return_to"),
+            (Error::InvalidState("x"), 400, "invalid_state"),
+            (Error::InvalidRequest("x".into()), 400, "invalid_request"),
+            (Error::NotFound, 404, "not_found"),
+            (Error::MethodNotAllowed, 405, "method_not_allowed"),
+            (Error::InvalidIdToken("x".into()), 401, "invalid_id_token"),
+            (Error::TokenExchange("x".into()), 502, "token_exchange_failed"),
+            (Error::RefreshUnavailable("x".into()), 503, "token_refresh_unavailable"),
+            (Error::UpstreamUnavailable(io()), 502, "upstream_unavailable"),
+            (Error::UpstreamTimeout, 504, "upstream_timeout"),
+            (Error::StoreUnavailable(io()), 503, "store_unavailable"),
+            (Error::Internal("x".into()), 500, "internal"),
+        ];
+        for (e, status, code) in table {
+            let (s, c) = e.status_and_code();
+            assert_eq!((s.as_u16(), c), (status, code), "{e:?}");
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        }
+    }
+}

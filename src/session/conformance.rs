@@ -1,0 +1,146 @@
+//! One conformance suite for every [`Store`]: the memory store runs it in unit tests, real Redis
+//! in the integration tests. Panics (assertions) on a violation.
+
+use super::{now_unix, Index, PendingLogin, Session, SessionId, Sessions, Store, Tokens};
+use crate::crypto::{self, KeyRing};
+use crate::secret::Secret;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
+    let now = now_unix();
+    Session {
+        v: super::FORMAT_VERSION,
+        sub: sub.into(),
+        sid: sid.map(String::from),
+        claims: serde_json::Map::new(),
+        tokens: Tokens {
+            access_token: Secret::new("at-conformance"),
+            access_expires_at: Some(now + 300),
+            refresh_token: Some(Secret::new("rt-conformance")),
+            id_token: Secret::new("id-conformance"),
+        },
+        created_at: now - last_seen_ago,
+        last_seen: now - last_seen_ago,
+        absolute_expires_at: now + 3600,
+        user_agent: None,
+        ip: None,
+    }
+}
+
+/// Runs every check against `store`, which must be empty of the subjects used here
+/// (random ones are generated, so a shared Redis is fine).
+///
+/// # Panics
+/// On any violation of the store contract.
+pub async fn run(store: Store) {
+    let keys = Arc::new(
+        KeyRing::parse(&KeyRing::generate_entry(1)).unwrap_or_else(|e| panic!("key ring: {e}")),
+    );
+    let sessions = Sessions::new(store, keys, Duration::from_secs(2), Duration::from_secs(3600));
+    let sub = format!("conformance-{}", crypto::random_token());
+    let sid = format!("sid-{}", crypto::random_token());
+
+    // 1. save / load roundtrip, missing is None
+    let id = SessionId::generate();
+    let h = id.handle();
+    let s = session(&sub, Some(&sid), 0);
+    assert!(sessions.save(&h, &s).await.expect("save"));
+    let back = sessions.load(&h).await.expect("load").expect("present");
+    assert_eq!(back.sub, sub);
+    assert_eq!(back.tokens.access_token.expose(), "at-conformance");
+    let missing = SessionId::generate().handle();
+    assert!(sessions.load(&missing).await.expect("load").is_none());
+
+    // 2. indexes by sub and sid find it; a second session of the same sub is found too
+    let id2 = SessionId::generate();
+    let h2 = id2.handle();
+    assert!(sessions.save(&h2, &session(&sub, None, 0)).await.expect("save"));
+    let mut by_sub: Vec<String> = sessions
+        .find(Index::Sub, &sub)
+        .await
+        .expect("find")
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    by_sub.sort();
+    let mut want = vec![h.clone(), h2.clone()];
+    want.sort();
+    assert_eq!(by_sub, want);
+    let by_sid = sessions.find(Index::Sid, &sid).await.expect("find");
+    assert_eq!(by_sid.len(), 1);
+    assert_eq!(by_sid[0].0, h);
+
+    // 3. delete removes record and index entries; a second delete is harmless
+    assert!(sessions.delete(&h, &s).await.expect("delete"));
+    assert!(!sessions.delete(&h, &s).await.expect("delete again"));
+    assert!(sessions.load(&h).await.expect("load").is_none());
+    assert!(sessions.find(Index::Sid, &sid).await.expect("find").is_empty());
+    assert_eq!(sessions.find(Index::Sub, &sub).await.expect("find").len(), 1);
+
+    // 4. an already-expired session is not written
+    let expired = session(&sub, None, 10);
+    assert!(!sessions
+        .save(&SessionId::generate().handle(), &expired)
+        .await
+        .expect("save"));
+
+    // 5. TTL: idle timeout of 2 s, session last seen 1 s ago → gone after ~1 s more
+    let id3 = SessionId::generate();
+    let h3 = id3.handle();
+    assert!(sessions.save(&h3, &session(&sub, None, 1)).await.expect("save"));
+    assert!(sessions.load(&h3).await.expect("load").is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(sessions.load(&h3).await.expect("load").is_none());
+    assert!(
+        sessions.store().get_session(&h3).await.expect("raw get").is_none(),
+        "the store's own TTL must have removed the record"
+    );
+
+    // 6. pending logins are taken exactly once
+    let state = crypto::random_token();
+    let p = PendingLogin {
+        nonce: Secret::new("n"),
+        pkce_verifier: Secret::new("v"),
+        return_to: "/x".into(),
+        binding: "b".into(),
+    };
+    sessions.put_pending(&state, &p).await.expect("put pending");
+    let got = sessions.take_pending(&state).await.expect("take").expect("first take");
+    assert_eq!(got.return_to, "/x");
+    assert!(sessions.take_pending(&state).await.expect("take").is_none());
+    assert!(sessions
+        .take_pending(&crypto::random_token())
+        .await
+        .expect("take")
+        .is_none());
+
+    // 7. concurrent takes of one pending login: exactly one wins
+    let state = crypto::random_token();
+    sessions.put_pending(&state, &p).await.expect("put pending");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = sessions.clone();
+        let st = state.clone();
+        tasks.push(tokio::spawn(async move { s.take_pending(&st).await }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("take").is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // 8. the store holds no plaintext: neither the session id nor the tokens
+    sessions.store().ping().await.expect("ping");
+    let _ = sessions.delete(&h2, &session(&sub, None, 0)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        super::run(super::Store::Memory(super::super::memory::MemoryStore::new())).await;
+    }
+}

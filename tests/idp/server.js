@@ -1,0 +1,512 @@
+// Test OpenID Provider for Cloakroom's integration tests.
+//
+// A thin wrapper around the certified `oidc-provider` package. Configured
+// entirely through the IDP_CONFIG environment variable (JSON, see README.md).
+// Prints exactly one line to stdout once listening:  READY http://127.0.0.1:<port>
+// Everything else goes to stderr.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+function log(...args) {
+  process.stderr.write(`[idp] ${args.join(' ')}\n`);
+}
+
+function fail(msg) {
+  log(`fatal: ${msg}`);
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------------------
+// configuration
+// ---------------------------------------------------------------------------
+
+let cfg;
+try {
+  cfg = JSON.parse(process.env.IDP_CONFIG ?? '{}');
+} catch (err) {
+  fail(`IDP_CONFIG is not valid JSON: ${err.message}`);
+}
+
+const port = Number(cfg.port ?? 0);
+const accessTokenTtl = Number(cfg.access_token_ttl ?? 3600);
+const idTokenTtl = Number(cfg.id_token_ttl ?? 3600);
+const refreshTokenTtl = Number(cfg.refresh_token_ttl ?? 86400);
+if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) {
+  fail('IDP_CONFIG.clients must be a non-empty array');
+}
+
+const clients = cfg.clients.map((c) => {
+  if (!c.client_id) fail('every client needs a client_id');
+  const client = {
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    redirect_uris: c.redirect_uris ?? [],
+    post_logout_redirect_uris: c.post_logout_redirect_uris ?? [],
+    token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+  };
+  if (c.backchannel_logout_uri) {
+    client.backchannel_logout_uri = c.backchannel_logout_uri;
+    client.backchannel_logout_session_required = true;
+  }
+  return client;
+});
+
+// ---------------------------------------------------------------------------
+// accounts
+// ---------------------------------------------------------------------------
+
+const USERS = {
+  alice: {
+    password: 'wonderland',
+    claims: { name: 'Alice Liddell', email: 'alice@example.test', email_verified: true },
+  },
+  bob: {
+    password: 'builder',
+    claims: { name: 'Bob Builder', email: 'bob@example.test', email_verified: true },
+  },
+};
+
+async function findAccount(_ctx, sub) {
+  const user = USERS[sub];
+  if (!user) return undefined;
+  return {
+    accountId: sub,
+    async claims() {
+      return { sub, ...user.claims };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// test statistics
+// ---------------------------------------------------------------------------
+
+function freshStats() {
+  return {
+    token_requests: { authorization_code: 0, refresh_token: 0 },
+    revocations: 0,
+    backchannel_logouts_sent: 0,
+  };
+}
+let stats = freshStats();
+
+// ---------------------------------------------------------------------------
+// offline_access tracking
+// ---------------------------------------------------------------------------
+// oidc-provider strips offline_access from an authorization request whose
+// prompt does not include "consent". We remember whether the *original*
+// request asked for it: per interaction uid while the user is in our
+// interaction routes, then per issued authorization code (taken from the
+// Location of the final redirect, response_mode=query), so issueRefreshToken
+// can still issue a refresh token.
+const offlineUids = new Set(); // interaction uids whose request asked for offline_access
+const offlineCodes = new Set(); // authorization codes whose request asked for offline_access
+
+function scopeHasOffline(scope) {
+  return typeof scope === 'string' && scope.split(' ').includes('offline_access');
+}
+
+function requestedOffline(ctx) {
+  if (ctx.state?.idpResumeUid) return offlineUids.has(ctx.state.idpResumeUid);
+  if (ctx.path !== '/auth') return false;
+  const scope = ctx.method === 'POST' ? ctx.oidc?.body?.scope : ctx.query.scope;
+  return scopeHasOffline(scope);
+}
+
+// ---------------------------------------------------------------------------
+// keys
+// ---------------------------------------------------------------------------
+
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingJwk = {
+  ...privateKey.export({ format: 'jwk' }),
+  kid: `test-idp-${crypto.randomBytes(6).toString('hex')}`,
+  alg: 'RS256',
+  use: 'sig',
+};
+const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
+
+// ---------------------------------------------------------------------------
+// http server first (the issuer must contain the bound port)
+// ---------------------------------------------------------------------------
+
+const server = http.createServer();
+server.on('clientError', (_err, socket) => socket.destroy());
+
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', () => {
+    server.off('error', reject);
+    resolve();
+  });
+});
+
+const boundPort = server.address().port;
+const issuer = `http://127.0.0.1:${boundPort}`;
+
+// ---------------------------------------------------------------------------
+// provider
+// ---------------------------------------------------------------------------
+
+const configuration = {
+  clients,
+  jwks: { keys: [signingJwk] },
+  findAccount,
+
+  claims: {
+    openid: ['sub'],
+    profile: ['name'],
+    email: ['email', 'email_verified'],
+    acr: null,
+    auth_time: null,
+    sid: null,
+    iss: null,
+  },
+  scopes: ['openid', 'profile', 'email', 'offline_access'],
+  // Put the scope-derived claims (name, email, email_verified) in the ID token
+  // even for response_type=code.
+  conformIdTokenClaims: false,
+
+  pkce: {
+    required: () => true, // S256 is the only method oidc-provider v9 supports
+  },
+
+  // Refresh token whenever the authorization request asked for offline_access
+  // and the client may use the refresh_token grant. oidc-provider itself drops
+  // offline_access from the request unless prompt=consent was sent (OIDC Core
+  // 11), so the original request is tracked (see offline tracking below).
+  async issueRefreshToken(ctx, client, code) {
+    if (!client.grantTypeAllowed('refresh_token')) return false;
+    if (code.scopes.has('offline_access')) return true;
+    const raw = ctx.oidc?.params?.code;
+    if (raw && offlineCodes.has(raw)) {
+      offlineCodes.delete(raw);
+      return true;
+    }
+    return false;
+  },
+  // Tokens from an offline request outlive the IdP session (as they would with
+  // offline_access kept); everything else is bound to the session.
+  async expiresWithSession(ctx, token) {
+    return !(token.scopes.has('offline_access') || requestedOffline(ctx));
+  },
+  rotateRefreshToken: true,
+
+  ttl: {
+    AccessToken: accessTokenTtl,
+    IdToken: idTokenTtl,
+    RefreshToken: refreshTokenTtl,
+    AuthorizationCode: 60,
+    Interaction: 3600,
+    Session: 24 * 3600,
+    Grant: Math.max(refreshTokenTtl, 24 * 3600) * 2,
+  },
+
+  cookies: {
+    names: {
+      session: 'idp_session',
+      interaction: 'idp_interaction',
+      resume: 'idp_interaction_resume',
+    },
+    long: { httpOnly: true, sameSite: 'lax', secure: false },
+    short: { httpOnly: true, sameSite: 'lax', secure: false },
+    keys: cookieKeys,
+  },
+
+  interactions: {
+    url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+  },
+
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+    backchannelLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // Instead of an HTML confirmation page, answer GET /session/end with
+      // JSON describing the confirmation POST a test has to make.
+      async logoutSource(ctx, form) {
+        const xsrf = /name="xsrf" value="([^"]+)"/.exec(form)?.[1];
+        const action = /action="([^"]+)"/.exec(form)?.[1];
+        ctx.status = 200;
+        ctx.type = 'application/json';
+        ctx.body = JSON.stringify({
+          action,
+          method: 'POST',
+          fields: { xsrf, logout: 'yes' },
+        });
+      },
+      async postLogoutSuccessSource(ctx) {
+        ctx.status = 200;
+        ctx.type = 'application/json';
+        ctx.body = JSON.stringify({ logged_out: true });
+      },
+    },
+  },
+
+  // oidc-provider routes outgoing requests (back-channel logout) through an
+  // SSRF-guarding undici dispatcher that refuses loopback addresses. Drop
+  // that dispatcher and use plain global fetch with our own timeout.
+  fetch(url, options) {
+    const { dispatcher: _ignored, signal: _signal, ...rest } = options;
+    return globalThis.fetch(url, { ...rest, signal: AbortSignal.timeout(5000) });
+  },
+
+  async renderError(ctx, out) {
+    ctx.type = 'application/json';
+    ctx.body = JSON.stringify(out);
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+
+// --- events ----------------------------------------------------------------
+
+provider.on('grant.success', (ctx) => {
+  const gt = ctx.oidc.params?.grant_type;
+  if (gt) stats.token_requests[gt] = (stats.token_requests[gt] ?? 0) + 1;
+});
+provider.on('backchannel.success', (_ctx, client, accountId, sid) => {
+  stats.backchannel_logouts_sent += 1;
+  log(`backchannel logout sent to ${client.clientId} (sub=${accountId} sid=${sid})`);
+});
+provider.on('backchannel.error', (_ctx, err, client) => {
+  log(`backchannel.error client=${client?.clientId}: ${err?.message}${err?.cause ? ` (cause: ${err.cause.message ?? err.cause})` : ''}`);
+});
+provider.on('server_error', (_ctx, err) => {
+  log(`server_error: ${err?.stack ?? err}`);
+});
+for (const ev of ['authorization.error', 'grant.error', 'revocation.error', 'introspection.error',
+  'end_session.error', 'end_session_confirm.error', 'userinfo.error']) {
+  provider.on(ev, (_ctx, err) => {
+    log(`${ev}: ${err?.error ?? err?.name} ${err?.error_description ?? err?.message ?? ''}`);
+  });
+}
+
+// Count revocation calls that succeeded (the endpoint answers 200).
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.oidc?.route === 'revocation' && ctx.status === 200) {
+    stats.revocations += 1;
+  }
+});
+
+// GET /session/end without a logged-in IdP session (and /auth/<uid> when a
+// *different* user logged in over an existing session) answer with an
+// auto-submitting HTML form that POSTs to /session/end/confirm. Turn that into
+// the same JSON shape logoutSource produces, so a script never parses HTML.
+provider.use(async (ctx, next) => {
+  await next();
+  if (
+    (ctx.oidc?.route === 'end_session' || ctx.oidc?.route === 'resume')
+    && typeof ctx.body === 'string'
+    && ctx.response.is('html')
+    && ctx.body.includes('<form method="post"')
+  ) {
+    const action = /<form method="post" action="([^"]+)"/.exec(ctx.body)?.[1];
+    const fields = Object.fromEntries(
+      [...ctx.body.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)"\/>/g)]
+        .map(([, k, v]) => [k, v]),
+    );
+    if (action && action.endsWith('/session/end/confirm')) {
+      ctx.type = 'application/json';
+      ctx.body = JSON.stringify({ action, method: 'POST', fields });
+    }
+  }
+});
+
+// offline_access tracking across /auth -> /interaction/<uid> -> /auth/<uid> -> code
+provider.use(async (ctx, next) => {
+  const resumeUid = /^\/auth\/([^/]+)$/.exec(ctx.path)?.[1];
+  if (ctx.path !== '/auth' && !resumeUid) {
+    await next();
+    return;
+  }
+  if (resumeUid) ctx.state.idpResumeUid = resumeUid;
+  await next();
+  const wants = requestedOffline(ctx);
+  const location = ctx.response.get('Location');
+  // a resume that answers without redirecting (different-user logout form)
+  // comes back to the same /auth/<uid>, so keep the mark until it redirects
+  if (resumeUid && location) offlineUids.delete(resumeUid);
+  if (!wants || !location) return;
+  const target = new URL(location, issuer);
+  const interactionUid = /^\/interaction\/([^/]+)$/.exec(target.pathname)?.[1];
+  if (target.origin === issuer && interactionUid) {
+    offlineUids.add(interactionUid);
+  } else if (target.searchParams.get('code')) {
+    offlineCodes.add(target.searchParams.get('code'));
+  }
+});
+
+// ---------------------------------------------------------------------------
+// our own routes: interactions and test controls
+// ---------------------------------------------------------------------------
+
+function sendJson(res, status, body) {
+  const payload = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Length', Buffer.byteLength(payload));
+  res.end(payload);
+}
+
+async function readForm(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const raw = Buffer.concat(chunks).toString('utf8');
+  if ((req.headers['content-type'] ?? '').includes('application/json')) {
+    return raw ? JSON.parse(raw) : {};
+  }
+  return Object.fromEntries(new URLSearchParams(raw));
+}
+
+function requestedClaims(params) {
+  const names = new Set();
+  if (params.claims) {
+    try {
+      const parsed = typeof params.claims === 'string' ? JSON.parse(params.claims) : params.claims;
+      for (const section of ['id_token', 'userinfo']) {
+        for (const name of Object.keys(parsed?.[section] ?? {})) names.add(name);
+      }
+    } catch { /* malformed claims were rejected by the provider already */ }
+  }
+  return [...names];
+}
+
+// Grant everything that was asked for (scopes incl. offline_access, claims,
+// and whatever the consent prompt reports as missing). Returns the grant id.
+async function grantEverything(interaction, accountId) {
+  const { params, prompt: { details = {} } } = interaction;
+  let grant;
+  if (interaction.grantId && interaction.session?.accountId === accountId) {
+    grant = await provider.Grant.find(interaction.grantId);
+  }
+  if (!grant) {
+    grant = new provider.Grant({ accountId, clientId: params.client_id });
+  }
+  if (params.scope) grant.addOIDCScope(params.scope);
+  if (offlineUids.has(interaction.uid)) grant.addOIDCScope('offline_access');
+  if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
+  const claims = [...requestedClaims(params), ...(details.missingOIDCClaims ?? [])];
+  if (claims.length) grant.addOIDCClaims(claims);
+  for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  return grant.save();
+}
+
+async function handleInteraction(req, res, uid, action) {
+  const interaction = await provider.interactionDetails(req, res);
+  if (interaction.uid !== uid) {
+    sendJson(res, 400, { error: 'invalid_request', error_description: 'interaction uid mismatch' });
+    return;
+  }
+  const prompt = interaction.prompt.name;
+
+  if (action === '' && req.method === 'GET') {
+    if (prompt === 'consent') {
+      const accountId = interaction.session.accountId;
+      const grantId = await grantEverything(interaction, accountId);
+      await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+      return;
+    }
+    sendJson(res, 200, {
+      uid: interaction.uid,
+      prompt,
+      reasons: interaction.prompt.reasons,
+      details: interaction.prompt.details,
+      params: interaction.params,
+    });
+    return;
+  }
+
+  if (action === 'login' && req.method === 'POST') {
+    const body = await readForm(req);
+    const user = USERS[body.login];
+    if (!user || user.password !== body.password) {
+      sendJson(res, 401, { error: 'invalid_credentials' });
+      return;
+    }
+    const accountId = body.login;
+    const grantId = await grantEverything(interaction, accountId);
+    await provider.interactionFinished(
+      req,
+      res,
+      { login: { accountId }, consent: { grantId } },
+      { mergeWithLastSubmission: false },
+    );
+    return;
+  }
+
+  if (action === 'abort' && (req.method === 'GET' || req.method === 'POST')) {
+    await provider.interactionFinished(
+      req,
+      res,
+      { error: 'access_denied', error_description: 'End-User aborted interaction' },
+      { mergeWithLastSubmission: false },
+    );
+    return;
+  }
+
+  sendJson(res, 404, { error: 'not_found' });
+}
+
+const providerCallback = provider.callback();
+
+server.on('request', async (req, res) => {
+  const url = new URL(req.url, issuer);
+  try {
+    const m = /^\/interaction\/([^/]+)(?:\/(login|abort))?\/?$/.exec(url.pathname);
+    if (m) {
+      await handleInteraction(req, res, m[1], m[2] ?? '');
+      return;
+    }
+    if (url.pathname === '/test/stats' && req.method === 'GET') {
+      sendJson(res, 200, stats);
+      return;
+    }
+    if (url.pathname === '/test/reset' && req.method === 'POST') {
+      stats = freshStats();
+      sendJson(res, 200, stats);
+      return;
+    }
+    providerCallback(req, res);
+  } catch (err) {
+    // OIDC errors (e.g. SessionNotFound: missing/expired interaction cookie)
+    // get one line; anything else the full stack.
+    log(`interaction/test route error: ${err?.error ? `${err.name}: ${err.error_description ?? err.message}` : err?.stack ?? err}`);
+    if (!res.headersSent) {
+      const status = err?.statusCode ?? err?.status ?? 500;
+      sendJson(res, status, {
+        error: err?.error ?? 'server_error',
+        error_description: err?.error_description ?? err?.message,
+      });
+    } else {
+      res.end();
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------
+// lifecycle
+// ---------------------------------------------------------------------------
+
+function shutdown(signal) {
+  log(`${signal} received, shutting down`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections?.();
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+
+log(`listening, issuer ${issuer}, kid ${signingJwk.kid}`);
+process.stdout.write(`READY ${issuer}\n`);
