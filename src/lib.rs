@@ -1,7 +1,27 @@
+//! Cloakroom: a backend-for-frontend token handler.
+//!
+//! The browser talks only to Cloakroom, holding an opaque encrypted cookie. Cloakroom runs the
+//! OIDC code flow, keeps tokens server-side (sealed) in Redis, attaches `Authorization: Bearer`
+//! to the API calls it proxies, and ends sessions at logout. See README → Architecture for the
+//! code map and invariants; the most important one: **no token ever reaches the browser**.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cookies;
 pub mod crypto;
 pub mod error;
+pub mod metrics;
 pub mod oidc;
+pub mod proxy;
+pub mod refresh;
+pub mod routes;
 pub mod secret;
+pub mod server;
 pub mod session;
+pub mod telemetry;
+
+pub use app::{App, Listeners, RunningApp};
+pub use config::Config;

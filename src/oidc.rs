@@ -113,6 +113,9 @@ pub struct OidcClient {
     extra_params: Vec<(String, String)>,
     post_logout_redirect_uri: Url,
     clock_skew: Duration,
+    promises_iss: bool,
+    client_auth: ClientAuth,
+    client_secret: Secret,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -185,6 +188,9 @@ impl OidcClient {
                 .collect(),
             post_logout_redirect_uri: config.post_logout_redirect_uri.clone(),
             clock_skew: config.clock_skew,
+            promises_iss: extra.authorization_response_iss_parameter_supported,
+            client_auth: config.client_auth,
+            client_secret: config.client_secret.clone(),
         })
     }
 
@@ -427,4 +433,57 @@ pub fn needs_refresh(tokens: &Tokens, skew: Duration) -> bool {
     tokens
         .access_expires_at
         .is_some_and(|exp| exp - now_unix() < i64::try_from(skew.as_secs()).unwrap_or(60))
+}
+
+impl OidcClient {
+    /// RFC 9207: whether the IdP promises `iss` in authorization responses.
+    #[must_use]
+    pub fn promises_iss(&self) -> bool {
+        self.promises_iss
+    }
+
+    /// Revokes the refresh token, then the access token (RFC 7009 §2.1), if the IdP has a
+    /// revocation endpoint. Failures are logged and counted, never returned: logout goes on.
+    pub async fn revoke_tokens(&self, tokens: &Tokens) {
+        let Some(endpoint) = &self.revocation else {
+            return;
+        };
+        let mut list: Vec<(&Secret, &str)> = Vec::with_capacity(2);
+        if let Some(rt) = &tokens.refresh_token {
+            list.push((rt, "refresh_token"));
+        }
+        list.push((&tokens.access_token, "access_token"));
+        for (token, hint) in list {
+            if let Err(reason) = self.revoke_one(endpoint, token, hint).await {
+                crate::metrics::revocation_failed();
+                tracing::warn!(event = "revocation_failed", token_type = hint, %reason, "token revocation failed");
+            }
+        }
+    }
+
+    async fn revoke_one(&self, endpoint: &Url, token: &Secret, hint: &str) -> Result<(), String> {
+        let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
+        let mut req = self.http.post(endpoint.clone());
+        match self.client_auth {
+            ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: form-urlencode id and secret before Basic.
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(&self.client_id), Some(enc(self.client_secret.expose())));
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", self.client_secret.expose()));
+            }
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("IdP answered {}", resp.status()))
+        }
+    }
 }

@@ -1,0 +1,179 @@
+//! Wiring: build every part from a [`Config`], bind the listeners, run until shut down.
+
+use crate::config::{Config, StoreKind};
+use crate::error::StartupError;
+use crate::oidc::OidcClient;
+use crate::proxy::Forwarder;
+use crate::server::{self, Limits};
+use crate::session::{memory::MemoryStore, redis::RedisStore, Sessions, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything a request handler needs, built once.
+#[derive(Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Sessions over the store.
+    pub sessions: Sessions,
+    /// The relying party.
+    pub oidc: OidcClient,
+    /// The pooled upstream client.
+    pub forwarder: Forwarder,
+    /// Metric labels of the routes (their prefixes), in route order.
+    pub route_labels: Vec<&'static str>,
+}
+
+/// Listeners bound by the caller (tests bind port 0 first so the IdP knows our address).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Public listener; `None` binds `server.listen`.
+    pub public: Option<std::net::TcpListener>,
+    /// Admin listener; `None` binds `admin.listen`.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// A running Cloakroom.
+#[derive(Debug)]
+pub struct RunningApp {
+    /// Where the public listener is bound.
+    pub public_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningApp {
+    /// Stops accepting, drains in-flight requests (bounded), and returns when both listeners
+    /// are done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the app stops (it only stops through [`RunningApp::shutdown`]).
+    pub fn trigger(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the listeners to finish (after [`RunningApp::trigger`]).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The application.
+#[derive(Debug)]
+pub struct App;
+
+/// Connects the configured store.
+///
+/// # Errors
+/// [`StartupError::Store`] when Redis cannot be reached.
+pub async fn connect_store(config: &Config) -> Result<Store, StartupError> {
+    Ok(match &config.store {
+        StoreKind::Memory => Store::Memory(MemoryStore::new()),
+        StoreKind::Redis(url) => Store::Redis(
+            RedisStore::connect(url, &config.key_prefix, config.store_timeout)
+                .await
+                .map_err(|e| StartupError::Store(e.0))?,
+        ),
+    })
+}
+
+fn bind(
+    given: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, StartupError> {
+    let std = match given {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(addr)
+            .map_err(|source| StartupError::Bind { addr, source })?,
+    };
+    std.set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(std))
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+impl App {
+    /// Starts Cloakroom on the configured addresses.
+    ///
+    /// # Errors
+    /// See [`App::start_with`].
+    pub async fn start(config: Config) -> Result<RunningApp, StartupError> {
+        Self::start_with(config, Listeners::default()).await
+    }
+
+    /// Starts Cloakroom: store, OIDC discovery, upstream client, both listeners.
+    ///
+    /// # Errors
+    /// [`StartupError`] for store, discovery or bind failures.
+    pub async fn start_with(config: Config, listeners: Listeners) -> Result<RunningApp, StartupError> {
+        crate::admin::prometheus();
+        let store = connect_store(&config).await?;
+        let oidc = OidcClient::discover(&config).await?;
+        let sessions = Sessions::new(
+            store,
+            config.keys.clone(),
+            config.idle_timeout,
+            config.absolute_timeout,
+        );
+        let forwarder = Forwarder::new(&config);
+        let public = bind(listeners.public, config.listen)?;
+        let admin = bind(listeners.admin, config.admin_listen)?;
+        let public_addr = public
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
+        let limits = Limits {
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+            drain: config.shutdown_drain,
+        };
+        // Route labels live as long as the process: leaked once per start (a handful of bytes).
+        let route_labels = config
+            .routes
+            .iter()
+            .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
+            .collect();
+        let state = Arc::new(AppState {
+            config,
+            sessions,
+            oidc,
+            forwarder,
+            route_labels,
+        });
+        let (tx, rx) = watch::channel(false);
+        let s1 = state.clone();
+        let public_task = tokio::spawn(server::serve(
+            public,
+            limits,
+            move |req, peer| crate::routes::handle(s1.clone(), req, peer),
+            rx.clone(),
+        ));
+        let s2 = state.clone();
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            limits,
+            move |req, _peer| crate::admin::handle(s2.clone(), req),
+            rx,
+        ));
+        tracing::info!(%public_addr, %admin_addr, issuer = %state.oidc.issuer(), "cloakroom listening");
+        Ok(RunningApp {
+            public_addr,
+            admin_addr,
+            shutdown: tx,
+            tasks: vec![public_task, admin_task],
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! Metric names and the helpers that record them (the `metrics` facade; the Prometheus exporter
+//! is installed by `admin`). Names are documented in README (Operations → Metrics).
+
+use std::time::Duration;
+
+/// A request finished.
+pub fn request(route: &'static str, status: u16, elapsed: Duration) {
+    let status = status.to_string();
+    metrics::counter!("cloakroom_requests_total", "route" => route, "status" => status).increment(1);
+    metrics::histogram!("cloakroom_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
+/// An upstream answered (headers received).
+pub fn upstream(route: &'static str, elapsed: Duration) {
+    metrics::histogram!("cloakroom_upstream_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A login was started.
+pub fn login_started() {
+    metrics::counter!("cloakroom_logins_started_total").increment(1);
+}
+
+/// A login finished with `outcome` (`ok` or an error code).
+pub fn login_finished(outcome: &'static str) {
+    metrics::counter!("cloakroom_logins_total", "outcome" => outcome).increment(1);
+}
+
+/// A user logged out.
+pub fn logout() {
+    metrics::counter!("cloakroom_logouts_total").increment(1);
+}
+
+/// A token revocation at the IdP failed.
+pub fn revocation_failed() {
+    metrics::counter!("cloakroom_revocation_failures_total").increment(1);
+}
+
+/// A store operation failed.
+pub fn store_error() {
+    metrics::counter!("cloakroom_store_errors_total").increment(1);
+}

@@ -1,0 +1,326 @@
+//! API proxying (SPEC §2): route matching, the upstream request's header policy, one shared
+//! pooled upstream client, streaming bodies both ways, WebSocket upgrades.
+//!
+//! Header policy, in order (RFC 9110 §7.6.1 for hop-by-hop):
+//! 1. drop every header named in `Connection`, then the fixed hop-by-hop list;
+//! 2. drop the browser's `Authorization`, the whole `Cookie` header, the CSRF header, `Host`
+//!    and `Forwarded`;
+//! 3. set `X-Forwarded-For/-Proto/-Host` (appending to a trusted proxy's, replacing anyone else's);
+//! 4. add `Authorization: Bearer <access token>` when the route and the session give one.
+//!
+//! Because step 4 comes after step 1, `Connection: authorization` cannot strip our bearer.
+
+use crate::body::{empty, Body};
+use crate::config::{Config, Route};
+use crate::error::Error;
+use crate::secret::Secret;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// RFC 9110 §7.6.1 hop-by-hop headers (plus the legacy `Proxy-Connection` and `Keep-Alive`).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The shared upstream client: built once, pooled, `TCP_NODELAY`.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Forwarder {
+    /// Builds the pooled client from the `[upstream]` settings.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.upstream_pool_idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Self { client }
+    }
+}
+
+/// The route for a path: longest prefix wins (routes are sorted longest first).
+#[must_use]
+pub fn match_route<'r>(routes: &'r [Route], path: &str) -> Option<&'r Route> {
+    routes.iter().find(|r| path.starts_with(&r.prefix))
+}
+
+/// Paths with dot segments (literal or percent-encoded) are refused, so a prefix like `/api/`
+/// cannot be escaped with `/api/../admin` or `/api/%2e%2e/admin` at an upstream that normalises.
+#[must_use]
+pub fn has_dot_segment(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase().replace("%2e", ".");
+    lower
+        .split(['/', '\\'])
+        .chain(lower.split("%2f"))
+        .chain(lower.split("%5c"))
+        .any(|seg| seg == "." || seg == "..")
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+#[must_use]
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The client's IP: the peer, or (from a trusted proxy) the last untrusted hop of its
+/// `X-Forwarded-For`.
+#[must_use]
+pub fn client_ip(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if !config.trusted_proxies.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !config.trusted_proxies.contains(ip))
+        .copied()
+        .unwrap_or(peer.ip())
+}
+
+/// Removes hop-by-hop headers: those named in `Connection` and the fixed list.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Sets `X-Forwarded-*` (SPEC §2). From an untrusted peer, incoming values are replaced.
+pub fn set_forwarded(config: &Config, headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) {
+    let trusted = config.trusted_proxies.contains(&peer.ip());
+    let xff = if trusted {
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.ip().to_string()
+        } else {
+            format!("{}, {}", prior.join(", "), peer.ip())
+        }
+    } else {
+        peer.ip().to_string()
+    };
+    let proto = if trusted {
+        headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| config.public_url.scheme().to_string(), String::from)
+    } else {
+        config.public_url.scheme().to_string()
+    };
+    let fwd_host = if trusted {
+        headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    } else {
+        None
+    }
+    .or_else(|| host.map(String::from))
+    .or_else(|| config.public_url.host_str().map(String::from));
+    for (name, value) in [
+        ("x-forwarded-for", Some(xff)),
+        ("x-forwarded-proto", Some(proto)),
+        ("x-forwarded-host", fwd_host),
+    ] {
+        headers.remove(name);
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, Error> {
+    let path = uri.path();
+    let rest = if route.strip_prefix {
+        let r = &path[route.prefix.len().min(path.len())..];
+        if r.starts_with('/') {
+            r.to_string()
+        } else {
+            format!("/{r}")
+        }
+    } else {
+        path.to_string()
+    };
+    let base = route.upstream.path().trim_end_matches('/');
+    let mut target = format!(
+        "{}://{}{}{}",
+        route.upstream.scheme(),
+        route
+            .upstream
+            .host_str()
+            .ok_or_else(|| Error::Internal("route without host".into()))?,
+        route
+            .upstream
+            .port()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default(),
+        base
+    );
+    target.push_str(&rest);
+    if let Some(q) = uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    target
+        .parse()
+        .map_err(|_| Error::InvalidRequest("path cannot be forwarded".into()))
+}
+
+/// Forwards one request to `route`'s upstream and streams the answer back.
+///
+/// # Errors
+/// [`Error::UpstreamUnavailable`], [`Error::UpstreamTimeout`], [`Error::InvalidRequest`].
+pub async fn forward(
+    forwarder: &Forwarder,
+    config: &Config,
+    route: &Route,
+    route_label: &'static str,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    bearer: Option<&Secret>,
+) -> Result<Response<Body>, Error> {
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upgrade_proto = req.headers().get(header::UPGRADE).cloned();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+
+    let uri = upstream_uri(route, req.uri())?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::COOKIE);
+    headers.remove(header::HOST);
+    headers.remove("forwarded");
+    headers.remove(&config.csrf_header);
+    set_forwarded(config, headers, peer, host.as_deref());
+    if let Some(proto) = upgrade_proto.filter(|_| upgrade) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    if let Some(token) = bearer {
+        let v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| Error::Internal("access token is not a header value".into()))?;
+        let mut v = v;
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+
+    let started = Instant::now();
+    let mut resp = match tokio::time::timeout(route.timeout, forwarder.client.request(req)).await {
+        Err(_) => return Err(Error::UpstreamTimeout),
+        Ok(Err(e)) => return Err(Error::UpstreamUnavailable(Box::new(e))),
+        Ok(Ok(r)) => r,
+    };
+    crate::metrics::upstream(route_label, started.elapsed());
+
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(client_upgrade) = client_upgrade {
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, empty()));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_detected_in_every_spelling() {
+        for bad in [
+            "/api/../admin",
+            "/api/./x",
+            "/api/..",
+            "/api/%2e%2e/admin",
+            "/api/%2E%2e/admin",
+            "/api/.%2e/admin",
+            "/api%2f..%2fadmin",
+            "/api/..\\admin",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/api/x", "/api/a.b/c..d", "/api/...", "/api/%2e%2e%2e"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, keep-alive"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("te").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some());
+    }
+}

@@ -1,0 +1,118 @@
+//! The one public hyper service: `/auth/*` → `auth`, a configured route → `proxy`, else 404.
+//!
+//! Owns: the request span, the one access-log line per request, and turning every [`Error`]
+//! into a response (logged once, here). Its error type is `Infallible`.
+
+use crate::app::AppState;
+use crate::auth;
+use crate::body::Body;
+use crate::config::TokenPolicy;
+use crate::error::Error;
+use crate::proxy;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Handles one request; never fails.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // The path only: queries carry `code` and `state` on the callback.
+    let path = req.uri().path().to_string();
+    let (label, result) = handle_inner(&state, req, peer).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, code) = e.status_and_code();
+            if status.is_server_error() {
+                tracing::warn!(error = %crate::oidc::error_chain(&e), code, "request failed");
+            } else {
+                tracing::debug!(error = %e, code, "request refused");
+            }
+            if matches!(e, Error::StoreUnavailable(_)) {
+                crate::metrics::store_error();
+            }
+            e.into_response()
+        }
+    };
+    let elapsed = started.elapsed();
+    tracing::info!(
+        %method,
+        path = %path.chars().take(256).collect::<String>(),
+        route = label,
+        status = resp.status().as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    crate::metrics::request(label, resp.status().as_u16(), elapsed);
+    Ok(resp)
+}
+
+async fn handle_inner(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (&'static str, Result<Response<Body>, Error>) {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(state.config.auth_prefix.as_str()) {
+        let m = req.method();
+        let r = match (rest, m) {
+            ("/login", &Method::GET) => ("login", auth::login(state, &req).await),
+            ("/callback", &Method::GET) => ("callback", auth::callback(state, &req, peer).await),
+            ("/user", &Method::GET) => ("user", auth::user(state, &req).await),
+            ("/logout", &Method::POST) => ("logout", auth::logout(state, &req).await),
+            ("/login" | "/callback" | "/user" | "/logout", _) => {
+                ("auth", Err(Error::MethodNotAllowed))
+            }
+            _ => ("auth", Err(Error::NotFound)),
+        };
+        return r;
+    }
+    let Some(idx) = state
+        .config
+        .routes
+        .iter()
+        .position(|r| path.starts_with(&r.prefix))
+    else {
+        return ("none", Err(Error::NotFound));
+    };
+    let label = state.route_labels[idx];
+    (label, proxy_request(state, idx, label, req, peer).await)
+}
+
+async fn proxy_request(
+    state: &AppState,
+    idx: usize,
+    label: &'static str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let route = &state.config.routes[idx];
+    if proxy::has_dot_segment(req.uri().path()) {
+        return Err(Error::InvalidRequest("dot segments in path".into()));
+    }
+    let session = match route.token {
+        TokenPolicy::None => None,
+        TokenPolicy::Required | TokenPolicy::Optional => {
+            auth::check_csrf(state, req.headers(), proxy::is_upgrade(req.headers()))?;
+            let s = auth::current_session(state, req.headers(), true).await?;
+            let s = match s {
+                Some((handle, s)) => Some(crate::refresh::ensure_fresh(state, handle, s).await?),
+                None => None,
+            };
+            if s.is_none() && route.token == TokenPolicy::Required {
+                return Err(Error::Unauthenticated);
+            }
+            s
+        }
+    };
+    let bearer = session.as_ref().map(|s| &s.tokens.access_token);
+    proxy::forward(&state.forwarder, &state.config, route, label, req, peer, bearer).await
+}
