@@ -34,7 +34,9 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/healthz") => {
+            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
         (&Method::GET, "/readyz") => match state.sessions.store().ping().await {
             Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
             Err(_) => json_response(
@@ -43,7 +45,9 @@ pub(crate) async fn handle(
             ),
         },
         (&Method::GET, "/metrics") => {
-            let text = prometheus().map(PrometheusHandle::render).unwrap_or_default();
+            let text = prometheus()
+                .map(PrometheusHandle::render)
+                .unwrap_or_default();
             let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

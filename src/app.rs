@@ -115,7 +115,10 @@ impl App {
     ///
     /// # Errors
     /// [`StartupError`] for store, discovery or bind failures.
-    pub async fn start_with(config: Config, listeners: Listeners) -> Result<RunningApp, StartupError> {
+    pub async fn start_with(
+        config: Config,
+        listeners: Listeners,
+    ) -> Result<RunningApp, StartupError> {
         crate::admin::prometheus();
         let store = connect_store(&config).await?;
         let oidc = OidcClient::discover(&config).await?;
@@ -128,12 +131,14 @@ impl App {
         let forwarder = Forwarder::new(&config);
         let public = bind(listeners.public, config.listen)?;
         let admin = bind(listeners.admin, config.admin_listen)?;
-        let public_addr = public
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
+        let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
         let limits = Limits {
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,

@@ -25,7 +25,11 @@ use http::{header, HeaderMap};
 ///
 /// # Errors
 /// [`Error::Origin`] or [`Error::Csrf`].
-pub(crate) fn check_csrf(state: &AppState, headers: &HeaderMap, websocket: bool) -> Result<(), Error> {
+pub(crate) fn check_csrf(
+    state: &AppState,
+    headers: &HeaderMap,
+    websocket: bool,
+) -> Result<(), Error> {
     let origin = headers.get(header::ORIGIN);
     if let Some(o) = origin {
         let ok = o.to_str().is_ok_and(|o| {
@@ -36,7 +40,11 @@ pub(crate) fn check_csrf(state: &AppState, headers: &HeaderMap, websocket: bool)
         }
     }
     if websocket {
-        return if origin.is_some() { Ok(()) } else { Err(Error::Origin) };
+        return if origin.is_some() {
+            Ok(())
+        } else {
+            Err(Error::Origin)
+        };
     }
     match headers.get(&state.config.csrf_header) {
         Some(v) if v.as_bytes() == b"1" => Ok(()),

@@ -291,9 +291,8 @@ impl Config {
     /// # Errors
     /// Every problem, each naming its key.
     pub fn load(path: &std::path::Path, env: &Env) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![format!("cannot read {}: {e}", path.display())])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
         Self::from_toml(&text, env)
     }
 
@@ -321,7 +320,9 @@ fn apply_env_overrides(root: &mut toml::Table, env: &Env, errs: &mut Vec<String>
         let Some(rest) = name.strip_prefix("CLOAKROOM_") else {
             continue;
         };
-        if SECRET_VARS.iter().any(|s| name == s || name == &format!("{s}_FILE"))
+        if SECRET_VARS
+            .iter()
+            .any(|s| name == s || name == &format!("{s}_FILE"))
             || name == "CLOAKROOM_CONFIG"
         {
             continue;
@@ -392,7 +393,9 @@ fn read_secret(env: &Env, name: &str, errs: &mut Vec<String>) -> Option<Secret> 
 fn parse_addr(key: &str, v: Option<String>, default: &str, errs: &mut Vec<String>) -> SocketAddr {
     let s = v.unwrap_or_else(|| default.to_string());
     s.parse().unwrap_or_else(|_| {
-        errs.push(format!("{key}: `{s}` is not an address like 127.0.0.1:8080"));
+        errs.push(format!(
+            "{key}: `{s}` is not an address like 127.0.0.1:8080"
+        ));
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
 }
@@ -453,7 +456,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     for p in &server.trusted_proxies {
         match p.parse::<IpAddr>() {
             Ok(ip) => trusted_proxies.push(ip),
-            Err(_) => errs.push(format!("server.trusted_proxies: `{p}` is not an IP address")),
+            Err(_) => errs.push(format!(
+                "server.trusted_proxies: `{p}` is not an IP address"
+            )),
         }
     }
     let auth_prefix = server.auth_prefix.unwrap_or_else(|| "/auth".into());
@@ -529,7 +534,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     }
     let post_logout_redirect_uri = match oidc.post_logout_redirect_uri.as_deref() {
         None => public_url.join("/").unwrap_or_else(|_| public_url.clone()),
-        Some(s) => http_url("oidc.post_logout_redirect_uri", s, errs).unwrap_or_else(placeholder_url),
+        Some(s) => {
+            http_url("oidc.post_logout_redirect_uri", s, errs).unwrap_or_else(placeholder_url)
+        }
     };
 
     // [session]
@@ -554,7 +561,10 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         .login_name
         .unwrap_or_else(|| "__Host-cloakroom-login".into());
     let cookie_secure = cookie.secure.unwrap_or(true);
-    for (key, name) in [("cookie.name", &cookie_name), ("cookie.login_name", &login_cookie_name)] {
+    for (key, name) in [
+        ("cookie.name", &cookie_name),
+        ("cookie.login_name", &login_cookie_name),
+    ] {
         let valid = !name.is_empty()
             && name
                 .bytes()
@@ -576,15 +586,14 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     }
 
     // [csrf]
-    let csrf_header = match http::HeaderName::from_bytes(
-        csrf.header.as_deref().unwrap_or("x-csrf").as_bytes(),
-    ) {
-        Ok(h) => h,
-        Err(_) => {
-            errs.push("csrf.header: not a valid header name".into());
-            http::HeaderName::from_static("x-csrf")
-        }
-    };
+    let csrf_header =
+        match http::HeaderName::from_bytes(csrf.header.as_deref().unwrap_or("x-csrf").as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                errs.push("csrf.header: not a valid header name".into());
+                http::HeaderName::from_static("x-csrf")
+            }
+        };
     let mut allowed_origins = Vec::new();
     for o in &csrf.allowed_origins {
         match Url::parse(o) {
@@ -604,7 +613,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
                 .clone()
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                errs.push(format!("store.url: `{url}` must start with redis:// or rediss://"));
+                errs.push(format!(
+                    "store.url: `{url}` must start with redis:// or rediss://"
+                ));
             }
             StoreKind::Redis(url)
         }
@@ -677,7 +688,10 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
                 continue;
             }
             Err(e) => {
-                errs.push(format!("{key}.upstream: `{}` is not a URL ({e})", r.upstream));
+                errs.push(format!(
+                    "{key}.upstream: `{}` is not a URL ({e})",
+                    r.upstream
+                ));
                 continue;
             }
         };
@@ -692,7 +706,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
             timeout: r.timeout.unwrap_or(upstream_timeout),
         });
     }
-    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
     // [log]
     let log_format = match log.format.as_deref().unwrap_or("pretty") {
@@ -719,7 +733,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         public_origin,
         trusted_proxies,
         auth_prefix,
-        header_read_timeout: server.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+        header_read_timeout: server
+            .header_read_timeout
+            .unwrap_or(Duration::from_secs(10)),
         max_header_bytes,
         max_connections: server.max_connections.unwrap_or(10_000),
         shutdown_drain: server.shutdown_drain.unwrap_or(Duration::from_secs(20)),
@@ -859,8 +875,26 @@ mod tests {
 
     #[test]
     fn secrets_in_the_file_are_refused() {
-        let text = GOOD.replace("client_id = \"spa\"", "client_id = \"spa\"\nclient_secret = \"x\"");
+        let text = GOOD.replace(
+            "client_id = \"spa\"",
+            "client_id = \"spa\"\nclient_secret = \"x\"",
+        );
         let all = Config::from_toml(&text, &env()).unwrap_err().0.join("\n");
         assert!(all.contains("client_secret"), "{all}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_config {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_toml_is_valid() {
+        let mut e = Env::new();
+        e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        e.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
+        let text = include_str!("../config.toml");
+        let c = Config::from_toml(text, &e).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.routes.len(), 1);
     }
 }

@@ -42,7 +42,9 @@ pub fn session_id(headers: &HeaderMap, config: &Config) -> Option<SessionId> {
         if raw.len() != 32 {
             return None;
         }
-        Some(SessionId::from_cookie_plaintext(URL_SAFE_NO_PAD.encode(raw)))
+        Some(SessionId::from_cookie_plaintext(
+            URL_SAFE_NO_PAD.encode(raw),
+        ))
     })
 }
 
@@ -122,7 +124,12 @@ pub fn set_login(config: &Config, keys: &KeyRing, tags: &[String]) -> HeaderValu
         .flatten()
         .collect();
     let value = keys.seal_text(config.login_cookie_name.as_bytes(), &raw);
-    let mut c = base(config, config.login_cookie_name.clone(), value, SameSite::Lax);
+    let mut c = base(
+        config,
+        config.login_cookie_name.clone(),
+        value,
+        SameSite::Lax,
+    );
     c.set_max_age(cookie::time::Duration::seconds(
         i64::try_from(crate::session::PENDING_TTL.as_secs()).unwrap_or(600),
     ));

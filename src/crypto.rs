@@ -56,7 +56,12 @@ impl KeyRing {
     /// A [`KeyRingError`] naming the entry; the message never echoes key material.
     pub fn parse(s: &str) -> Result<Self, KeyRingError> {
         let mut keys: Vec<Key> = Vec::new();
-        for (i, entry) in s.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        for (i, entry) in s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
             let n = i + 1;
             let (id, b64) = entry.split_once(':').ok_or(KeyRingError::Malformed(n))?;
             let id: u8 = id.trim().parse().map_err(|_| KeyRingError::Malformed(n))?;
@@ -243,7 +248,10 @@ mod tests {
     fn debug_hides_key_material() {
         let entry = KeyRing::generate_entry(9);
         let r = ring(&[&entry]);
-        let b64 = entry.split_once(':').map(|(_, k)| k.to_string()).unwrap_or_default();
+        let b64 = entry
+            .split_once(':')
+            .map(|(_, k)| k.to_string())
+            .unwrap_or_default();
         assert!(!format!("{r:?}").contains(&b64));
     }
 

@@ -93,7 +93,10 @@ impl Error {
     pub fn into_response(&self) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut resp = json_response(status, &serde_json::json!({ "error": code }));
-        if matches!(self, Error::RefreshUnavailable(_) | Error::StoreUnavailable(_)) {
+        if matches!(
+            self,
+            Error::RefreshUnavailable(_) | Error::StoreUnavailable(_)
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
@@ -108,7 +111,10 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
     let mut resp = Response::new(full(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -147,7 +153,8 @@ mod tests {
 
     #[test]
     fn status_table_is_pinned() {
-        let io = || Box::new(std::io::Error::other("x")) as Box<dyn std::error::Error + Send + Sync>;
+        let io =
+            || Box::new(std::io::Error::other("x")) as Box<dyn std::error::Error + Send + Sync>;
         let table: Vec<(Error, u16, &str)> = vec![
             (Error::Unauthenticated, 401, "unauthenticated"),
             (Error::Csrf, 403, "csrf"),
@@ -158,9 +165,21 @@ mod tests {
             (Error::NotFound, 404, "not_found"),
             (Error::MethodNotAllowed, 405, "method_not_allowed"),
             (Error::InvalidIdToken("x".into()), 401, "invalid_id_token"),
-            (Error::TokenExchange("x".into()), 502, "token_exchange_failed"),
-            (Error::RefreshUnavailable("x".into()), 503, "token_refresh_unavailable"),
-            (Error::UpstreamUnavailable(io()), 502, "upstream_unavailable"),
+            (
+                Error::TokenExchange("x".into()),
+                502,
+                "token_exchange_failed",
+            ),
+            (
+                Error::RefreshUnavailable("x".into()),
+                503,
+                "token_refresh_unavailable",
+            ),
+            (
+                Error::UpstreamUnavailable(io()),
+                502,
+                "upstream_unavailable",
+            ),
             (Error::UpstreamTimeout, 504, "upstream_timeout"),
             (Error::StoreUnavailable(io()), 503, "store_unavailable"),
             (Error::Internal("x".into()), 500, "internal"),

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "cloakroom", version, about = "A backend-for-frontend token-handler proxy")]
+#[command(
+    name = "cloakroom",
+    version,
+    about = "A backend-for-frontend token-handler proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -73,7 +77,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

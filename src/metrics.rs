@@ -6,7 +6,8 @@ use std::time::Duration;
 /// A request finished.
 pub fn request(route: &'static str, status: u16, elapsed: Duration) {
     let status = status.to_string();
-    metrics::counter!("cloakroom_requests_total", "route" => route, "status" => status).increment(1);
+    metrics::counter!("cloakroom_requests_total", "route" => route, "status" => status)
+        .increment(1);
     metrics::histogram!("cloakroom_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());
 }

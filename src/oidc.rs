@@ -75,6 +75,13 @@ const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
     CoreJwsSigningAlgorithm::EcdsaP384Sha384,
 ];
 
+/// `(sub, sid, claims)` of a verified ID token.
+type VerifiedIdToken = (
+    String,
+    Option<String>,
+    serde_json::Map<String, serde_json::Value>,
+);
+
 /// A fresh authorization request: the URL to redirect to and the secrets to keep.
 #[derive(Debug)]
 pub struct AuthRequest {
@@ -283,7 +290,7 @@ impl OidcClient {
         id_token: &CoreIdToken,
         resp: &CoreTokenResponse,
         nonce: &Secret,
-    ) -> Result<(String, Option<String>, serde_json::Map<String, serde_json::Value>), Error> {
+    ) -> Result<VerifiedIdToken, Error> {
         let skew = self.clock_skew;
         let verifier = self
             .client
@@ -334,10 +341,7 @@ impl OidcClient {
         for k in ["nonce", "at_hash", "c_hash"] {
             map.remove(k);
         }
-        let sid = map
-            .get("sid")
-            .and_then(|v| v.as_str())
-            .map(String::from);
+        let sid = map.get("sid").and_then(|v| v.as_str()).map(String::from);
         Ok((sub, sid, map))
     }
 
@@ -462,12 +466,15 @@ impl OidcClient {
     }
 
     async fn revoke_one(&self, endpoint: &Url, token: &Secret, hint: &str) -> Result<(), String> {
-        let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
+        let mut form: Vec<(&str, &str)> =
+            vec![("token", token.expose()), ("token_type_hint", hint)];
         let mut req = self.http.post(endpoint.clone());
         match self.client_auth {
             ClientAuth::Basic => {
                 // RFC 6749 §2.3.1: form-urlencode id and secret before Basic.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
                 req = req.basic_auth(enc(&self.client_id), Some(enc(self.client_secret.expose())));
             }
             ClientAuth::Post => {
@@ -475,11 +482,7 @@ impl OidcClient {
                 form.push(("client_secret", self.client_secret.expose()));
             }
         }
-        let resp = req
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let resp = req.form(&form).send().await.map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -69,11 +69,13 @@ pub fn match_route<'r>(routes: &'r [Route], path: &str) -> Option<&'r Route> {
 /// cannot be escaped with `/api/../admin` or `/api/%2e%2e/admin` at an upstream that normalises.
 #[must_use]
 pub fn has_dot_segment(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase().replace("%2e", ".");
+    let lower = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/");
     lower
         .split(['/', '\\'])
-        .chain(lower.split("%2f"))
-        .chain(lower.split("%5c"))
         .any(|seg| seg == "." || seg == "..")
 }
 
@@ -128,7 +130,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets `X-Forwarded-*` (SPEC §2). From an untrusted peer, incoming values are replaced.
-pub fn set_forwarded(config: &Config, headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) {
+pub fn set_forwarded(
+    config: &Config,
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<&str>,
+) {
     let trusted = config.trusted_proxies.contains(&peer.ip());
     let xff = if trusted {
         let prior: Vec<&str> = headers
@@ -270,7 +277,8 @@ pub async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
             tokio::spawn(async move {
-                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
                     return;
                 };
                 let mut client = TokioIo::new(client);
@@ -302,6 +310,7 @@ mod tests {
             "/api/.%2e/admin",
             "/api%2f..%2fadmin",
             "/api/..\\admin",
+            "/public/%2E%2E%2Fapi",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
@@ -313,7 +322,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, keep-alive"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));

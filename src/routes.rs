@@ -114,5 +114,14 @@ async fn proxy_request(
         }
     };
     let bearer = session.as_ref().map(|s| &s.tokens.access_token);
-    proxy::forward(&state.forwarder, &state.config, route, label, req, peer, bearer).await
+    proxy::forward(
+        &state.forwarder,
+        &state.config,
+        route,
+        label,
+        req,
+        peer,
+        bearer,
+    )
+    .await
 }

@@ -377,14 +377,20 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn delete(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
-        self.store.delete_session(&Self::record_ref(handle, s)).await
+        self.store
+            .delete_session(&Self::record_ref(handle, s))
+            .await
     }
 
     /// Live sessions in an index (`sub` or `sid`), pruning stale entries as it goes.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn find(&self, index: Index, value: &str) -> Result<Vec<(String, Session)>, StoreError> {
+    pub async fn find(
+        &self,
+        index: Index,
+        value: &str,
+    ) -> Result<Vec<(String, Session)>, StoreError> {
         let hash = crypto::hash(value);
         let mut live = Vec::new();
         let mut stale = Vec::new();

@@ -39,7 +39,9 @@ pub(crate) async fn callback<B>(
             return Err(Error::InvalidState("iss does not match the issuer"));
         }
         None if state.oidc.promises_iss() => {
-            return Err(Error::InvalidState("iss missing from the authorization response"));
+            return Err(Error::InvalidState(
+                "iss missing from the authorization response",
+            ));
         }
         _ => {}
     }
@@ -60,7 +62,11 @@ pub(crate) async fn callback<B>(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        let sep = if pending.return_to.contains('?') { '&' } else { '?' };
+        let sep = if pending.return_to.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let target = format!("{}{sep}error={code}", pending.return_to);
         set_location(&mut resp, &target)?;
         crate::metrics::login_finished("idp_error");

@@ -9,7 +9,10 @@ use http::{Request, Response, StatusCode};
 pub(crate) async fn user<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Error> {
     check_csrf(state, req.headers(), false)?;
     let pairs = query_pairs(req.uri());
-    let slide = !matches!(query_param(&pairs, "slide")?.as_deref(), Some("false" | "0"));
+    let slide = !matches!(
+        query_param(&pairs, "slide")?.as_deref(),
+        Some("false" | "0")
+    );
     let (_, s) = current_session(state, req.headers(), slide)
         .await?
         .ok_or(Error::Unauthenticated)?;

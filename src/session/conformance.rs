@@ -37,7 +37,12 @@ pub async fn run(store: Store) {
     let keys = Arc::new(
         KeyRing::parse(&KeyRing::generate_entry(1)).unwrap_or_else(|e| panic!("key ring: {e}")),
     );
-    let sessions = Sessions::new(store, keys, Duration::from_secs(2), Duration::from_secs(3600));
+    let sessions = Sessions::new(
+        store,
+        keys,
+        Duration::from_secs(2),
+        Duration::from_secs(3600),
+    );
     let sub = format!("conformance-{}", crypto::random_token());
     let sid = format!("sid-{}", crypto::random_token());
 
@@ -55,7 +60,10 @@ pub async fn run(store: Store) {
     // 2. indexes by sub and sid find it; a second session of the same sub is found too
     let id2 = SessionId::generate();
     let h2 = id2.handle();
-    assert!(sessions.save(&h2, &session(&sub, None, 0)).await.expect("save"));
+    assert!(sessions
+        .save(&h2, &session(&sub, None, 0))
+        .await
+        .expect("save"));
     let mut by_sub: Vec<String> = sessions
         .find(Index::Sub, &sub)
         .await
@@ -75,8 +83,15 @@ pub async fn run(store: Store) {
     assert!(sessions.delete(&h, &s).await.expect("delete"));
     assert!(!sessions.delete(&h, &s).await.expect("delete again"));
     assert!(sessions.load(&h).await.expect("load").is_none());
-    assert!(sessions.find(Index::Sid, &sid).await.expect("find").is_empty());
-    assert_eq!(sessions.find(Index::Sub, &sub).await.expect("find").len(), 1);
+    assert!(sessions
+        .find(Index::Sid, &sid)
+        .await
+        .expect("find")
+        .is_empty());
+    assert_eq!(
+        sessions.find(Index::Sub, &sub).await.expect("find").len(),
+        1
+    );
 
     // 4. an already-expired session is not written
     let expired = session(&sub, None, 10);
@@ -88,12 +103,20 @@ pub async fn run(store: Store) {
     // 5. TTL: idle timeout of 2 s, session last seen 1 s ago → gone after ~1 s more
     let id3 = SessionId::generate();
     let h3 = id3.handle();
-    assert!(sessions.save(&h3, &session(&sub, None, 1)).await.expect("save"));
+    assert!(sessions
+        .save(&h3, &session(&sub, None, 1))
+        .await
+        .expect("save"));
     assert!(sessions.load(&h3).await.expect("load").is_some());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(sessions.load(&h3).await.expect("load").is_none());
     assert!(
-        sessions.store().get_session(&h3).await.expect("raw get").is_none(),
+        sessions
+            .store()
+            .get_session(&h3)
+            .await
+            .expect("raw get")
+            .is_none(),
         "the store's own TTL must have removed the record"
     );
 
@@ -106,7 +129,11 @@ pub async fn run(store: Store) {
         binding: "b".into(),
     };
     sessions.put_pending(&state, &p).await.expect("put pending");
-    let got = sessions.take_pending(&state).await.expect("take").expect("first take");
+    let got = sessions
+        .take_pending(&state)
+        .await
+        .expect("take")
+        .expect("first take");
     assert_eq!(got.return_to, "/x");
     assert!(sessions.take_pending(&state).await.expect("take").is_none());
     assert!(sessions
@@ -141,6 +168,9 @@ pub async fn run(store: Store) {
 mod tests {
     #[tokio::test]
     async fn memory_store_conforms() {
-        super::run(super::Store::Memory(super::super::memory::MemoryStore::new())).await;
+        super::run(super::Store::Memory(
+            super::super::memory::MemoryStore::new(),
+        ))
+        .await;
     }
 }

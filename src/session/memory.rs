@@ -136,8 +136,7 @@ impl MemoryStore {
         let mut g = self.lock();
         let now = Instant::now();
         g.pending.retain(|_, (_, exp)| *exp > now);
-        g.pending
-            .insert(state_hash.to_string(), (blob, now + ttl));
+        g.pending.insert(state_hash.to_string(), (blob, now + ttl));
         Ok(())
     }
 
@@ -146,8 +145,7 @@ impl MemoryStore {
         state_hash: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut g = self.lock();
-        Ok(g
-            .pending
+        Ok(g.pending
             .remove(state_hash)
             .and_then(|(b, exp)| (exp > Instant::now()).then_some(b)))
     }

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, real Redis, the real IdP (npm oidc-provider), an echo
+//! upstream, Cloakroom on port 0.
+
+mod support;
+
+mod login_flow;
+mod proxying;
+mod store;

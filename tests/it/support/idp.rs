@@ -1,0 +1,180 @@
+//! The real IdP (npm `oidc-provider`, from `tests/idp/`), and the ONE place that knows how to
+//! log a test user in there.
+
+use super::browser::Browser;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+pub struct Idp {
+    pub issuer: String,
+    child: Child,
+}
+
+fn idp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
+}
+
+/// `npm ci` once per test process when `node_modules` is missing.
+fn ensure_installed() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = idp_dir();
+        if dir.join("node_modules/oidc-provider").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run npm ({e}). The integration tests need Node.js ≥ 20.12 with npm: `apt-get install nodejs npm`")
+            });
+        assert!(status.success(), "`npm ci` in tests/idp failed");
+    });
+}
+
+impl Idp {
+    /// Starts the IdP with `config` (the IDP_CONFIG JSON, see tests/idp/README.md).
+    pub fn start(config: &serde_json::Value) -> Self {
+        ensure_installed();
+        let mut child = Command::new("node")
+            .arg(idp_dir().join("server.js"))
+            .env("IDP_CONFIG", config.to_string())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("IDP_VERBOSE").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start node ({e}). The integration tests need Node.js ≥ 20.12: `apt-get install nodejs npm`")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("IdP stdout");
+        let issuer = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| {
+                panic!("the test IdP did not start (said {line:?}); run it with IDP_VERBOSE=1")
+            })
+            .to_string();
+        Self { issuer, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// Follows the IdP's login from the authorization URL to our callback URL, logging in as
+    /// `user`/`password`. Returns the callback URL the IdP redirected to.
+    pub async fn login(
+        &self,
+        browser: &mut Browser,
+        authorize_url: &str,
+        user: &str,
+        password: &str,
+    ) -> String {
+        let r = browser.get(authorize_url).await;
+        assert_eq!(r.status, 303, "authorize: {}", r.body);
+        let mut loc = self.absolute(&r.location());
+        if loc.contains("/interaction/") {
+            let r = browser
+                .post_form(
+                    &format!("{loc}/login"),
+                    &[("login", user), ("password", password)],
+                )
+                .await;
+            assert_eq!(r.status, 303, "interaction login: {}", r.body);
+            loc = self.absolute(&r.location());
+        }
+        // Follow the IdP's own redirects until it sends the browser back to us.
+        for _ in 0..5 {
+            if !loc.starts_with(&self.issuer) {
+                return loc;
+            }
+            let r = browser.get(&loc).await;
+            assert!(
+                r.status == 303 || r.status == 302,
+                "idp redirect {loc}: {} {}",
+                r.status,
+                r.body
+            );
+            loc = self.absolute(&r.location());
+        }
+        panic!("the IdP never redirected back (last: {loc})");
+    }
+
+    /// Drives an RP-initiated logout at `end_session_url` to the end (confirming at the IdP).
+    pub async fn end_session(&self, browser: &mut Browser, end_session_url: &str) -> String {
+        let r = browser.get(end_session_url).await;
+        assert_eq!(r.status, 200, "end_session: {}", r.body);
+        let form: serde_json::Value = serde_json::from_str(&r.body).expect("logout form JSON");
+        let action = form["action"].as_str().expect("action").to_string();
+        let fields: Vec<(String, String)> = form["fields"]
+            .as_object()
+            .expect("fields")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        let refs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = browser.post_form(&action, &refs).await;
+        assert_eq!(r.status, 303, "end_session confirm: {}", r.body);
+        r.location()
+    }
+
+    pub fn absolute(&self, loc: &str) -> String {
+        if loc.starts_with('/') {
+            format!("{}{loc}", self.issuer)
+        } else {
+            loc.to_string()
+        }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(self.url("/test/stats"))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// RFC 7662 introspection with the client's credentials.
+    pub async fn introspect(
+        &self,
+        client_id: &str,
+        secret: &str,
+        token: &str,
+    ) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(self.url("/token/introspection"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection")
+            .json()
+            .await
+            .expect("introspection json")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,312 @@
+//! `TestEnv::start()`: real Redis + the real IdP + an echo upstream + Cloakroom on port 0.
+// Helpers serve different test modules; not every one is used by every build of the suite.
+#![allow(dead_code)]
+
+pub mod browser;
+pub mod idp;
+pub mod redis;
+pub mod upstream;
+
+use browser::Browser;
+use cloakroom::config::{Config, Env};
+use cloakroom::crypto::KeyRing;
+use cloakroom::{App, Listeners, RunningApp};
+use idp::Idp;
+use redis::RedisServer;
+use std::sync::{Arc, Mutex, OnceLock};
+use upstream::Upstream;
+
+pub const CLIENT_ID: &str = "cloakroom";
+pub const CLIENT_SECRET: &str = "test-client-secret-0123456789";
+
+/// Everything Cloakroom logged in this test process (at debug level), for leak scans.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().expect("log lock")).to_string()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+#[derive(Clone)]
+struct LogWriter;
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        log_buffer().lock().expect("log lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("cloakroom=trace,info")
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+#[derive(Clone)]
+pub struct Opts {
+    pub instances: usize,
+    pub access_token_ttl: u64,
+    pub idle_timeout: &'static str,
+    pub absolute_timeout: &'static str,
+    pub client_auth: &'static str,
+    pub extra_toml: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            instances: 1,
+            access_token_ttl: 3600,
+            idle_timeout: "30m",
+            absolute_timeout: "12h",
+            client_auth: "client_secret_basic",
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub redis: RedisServer,
+    pub idp: Idp,
+    pub upstream: Upstream,
+    pub apps: Vec<RunningApp>,
+    pub keys: String,
+    pub opts: Opts,
+}
+
+pub fn bind0() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::start_with(Opts::default()).await
+    }
+
+    pub async fn start_with(opts: Opts) -> Self {
+        init_logs();
+        let redis = RedisServer::start();
+        let upstream = Upstream::start().await;
+        let mut listeners = Vec::new();
+        let mut redirects = Vec::new();
+        let mut post_logout = Vec::new();
+        for _ in 0..opts.instances {
+            let l = bind0();
+            let port = l.local_addr().expect("addr").port();
+            redirects.push(format!("http://127.0.0.1:{port}/auth/callback"));
+            post_logout.push(format!("http://127.0.0.1:{port}/"));
+            listeners.push((l, bind0()));
+        }
+        let idp = Idp::start(&serde_json::json!({
+            "access_token_ttl": opts.access_token_ttl,
+            "clients": [{
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "redirect_uris": redirects,
+                "post_logout_redirect_uris": post_logout,
+                "backchannel_logout_uri": format!("{}/auth/backchannel-logout", post_logout[0].trim_end_matches('/')),
+                "token_endpoint_auth_method": opts.client_auth,
+            }]
+        }));
+        let keys = KeyRing::generate_entry(1);
+        let mut env = Self {
+            redis,
+            idp,
+            upstream,
+            apps: Vec::new(),
+            keys,
+            opts,
+        };
+        for (public, admin) in listeners {
+            let port = public.local_addr().expect("addr").port();
+            let config = env.config(port, &env.keys.clone(), &env.opts.extra_toml.clone());
+            let app = App::start_with(
+                config,
+                Listeners {
+                    public: Some(public),
+                    admin: Some(admin),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cloakroom did not start: {e}"));
+            env.apps.push(app);
+        }
+        env
+    }
+
+    /// The TOML config of an instance listening on `port`.
+    pub fn toml(&self, port: u16, extra: &str) -> String {
+        let up = self.upstream.addr;
+        let closed = upstream_closed_port();
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+[admin]
+listen = "127.0.0.1:0"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_auth_method = "{auth}"
+timeout = "5s"
+[session]
+idle_timeout = "{idle}"
+absolute_timeout = "{abs}"
+[store]
+kind = "redis"
+url = "{redis}"
+[log]
+level = "debug"
+[[routes]]
+prefix = "/api/"
+upstream = "http://{up}"
+token = "required"
+[[routes]]
+prefix = "/public/"
+upstream = "http://{up}"
+token = "none"
+[[routes]]
+prefix = "/opt/"
+upstream = "http://{up}"
+token = "optional"
+[[routes]]
+prefix = "/api/slow/"
+upstream = "http://{up}"
+timeout = "1s"
+[[routes]]
+prefix = "/down/"
+upstream = "http://127.0.0.1:{closed}"
+[[routes]]
+prefix = "/stripped/"
+upstream = "http://{up}/base"
+strip_prefix = true
+{extra}
+"#,
+            issuer = self.idp.issuer,
+            auth = self.opts.client_auth,
+            idle = self.opts.idle_timeout,
+            abs = self.opts.absolute_timeout,
+            redis = self.redis.url(),
+        )
+    }
+
+    pub fn env_vars(&self, keys: &str) -> Env {
+        let mut e = Env::new();
+        e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into());
+        e.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
+        e.insert("CLOAKROOM_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+        e
+    }
+
+    pub fn config(&self, port: u16, keys: &str, extra: &str) -> Config {
+        Config::from_toml(&self.toml(port, extra), &self.env_vars(keys))
+            .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+
+    pub fn base(&self, i: usize) -> String {
+        format!("http://{}", self.apps[i].public_addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base(0))
+    }
+
+    pub fn admin_url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.apps[i].admin_addr)
+    }
+
+    /// Starts one more instance on a fresh port, sharing Redis and the IdP.
+    /// (Its callback URL is not registered at the IdP: use it for API calls, not logins.)
+    pub async fn start_extra(&mut self, keys: &str) -> usize {
+        let public = bind0();
+        let port = public.local_addr().expect("addr").port();
+        let config = self.config(port, keys, &self.opts.extra_toml.clone());
+        let app = App::start_with(
+            config,
+            Listeners {
+                public: Some(public),
+                admin: Some(bind0()),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cloakroom did not start: {e}"));
+        self.apps.push(app);
+        self.apps.len() - 1
+    }
+
+    /// A full login as `user` in `browser` through instance `i`; returns the callback response.
+    pub async fn login_as(
+        &self,
+        browser: &mut Browser,
+        i: usize,
+        user: &str,
+        password: &str,
+    ) -> browser::Resp {
+        let r = browser
+            .get(&format!("{}/auth/login?return_to=/app", self.base(i)))
+            .await;
+        assert_eq!(r.status, 302, "login: {}", r.body);
+        let callback = self.idp.login(browser, &r.location(), user, password).await;
+        assert!(callback.starts_with(&self.base(i)), "callback {callback}");
+        let r = browser.get(&callback).await;
+        assert_eq!(r.status, 302, "callback: {}", r.body);
+        r
+    }
+
+    pub async fn login(&self, browser: &mut Browser) -> browser::Resp {
+        self.login_as(browser, 0, "alice", "wonderland").await
+    }
+
+    /// The session (with its tokens) behind a browser's cookie, read the way Cloakroom does.
+    pub async fn session_of(&self, browser: &Browser) -> Option<cloakroom::session::Session> {
+        let config = self.config(1, &self.keys, "");
+        let mut headers = http::HeaderMap::new();
+        let cookie = self.cookie_header(browser)?;
+        headers.insert(http::header::COOKIE, cookie.parse().ok()?);
+        let id = cloakroom::cookies::session_id(&headers, &config)?;
+        let store = cloakroom::app::connect_store(&config).await.ok()?;
+        let sessions = cloakroom::session::Sessions::new(
+            store,
+            config.keys.clone(),
+            config.idle_timeout,
+            config.absolute_timeout,
+        );
+        sessions.load(&id.handle()).await.ok()?
+    }
+
+    fn cookie_header(&self, browser: &Browser) -> Option<String> {
+        browser
+            .jar
+            .get("__Host-cloakroom")
+            .map(|v| format!("__Host-cloakroom={v}"))
+    }
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+fn upstream_closed_port() -> u16 {
+    // A port nobody listens on: bind, read, close.
+    redis::free_port()
+}
+
+/// Sends raw bytes to `addr` and returns the raw response (for requests a client library would
+/// normalise: dot segments, smuggling attempts).
+pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}

@@ -1,0 +1,153 @@
+//! An echo upstream: answers with what it received (method, path, headers), and a few special
+//! paths: `/slow/*` (waits 3 s), `/download/<bytes>` (streams a deterministic body),
+//! `/upload` (hashes the streamed body). Counts every request.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+#[derive(Default)]
+pub struct Seen {
+    pub count: AtomicUsize,
+    pub last: Mutex<Option<serde_json::Value>>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The deterministic byte at offset `i` of a download.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(i >> 13) % 251) as u8
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.count.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> serde_json::Value {
+        self.seen
+            .last
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("the upstream saw a request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(
+    seen: Arc<Seen>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    seen.count.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(
+            k.as_str().to_string(),
+            serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+        );
+    }
+    let info = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "headers": headers,
+        "authorization_count": req.headers().get_all("authorization").iter().count(),
+        "cookie_count": req.headers().get_all("cookie").iter().count(),
+    });
+    *seen.last.lock().expect("lock") = Some(info.clone());
+
+    if path.contains("/slow") {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    if let Some(n) = path
+        .rsplit_once("/download/")
+        .map(|(_, n)| n.parse::<u64>().unwrap_or(0))
+    {
+        const CHUNK: u64 = 64 * 1024;
+        let stream = futures_util::stream::iter((0..n.div_ceil(CHUNK)).map(move |c| {
+            let start = c * CHUNK;
+            let end = (start + CHUNK).min(n);
+            let v: Vec<u8> = (start..end).map(pattern).collect();
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from(v)))
+        }));
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        return Ok(hyper::Response::new(body));
+    }
+    if path.ends_with("/upload") {
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        let mut body = req.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            len += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let out = serde_json::json!({"len": len, "sha256": hex(&hasher.finalize())});
+        return Ok(hyper::Response::new(full(out.to_string())));
+    }
+    // The echo never reflects credentials: the browser-side scan must only catch our leaks.
+    let mut echoed = info.clone();
+    if let Some(h) = echoed["headers"].as_object_mut() {
+        for k in ["authorization", "cookie"] {
+            if h.contains_key(k) {
+                h.insert(k.into(), serde_json::Value::String("<present>".into()));
+            }
+        }
+    }
+    let mut resp = hyper::Response::new(full(echoed.to_string()));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    Ok(resp)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
