@@ -91,7 +91,9 @@ pub(crate) async fn current_session(
         let now = now_unix();
         if now - s.last_seen >= slide_interval(state) {
             s.last_seen = now;
-            state.sessions.save(&handle, &s).await?;
+            if !state.sessions.touch(&handle, &s).await? {
+                return Ok(None);
+            }
         }
     }
     Ok(Some((handle, s)))

@@ -63,7 +63,8 @@ pub struct Session {
     pub tokens: Tokens,
     /// Created (unix seconds).
     pub created_at: i64,
-    /// Last activity that slid the idle timeout (unix seconds).
+    /// Last activity that slid the idle timeout (unix seconds). Stored beside the sealed data
+    /// so that sliding never rewrites the tokens.
     pub last_seen: i64,
     /// Hard end of the session (unix seconds).
     pub absolute_expires_at: i64,
@@ -165,7 +166,7 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// Writes a session record and adds it to its indexes.
+    /// Writes a session record (sealed data + last-seen time) and adds it to its indexes.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
@@ -173,17 +174,54 @@ impl Store {
         &self,
         r: &RecordRef,
         blob: Vec<u8>,
+        seen: i64,
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_session(r, blob, ttl, index_ttl).await)
+        dispatch!(self, s => s.put_session(r, blob, seen, ttl, index_ttl).await)
     }
-    /// Reads a session record.
+    /// Reads a session record: sealed data and last-seen time.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn get_session(&self, handle: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn get_session(&self, handle: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         dispatch!(self, s => s.get_session(handle).await)
+    }
+    /// Moves last-seen and the TTL of an existing record (never recreates a deleted one).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn touch_session(&self, handle: &str, seen: i64, ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.touch_session(handle, seen, ttl).await)
+    }
+    /// Replaces the sealed data of an existing record, keeping its TTL and last-seen time
+    /// (never recreates a deleted one: a logout during a refresh stays a logout).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn replace_data(&self, handle: &str, blob: Vec<u8>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.replace_data(handle, blob).await)
+    }
+    /// Takes the refresh lock of a session for `lease` if nobody holds it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn try_lock(&self, handle: &str, token: &str, lease: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.try_lock(handle, token, lease).await)
+    }
+    /// Releases the refresh lock if `token` still holds it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn unlock(&self, handle: &str, token: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unlock(handle, token).await)
+    }
+    /// Records `hash` (e.g. of a logout token's `jti`) for `ttl`; false if it was already there.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remember_once(hash, ttl).await)
     }
     /// Deletes a session record and its index entries; true if it existed.
     ///
@@ -330,23 +368,51 @@ impl Sessions {
         }
     }
 
-    /// Writes (seals) a session with a TTL from its idle and absolute expiry.
+    fn ttl(&self, s: &Session) -> Option<Duration> {
+        let ttl = s.expires_at(self.idle) - now_unix();
+        (ttl > 0).then(|| Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
+    }
+
+    fn seal(&self, handle: &str, s: &Session) -> Result<Vec<u8>, StoreError> {
+        let json = serde_json::to_vec(s).map_err(|e| StoreError(format!("encode: {e}")))?;
+        Ok(self.keys.seal(&record_aad(handle), &json))
+    }
+
+    /// Writes (seals) a whole session with a TTL from its idle and absolute expiry.
     /// Returns false (and writes nothing) when the session has already expired.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn save(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
-        let ttl = s.expires_at(self.idle) - now_unix();
-        if ttl <= 0 {
+        let Some(ttl) = self.ttl(s) else {
             return Ok(false);
-        }
-        let json = serde_json::to_vec(s).map_err(|e| StoreError(format!("encode: {e}")))?;
-        let blob = self.keys.seal(&record_aad(handle), &json);
-        let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
+        };
+        let blob = self.seal(handle, s)?;
         self.store
-            .put_session(&Self::record_ref(handle, s), blob, ttl, self.absolute)
+            .put_session(&Self::record_ref(handle, s), blob, s.last_seen, ttl, self.absolute)
             .await?;
         Ok(true)
+    }
+
+    /// Slides the idle timeout: writes only last-seen and the TTL, never the tokens, so it cannot
+    /// undo a concurrent refresh. False if the session is gone.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn touch(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
+        let Some(ttl) = self.ttl(s) else {
+            return Ok(false);
+        };
+        self.store.touch_session(handle, s.last_seen, ttl).await
+    }
+
+    /// Replaces the sealed data (new tokens after a refresh) of a session that still exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn update(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
+        let blob = self.seal(handle, s)?;
+        self.store.replace_data(handle, blob).await
     }
 
     /// Reads a session by handle. `None` if missing, expired or unreadable (e.g. its key was
@@ -355,17 +421,18 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn load(&self, handle: &str) -> Result<Option<Session>, StoreError> {
-        let Some(blob) = self.store.get_session(handle).await? else {
+        let Some((blob, seen)) = self.store.get_session(handle).await? else {
             return Ok(None);
         };
         let Some(json) = self.keys.open(&record_aad(handle), &blob) else {
             tracing::warn!(session = %short(handle), "session record does not open with any key");
             return Ok(None);
         };
-        let Ok(s) = serde_json::from_slice::<Session>(&json) else {
+        let Ok(mut s) = serde_json::from_slice::<Session>(&json) else {
             tracing::warn!(session = %short(handle), "session record has an unknown format");
             return Ok(None);
         };
+        s.last_seen = s.last_seen.max(seen);
         if s.v != FORMAT_VERSION || s.expires_at(self.idle) <= now_unix() {
             return Ok(None);
         }

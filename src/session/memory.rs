@@ -1,18 +1,36 @@
 //! In-memory [`Store`](super::Store) for the single-process demo and unit tests.
 //!
-//! Same semantics as the Redis store: TTLs, once-only pending logins, indexes. One instance only:
-//! nothing is shared across processes.
+//! Same semantics as the Redis store: TTLs, once-only pending logins, indexes, refresh locks,
+//! remember-once. One instance only: nothing is shared across processes.
 
 use super::{Index, RecordRef, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
+struct Record {
+    data: Vec<u8>,
+    seen: i64,
+    expires: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: HashMap<String, (Vec<u8>, Instant)>,
+    sessions: HashMap<String, Record>,
     pending: HashMap<String, (Vec<u8>, Instant)>,
     indexes: HashMap<(bool, String), (HashSet<String>, Instant)>,
+    locks: HashMap<String, (String, Instant)>,
+    seen_once: HashMap<String, Instant>,
+}
+
+impl Inner {
+    fn live_session(&mut self, handle: &str, now: Instant) -> Option<&mut Record> {
+        if self.sessions.get(handle).is_some_and(|r| r.expires <= now) {
+            self.sessions.remove(handle);
+        }
+        self.sessions.get_mut(handle)
+    }
 }
 
 /// The memory store. Clones share the data.
@@ -44,12 +62,20 @@ impl MemoryStore {
         &self,
         r: &RecordRef,
         blob: Vec<u8>,
+        seen: i64,
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
-        g.sessions.insert(r.handle.clone(), (blob, now + ttl));
+        g.sessions.insert(
+            r.handle.clone(),
+            Record {
+                data: blob,
+                seen,
+                expires: now + ttl,
+            },
+        );
         let mut add = |k: (bool, String)| {
             let e = g
                 .indexes
@@ -65,24 +91,44 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn get_session(&self, handle: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) async fn get_session(
+        &self,
+        handle: &str,
+    ) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let mut g = self.lock();
-        match g.sessions.get(handle) {
-            Some((b, exp)) if *exp > Instant::now() => Ok(Some(b.clone())),
-            Some(_) => {
-                g.sessions.remove(handle);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        Ok(g
+            .live_session(handle, Instant::now())
+            .map(|r| (r.data.clone(), r.seen)))
+    }
+
+    pub(super) async fn touch_session(
+        &self,
+        handle: &str,
+        seen: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        Ok(g.live_session(handle, now).map_or(false, |r| {
+            r.seen = seen;
+            r.expires = now + ttl;
+            true
+        }))
+    }
+
+    pub(super) async fn replace_data(&self, handle: &str, blob: Vec<u8>) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(g.live_session(handle, Instant::now()).map_or(false, |r| {
+            r.data = blob;
+            true
+        }))
     }
 
     pub(super) async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
+        let now = Instant::now();
         let mut g = self.lock();
-        let existed = g
-            .sessions
-            .remove(&r.handle)
-            .is_some_and(|(_, exp)| exp > Instant::now());
+        let existed = g.live_session(&r.handle, now).is_some();
+        g.sessions.remove(&r.handle);
         for k in std::iter::once(key(Index::Sub, &r.sub_hash))
             .chain(r.sid_hash.as_deref().map(|s| key(Index::Sid, s)))
         {
@@ -145,9 +191,46 @@ impl MemoryStore {
         state_hash: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut g = self.lock();
-        Ok(g.pending
+        Ok(g
+            .pending
             .remove(state_hash)
             .and_then(|(b, exp)| (exp > Instant::now()).then_some(b)))
+    }
+
+    pub(super) async fn try_lock(
+        &self,
+        handle: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        g.locks.retain(|_, (_, exp)| *exp > now);
+        if g.locks.contains_key(handle) {
+            return Ok(false);
+        }
+        g.locks
+            .insert(handle.to_string(), (token.to_string(), now + lease));
+        Ok(true)
+    }
+
+    pub(super) async fn unlock(&self, handle: &str, token: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.locks.get(handle).is_some_and(|(t, _)| t == token) {
+            g.locks.remove(handle);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        g.seen_once.retain(|_, exp| *exp > now);
+        if g.seen_once.contains_key(hash) {
+            return Ok(false);
+        }
+        g.seen_once.insert(hash.to_string(), now + ttl);
+        Ok(true)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
