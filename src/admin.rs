@@ -5,10 +5,24 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store answers and IdP metadata is loaded; else 503 `{"error": reason}` |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! With `CLOAKROOM_ADMIN_TOKEN` set, and `Authorization: Bearer <token>` on the request
+//! (otherwise 401 `unauthenticated`; without the variable the admin API answers 404):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /admin/users/{sub}/sessions` | 200 `{"sub", "sessions": [{handle, created_at, last_seen, expires_at, idle_expires_at, absolute_expires_at, user_agent, ip}]}` — never tokens |
+//! | `DELETE /admin/sessions/{handle}` | 200 `{"ended": 1}`, or 404 `not_found` |
+//! | `DELETE /admin/users/{sub}/sessions[?except={handle}]` | 200 `{"ended": n}` — "log out everywhere" |
+//!
+//! Ending a session deletes it and revokes its tokens at the IdP. Every admin action is an
+//! audit log event (`event = "admin"`).
 
 use crate::app::AppState;
 use crate::body::{full, Body};
 use crate::error::{json_response, Error};
+use crate::secret::constant_time_eq;
+use crate::session::{short, Index};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -55,7 +69,89 @@ pub(crate) async fn handle(
             );
             r
         }
+        (_, p) if p.starts_with("/admin/") => match admin_api(&state, &req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
         _ => Error::NotFound.into_response(),
     };
     Ok(resp)
+}
+
+fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), Error> {
+    let Some(expected) = &state.config.admin_token else {
+        return Err(Error::NotFound);
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!(event = "admin", action = "refused", path = %req.uri().path(), "admin request without a valid token");
+        Err(Error::Unauthenticated)
+    }
+}
+
+fn decode(segment: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    authorized(state, req)?;
+    let path = req.uri().path();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let except = crate::auth::query_param(&crate::auth::query_pairs(req.uri()), "except")?;
+    match (req.method(), parts.as_slice()) {
+        (&Method::GET, ["admin", "users", sub, "sessions"]) => {
+            let sub = decode(sub);
+            let idle = state.sessions.idle_timeout();
+            let list: Vec<serde_json::Value> = state
+                .sessions
+                .find(Index::Sub, &sub)
+                .await?
+                .into_iter()
+                .map(|(h, s)| {
+                    serde_json::json!({
+                        "handle": h,
+                        "created_at": s.created_at,
+                        "last_seen": s.last_seen,
+                        "expires_at": s.expires_at(idle),
+                        "idle_expires_at": s.idle_expires_at(idle),
+                        "absolute_expires_at": s.absolute_expires_at,
+                        "user_agent": s.user_agent,
+                        "ip": s.ip,
+                    })
+                })
+                .collect();
+            tracing::info!(event = "admin", action = "list_sessions", sub = %sub, count = list.len(), "admin listed sessions");
+            Ok(json_response(StatusCode::OK, &serde_json::json!({"sub": sub, "sessions": list})))
+        }
+        (&Method::DELETE, ["admin", "sessions", handle]) => {
+            let Some(s) = state.sessions.load(handle).await? else {
+                return Err(Error::NotFound);
+            };
+            let n = crate::auth::end_sessions(state, vec![((*handle).to_string(), s.clone())], "admin").await?;
+            tracing::info!(event = "admin", action = "end_session", session = %short(handle), sub = %s.sub, "admin ended a session");
+            Ok(json_response(StatusCode::OK, &serde_json::json!({"ended": n})))
+        }
+        (&Method::DELETE, ["admin", "users", sub, "sessions"]) => {
+            let sub = decode(sub);
+            let mut victims = state.sessions.find(Index::Sub, &sub).await?;
+            if let Some(keep) = &except {
+                victims.retain(|(h, _)| h != keep);
+            }
+            let n = crate::auth::end_sessions(state, victims, "admin").await?;
+            tracing::info!(event = "admin", action = "end_user_sessions", sub = %sub, except = except.as_deref().map(short), ended = n, "admin ended a user's sessions");
+            Ok(json_response(StatusCode::OK, &serde_json::json!({"ended": n})))
+        }
+        (_, ["admin", "users", _, "sessions"] | ["admin", "sessions", _]) => Err(Error::MethodNotAllowed),
+        _ => Err(Error::NotFound),
+    }
 }

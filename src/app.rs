@@ -19,11 +19,13 @@ pub struct AppState {
     /// Sessions over the store.
     pub sessions: Sessions,
     /// The relying party.
-    pub oidc: OidcClient,
+    pub oidc: Arc<OidcClient>,
     /// The pooled upstream client.
     pub forwarder: Forwarder,
     /// Metric labels of the routes (their prefixes), in route order.
     pub route_labels: Vec<&'static str>,
+    /// In-process refresh locks.
+    pub refresh_locks: crate::refresh::LocalLocks,
 }
 
 /// Listeners bound by the caller (tests bind port 0 first so the IdP knows our address).
@@ -154,9 +156,10 @@ impl App {
         let state = Arc::new(AppState {
             config,
             sessions,
-            oidc,
+            oidc: Arc::new(oidc),
             forwarder,
             route_labels,
+            refresh_locks: crate::refresh::LocalLocks::default(),
         });
         let (tx, rx) = watch::channel(false);
         let s1 = state.clone();

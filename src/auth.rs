@@ -3,11 +3,13 @@
 //!
 //! Owns: what a browser sees of login state. Never puts a token in a response.
 
+mod backchannel;
 mod callback;
 mod login;
 mod logout;
 mod user;
 
+pub(crate) use backchannel::backchannel_logout;
 pub(crate) use callback::callback;
 pub(crate) use login::login;
 pub(crate) use logout::logout;
@@ -105,6 +107,36 @@ pub(crate) async fn current_session(
 pub(crate) fn slide_interval(state: &AppState) -> i64 {
     let idle = i64::try_from(state.config.idle_timeout.as_secs()).unwrap_or(i64::MAX);
     (idle / 10).clamp(1, 60)
+}
+
+/// Ends sessions: deletes each (and its index entries), then revokes their tokens at the IdP
+/// (concurrently; a failed revocation is logged and counted, the session stays ended). Returns
+/// how many were deleted. `reason` goes to the log.
+///
+/// # Errors
+/// [`Error::StoreUnavailable`] (sessions deleted before the failure stay deleted).
+pub(crate) async fn end_sessions(
+    state: &AppState,
+    sessions: Vec<(String, Session)>,
+    reason: &'static str,
+) -> Result<usize, Error> {
+    let mut n = 0;
+    let mut revocations = Vec::new();
+    for (handle, s) in sessions {
+        if state.sessions.delete(&handle, &s).await? {
+            n += 1;
+        }
+        tracing::info!(
+            event = "session_ended",
+            reason,
+            session = %crate::session::short(&handle),
+            sub = %s.sub,
+            "session ended"
+        );
+        revocations.push(s.tokens);
+    }
+    futures_util::future::join_all(revocations.iter().map(|t| state.oidc.revoke_tokens(t))).await;
+    Ok(n)
 }
 
 /// Query parameters as pairs (decoded).

@@ -42,3 +42,18 @@ pub fn revocation_failed() {
 pub fn store_error() {
     metrics::counter!("cloakroom_store_errors_total").increment(1);
 }
+
+/// The JWKS was re-fetched because of an unknown key id.
+pub fn jwks_refetch() {
+    metrics::counter!("cloakroom_jwks_refetches_total").increment(1);
+}
+
+/// A token refresh at the IdP finished with `outcome` (`ok`, `fatal`, `transient`).
+pub fn refresh(outcome: &'static str) {
+    metrics::counter!("cloakroom_refreshes_total", "outcome" => outcome).increment(1);
+}
+
+/// A back-channel logout was handled with `outcome`.
+pub fn backchannel_logout(outcome: &'static str) {
+    metrics::counter!("cloakroom_backchannel_logouts_total", "outcome" => outcome).increment(1);
+}

@@ -12,7 +12,7 @@ use base64::Engine;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
     CoreClient, CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken,
-    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
     CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
     CoreTokenResponse,
 };
@@ -23,6 +23,7 @@ use openidconnect::{
     RequestTokenError, Scope, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -82,6 +83,142 @@ type VerifiedIdToken = (
     serde_json::Map<String, serde_json::Value>,
 );
 
+enum VerifyError {
+    UnknownKey(String),
+    Invalid(String),
+}
+
+/// Why a refresh failed (SPEC §3).
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The grant is dead: end the session.
+    #[error("refresh refused: {0}")]
+    Fatal(String),
+    /// Try again later; keep the session.
+    #[error("refresh unavailable: {0}")]
+    Transient(String),
+}
+
+/// The checked content of a back-channel logout token.
+#[derive(Debug, Clone)]
+pub struct LogoutClaims {
+    /// Subject, if given.
+    pub sub: Option<String>,
+    /// IdP session id, if given.
+    pub sid: Option<String>,
+    /// Token id, for replay detection.
+    pub jti: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogoutClaimsRaw {
+    iat: i64,
+    jti: Option<String>,
+    sub: Option<String>,
+    sid: Option<String>,
+    nonce: Option<serde_json::Value>,
+    events: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Logout tokens older than this (plus skew) are refused; their `jti`s are remembered as long.
+pub const LOGOUT_TOKEN_MAX_AGE: i64 = 300;
+
+const LOGOUT_ALGS: [jsonwebtoken::Algorithm; 8] = [
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::RS384,
+    jsonwebtoken::Algorithm::RS512,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::PS384,
+    jsonwebtoken::Algorithm::PS512,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::ES384,
+];
+
+/// The IdP's signing keys, in both forms we verify with, re-fetched (at most once per
+/// [`JWKS_REFETCH_INTERVAL`]) when a token names a key we don't know.
+struct Jwks {
+    uri: Url,
+    http: reqwest::Client,
+    current: std::sync::RwLock<Arc<KeySet>>,
+    last_refetch: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+struct KeySet {
+    oidc: CoreJsonWebKeySet,
+    jwt: Vec<jsonwebtoken::jwk::Jwk>,
+}
+
+/// Minimum time between two JWKS re-fetches triggered by unknown key ids.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+impl KeySet {
+    fn from_oidc(oidc: CoreJsonWebKeySet) -> Self {
+        let jwt = serde_json::to_value(&oidc)
+            .ok()
+            .and_then(|v| v.get("keys").and_then(|k| k.as_array()).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|k| serde_json::from_value(k).ok())
+            .collect();
+        Self { oidc, jwt }
+    }
+}
+
+impl Jwks {
+    fn new(uri: Url, http: reqwest::Client, keys: CoreJsonWebKeySet) -> Self {
+        Self {
+            uri,
+            http,
+            current: std::sync::RwLock::new(Arc::new(KeySet::from_oidc(keys))),
+            last_refetch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-fetches the JWKS unless one was fetched within the interval. True if new keys came.
+    async fn refetch(&self) -> bool {
+        let mut last = self.last_refetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        crate::metrics::jwks_refetch();
+        let fetched = async {
+            let resp = self.http.get(self.uri.clone()).send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let bytes = resp.bytes().await.ok()?;
+            if bytes.len() > 256 * 1024 {
+                return None;
+            }
+            serde_json::from_slice::<CoreJsonWebKeySet>(&bytes).ok()
+        }
+        .await;
+        match fetched {
+            Some(keys) => {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(KeySet::from_oidc(keys));
+                tracing::info!("JWKS re-fetched after an unknown key id");
+                true
+            }
+            None => {
+                tracing::warn!("JWKS re-fetch failed");
+                false
+            }
+        }
+    }
+}
+
 /// A fresh authorization request: the URL to redirect to and the secrets to keep.
 #[derive(Debug)]
 pub struct AuthRequest {
@@ -111,6 +248,7 @@ pub struct LoginResult {
 /// The relying party, built once at start-up.
 pub struct OidcClient {
     client: Client,
+    jwks: Jwks,
     http: reqwest::Client,
     end_session: Option<Url>,
     revocation: Option<Url>,
@@ -165,6 +303,11 @@ impl OidcClient {
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
+        let jwks = Jwks::new(
+            metadata.jwks_uri().url().clone(),
+            http.clone(),
+            metadata.jwks().clone(),
+        );
         let redirect = config
             .public_url
             .join(&format!("{}/callback", config.auth_prefix))
@@ -182,6 +325,7 @@ impl OidcClient {
         });
         Ok(Self {
             client,
+            jwks,
             http,
             end_session: extra.end_session_endpoint,
             revocation: extra.revocation_endpoint,
@@ -276,7 +420,9 @@ impl OidcClient {
         let id_token = resp
             .id_token()
             .ok_or_else(|| Error::InvalidIdToken("no id_token in the token response".into()))?;
-        let (sub, sid, claims) = self.verify_id_token(id_token, &resp, nonce)?;
+        let (sub, sid, claims) = self
+            .verify_id_token(id_token, resp.access_token(), Some(nonce))
+            .await?;
         Ok(LoginResult {
             sub,
             sid,
@@ -285,50 +431,87 @@ impl OidcClient {
         })
     }
 
-    fn verify_id_token(
+    fn id_token_verifier(&self, keys: CoreJsonWebKeySet) -> openidconnect::core::CoreIdTokenVerifier<'static> {
+        let skew = self.clock_skew;
+        openidconnect::core::CoreIdTokenVerifier::new_confidential_client(
+            ClientId::new(self.client_id.clone()),
+            ClientSecret::new(self.client_secret.expose().to_string()),
+            IssuerUrl::new(self.issuer.clone()).unwrap_or_else(|_| unreachable!("validated at discovery")),
+            keys,
+        )
+        .set_allowed_algs(ALLOWED_ALGS)
+        .set_issue_time_verifier_fn(move |iat| {
+            let now = now_unix();
+            let skew = i64::try_from(skew.as_secs()).unwrap_or(60);
+            let iat = iat.timestamp();
+            if iat > now + skew {
+                Err(format!("issued {}s in the future", iat - now))
+            } else if iat < now - 600 - skew {
+                Err("issued too long ago".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Verifies an ID token (OIDC Core 3.1.3.7). `nonce: None` is the refresh case (OIDC Core
+    /// 12.2), where no nonce is expected. A `kid` we don't know triggers one rate-limited JWKS
+    /// re-fetch (key rotation at the IdP).
+    async fn verify_id_token(
         &self,
         id_token: &CoreIdToken,
-        resp: &CoreTokenResponse,
-        nonce: &Secret,
+        access_token: &openidconnect::AccessToken,
+        nonce: Option<&Secret>,
     ) -> Result<VerifiedIdToken, Error> {
-        let skew = self.clock_skew;
-        let verifier = self
-            .client
-            .id_token_verifier()
-            .set_allowed_algs(ALLOWED_ALGS)
-            .set_issue_time_verifier_fn(move |iat| {
-                let now = chrono_now();
-                let skew = i64::try_from(skew.as_secs()).unwrap_or(60);
-                let iat = iat.timestamp();
-                if iat > now + skew {
-                    Err(format!("issued {}s in the future", iat - now))
-                } else if iat < now - 600 - skew {
-                    Err("issued too long ago".into())
-                } else {
-                    Ok(())
+        let mut refetched = false;
+        loop {
+            let keys = self.jwks.current();
+            match self.verify_with(&keys.oidc, id_token, access_token, nonce) {
+                Err(VerifyError::UnknownKey(e)) if !refetched => {
+                    refetched = true;
+                    if !self.jwks.refetch().await {
+                        return Err(Error::InvalidIdToken(e));
+                    }
                 }
-            });
-        let nonce = Nonce::new(nonce.expose().to_string());
-        let claims = id_token
-            .claims(&verifier, &nonce)
-            .map_err(|e| Error::InvalidIdToken(e.to_string()))?;
+                Err(VerifyError::UnknownKey(e) | VerifyError::Invalid(e)) => {
+                    return Err(Error::InvalidIdToken(e))
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    fn verify_with(
+        &self,
+        keys: &CoreJsonWebKeySet,
+        id_token: &CoreIdToken,
+        access_token: &openidconnect::AccessToken,
+        nonce: Option<&Secret>,
+    ) -> Result<VerifiedIdToken, VerifyError> {
+        let verifier = self.id_token_verifier(keys.clone());
+        let claims = match nonce {
+            Some(n) => id_token.claims(&verifier, &Nonce::new(n.expose().to_string())),
+            None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+        }
+        .map_err(|e| match e {
+            openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            ) => VerifyError::UnknownKey(e.to_string()),
+            other => VerifyError::Invalid(other.to_string()),
+        })?;
+        let invalid = |e: &dyn std::fmt::Display| VerifyError::Invalid(e.to_string());
         // at_hash, when present, binds the access token to this ID token (3.1.3.8).
         if let Some(expected) = claims.access_token_hash() {
-            let alg = id_token
-                .signing_alg()
-                .map_err(|e| Error::InvalidIdToken(e.to_string()))?;
-            let key = id_token
-                .signing_key(&verifier)
-                .map_err(|e| Error::InvalidIdToken(e.to_string()))?;
-            let actual = AccessTokenHash::from_token(resp.access_token(), alg, key)
-                .map_err(|e| Error::InvalidIdToken(e.to_string()))?;
+            let alg = id_token.signing_alg().map_err(|e| invalid(&e))?;
+            let key = id_token.signing_key(&verifier).map_err(|e| invalid(&e))?;
+            let actual = AccessTokenHash::from_token(access_token, alg, key).map_err(|e| invalid(&e))?;
             if actual != *expected {
-                return Err(Error::InvalidIdToken("at_hash does not match".into()));
+                return Err(VerifyError::Invalid("at_hash does not match".into()));
             }
         }
         let sub = claims.subject().to_string();
         if sub.is_empty() {
-            return Err(Error::InvalidIdToken("empty sub".into()));
+            return Err(VerifyError::Invalid("empty sub".into()));
         }
         // The signature is verified: now read every claim, including non-standard ones.
         let raw = id_token.to_string();
@@ -337,12 +520,118 @@ impl OidcClient {
             .nth(1)
             .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Map<_, _>>(&b).ok())
-            .ok_or_else(|| Error::InvalidIdToken("unreadable payload".into()))?;
+            .ok_or_else(|| VerifyError::Invalid("unreadable payload".into()))?;
         for k in ["nonce", "at_hash", "c_hash"] {
             map.remove(k);
         }
         let sid = map.get("sid").and_then(|v| v.as_str()).map(String::from);
         Ok((sub, sid, map))
+    }
+
+    /// Refreshes the tokens of a session (RFC 6749 §6). A rotated refresh token replaces the
+    /// old one; without one the old one is kept. A new ID token must verify and name the same
+    /// subject (OIDC Core 12.2); otherwise the old one is kept.
+    ///
+    /// # Errors
+    /// [`RefreshError::Fatal`] when the grant is dead (`invalid_grant`…),
+    /// [`RefreshError::Transient`] when the IdP is unreachable, slow or failing.
+    pub async fn refresh(&self, current: &Tokens, sub: &str) -> Result<Tokens, RefreshError> {
+        let Some(rt) = &current.refresh_token else {
+            return Err(RefreshError::Fatal("no refresh token".into()));
+        };
+        let rt_oauth = openidconnect::RefreshToken::new(rt.expose().to_string());
+        let request = self
+            .client
+            .exchange_refresh_token(&rt_oauth)
+            .map_err(|e| RefreshError::Transient(e.to_string()))?;
+        let resp: CoreTokenResponse = match request.request_async(&self.http).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = describe_token_error(&e);
+                return Err(match classify(&e) {
+                    FailureKind::Fatal => RefreshError::Fatal(why),
+                    FailureKind::Transient => RefreshError::Transient(why),
+                });
+            }
+        };
+        let mut id_token = current.id_token.clone();
+        if let Some(new_id) = resp.id_token() {
+            match self.verify_id_token(new_id, resp.access_token(), None).await {
+                Ok((new_sub, _, _)) if new_sub == sub => id_token = Secret::new(new_id.to_string()),
+                Ok(_) => return Err(RefreshError::Fatal("refreshed ID token names another subject".into())),
+                Err(e) => tracing::warn!(error = %e, "refreshed ID token did not verify; keeping the old one"),
+            }
+        }
+        Ok(tokens_from(&resp, id_token.expose().to_string(), Some(rt.clone())))
+    }
+
+    /// Validates a back-channel logout token (OIDC Back-Channel Logout 1.0 §2.6): signature by a
+    /// JWKS key (asymmetric only; an unknown `kid` triggers one rate-limited re-fetch), `iss`,
+    /// `aud`, `iat` (bounded age), `exp` if present, the logout `events` claim, `sid` and/or
+    /// `sub`, no `nonce`, and a `jti` (replay is checked by the caller against the store).
+    ///
+    /// # Errors
+    /// A short reason, never echoing the token.
+    pub async fn validate_logout_token(&self, token: &str) -> Result<LogoutClaims, String> {
+        if token.len() > 16 * 1024 {
+            return Err("token too large".into());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        if !LOGOUT_ALGS.contains(&header.alg) {
+            return Err(format!("algorithm {:?} not allowed", header.alg));
+        }
+        let mut refetched = false;
+        let key = loop {
+            let keys = self.jwks.current();
+            let found = keys.jwt.iter().find(|k| match (&header.kid, &k.common.key_id) {
+                (Some(want), Some(have)) => want == have,
+                (None, _) => keys.jwt.len() == 1,
+                _ => false,
+            });
+            if let Some(k) = found {
+                break jsonwebtoken::DecodingKey::from_jwk(k).map_err(|e| format!("key: {e}"))?;
+            }
+            if refetched || !self.jwks.refetch().await {
+                return Err("unknown key id".into());
+            }
+            refetched = true;
+        };
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.set_issuer(&[self.issuer.as_str(), &format!("{}/", self.issuer)]);
+        v.set_audience(&[self.client_id.as_str()]);
+        v.set_required_spec_claims(&["iss", "aud", "iat"]);
+        v.leeway = self.clock_skew.as_secs();
+        let data = jsonwebtoken::decode::<LogoutClaimsRaw>(token, &key, &v)
+            .map_err(|e| format!("{:?}", e.kind()))?;
+        let c = data.claims;
+        let now = now_unix();
+        let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(60);
+        if c.iat > now + skew {
+            return Err("iat in the future".into());
+        }
+        if c.iat < now - LOGOUT_TOKEN_MAX_AGE - skew {
+            return Err("iat too old".into());
+        }
+        if c.nonce.is_some() {
+            return Err("nonce present".into());
+        }
+        let events_ok = c
+            .events
+            .as_ref()
+            .and_then(|e| e.get(BACKCHANNEL_EVENT))
+            .is_some_and(serde_json::Value::is_object);
+        if !events_ok {
+            return Err("missing back-channel logout event".into());
+        }
+        let jti = c.jti.filter(|j| !j.is_empty()).ok_or("missing jti")?;
+        if c.sid.is_none() && c.sub.is_none() {
+            return Err("neither sid nor sub".into());
+        }
+        Ok(LogoutClaims {
+            sub: c.sub,
+            sid: c.sid,
+            jti,
+        })
     }
 
     /// The RP-initiated logout URL (OIDC RP-Initiated Logout 1.0 §2), if the IdP has one.
@@ -364,9 +653,6 @@ impl OidcClient {
     }
 }
 
-fn chrono_now() -> i64 {
-    now_unix()
-}
 
 fn tokens_from(resp: &CoreTokenResponse, id_token: String, old_refresh: Option<Secret>) -> Tokens {
     Tokens {

@@ -62,6 +62,13 @@ async fn handle_inner(
 ) -> (&'static str, Result<Response<Body>, Error>) {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(state.config.auth_prefix.as_str()) {
+        if rest == "/backchannel-logout" {
+            return if req.method() == Method::POST {
+                ("backchannel", auth::backchannel_logout(state, req).await)
+            } else {
+                ("backchannel", Err(Error::MethodNotAllowed))
+            };
+        }
         let m = req.method();
         let r = match (rest, m) {
             ("/login", &Method::GET) => ("login", auth::login(state, &req).await),
