@@ -131,15 +131,23 @@ async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response
                 })
                 .collect();
             tracing::info!(event = "admin", action = "list_sessions", sub = %sub, count = list.len(), "admin listed sessions");
-            Ok(json_response(StatusCode::OK, &serde_json::json!({"sub": sub, "sessions": list})))
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"sub": sub, "sessions": list}),
+            ))
         }
         (&Method::DELETE, ["admin", "sessions", handle]) => {
             let Some(s) = state.sessions.load(handle).await? else {
                 return Err(Error::NotFound);
             };
-            let n = crate::auth::end_sessions(state, vec![((*handle).to_string(), s.clone())], "admin").await?;
+            let n =
+                crate::auth::end_sessions(state, vec![((*handle).to_string(), s.clone())], "admin")
+                    .await?;
             tracing::info!(event = "admin", action = "end_session", session = %short(handle), sub = %s.sub, "admin ended a session");
-            Ok(json_response(StatusCode::OK, &serde_json::json!({"ended": n})))
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ended": n}),
+            ))
         }
         (&Method::DELETE, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
@@ -149,9 +157,14 @@ async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response
             }
             let n = crate::auth::end_sessions(state, victims, "admin").await?;
             tracing::info!(event = "admin", action = "end_user_sessions", sub = %sub, except = except.as_deref().map(short), ended = n, "admin ended a user's sessions");
-            Ok(json_response(StatusCode::OK, &serde_json::json!({"ended": n})))
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ended": n}),
+            ))
         }
-        (_, ["admin", "users", _, "sessions"] | ["admin", "sessions", _]) => Err(Error::MethodNotAllowed),
+        (_, ["admin", "users", _, "sessions"] | ["admin", "sessions", _]) => {
+            Err(Error::MethodNotAllowed)
+        }
         _ => Err(Error::NotFound),
     }
 }

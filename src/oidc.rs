@@ -12,9 +12,9 @@ use base64::Engine;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
     CoreClient, CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken,
-    CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
-    CoreTokenResponse,
+    CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType, CoreTokenResponse,
 };
 use openidconnect::{
     AccessTokenHash, AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId,
@@ -207,7 +207,8 @@ impl Jwks {
                 *self
                     .current
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(KeySet::from_oidc(keys));
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Arc::new(KeySet::from_oidc(keys));
                 tracing::info!("JWKS re-fetched after an unknown key id");
                 true
             }
@@ -431,12 +432,16 @@ impl OidcClient {
         })
     }
 
-    fn id_token_verifier(&self, keys: CoreJsonWebKeySet) -> openidconnect::core::CoreIdTokenVerifier<'static> {
+    fn id_token_verifier(
+        &self,
+        keys: CoreJsonWebKeySet,
+    ) -> openidconnect::core::CoreIdTokenVerifier<'static> {
         let skew = self.clock_skew;
         openidconnect::core::CoreIdTokenVerifier::new_confidential_client(
             ClientId::new(self.client_id.clone()),
             ClientSecret::new(self.client_secret.expose().to_string()),
-            IssuerUrl::new(self.issuer.clone()).unwrap_or_else(|_| unreachable!("validated at discovery")),
+            IssuerUrl::new(self.issuer.clone())
+                .unwrap_or_else(|_| unreachable!("validated at discovery")),
             keys,
         )
         .set_allowed_algs(ALLOWED_ALGS)
@@ -504,7 +509,8 @@ impl OidcClient {
         if let Some(expected) = claims.access_token_hash() {
             let alg = id_token.signing_alg().map_err(|e| invalid(&e))?;
             let key = id_token.signing_key(&verifier).map_err(|e| invalid(&e))?;
-            let actual = AccessTokenHash::from_token(access_token, alg, key).map_err(|e| invalid(&e))?;
+            let actual =
+                AccessTokenHash::from_token(access_token, alg, key).map_err(|e| invalid(&e))?;
             if actual != *expected {
                 return Err(VerifyError::Invalid("at_hash does not match".into()));
             }
@@ -556,13 +562,26 @@ impl OidcClient {
         };
         let mut id_token = current.id_token.clone();
         if let Some(new_id) = resp.id_token() {
-            match self.verify_id_token(new_id, resp.access_token(), None).await {
+            match self
+                .verify_id_token(new_id, resp.access_token(), None)
+                .await
+            {
                 Ok((new_sub, _, _)) if new_sub == sub => id_token = Secret::new(new_id.to_string()),
-                Ok(_) => return Err(RefreshError::Fatal("refreshed ID token names another subject".into())),
-                Err(e) => tracing::warn!(error = %e, "refreshed ID token did not verify; keeping the old one"),
+                Ok(_) => {
+                    return Err(RefreshError::Fatal(
+                        "refreshed ID token names another subject".into(),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshed ID token did not verify; keeping the old one")
+                }
             }
         }
-        Ok(tokens_from(&resp, id_token.expose().to_string(), Some(rt.clone())))
+        Ok(tokens_from(
+            &resp,
+            id_token.expose().to_string(),
+            Some(rt.clone()),
+        ))
     }
 
     /// Validates a back-channel logout token (OIDC Back-Channel Logout 1.0 §2.6): signature by a
@@ -583,11 +602,14 @@ impl OidcClient {
         let mut refetched = false;
         let key = loop {
             let keys = self.jwks.current();
-            let found = keys.jwt.iter().find(|k| match (&header.kid, &k.common.key_id) {
-                (Some(want), Some(have)) => want == have,
-                (None, _) => keys.jwt.len() == 1,
-                _ => false,
-            });
+            let found = keys
+                .jwt
+                .iter()
+                .find(|k| match (&header.kid, &k.common.key_id) {
+                    (Some(want), Some(have)) => want == have,
+                    (None, _) => keys.jwt.len() == 1,
+                    _ => false,
+                });
             if let Some(k) = found {
                 break jsonwebtoken::DecodingKey::from_jwk(k).map_err(|e| format!("key: {e}"))?;
             }
@@ -652,7 +674,6 @@ impl OidcClient {
         Some(url)
     }
 }
-
 
 fn tokens_from(resp: &CoreTokenResponse, id_token: String, old_refresh: Option<Secret>) -> Tokens {
     Tokens {

@@ -55,7 +55,9 @@ fn lease(state: &AppState) -> Duration {
 }
 
 fn still_valid(s: &Session) -> bool {
-    s.tokens.access_expires_at.is_none_or(|exp| exp > now_unix())
+    s.tokens
+        .access_expires_at
+        .is_none_or(|exp| exp > now_unix())
 }
 
 /// Returns the session with a usable access token, refreshing it first when needed.
@@ -94,7 +96,12 @@ pub(crate) async fn ensure_fresh(
     let lease = lease(state);
     let deadline = Instant::now() + lease + Duration::from_secs(1);
     loop {
-        if state.sessions.store().try_lock(&handle, &owner, lease).await? {
+        if state
+            .sessions
+            .store()
+            .try_lock(&handle, &owner, lease)
+            .await?
+        {
             break;
         }
         // Another instance is refreshing: wait for its result.

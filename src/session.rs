@@ -191,7 +191,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn touch_session(&self, handle: &str, seen: i64, ttl: Duration) -> Result<bool, StoreError> {
+    pub async fn touch_session(
+        &self,
+        handle: &str,
+        seen: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.touch_session(handle, seen, ttl).await)
     }
     /// Replaces the sealed data of an existing record, keeping its TTL and last-seen time
@@ -206,7 +211,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn try_lock(&self, handle: &str, token: &str, lease: Duration) -> Result<bool, StoreError> {
+    pub async fn try_lock(
+        &self,
+        handle: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.try_lock(handle, token, lease).await)
     }
     /// Releases the refresh lock if `token` still holds it.
@@ -389,7 +399,13 @@ impl Sessions {
         };
         let blob = self.seal(handle, s)?;
         self.store
-            .put_session(&Self::record_ref(handle, s), blob, s.last_seen, ttl, self.absolute)
+            .put_session(
+                &Self::record_ref(handle, s),
+                blob,
+                s.last_seen,
+                ttl,
+                self.absolute,
+            )
             .await?;
         Ok(true)
     }

@@ -20,7 +20,11 @@ pub(crate) async fn backchannel_logout(
 ) -> Result<Response<Body>, Error> {
     let bad = |why: &str| {
         crate::metrics::backchannel_logout("rejected");
-        tracing::info!(event = "backchannel_logout_rejected", reason = why, "back-channel logout refused");
+        tracing::info!(
+            event = "backchannel_logout_rejected",
+            reason = why,
+            "back-channel logout refused"
+        );
         Error::InvalidRequest(why.to_string())
     };
     let form_ok = req
@@ -29,7 +33,9 @@ pub(crate) async fn backchannel_logout(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !form_ok {
-        return Err(bad("content type must be application/x-www-form-urlencoded"));
+        return Err(bad(
+            "content type must be application/x-www-form-urlencoded",
+        ));
     }
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -49,9 +55,15 @@ pub(crate) async fn backchannel_logout(
         .await
         .map_err(|why| bad(&why))?;
     let skew = i64::try_from(state.config.clock_skew.as_secs()).unwrap_or(60);
-    let remember = Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
+    let remember =
+        Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
     let jti_key = crypto::hash(&format!("jti:{}:{}", state.oidc.issuer(), claims.jti));
-    if !state.sessions.store().remember_once(&jti_key, remember).await? {
+    if !state
+        .sessions
+        .store()
+        .remember_once(&jti_key, remember)
+        .await?
+    {
         return Err(bad("replayed jti"));
     }
 

@@ -170,31 +170,73 @@ pub async fn run(store: Store) {
     stale.created_at = s4.created_at;
     assert!(sessions.touch(&h4, &stale).await.expect("touch"));
     let back = sessions.load(&h4).await.expect("load").expect("present");
-    assert_eq!(back.tokens.access_token.expose(), "at-refreshed", "touch kept the new tokens");
-    assert_eq!(back.last_seen, stale.last_seen, "update kept the newer last_seen");
+    assert_eq!(
+        back.tokens.access_token.expose(),
+        "at-refreshed",
+        "touch kept the new tokens"
+    );
+    assert_eq!(
+        back.last_seen, stale.last_seen,
+        "update kept the newer last_seen"
+    );
     assert!(sessions.delete(&h4, &s4).await.expect("delete"));
-    assert!(!sessions.update(&h4, &s4).await.expect("update"), "no resurrection by update");
-    assert!(!sessions.touch(&h4, &s4).await.expect("touch"), "no resurrection by touch");
-    assert!(sessions.store().get_session(&h4).await.expect("get").is_none());
+    assert!(
+        !sessions.update(&h4, &s4).await.expect("update"),
+        "no resurrection by update"
+    );
+    assert!(
+        !sessions.touch(&h4, &s4).await.expect("touch"),
+        "no resurrection by touch"
+    );
+    assert!(sessions
+        .store()
+        .get_session(&h4)
+        .await
+        .expect("get")
+        .is_none());
 
     // 9. refresh locks: one holder at a time, released only by its holder, leased
     let store = sessions.store();
     let lh = crypto::random_token();
-    assert!(store.try_lock(&lh, "a", Duration::from_secs(5)).await.expect("lock"));
-    assert!(!store.try_lock(&lh, "b", Duration::from_secs(5)).await.expect("lock"));
+    assert!(store
+        .try_lock(&lh, "a", Duration::from_secs(5))
+        .await
+        .expect("lock"));
+    assert!(!store
+        .try_lock(&lh, "b", Duration::from_secs(5))
+        .await
+        .expect("lock"));
     store.unlock(&lh, "b").await.expect("unlock");
-    assert!(!store.try_lock(&lh, "b", Duration::from_secs(5)).await.expect("lock"));
+    assert!(!store
+        .try_lock(&lh, "b", Duration::from_secs(5))
+        .await
+        .expect("lock"));
     store.unlock(&lh, "a").await.expect("unlock");
-    assert!(store.try_lock(&lh, "b", Duration::from_millis(200)).await.expect("lock"));
+    assert!(store
+        .try_lock(&lh, "b", Duration::from_millis(200))
+        .await
+        .expect("lock"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(store.try_lock(&lh, "c", Duration::from_secs(5)).await.expect("lease ran out"));
+    assert!(store
+        .try_lock(&lh, "c", Duration::from_secs(5))
+        .await
+        .expect("lease ran out"));
 
     // 10. remember_once: first true, then false until the TTL ends
     let jti = crypto::random_token();
-    assert!(store.remember_once(&jti, Duration::from_millis(300)).await.expect("once"));
-    assert!(!store.remember_once(&jti, Duration::from_millis(300)).await.expect("once"));
+    assert!(store
+        .remember_once(&jti, Duration::from_millis(300))
+        .await
+        .expect("once"));
+    assert!(!store
+        .remember_once(&jti, Duration::from_millis(300))
+        .await
+        .expect("once"));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(store.remember_once(&jti, Duration::from_millis(300)).await.expect("once"));
+    assert!(store
+        .remember_once(&jti, Duration::from_millis(300))
+        .await
+        .expect("once"));
 
     store.ping().await.expect("ping");
     let _ = sessions.delete(&h2, &session(&sub, None, 0)).await;

@@ -96,8 +96,7 @@ impl MemoryStore {
         handle: &str,
     ) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let mut g = self.lock();
-        Ok(g
-            .live_session(handle, Instant::now())
+        Ok(g.live_session(handle, Instant::now())
             .map(|r| (r.data.clone(), r.seen)))
     }
 
@@ -109,16 +108,20 @@ impl MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
-        Ok(g.live_session(handle, now).map_or(false, |r| {
+        Ok(g.live_session(handle, now).is_some_and(|r| {
             r.seen = seen;
             r.expires = now + ttl;
             true
         }))
     }
 
-    pub(super) async fn replace_data(&self, handle: &str, blob: Vec<u8>) -> Result<bool, StoreError> {
+    pub(super) async fn replace_data(
+        &self,
+        handle: &str,
+        blob: Vec<u8>,
+    ) -> Result<bool, StoreError> {
         let mut g = self.lock();
-        Ok(g.live_session(handle, Instant::now()).map_or(false, |r| {
+        Ok(g.live_session(handle, Instant::now()).is_some_and(|r| {
             r.data = blob;
             true
         }))
@@ -191,8 +194,7 @@ impl MemoryStore {
         state_hash: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut g = self.lock();
-        Ok(g
-            .pending
+        Ok(g.pending
             .remove(state_hash)
             .and_then(|(b, exp)| (exp > Instant::now()).then_some(b)))
     }
@@ -222,7 +224,11 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub(super) async fn remember_once(
+        &self,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
         g.seen_once.retain(|_, exp| *exp > now);

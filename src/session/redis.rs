@@ -193,15 +193,17 @@ impl RedisStore {
         let script = self.scripts.touch.clone();
         let n: i64 = self
             .run(move |mut c| {
-                Box::pin(async move {
-                    script.key(k).arg(seen).arg(ms).invoke_async(&mut c).await
-                })
+                Box::pin(async move { script.key(k).arg(seen).arg(ms).invoke_async(&mut c).await })
             })
             .await?;
         Ok(n == 1)
     }
 
-    pub(super) async fn replace_data(&self, handle: &str, blob: Vec<u8>) -> Result<bool, StoreError> {
+    pub(super) async fn replace_data(
+        &self,
+        handle: &str,
+        blob: Vec<u8>,
+    ) -> Result<bool, StoreError> {
         let k = self.session_key(handle);
         let script = self.scripts.replace.clone();
         let n: i64 = self
@@ -248,7 +250,11 @@ impl RedisStore {
         .await
     }
 
-    pub(super) async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub(super) async fn remember_once(
+        &self,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let k = format!("{}:once:{{{hash}}}", self.prefix);
         let ms = millis(ttl);
         let r: Option<String> = self

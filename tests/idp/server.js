@@ -461,8 +461,29 @@ async function handleInteraction(req, res, uid, action) {
 
 const providerCallback = provider.callback();
 
+// Simulated outage of the OIDC endpoints (the /test/* controls keep working):
+//   none  – normal service
+//   503   – every OIDC request answers 503 (an IdP failing)
+//   reset – every OIDC connection is destroyed unanswered (an IdP that is down)
+// Nothing is processed during an outage, so no token is consumed behind the client's back.
+let outage = 'none';
+
 server.on('request', async (req, res) => {
   const url = new URL(req.url, issuer);
+  if (url.pathname === '/test/outage' && req.method === 'POST') {
+    outage = url.searchParams.get('mode') ?? 'none';
+    log(`outage mode: ${outage}`);
+    sendJson(res, 200, { outage });
+    return;
+  }
+  if (outage !== 'none' && !url.pathname.startsWith('/test/')) {
+    if (outage === '503') {
+      sendJson(res, 503, { error: 'temporarily_unavailable' });
+    } else {
+      req.socket.destroy();
+    }
+    return;
+  }
   try {
     const m = /^\/interaction\/([^/]+)(?:\/(login|abort))?\/?$/.exec(url.pathname);
     if (m) {
@@ -471,6 +492,20 @@ server.on('request', async (req, res) => {
     }
     if (url.pathname === '/test/stats' && req.method === 'GET') {
       sendJson(res, 200, stats);
+      return;
+    }
+    if (url.pathname === '/test/sign' && req.method === 'POST') {
+      // Signs arbitrary claims with the IdP's own key, so tests can hand-make logout tokens
+      // that are correctly signed but wrong in one claim. Body: {"payload": {...}, "header": {...}}
+      // (header defaults to {alg: RS256, typ: logout+jwt, kid: <the IdP's kid>}).
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+      const header = { alg: 'RS256', typ: 'logout+jwt', kid: signingJwk.kid, ...(body.header ?? {}) };
+      const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+      const input = `${b64(header)}.${b64(body.payload ?? {})}`;
+      const sig = crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url');
+      sendJson(res, 200, { jwt: `${input}.${sig}`, kid: signingJwk.kid });
       return;
     }
     if (url.pathname === '/test/reset' && req.method === 'POST') {

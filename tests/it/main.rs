@@ -3,6 +3,7 @@
 
 mod support;
 
+mod lifecycle;
 mod login_flow;
 mod proxying;
 mod store;

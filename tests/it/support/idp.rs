@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 pub struct Idp {
     pub issuer: String,
+    /// The IdP's stderr (kept for debugging a failed test).
+    pub log_path: PathBuf,
     child: Child,
 }
 
@@ -39,24 +41,35 @@ impl Idp {
     /// Starts the IdP with `config` (the IDP_CONFIG JSON, see tests/idp/README.md).
     pub fn start(config: &serde_json::Value) -> Self {
         ensure_installed();
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log_path = std::env::temp_dir().join(format!(
+            "cloakroom-idp-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
         let mut child = Command::new("node")
             .arg(idp_dir().join("server.js"))
             .env("IDP_CONFIG", config.to_string())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("IDP_VERBOSE").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(Stdio::from(
+                std::fs::File::create(&log_path).expect("IdP log file"),
+            ))
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start node ({e}). The integration tests need Node.js ≥ 20.12: `apt-get install nodejs npm`")
             });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("IdP stdout");
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).expect("IdP stdout");
+        // oidc-provider also prints notices to stdout: keep draining it, or the IdP dies of
+        // EPIPE at its next console.log.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
         let issuer = line
             .trim()
             .strip_prefix("READY ")
@@ -64,7 +77,11 @@ impl Idp {
                 panic!("the test IdP did not start (said {line:?}); run it with IDP_VERBOSE=1")
             })
             .to_string();
-        Self { issuer, child }
+        Self {
+            issuer,
+            log_path,
+            child,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -165,6 +182,60 @@ impl Idp {
             .json()
             .await
             .expect("introspection json")
+    }
+
+    /// `none`, `503` or `reset` (see tests/idp/README.md).
+    pub async fn outage(&self, mode: &str) {
+        let r = reqwest::Client::new()
+            .post(self.url(&format!("/test/outage?mode={mode}")))
+            .send()
+            .await
+            .expect("outage control");
+        assert!(r.status().is_success());
+    }
+
+    /// Signs `payload` with the IdP's own key (header overrides merged in).
+    pub async fn sign(&self, payload: &serde_json::Value, header: &serde_json::Value) -> String {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(self.url("/test/sign"))
+            .json(&serde_json::json!({"payload": payload, "header": header}))
+            .send()
+            .await
+            .expect("sign")
+            .json()
+            .await
+            .expect("sign json");
+        v["jwt"].as_str().expect("jwt").to_string()
+    }
+
+    /// Tries a refresh-token grant directly at the IdP; returns (status, body).
+    pub async fn try_refresh(
+        &self,
+        client_id: &str,
+        secret: &str,
+        rt: &str,
+    ) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+            .send()
+            .await
+            .expect("token request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    /// Revokes a token at the IdP (RFC 7009).
+    pub async fn revoke(&self, client_id: &str, secret: &str, token: &str) {
+        let r = reqwest::Client::new()
+            .post(self.url("/token/revocation"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("revocation");
+        assert!(r.status().is_success());
     }
 
     pub fn kill(&mut self) {

@@ -59,6 +59,8 @@ pub struct Opts {
     pub idle_timeout: &'static str,
     pub absolute_timeout: &'static str,
     pub client_auth: &'static str,
+    pub refresh_skew: &'static str,
+    pub oidc_timeout: &'static str,
     pub extra_toml: String,
 }
 
@@ -70,6 +72,8 @@ impl Default for Opts {
             idle_timeout: "30m",
             absolute_timeout: "12h",
             client_auth: "client_secret_basic",
+            refresh_skew: "60s",
+            oidc_timeout: "5s",
             extra_toml: String::new(),
         }
     }
@@ -159,10 +163,11 @@ listen = "127.0.0.1:0"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_auth_method = "{auth}"
-timeout = "5s"
+timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
 absolute_timeout = "{abs}"
+refresh_skew = "{skew}"
 [store]
 kind = "redis"
 url = "{redis}"
@@ -197,6 +202,8 @@ strip_prefix = true
             auth = self.opts.client_auth,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
+            skew = self.opts.refresh_skew,
+            oidc_timeout = self.opts.oidc_timeout,
             redis = self.redis.url(),
         )
     }
@@ -309,4 +316,87 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).to_string()
+}
+
+/// The real `cloakroom` binary, run as its own process (for per-process measurements and
+/// signals). Killed on drop.
+pub struct Binary {
+    pub addr: std::net::SocketAddr,
+    pub child: std::process::Child,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl Binary {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A line of /proc/<pid>/status in KiB (e.g. `VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(&format!("{field}:")))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestEnv {
+    /// Starts the `cloakroom` binary with this environment's config on a free port, sharing
+    /// Redis and the IdP. (Its callback URL is not registered: log in through an in-process
+    /// instance and use the cookie here.)
+    pub async fn spawn_binary(&self, extra: &str) -> Binary {
+        let port = redis::free_port();
+        let dir = std::env::temp_dir().join(format!("cloakroom-bin-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            self.toml(port, extra)
+                .replace("level = \"debug\"", "level = \"info\""),
+        )
+        .expect("config");
+        let stderr_path = dir.join("stderr.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloakroom"));
+        cmd.args(["run", "--config"]).arg(&config);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in self.env_vars(&self.keys) {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn cloakroom");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let bin = Binary {
+            addr,
+            child,
+            stderr_path,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return bin;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cloakroom binary did not listen: {}",
+                std::fs::read_to_string(&bin.stderr_path).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
