@@ -341,3 +341,51 @@ async fn key_rotation_keeps_old_cookies_working() {
     let r = b.xhr(Method::GET, &format!("{}/api/x", env.base(j))).await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn websocket_upgrade_needs_an_allowed_origin_and_carries_the_bearer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start().await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let cookie = format!("__Host-cloakroom={}", b.jar["__Host-cloakroom"]);
+    let handshake = |origin: &str| {
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin}Cookie: {cookie}\r\n\r\n"
+        )
+    };
+    // Without an Origin (WebSockets can't send the CSRF header): refused.
+    let raw = crate::support::raw_request(env.apps[0].public_addr, &handshake("")).await;
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    let raw = crate::support::raw_request(
+        env.apps[0].public_addr,
+        &handshake("Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+
+    // With our Origin: 101, then bytes flow both ways through the proxy.
+    let mut s = tokio::net::TcpStream::connect(env.apps[0].public_addr).await.unwrap();
+    s.write_all(handshake(&format!("Origin: {}\r\n", env.base(0))).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed during the handshake");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello through the cloakroom"[..], b"second frame"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    }
+    let seen = env.upstream.last();
+    assert_eq!(seen["path"], "/api/ws");
+    assert_eq!(seen["authorization"], true, "the bearer is attached to the upgrade");
+    assert_eq!(seen["cookie"], false);
+}

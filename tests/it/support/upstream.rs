@@ -83,9 +83,35 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 async fn handle(
     seen: Arc<Seen>,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     seen.count.fetch_add(1, Ordering::SeqCst);
+    if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+        // An upgraded connection that echoes whatever bytes it receives.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut resp = hyper::Response::new(full(""));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert("upgrade", "websocket".parse().expect("static"));
+        resp.headers_mut().insert("connection", "upgrade".parse().expect("static"));
+        *seen.last.lock().expect("lock") = Some(serde_json::json!({
+            "path": req.uri().path(),
+            "authorization": req.headers().get("authorization").is_some(),
+            "cookie": req.headers().get("cookie").is_some(),
+        }));
+        return Ok(resp);
+    }
     let path = req.uri().path().to_string();
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
