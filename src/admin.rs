@@ -36,6 +36,11 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .ok()?
                 .install_recorder()
                 .ok()
         })
@@ -52,10 +57,15 @@ pub(crate) async fn handle(
             json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
         (&Method::GET, "/readyz") => match state.sessions.store().ping().await {
-            Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-            Err(_) => json_response(
+            // IdP metadata is loaded at start-up (discovery failing stops the start), so a
+            // running instance always has it; the store is the part that comes and goes.
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready", "store": "ok", "idp_metadata": "loaded"}),
+            ),
+            Err(e) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "store_unavailable"}),
+                &serde_json::json!({"error": "store_unavailable", "reason": e.0}),
             ),
         },
         (&Method::GET, "/metrics") => {

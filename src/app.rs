@@ -82,10 +82,15 @@ pub struct App;
 pub async fn connect_store(config: &Config) -> Result<Store, StartupError> {
     Ok(match &config.store {
         StoreKind::Memory => Store::Memory(MemoryStore::new()),
-        StoreKind::Redis(url) => Store::Redis(
-            RedisStore::connect(url, &config.key_prefix, config.store_timeout)
-                .await
-                .map_err(|e| StartupError::Store(e.0))?,
+        StoreKind::Redis(topology) => Store::Redis(
+            RedisStore::connect_to(
+                topology,
+                config.store_tls_ca.as_deref(),
+                &config.key_prefix,
+                config.store_timeout,
+            )
+            .await
+            .map_err(|e| StartupError::Store(e.0))?,
         ),
     })
 }
@@ -131,6 +136,10 @@ impl App {
             config.absolute_timeout,
         );
         let forwarder = Forwarder::new(&config);
+        let tls = match &config.tls {
+            None => None,
+            Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
+        };
         let public = bind(listeners.public, config.listen)?;
         let admin = bind(listeners.admin, config.admin_listen)?;
         let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
@@ -166,6 +175,7 @@ impl App {
         let public_task = tokio::spawn(server::serve(
             public,
             limits,
+            tls,
             move |req, peer| crate::routes::handle(s1.clone(), req, peer),
             rx.clone(),
         ));
@@ -173,6 +183,7 @@ impl App {
         let admin_task = tokio::spawn(server::serve(
             admin,
             limits,
+            None,
             move |req, _peer| crate::admin::handle(s2.clone(), req),
             rx,
         ));

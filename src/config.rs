@@ -6,6 +6,7 @@
 
 use crate::crypto::KeyRing;
 pub use crate::secret::Secret;
+use crate::session::redis::Topology;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +37,14 @@ struct RawServer {
     max_connections: Option<usize>,
     #[serde(with = "humantime_serde")]
     shutdown_drain: Option<Duration>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -91,6 +100,10 @@ struct RawCsrf {
 struct RawStore {
     kind: Option<String>,
     url: Option<String>,
+    nodes: Vec<String>,
+    sentinels: Vec<String>,
+    master_name: Option<String>,
+    tls_ca_file: Option<String>,
     key_prefix: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
@@ -132,8 +145,8 @@ struct RawLog {
 /// Which store holds sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
-    /// Redis at a `redis://` or `rediss://` URL.
-    Redis(String),
+    /// Redis: one server, a Cluster or Sentinel-monitored master.
+    Redis(crate::session::redis::Topology),
     /// In-process memory: one instance only (demo, tests).
     Memory,
 }
@@ -203,6 +216,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long in-flight requests get after SIGTERM.
     pub shutdown_drain: Duration,
+    /// TLS on the public listener: PEM certificate chain and key files.
+    pub tls: Option<(String, String)>,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Bearer token for `/admin/*` (None: admin API off).
@@ -247,6 +262,8 @@ pub struct Config {
     pub store: StoreKind,
     /// Prefix of every store key.
     pub key_prefix: String,
+    /// PEM CA certificate(s) trusted for `rediss://` (None: the system roots).
+    pub store_tls_ca: Option<Vec<u8>>,
     /// Bound on one store operation.
     pub store_timeout: Duration,
     /// The key ring sealing cookies and records.
@@ -324,6 +341,11 @@ fn apply_env_overrides(root: &mut toml::Table, env: &Env, errs: &mut Vec<String>
             .iter()
             .any(|s| name == s || name == &format!("{s}_FILE"))
             || name == "CLOAKROOM_CONFIG"
+            // Kubernetes service links for a Service named `cloakroom`
+            // (CLOAKROOM_PORT, CLOAKROOM_PORT_8080_TCP_ADDR, CLOAKROOM_SERVICE_HOST, …).
+            || rest == "PORT"
+            || rest.starts_with("PORT_")
+            || rest.starts_with("SERVICE_")
         {
             continue;
         }
@@ -605,6 +627,13 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     }
 
     // [store]
+    let redis_url = |key: &str, u: &str, errs: &mut Vec<String>| {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            errs.push(format!(
+                "{key}: `{u}` must start with redis:// or rediss://"
+            ));
+        }
+    };
     let store_kind = match store.kind.as_deref().unwrap_or("redis") {
         "memory" => StoreKind::Memory,
         "redis" => {
@@ -612,17 +641,50 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
                 .url
                 .clone()
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                errs.push(format!(
-                    "store.url: `{url}` must start with redis:// or rediss://"
-                ));
+            redis_url("store.url", &url, errs);
+            StoreKind::Redis(Topology::Single(url))
+        }
+        "cluster" => {
+            if store.nodes.is_empty() {
+                errs.push("store.nodes: a cluster needs at least one seed node URL".into());
             }
-            StoreKind::Redis(url)
+            for n in &store.nodes {
+                redis_url("store.nodes", n, errs);
+            }
+            StoreKind::Redis(Topology::Cluster(store.nodes.clone()))
+        }
+        "sentinel" => {
+            if store.sentinels.is_empty() {
+                errs.push("store.sentinels: at least one sentinel URL is required".into());
+            }
+            for n in &store.sentinels {
+                redis_url("store.sentinels", n, errs);
+            }
+            let master = store.master_name.clone().unwrap_or_default();
+            if master.is_empty() {
+                errs.push("store.master_name: required with kind = \"sentinel\"".into());
+            }
+            StoreKind::Redis(Topology::Sentinel {
+                sentinels: store.sentinels.clone(),
+                master,
+            })
         }
         o => {
-            errs.push(format!("store.kind: `{o}` must be redis or memory"));
+            errs.push(format!(
+                "store.kind: `{o}` must be redis, cluster, sentinel or memory"
+            ));
             StoreKind::Memory
         }
+    };
+    let store_tls_ca = match store.tls_ca_file.as_deref() {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                errs.push(format!("store.tls_ca_file: cannot read {path}: {e}"));
+                None
+            }
+        },
     };
     let key_prefix = store.key_prefix.unwrap_or_else(|| "cloakroom".into());
     if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
@@ -739,6 +801,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         max_header_bytes,
         max_connections: server.max_connections.unwrap_or(10_000),
         shutdown_drain: server.shutdown_drain.unwrap_or(Duration::from_secs(20)),
+        tls: server.tls.map(|t| (t.cert_file, t.key_file)),
         admin_listen,
         admin_token,
         issuer,
@@ -761,6 +824,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         allowed_origins,
         store: store_kind,
         key_prefix,
+        store_tls_ca,
         store_timeout,
         keys: keys?,
         upstream_connect_timeout,
@@ -867,9 +931,14 @@ mod tests {
     fn unknown_keys_and_env_names_are_refused() {
         let mut e = env();
         e.insert("CLOAKROOM_NOPE_X".into(), "1".into());
+        // Kubernetes service-link variables are not settings and are ignored.
+        e.insert("CLOAKROOM_PORT".into(), "tcp://10.0.0.1:80".into());
+        e.insert("CLOAKROOM_SERVICE_HOST".into(), "10.0.0.1".into());
         let text = format!("{GOOD}\n[log]\nverbosity = 3\n");
         let all = Config::from_toml(&text, &e).unwrap_err().0.join("\n");
         assert!(all.contains("CLOAKROOM_NOPE_X"), "{all}");
+        assert!(!all.contains("CLOAKROOM_PORT"), "{all}");
+        assert!(!all.contains("CLOAKROOM_SERVICE_HOST"), "{all}");
         assert!(all.contains("verbosity"), "{all}");
     }
 

@@ -145,6 +145,9 @@ pub enum StartupError {
     /// The session store could not be reached.
     #[error("session store: {0}")]
     Store(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

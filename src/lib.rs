@@ -12,6 +12,8 @@ pub mod body;
 pub mod config;
 pub mod cookies;
 pub mod crypto;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod oidc;

@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         id: u8,
     },
+    /// Run the whole story on localhost: a development IdP, a demo API and SPA, and Cloakroom.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Cloakroom's port; open http://localhost:PORT/.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Keep sessions in this Redis (redis://…) instead of memory.
+        #[arg(long)]
+        redis: Option<String>,
+    },
 }
 
 fn env() -> Env {
@@ -73,6 +83,8 @@ fn main() -> ExitCode {
             Err(code) => code,
             Ok(c) => runtime().block_on(run(c)),
         },
+        #[cfg(feature = "demo")]
+        Command::Demo { port, redis } => runtime().block_on(demo(port, redis)),
     }
 }
 
@@ -133,6 +145,28 @@ async fn run(config: Config) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+#[cfg(feature = "demo")]
+async fn demo(port: u16, redis: Option<String>) -> ExitCode {
+    cloakroom::demo::init_logging();
+    let opts = cloakroom::demo::DemoOptions {
+        port,
+        redis,
+        ..Default::default()
+    };
+    let demo = match cloakroom::demo::start(opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("the demo did not start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{}", demo.banner());
+    wait_for_signal().await;
+    tracing::info!("shutting down the demo");
+    demo.shutdown().await;
     ExitCode::SUCCESS
 }
 

@@ -57,3 +57,34 @@ pub fn refresh(outcome: &'static str) {
 pub fn backchannel_logout(outcome: &'static str) {
     metrics::counter!("cloakroom_backchannel_logouts_total", "outcome" => outcome).increment(1);
 }
+
+/// One store operation took `elapsed`.
+pub fn store_latency(elapsed: Duration) {
+    metrics::histogram!("cloakroom_store_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Counts one live upstream connection for as long as it exists.
+#[derive(Debug)]
+pub struct UpstreamConnGuard(());
+
+impl UpstreamConnGuard {
+    /// A connection was opened.
+    #[must_use]
+    pub fn new() -> Self {
+        metrics::counter!("cloakroom_upstream_connections_opened_total").increment(1);
+        metrics::gauge!("cloakroom_upstream_connections_active").increment(1.0);
+        Self(())
+    }
+}
+
+impl Default for UpstreamConnGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for UpstreamConnGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("cloakroom_upstream_connections_active").decrement(1.0);
+    }
+}

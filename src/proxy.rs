@@ -39,7 +39,100 @@ const HOP_BY_HOP: [&str; 8] = [
 /// The shared upstream client: built once, pooled, `TCP_NODELAY`.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<CountingConnector, Incoming>,
+}
+
+/// Wraps the HTTP connector so every upstream connection is counted while it lives
+/// (`cloakroom_upstream_connections_active`) and when opened
+/// (`cloakroom_upstream_connections_opened_total`).
+#[derive(Clone, Debug)]
+pub struct CountingConnector(HttpConnector);
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = Counted<<HttpConnector as tower_service::Service<Uri>>::Response>;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.0.call(uri);
+        Box::pin(async move {
+            let io = fut.await?;
+            Ok(Counted {
+                inner: io,
+                _guard: crate::metrics::UpstreamConnGuard::new(),
+            })
+        })
+    }
+}
+
+/// An upstream connection, counted until dropped.
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+    _guard: crate::metrics::UpstreamConnGuard,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection>
+    hyper_util::client::legacy::connect::Connection for Counted<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected()
+    }
 }
 
 impl Forwarder {
@@ -54,7 +147,11 @@ impl Forwarder {
             .pool_idle_timeout(config.upstream_pool_idle_timeout)
             .pool_max_idle_per_host(1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+            // hyper retries only a request it never started writing (a pooled connection that
+            // turned out closed); a request that reached an upstream is never sent twice,
+            // whatever its method.
+            .retry_canceled_requests(true)
+            .build(CountingConnector(connector));
         Self { client }
     }
 }
@@ -218,6 +315,17 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, Error> {
         .map_err(|_| Error::InvalidRequest("path cannot be forwarded".into()))
 }
 
+/// What a forwarded request carries besides itself.
+#[derive(Debug)]
+pub struct ForwardCtx<'a> {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The session's access token, when the route and the session give one.
+    pub bearer: Option<&'a Secret>,
+    /// The request id, passed upstream as `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+}
+
 /// Forwards one request to `route`'s upstream and streams the answer back.
 ///
 /// # Errors
@@ -228,8 +336,7 @@ pub async fn forward(
     route: &Route,
     route_label: &'static str,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    bearer: Option<&Secret>,
+    ctx: &ForwardCtx<'_>,
 ) -> Result<Response<Body>, Error> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -252,12 +359,16 @@ pub async fn forward(
     headers.remove(header::HOST);
     headers.remove("forwarded");
     headers.remove(&config.csrf_header);
-    set_forwarded(config, headers, peer, host.as_deref());
+    set_forwarded(config, headers, ctx.peer, host.as_deref());
+    headers.insert(
+        HeaderName::from_static("x-request-id"),
+        ctx.request_id.clone(),
+    );
     if let Some(proto) = upgrade_proto.filter(|_| upgrade) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    if let Some(token) = bearer {
+    if let Some(token) = ctx.bearer {
         let v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| Error::Internal("access token is not a header value".into()))?;
         let mut v = v;

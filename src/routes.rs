@@ -9,12 +9,33 @@ use crate::body::Body;
 use crate::config::TokenPolicy;
 use crate::error::Error;
 use crate::proxy;
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
+
+/// A request id: the client's `X-Request-Id` when it is short and plain, else a new one.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    req.headers()
+        .get("x-request-id")
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut raw = [0u8; 12];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        })
+}
 
 /// Handles one request; never fails.
 pub async fn handle(
@@ -22,12 +43,23 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
+    let rid = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %rid.to_str().unwrap_or("-"));
+    handle_in_span(state, req, peer, rid).instrument(span).await
+}
+
+async fn handle_in_span(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    rid: HeaderValue,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: queries carry `code` and `state` on the callback.
     let path = req.uri().path().to_string();
-    let (label, result) = handle_inner(&state, req, peer).await;
-    let resp = match result {
+    let (label, result) = handle_inner(&state, req, peer, &rid).await;
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             let (status, code) = e.status_and_code();
@@ -42,6 +74,7 @@ pub async fn handle(
             e.into_response()
         }
     };
+    resp.headers_mut().insert("x-request-id", rid);
     let elapsed = started.elapsed();
     tracing::info!(
         %method,
@@ -59,6 +92,7 @@ async fn handle_inner(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
+    rid: &HeaderValue,
 ) -> (&'static str, Result<Response<Body>, Error>) {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(state.config.auth_prefix.as_str()) {
@@ -91,7 +125,10 @@ async fn handle_inner(
         return ("none", Err(Error::NotFound));
     };
     let label = state.route_labels[idx];
-    (label, proxy_request(state, idx, label, req, peer).await)
+    (
+        label,
+        proxy_request(state, idx, label, req, peer, rid).await,
+    )
 }
 
 async fn proxy_request(
@@ -100,6 +137,7 @@ async fn proxy_request(
     label: &'static str,
     req: Request<Incoming>,
     peer: SocketAddr,
+    rid: &HeaderValue,
 ) -> Result<Response<Body>, Error> {
     let route = &state.config.routes[idx];
     if proxy::has_dot_segment(req.uri().path()) {
@@ -121,14 +159,10 @@ async fn proxy_request(
         }
     };
     let bearer = session.as_ref().map(|s| &s.tokens.access_token);
-    proxy::forward(
-        &state.forwarder,
-        &state.config,
-        route,
-        label,
-        req,
+    let ctx = proxy::ForwardCtx {
         peer,
         bearer,
-    )
-    .await
+        request_id: rid,
+    };
+    proxy::forward(&state.forwarder, &state.config, route, label, req, &ctx).await
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 /// Per-listener limits.
 #[derive(Debug, Clone, Copy)]
@@ -29,10 +30,41 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+/// Builds a TLS acceptor (ALPN h2 and http/1.1) from PEM certificate chain and key files.
+///
+/// # Errors
+/// A message naming the file and the problem.
+pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("server.tls.cert_file: {cert_file}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("server.tls.cert_file: {cert_file}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "server.tls.cert_file: {cert_file}: no certificate in it"
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("server.tls.key_file: {key_file}: {e}"))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("server.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `listener` until `shutdown` flips, then drains for at most `limits.drain`.
+/// With `tls`, every connection is a TLS handshake first (bounded by the header-read timeout).
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -74,12 +106,26 @@ pub async fn serve<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
                 let svc = service_fn(move |req| h(req, peer));
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let fut = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let _ = fut.await;
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(tls_stream)) =
+                                tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                            else {
+                                return;
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                    }
                     drop(permit);
                 });
             }

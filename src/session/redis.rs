@@ -17,19 +17,152 @@
 //! other, and neither can bring back a session deleted meanwhile. Needs Redis ≥ 6.2 (GETDEL).
 
 use super::{Index, RecordRef, StoreError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::IntoConnectionInfo;
-use std::sync::Arc;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// The Redis store. Clones share one multiplexed, self-reconnecting connection.
+/// Where Redis is: one server, a cluster, or a master found through Sentinel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (or a proxy in front of several): `redis://` or `rediss://`.
+    Single(String),
+    /// Redis Cluster seed nodes.
+    Cluster(Vec<String>),
+    /// Sentinels and the monitored master's name.
+    Sentinel {
+        /// Sentinel addresses.
+        sentinels: Vec<String>,
+        /// The master group name.
+        master: String,
+    },
+}
+
+/// The Redis store. Clones share the connections.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    source: Source,
     prefix: String,
     timeout: Duration,
     scripts: Arc<Scripts>,
+}
+
+#[derive(Clone)]
+enum Source {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelSource>),
+}
+
+/// A master found through Sentinel: a self-reconnecting connection to it, replaced when a
+/// failover moves the master (connection errors or `READONLY` replies trigger a re-resolve).
+struct SentinelSource {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<ConnectionManager>,
+    config: ConnectionManagerConfig,
+    resolving: AtomicBool,
+}
+
+impl SentinelSource {
+    /// Asks the sentinels where the master is and swaps the connection (one at a time, in the
+    /// background).
+    fn reresolve(self: &Arc<Self>) {
+        if self.resolving.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let s = self.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let c = s.sentinel.lock().await.async_get_client().await?;
+                c.get_connection_manager_with_config(s.config.clone()).await
+            }
+            .await;
+            match result {
+                Ok(m) => {
+                    *s.current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = m;
+                    tracing::info!("redis master re-resolved through sentinel");
+                }
+                Err(e) => tracing::warn!(error = %e.category(), "sentinel re-resolve failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.resolving.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Follows the sentinels' `+switch-master` announcements, so a failover is picked up at once
+    /// (a demoted master may keep accepting writes for a moment; errors are a backstop).
+    /// Runs until the store is dropped.
+    fn watch(self: &Arc<Self>, sentinels: Vec<String>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut i = 0usize;
+            loop {
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let url = &sentinels[i % sentinels.len()];
+                i += 1;
+                let subscribed = async {
+                    let mut pubsub = redis::Client::open(url.as_str())?
+                        .get_async_pubsub()
+                        .await?;
+                    pubsub.subscribe("+switch-master").await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                }
+                .await;
+                if let Ok(mut pubsub) = subscribed {
+                    let mut messages = pubsub.on_message();
+                    while let Some(_msg) = messages.next().await {
+                        let Some(s) = weak.upgrade() else { return };
+                        tracing::info!("sentinel announced a master switch");
+                        s.reresolve();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+/// One command's connection: a cheap clone of the current multiplexed connection.
+enum Conn {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 struct Scripts {
@@ -74,35 +207,137 @@ fn err(e: &redis::RedisError) -> StoreError {
     StoreError(format!("redis: {}", e.category()))
 }
 
+fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, StoreError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| StoreError(format!("store url: {}", e.category())))?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    match tls_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| err(&e))
+}
+
 impl RedisStore {
-    /// Connects (once; the connection manager reconnects by itself afterwards).
+    /// Connects (once; connections reconnect by themselves afterwards).
     ///
     /// # Errors
-    /// [`StoreError`] if the URL is invalid or Redis does not answer within `timeout`.
+    /// [`StoreError`] if an address is invalid or Redis does not answer within `timeout`.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError(format!("store.url: {}", e.category())))?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|e| err(&e))?;
+        Self::connect_to(&Topology::Single(url.to_string()), None, prefix, timeout).await
+    }
+
+    /// Connects to any [`Topology`], trusting `tls_ca` (PEM) for `rediss://` when given.
+    ///
+    /// # Errors
+    /// [`StoreError`] if an address is invalid or Redis does not answer within `timeout`.
+    pub async fn connect_to(
+        topology: &Topology,
+        tls_ca: Option<&[u8]>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            timeout * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError("redis: connect timed out".into()))?
-        .map_err(|e| err(&e))?;
+            .set_max_delay(Duration::from_secs(2))
+            .set_pipeline_buffer_size(1024);
+        let connect = async {
+            Ok::<_, StoreError>(match topology {
+                Topology::Single(url) => Source::Single(
+                    client(url, tls_ca)?
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map_err(|e| err(&e))?,
+                ),
+                Topology::Cluster(nodes) => {
+                    let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .tcp_settings(TcpSettings::default().set_nodelay(true));
+                    if let Some(ca) = tls_ca {
+                        b = b.certs(redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(ca.to_vec()),
+                        });
+                    }
+                    Source::Cluster(
+                        b.build()
+                            .map_err(|e| err(&e))?
+                            .get_async_connection()
+                            .await
+                            .map_err(|e| err(&e))?,
+                    )
+                }
+                Topology::Sentinel { sentinels, master } => {
+                    let mut sc = SentinelClient::build(
+                        sentinels.clone(),
+                        master.clone(),
+                        None,
+                        SentinelServerType::Master,
+                    )
+                    .map_err(|e| err(&e))?;
+                    let c = sc.async_get_client().await.map_err(|e| err(&e))?;
+                    let manager = c
+                        .get_connection_manager_with_config(config.clone())
+                        .await
+                        .map_err(|e| err(&e))?;
+                    let source = Arc::new(SentinelSource {
+                        sentinel: tokio::sync::Mutex::new(sc),
+                        current: RwLock::new(manager),
+                        config: config.clone(),
+                        resolving: AtomicBool::new(false),
+                    });
+                    source.watch(sentinels.clone());
+                    Source::Sentinel(source)
+                }
+            })
+        };
+        let source = tokio::time::timeout(timeout * 3, connect)
+            .await
+            .map_err(|_| StoreError("redis: connect timed out".into()))??;
         Ok(Self {
-            conn,
+            source,
             prefix: prefix.to_string(),
             timeout,
             scripts: Arc::new(Scripts::new()),
         })
+    }
+
+    fn conn(&self) -> Conn {
+        match &self.source {
+            Source::Single(m) => Conn::Manager(m.clone()),
+            Source::Cluster(c) => Conn::Cluster(c.clone()),
+            Source::Sentinel(s) => Conn::Manager(
+                s.current
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            ),
+        }
+    }
+
+    /// After a failure on a Sentinel-found master, ask the sentinels where the master is now.
+    fn maybe_reresolve(&self, e: &redis::RedisError) {
+        let Source::Sentinel(s) = &self.source else {
+            return;
+        };
+        let moved = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if moved {
+            s.reresolve();
+        }
     }
 
     fn session_key(&self, handle: &str) -> String {
@@ -122,13 +357,45 @@ impl RedisStore {
 
     async fn run<T: redis::FromRedisValue>(
         &self,
-        f: impl FnOnce(ConnectionManager) -> redis::RedisFuture<'static, T>,
+        f: impl FnOnce(Conn) -> RedisFuture<'static, T>,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, f(conn)).await {
-            Ok(r) => r.map_err(|e| err(&e)),
-            Err(_) => Err(StoreError("redis: timed out".into())),
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, f(self.conn())).await;
+        crate::metrics::store_latency(started.elapsed());
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.maybe_reresolve(&e);
+                Err(err(&e))
+            }
+            Err(_) => {
+                if let Source::Sentinel(_) = &self.source {
+                    self.maybe_reresolve(&redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )));
+                }
+                Err(StoreError("redis: timed out".into()))
+            }
         }
+    }
+
+    fn index_keys(&self, r: &RecordRef) -> Vec<String> {
+        std::iter::once(self.index_key(Index::Sub, &r.sub_hash))
+            .chain(r.sid_hash.as_deref().map(|s| self.index_key(Index::Sid, s)))
+            .collect()
+    }
+
+    /// Runs one pipeline per key (each key is its own cluster slot), concurrently.
+    async fn per_key(&self, pipes: Vec<Pipeline>) -> Result<Vec<Vec<Value>>, StoreError> {
+        let calls = pipes.into_iter().map(|p| {
+            self.run(move |mut c| {
+                Box::pin(async move { p.query_async::<Vec<Value>>(&mut c).await })
+            })
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect()
     }
 
     pub(super) async fn put_session(
@@ -139,27 +406,26 @@ impl RedisStore {
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
-        let ms = millis(ttl);
-        let idx_s = index_ttl.as_secs().max(1);
         let k = self.session_key(&r.handle);
-        let mut p = redis::pipe();
-        p.cmd("DEL").arg(&k).ignore();
-        p.cmd("HSET")
+        let mut session = redis::pipe();
+        session.atomic();
+        session.cmd("DEL").arg(&k);
+        session
+            .cmd("HSET")
             .arg(&k)
             .arg("d")
             .arg(blob)
             .arg("s")
-            .arg(seen)
-            .ignore();
-        p.cmd("PEXPIRE").arg(&k).arg(ms).ignore();
-        for k in std::iter::once(self.index_key(Index::Sub, &r.sub_hash))
-            .chain(r.sid_hash.as_deref().map(|s| self.index_key(Index::Sid, s)))
-        {
-            p.cmd("SADD").arg(&k).arg(&r.handle).ignore();
-            p.cmd("EXPIRE").arg(&k).arg(idx_s).ignore();
+            .arg(seen);
+        session.cmd("PEXPIRE").arg(&k).arg(millis(ttl));
+        let mut pipes = vec![session];
+        for ik in self.index_keys(r) {
+            let mut p = redis::pipe();
+            p.cmd("SADD").arg(&ik).arg(&r.handle);
+            p.cmd("EXPIRE").arg(&ik).arg(index_ttl.as_secs().max(1));
+            pipes.push(p);
         }
-        self.run(move |mut c| Box::pin(async move { p.query_async::<()>(&mut c).await }))
-            .await
+        self.per_key(pipes).await.map(|_| ())
     }
 
     pub(super) async fn get_session(
@@ -275,18 +541,20 @@ impl RedisStore {
     }
 
     pub(super) async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
-        let k = self.session_key(&r.handle);
-        let mut p = redis::pipe();
-        p.cmd("DEL").arg(k);
-        for ik in std::iter::once(self.index_key(Index::Sub, &r.sub_hash))
-            .chain(r.sid_hash.as_deref().map(|s| self.index_key(Index::Sid, s)))
-        {
-            p.cmd("SREM").arg(ik).arg(&r.handle).ignore();
+        let mut first = redis::pipe();
+        first.cmd("DEL").arg(self.session_key(&r.handle));
+        let mut pipes = vec![first];
+        for ik in self.index_keys(r) {
+            let mut p = redis::pipe();
+            p.cmd("SREM").arg(ik).arg(&r.handle);
+            pipes.push(p);
         }
-        let (n,): (u64,) = self
-            .run(move |mut c| Box::pin(async move { p.query_async(&mut c).await }))
-            .await?;
-        Ok(n > 0)
+        let out = self.per_key(pipes).await?;
+        let deleted = out
+            .first()
+            .and_then(|v| v.first())
+            .is_some_and(|v| matches!(v, Value::Int(n) if *n > 0));
+        Ok(deleted)
     }
 
     pub(super) async fn index_members(

@@ -5,5 +5,8 @@ mod support;
 
 mod lifecycle;
 mod login_flow;
+mod ops;
 mod proxying;
 mod store;
+mod tls;
+mod topology;

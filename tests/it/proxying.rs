@@ -366,14 +366,20 @@ async fn websocket_upgrade_needs_an_allowed_origin_and_carries_the_bearer() {
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
 
     // With our Origin: 101, then bytes flow both ways through the proxy.
-    let mut s = tokio::net::TcpStream::connect(env.apps[0].public_addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(env.apps[0].public_addr)
+        .await
+        .unwrap();
     s.write_all(handshake(&format!("Origin: {}\r\n", env.base(0))).as_bytes())
         .await
         .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed during the handshake");
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed during the handshake"
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_string();
@@ -386,6 +392,9 @@ async fn websocket_upgrade_needs_an_allowed_origin_and_carries_the_bearer() {
     }
     let seen = env.upstream.last();
     assert_eq!(seen["path"], "/api/ws");
-    assert_eq!(seen["authorization"], true, "the bearer is attached to the upgrade");
+    assert_eq!(
+        seen["authorization"], true,
+        "the bearer is attached to the upgrade"
+    );
     assert_eq!(seen["cookie"], false);
 }

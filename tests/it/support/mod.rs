@@ -62,6 +62,12 @@ pub struct Opts {
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
+    /// Replaces the `[store]` section (default: the env's own standalone redis-server).
+    pub store_toml: Option<String>,
+    /// Extra arguments for the env's redis-server (e.g. persistence).
+    pub redis_args: Vec<&'static str>,
+    /// Register a callback URL for one `spawn_binary` process, so it can run logins.
+    pub binary: bool,
 }
 
 impl Default for Opts {
@@ -75,11 +81,15 @@ impl Default for Opts {
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
+            store_toml: None,
+            redis_args: Vec::new(),
+            binary: false,
         }
     }
 }
 
 pub struct TestEnv {
+    pub binary_port: Option<u16>,
     pub redis: RedisServer,
     pub idp: Idp,
     pub upstream: Upstream,
@@ -99,7 +109,7 @@ impl TestEnv {
 
     pub async fn start_with(opts: Opts) -> Self {
         init_logs();
-        let redis = RedisServer::start();
+        let redis = RedisServer::start_with(&opts.redis_args);
         let upstream = Upstream::start().await;
         let mut listeners = Vec::new();
         let mut redirects = Vec::new();
@@ -111,6 +121,12 @@ impl TestEnv {
             post_logout.push(format!("http://127.0.0.1:{port}/"));
             listeners.push((l, bind0()));
         }
+        let binary_port = opts.binary.then(|| {
+            let port = redis::free_port();
+            redirects.push(format!("http://127.0.0.1:{port}/auth/callback"));
+            post_logout.push(format!("http://127.0.0.1:{port}/"));
+            port
+        });
         let idp = Idp::start(&serde_json::json!({
             "access_token_ttl": opts.access_token_ttl,
             "clients": [{
@@ -124,6 +140,7 @@ impl TestEnv {
         }));
         let keys = KeyRing::generate_entry(1);
         let mut env = Self {
+            binary_port,
             redis,
             idp,
             upstream,
@@ -169,8 +186,7 @@ idle_timeout = "{idle}"
 absolute_timeout = "{abs}"
 refresh_skew = "{skew}"
 [store]
-kind = "redis"
-url = "{redis}"
+{store}
 [log]
 level = "debug"
 [[routes]]
@@ -204,7 +220,11 @@ strip_prefix = true
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
             oidc_timeout = self.opts.oidc_timeout,
-            redis = self.redis.url(),
+            store = self
+                .opts
+                .store_toml
+                .clone()
+                .unwrap_or_else(|| format!("kind = \"redis\"\nurl = \"{}\"", self.redis.url())),
         )
     }
 
@@ -322,6 +342,7 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
 /// signals). Killed on drop.
 pub struct Binary {
     pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
     pub child: std::process::Child,
     pub stderr_path: std::path::PathBuf,
 }
@@ -357,16 +378,38 @@ impl TestEnv {
     /// Redis and the IdP. (Its callback URL is not registered: log in through an in-process
     /// instance and use the cookie here.)
     pub async fn spawn_binary(&self, extra: &str) -> Binary {
-        let port = redis::free_port();
+        self.spawn_binary_logging(extra, "level = \"info\"").await
+    }
+
+    /// As [`TestEnv::spawn_binary`], with extra `[server]` keys (given as a `[server]` block).
+    pub async fn spawn_binary_with_server(&self, server: &str) -> Binary {
+        let extra_server = server.trim_start_matches("[server]\n");
+        let port = self.binary_port.unwrap_or_else(redis::free_port);
+        let text = self
+            .toml(port, "")
+            .replacen("[server]\n", &format!("[server]\n{extra_server}"), 1)
+            .replace("level = \"debug\"", "level = \"info\"");
+        self.spawn_config(port, text).await
+    }
+
+    /// As [`TestEnv::spawn_binary`], with `log` as the body of the `[log]` section.
+    pub async fn spawn_binary_logging(&self, extra: &str, log: &str) -> Binary {
+        let port = self.binary_port.unwrap_or_else(redis::free_port);
+        let text = self.toml(port, extra).replace("level = \"debug\"", log);
+        self.spawn_config(port, text).await
+    }
+
+    async fn spawn_config(&self, port: u16, text: String) -> Binary {
+        let admin_port = redis::free_port();
+        let text = text.replacen(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+            1,
+        );
         let dir = std::env::temp_dir().join(format!("cloakroom-bin-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            self.toml(port, extra)
-                .replace("level = \"debug\"", "level = \"info\""),
-        )
-        .expect("config");
+        std::fs::write(&config, text).expect("config");
         let stderr_path = dir.join("stderr.log");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloakroom"));
         cmd.args(["run", "--config"]).arg(&config);
@@ -376,13 +419,19 @@ impl TestEnv {
             cmd.env(k, v);
         }
         let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .stdout(std::fs::File::create(&stderr_path).expect("log file"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&stderr_path)
+                    .expect("log file"),
+            )
             .spawn()
             .expect("spawn cloakroom");
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let bin = Binary {
             addr,
+            admin_addr: ([127, 0, 0, 1], admin_port).into(),
             child,
             stderr_path,
         };

@@ -7,6 +7,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -22,15 +23,88 @@ fn redis_bin() -> String {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `--appendonly yes`,
+    /// `--cluster-enabled yes`, `--replicaof 127.0.0.1 6379`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("cloakroom-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut s = Self {
             port,
             child: None,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
+        s
+    }
+
+    /// A TLS-only server on `port` (readiness is checked by connecting, since PING needs TLS).
+    pub fn start_tls(port: u16, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("cloakroom-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let child = Command::new(redis_bin())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "TLS redis-server did not listen (is it built with TLS?)"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Self {
+            port,
+            child: Some(child),
+            dir,
+            extra: Vec::new(),
+        }
+    }
+
+    /// A sentinel monitoring `master_port` as `mymaster` (quorum 2).
+    pub fn sentinel(master_port: u16) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("cloakroom-sentinel-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        let mut s = Self {
+            port,
+            child: None,
+            dir,
+            extra: vec!["--sentinel".into()],
+        };
+        s.spawn_with_conf(Some(conf));
         s
     }
 
@@ -39,8 +113,18 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(redis_bin())
-            .args([
+        self.spawn_with_conf(None);
+    }
+
+    fn spawn_with_conf(&mut self, conf: Option<std::path::PathBuf>) {
+        let mut cmd = Command::new(redis_bin());
+        if let Some(c) = &conf {
+            cmd.arg(c);
+        }
+        let base: Vec<String> = if conf.is_some() {
+            Vec::new()
+        } else {
+            [
                 "--port",
                 &self.port.to_string(),
                 "--bind",
@@ -50,8 +134,16 @@ impl RedisServer {
                 "--appendonly",
                 "no",
                 "--dir",
-            ])
-            .arg(&self.dir)
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(std::iter::once(self.dir.display().to_string()))
+            .collect()
+        };
+        let child = cmd
+            .args(base)
+            .args(&self.extra)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

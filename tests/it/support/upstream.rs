@@ -86,7 +86,11 @@ async fn handle(
     mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     seen.count.fetch_add(1, Ordering::SeqCst);
-    if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket")
+    {
         // An upgraded connection that echoes whatever bytes it receives.
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -103,8 +107,10 @@ async fn handle(
         });
         let mut resp = hyper::Response::new(full(""));
         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert("upgrade", "websocket".parse().expect("static"));
-        resp.headers_mut().insert("connection", "upgrade".parse().expect("static"));
+        resp.headers_mut()
+            .insert("upgrade", "websocket".parse().expect("static"));
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().expect("static"));
         *seen.last.lock().expect("lock") = Some(serde_json::json!({
             "path": req.uri().path(),
             "authorization": req.headers().get("authorization").is_some(),

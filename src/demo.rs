@@ -1,0 +1,552 @@
+//! `cloakroom demo`: the whole story on one machine, with nothing installed but Rust.
+//!
+//! [`start`] runs, on loopback only:
+//! - [`idp::DevIdp`], a development OpenID provider (code flow with PKCE, refresh-token
+//!   rotation, revocation, end_session), clearly labelled as such;
+//! - [`api::DemoApi`], an API that verifies the bearer token and says what it learned from it;
+//! - a static server for the demo SPA (`demo/spa.html`);
+//! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`) and `/` → the
+//!   SPA (`token = "none"`), the memory store (or Redis with `--redis`), a fresh key ring and
+//!   client secret on every run.
+//!
+//! The demo runs over plain http on `http://localhost:<port>`, so its cookies are not `Secure`
+//! and therefore cannot carry the `__Host-` prefix: they are `cloakroom-demo` and
+//! `cloakroom-demo-login`. Config validation allows that only for an http `public_url`.
+//!
+//! The whole module is behind the `demo` cargo feature (on by default); production images build
+//! with `--no-default-features` and contain none of it.
+
+pub mod api;
+pub mod idp;
+
+use crate::body::{full, Body};
+use crate::config::{Config, ConfigErrors, Env};
+use crate::crypto::KeyRing;
+use crate::error::StartupError;
+use crate::server::{serve, Limits};
+use crate::{App, Listeners, RunningApp};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sha2::Digest;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The OAuth client id Cloakroom uses at the development IdP.
+pub const CLIENT_ID: &str = "cloakroom-demo";
+/// The demo's session cookie (no `__Host-` prefix: the demo runs over plain http).
+pub const COOKIE_NAME: &str = "cloakroom-demo";
+/// The demo's login-binding cookie.
+pub const LOGIN_COOKIE_NAME: &str = "cloakroom-demo-login";
+/// The session idle timeout: short enough that the SPA's countdown is worth watching.
+pub const IDLE_TIMEOUT: &str = "5m";
+/// Refresh this long before the access token expires: with the IdP's 60 s access tokens,
+/// refreshes happen during the demo.
+pub const REFRESH_SKEW: &str = "20s";
+
+const SPA_HTML: &str = include_str!("demo/spa.html");
+
+/// What `cloakroom demo` accepts.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Cloakroom's public port on 127.0.0.1 (the URL to open is `http://localhost:<port>/`);
+    /// 0 picks a free one (tests).
+    pub port: u16,
+    /// Keep sessions in this Redis (`redis://…`) instead of memory.
+    pub redis: Option<String>,
+    /// Lifetime of the access tokens the development IdP issues.
+    pub access_token_ttl: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            redis: None,
+            access_token_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A development server was asked to listen on a non-loopback address.
+    #[error(
+        "refusing to listen on {0}: the demo's development servers bind loopback addresses only"
+    )]
+    NotLoopback(SocketAddr),
+    /// A listener could not bind.
+    #[error("cannot bind {addr}: {source} (is the port in use? pick another with --port)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The development IdP's signing key could not be made.
+    #[error("development IdP signing key: {0}")]
+    Key(String),
+    /// The generated configuration was refused (a bug, or a bad `--redis` URL).
+    #[error("demo configuration: {0}")]
+    Config(#[from] ConfigErrors),
+    /// Cloakroom did not start.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+}
+
+/// A running demo. Dropping it stops the development servers; [`DemoHandle::shutdown`] stops
+/// everything gracefully.
+#[derive(Debug)]
+pub struct DemoHandle {
+    /// The URL to open: the SPA, through Cloakroom (`http://localhost:<port>/`).
+    pub url: String,
+    /// Cloakroom.
+    pub app: RunningApp,
+    /// The development IdP.
+    pub idp: idp::DevIdp,
+    /// The development IdP's address (its issuer is `http://<idp_addr>`).
+    pub idp_addr: SocketAddr,
+    /// The demo API's address (reached through Cloakroom at `/api/`).
+    pub api_addr: SocketAddr,
+    /// The SPA's static server (reached through Cloakroom at `/`).
+    pub spa_addr: SocketAddr,
+    api: api::DemoApi,
+    spa: LocalServer,
+}
+
+impl DemoHandle {
+    /// What to print for the newcomer.
+    #[must_use]
+    pub fn banner(&self) -> String {
+        format!(
+            "\n  Cloakroom demo is running. Open {url}\n  Log in as `{user}` with password `{password}` \
+             (development IdP at {issuer}; not for production).\n  Press Ctrl-C to stop.\n",
+            url = self.url,
+            user = idp::DEMO_USER,
+            password = idp::DEMO_PASSWORD,
+            issuer = self.idp.issuer(),
+        )
+    }
+
+    /// Stops Cloakroom (draining in-flight requests), then the API, the SPA server and the IdP.
+    pub async fn shutdown(self) {
+        self.app.shutdown().await;
+        self.api.shutdown().await;
+        self.spa.shutdown().await;
+        self.idp.shutdown().await;
+    }
+}
+
+/// Pretty logs at `info` (or `RUST_LOG`), for the `demo` command.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// Starts the development IdP, the demo API, the SPA server and Cloakroom, all on loopback.
+///
+/// # Errors
+/// [`DemoError`] when a port is taken, Redis cannot be reached, or a part fails to start.
+pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
+    let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let public_addr = loopback(opts.port);
+    let public = std::net::TcpListener::bind(public_addr).map_err(|source| DemoError::Bind {
+        addr: public_addr,
+        source,
+    })?;
+    let port = public
+        .local_addr()
+        .map_err(|source| DemoError::Bind {
+            addr: public_addr,
+            source,
+        })?
+        .port();
+    // localhost, not 127.0.0.1: browsers treat it as a secure context.
+    let public_url = format!("http://localhost:{port}");
+
+    let client_secret = crate::crypto::random_token();
+    let idp = idp::DevIdp::start(
+        loopback(0),
+        idp::IdpOptions {
+            client: idp::ClientRegistration {
+                client_id: CLIENT_ID.into(),
+                client_secret: crate::secret::Secret::new(client_secret.clone()),
+                redirect_uri: format!("{public_url}/auth/callback"),
+                post_logout_redirect_uri: format!("{public_url}/"),
+            },
+            access_token_ttl: opts.access_token_ttl,
+        },
+    )
+    .await?;
+    let api = api::DemoApi::start(loopback(0), idp.access_token_verifier()).await?;
+    let spa = start_spa(loopback(0), format!("localhost:{port}"), public_url.clone())?;
+
+    let toml = demo_toml(
+        port,
+        idp.issuer(),
+        api.addr(),
+        spa.addr,
+        opts.redis.as_deref(),
+    );
+    let mut env = Env::new();
+    env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), client_secret);
+    env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
+    let config = Config::from_toml(&toml, &env)?;
+    let app = App::start_with(
+        config,
+        Listeners {
+            public: Some(public),
+            admin: None,
+        },
+    )
+    .await?;
+    Ok(DemoHandle {
+        url: format!("{public_url}/"),
+        idp_addr: idp.addr(),
+        api_addr: api.addr(),
+        spa_addr: spa.addr,
+        app,
+        idp,
+        api,
+        spa,
+    })
+}
+
+/// The demo's Cloakroom configuration (secrets come separately, through the env map).
+fn demo_toml(
+    port: u16,
+    issuer: &str,
+    api: SocketAddr,
+    spa: SocketAddr,
+    redis: Option<&str>,
+) -> String {
+    let store = match redis {
+        None => "kind = \"memory\"".to_string(),
+        // A TOML string value, quoted and escaped.
+        Some(url) => format!(
+            "kind = \"redis\"\nurl = {}\nkey_prefix = \"cloakroom-demo\"",
+            toml::Value::String(url.to_string())
+        ),
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://localhost:{port}"
+shutdown_drain = "2s"
+[admin]
+listen = "127.0.0.1:0"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_auth_method = "client_secret_basic"
+[session]
+idle_timeout = "{IDLE_TIMEOUT}"
+absolute_timeout = "1h"
+refresh_skew = "{REFRESH_SKEW}"
+[cookie]
+# Plain http on localhost: not Secure, hence no __Host- prefix.
+name = "{COOKIE_NAME}"
+login_name = "{LOGIN_COOKIE_NAME}"
+secure = false
+[store]
+{store}
+[log]
+format = "pretty"
+level = "info"
+[[routes]]
+prefix = "/api/"
+upstream = "http://{api}"
+token = "required"
+[[routes]]
+prefix = "/"
+upstream = "http://{spa}"
+token = "none"
+"#
+    )
+}
+
+// ------------------------------------------------------------------ the SPA's static server
+
+/// Serves `spa.html` at `/`. A request that did not come in as `expected_host` (e.g. someone
+/// opened `http://127.0.0.1:8080/`) is sent to the public URL: the session cookie lives on
+/// `localhost`, and the CSRF check wants that origin.
+fn start_spa(
+    addr: SocketAddr,
+    expected_host: String,
+    public_url: String,
+) -> Result<LocalServer, DemoError> {
+    let page = Arc::new(SpaPage::new());
+    let expected_host = Arc::new(expected_host);
+    let public_url = Arc::new(public_url);
+    LocalServer::start(addr, move |req, _peer| {
+        let page = page.clone();
+        let expected_host = expected_host.clone();
+        let public_url = public_url.clone();
+        async move { Ok(page.answer(&req, &expected_host, &public_url)) }
+    })
+}
+
+struct SpaPage {
+    csp: HeaderValue,
+}
+
+impl SpaPage {
+    fn new() -> Self {
+        let csp = format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            csp_hash_of_element(SPA_HTML, "script"),
+            csp_hash_of_element(SPA_HTML, "style"),
+        );
+        Self {
+            csp: HeaderValue::from_str(&csp)
+                .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
+        }
+    }
+
+    fn answer<B>(&self, req: &Request<B>, expected_host: &str, public_url: &str) -> Response<Body> {
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok());
+        if host.is_some_and(|h| h != expected_host) {
+            return redirect(StatusCode::FOUND, &format!("{public_url}/"));
+        }
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/" | "/index.html") => {
+                let mut resp = html(StatusCode::OK, SPA_HTML.to_string());
+                resp.headers_mut()
+                    .insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+                resp
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl std::fmt::Debug for SpaPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpaPage").finish_non_exhaustive()
+    }
+}
+
+// ------------------------------------------------------------------ shared HTTP helpers
+
+/// One small HTTP server of the demo, on a loopback address. Dropping it stops it.
+#[derive(Debug)]
+pub(crate) struct LocalServer {
+    pub(crate) addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl LocalServer {
+    /// Binds `addr` (loopback only) and serves `handler` on it.
+    pub(crate) fn start<F, Fut>(addr: SocketAddr, handler: F) -> Result<Self, DemoError>
+    where
+        F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        if !addr.ip().is_loopback() {
+            return Err(DemoError::NotLoopback(addr));
+        }
+        let bind_err = |source| DemoError::Bind { addr, source };
+        let std = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        std.set_nonblocking(true).map_err(bind_err)?;
+        let listener = tokio::net::TcpListener::from_std(std).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 256,
+            drain: Duration::from_secs(1),
+        };
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, limits, None, handler, rx));
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops accepting and waits for in-flight requests (briefly).
+    pub(crate) async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Request bodies the demo servers accept (forms): small.
+const MAX_FORM: usize = 64 * 1024;
+
+/// Reads an `application/x-www-form-urlencoded` body. `None` if too large or unreadable.
+pub(crate) async fn read_form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_FORM);
+    let bytes = body.collect().await.ok()?.to_bytes();
+    Some(parse_pairs(&bytes))
+}
+
+/// Decoded `k=v&…` pairs.
+pub(crate) fn parse_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The single value of `name`; a repeated parameter is an error (RFC 6749 §3.1, §3.2).
+pub(crate) fn single<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, String> {
+    let mut it = pairs.iter().filter(|(k, _)| k == name);
+    let first = it.next().map(|(_, v)| v.as_str());
+    if it.next().is_some() {
+        return Err(format!("parameter {name} is repeated"));
+    }
+    Ok(first.filter(|v| !v.is_empty()))
+}
+
+/// An HTML page, not cached, not frameable.
+pub(crate) fn html(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// A plain-text answer.
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A redirect to `location` (never cached).
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Escapes text for HTML element content and double-quoted attributes.
+pub(crate) fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The CSP source (`'sha256-…'`) of the first `<tag>…</tag>` in `page`, so the demo pages can
+/// keep their inline script and style under a strict policy.
+pub(crate) fn csp_hash_of_element(page: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let content = page
+        .find(&open)
+        .map(|i| &page[i + open.len()..])
+        .and_then(|rest| rest.find(&close).map(|j| &rest[..j]))
+        .unwrap_or_default();
+    format!(
+        "'sha256-{}'",
+        STANDARD.encode(sha2::Sha256::digest(content.as_bytes()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_config_is_valid_and_plain_http_friendly() {
+        let toml = demo_toml(
+            8080,
+            "http://127.0.0.1:9999",
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            Some("redis://127.0.0.1:6379/\"odd"),
+        );
+        let mut env = Env::new();
+        env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
+        let c = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.cookie_secure);
+        assert_eq!(c.cookie_name, COOKIE_NAME);
+        assert_eq!(c.public_origin, "http://localhost:8080");
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].prefix, "/api/");
+        assert!(matches!(c.store, crate::config::StoreKind::Redis(_)));
+    }
+
+    #[test]
+    fn csp_hashes_cover_the_inline_script_and_style() {
+        let page = "<style>a{}</style><script>x()</script>";
+        assert_eq!(
+            csp_hash_of_element(page, "script"),
+            format!("'sha256-{}'", STANDARD.encode(sha2::Sha256::digest(b"x()")))
+        );
+        assert!(SPA_HTML.contains("<script>") && SPA_HTML.contains("<style>"));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
+    }
+
+    #[tokio::test]
+    async fn demo_servers_refuse_non_loopback_addresses() {
+        let r = LocalServer::start("0.0.0.0:0".parse().unwrap(), |_req, _peer| async {
+            Ok(text(StatusCode::OK, "x"))
+        });
+        assert!(matches!(r, Err(DemoError::NotLoopback(_))));
+    }
+}

@@ -1,0 +1,588 @@
+//! `cloakroom demo` (issue #4): the development IdP, the demo API and the SPA behind Cloakroom,
+//! in-process on port 0 with the memory store, driven by the test browser.
+
+use crate::support::browser::{Browser, Resp};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use cloakroom::demo::idp::{ClientRegistration, DevIdp, IdpOptions};
+use cloakroom::demo::{self, DemoError, DemoHandle, DemoOptions};
+use cloakroom::secret::Secret;
+use reqwest::Method;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+async fn start_demo(access_token_ttl: Duration) -> DemoHandle {
+    demo::start(DemoOptions {
+        port: 0,
+        redis: None,
+        access_token_ttl,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
+}
+
+fn url(d: &DemoHandle, path: &str) -> String {
+    format!("{}{path}", d.url.trim_end_matches('/'))
+}
+
+fn query(url: &str) -> BTreeMap<String, String> {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The hidden `interaction` field of the dev IdP's login page.
+fn interaction_of(page: &Resp) -> String {
+    let marker = "name=\"interaction\" value=\"";
+    let start = page.body.find(marker).expect("interaction field") + marker.len();
+    let len = page.body[start..].find('"').expect("end of value");
+    page.body[start..start + len].to_string()
+}
+
+/// From the SPA's Log in button to the session cookie, through the dev IdP's login page.
+async fn login(d: &DemoHandle, b: &mut Browser) {
+    let issuer = d.idp.issuer().to_string();
+    let r = b.get(&url(d, "/auth/login?return_to=/")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let authorize = r.location();
+    assert!(
+        authorize.starts_with(&format!("{issuer}/authorize?")),
+        "{authorize}"
+    );
+    let page = b.get(&authorize).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Development IdP — not for production"));
+    assert!(page.body.contains("value=\"alice\""), "prefilled user");
+
+    let r = b
+        .post_form(
+            &format!("{issuer}/authorize/login"),
+            &[
+                ("interaction", &interaction_of(&page)),
+                ("username", "alice"),
+                ("password", "demo"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let idp_cookie = r.set_cookie("devidp_session").expect("IdP session cookie");
+    assert!(idp_cookie.contains("HttpOnly"), "{idp_cookie}");
+    let callback = r.location();
+    assert!(
+        callback.starts_with(&url(d, "/auth/callback?")),
+        "{callback}"
+    );
+    let q = query(&callback);
+    assert_eq!(q["iss"], issuer, "RFC 9207 iss");
+    assert!(q.contains_key("code") && q.contains_key("state"));
+
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), "/");
+    let session = r.set_cookie("cloakroom-demo").expect("session cookie");
+    assert!(session.contains("HttpOnly"), "{session}");
+    assert!(
+        !session.contains("Secure"),
+        "plain-http demo cookie: {session}"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_tells_the_whole_story_and_no_token_reaches_the_browser() {
+    let d = start_demo(Duration::from_secs(60)).await;
+    let mut b = Browser::new();
+    assert!(d.url.starts_with("http://localhost:"), "{}", d.url);
+
+    // The SPA, through Cloakroom's `/` route.
+    let r = b.get(&d.url).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(r.headers.contains_key("content-security-policy"));
+    for id in [
+        "login",
+        "logout",
+        "call-api",
+        "user",
+        "countdown",
+        "warning",
+        "api-status",
+        "api-result",
+    ] {
+        assert!(r.body.contains(&format!("id=\"{id}\"")), "#{id}");
+    }
+    assert!(!r.body.contains("localStorage") && !r.body.contains("sessionStorage"));
+
+    // Not logged in yet.
+    let r = b.xhr(Method::GET, &url(&d, "/auth/user?slide=false")).await;
+    assert_eq!(r.status, 401);
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 401);
+
+    login(&d, &mut b).await;
+
+    let r = b.xhr(Method::GET, &url(&d, "/auth/user?slide=false")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let u = r.json();
+    assert_eq!(u["sub"], "alice");
+    assert_eq!(u["claims"]["name"], "Alice Demo");
+    assert_eq!(u["claims"]["email"], "alice@demo.test");
+    let s = &u["session"];
+    assert_eq!(
+        s["idle_expires_at"].as_i64().unwrap() - s["created_at"].as_i64().unwrap(),
+        300,
+        "5 min idle timeout"
+    );
+
+    // The API saw a bearer from the dev IdP, and says so without echoing it.
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let api = r.json();
+    assert_eq!(api["subject"], "alice");
+    assert!(api["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == "openid"));
+    let expires_in = api["expires_in"].as_i64().unwrap();
+    assert!((1..=60).contains(&expires_in), "{api}");
+    assert!(api["expires_at"].as_i64().unwrap() > api["issued_at"].as_i64().unwrap());
+    assert!(api["message"].as_str().unwrap().contains("alice"));
+    assert!(!r.body.contains("eyJ"), "no JWT in the API answer");
+
+    // Logout: Cloakroom ends the session and hands over the dev IdP's end_session URL.
+    let r = b.xhr(Method::POST, &url(&d, "/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let end_session = r.json()["end_session_url"]
+        .as_str()
+        .expect("end_session_url")
+        .to_string();
+    assert!(
+        end_session.starts_with(&format!("{}/end_session?", d.idp.issuer())),
+        "{end_session}"
+    );
+    let q = query(&end_session);
+    assert_eq!(q["post_logout_redirect_uri"], d.url);
+    assert_eq!(q["client_id"], demo::CLIENT_ID);
+    let hint = q["id_token_hint"].clone();
+    assert!(b.jar.contains_key("devidp_session"));
+    let r = b.get(&end_session).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), d.url);
+    assert!(
+        !b.jar.contains_key("devidp_session"),
+        "IdP session cookie cleared"
+    );
+
+    // Logged out everywhere: the API says 401, and logging in again needs the password.
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = b.get(&url(&d, "/auth/login?return_to=/")).await;
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 200, "the IdP session is gone: login page again");
+
+    // No token the IdP issued reached the browser, except the ID token as id_token_hint.
+    let tokens = d.idp.issued_tokens();
+    assert!(tokens.len() >= 3, "access, refresh and ID token");
+    assert!(tokens.contains(&hint), "the hint is the ID token");
+    let received = b.received.replace(&end_session, "");
+    for t in &tokens {
+        assert!(
+            !received.contains(t.as_str()),
+            "a token reached the browser"
+        );
+    }
+    assert!(
+        !received.contains("eyJ"),
+        "no JWT-shaped string reached the browser"
+    );
+    // Cloakroom's logout revoked the access token at the IdP (RFC 7009).
+    let api = d.idp.access_token_verifier();
+    assert!(tokens.iter().all(|t| api.verify(t).is_err()));
+    assert!(tokens
+        .iter()
+        .any(|t| matches!(api.verify(t), Err("token revoked"))));
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_login_needs_an_idp_session() {
+    let d = start_demo(Duration::from_secs(60)).await;
+    let mut b = Browser::new();
+
+    // No IdP session: prompt=none comes back with login_required and no session.
+    let r = b.get(&url(&d, "/auth/login?return_to=/&prompt=none")).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(query(&r.location())["prompt"], "none");
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = r.location();
+    let q = query(&callback);
+    assert_eq!(q["error"], "login_required");
+    assert_eq!(q["iss"], d.idp.issuer());
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/?error=login_required");
+    assert!(r.set_cookie("cloakroom-demo").is_none());
+
+    // With an IdP session (Cloakroom logout only), prompt=none logs in without a page.
+    login(&d, &mut b).await;
+    let r = b.xhr(Method::POST, &url(&d, "/auth/logout")).await;
+    assert_eq!(r.status, 200);
+    let r = b.get(&url(&d, "/auth/login?return_to=/&prompt=none")).await;
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 302, "code at once: {}", r.body);
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/");
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn cloakroom_refreshes_through_the_rotating_dev_idp() {
+    // Tokens that live as long as the demo's refresh skew (20 s): once a second has passed, every
+    // call refreshes first, and each refresh rotates the refresh token.
+    let d = start_demo(Duration::from_secs(20)).await;
+    let mut b = Browser::new();
+    login(&d, &mut b).await;
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        issued.push(r.json()["issued_at"].as_i64().unwrap());
+    }
+    assert!(
+        issued.windows(2).all(|w| w[1] > w[0]),
+        "each call used a freshly refreshed token: {issued:?}"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_demo_spa_redirects_other_hosts_to_localhost() {
+    let d = start_demo(Duration::from_secs(60)).await;
+    let mut b = Browser::new();
+    let r = b
+        .get(&format!("http://127.0.0.1:{}/", d.app.public_addr.port()))
+        .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), d.url);
+    d.shutdown().await;
+}
+
+// ---------------------------------------------------------------- the dev IdP on its own
+
+const SECRET: &str = "dev-idp-test-secret";
+const REDIRECT: &str = "http://localhost:1/auth/callback";
+
+async fn idp() -> DevIdp {
+    DevIdp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        IdpOptions {
+            client: ClientRegistration {
+                client_id: "spa".into(),
+                client_secret: Secret::new(SECRET),
+                redirect_uri: REDIRECT.into(),
+                post_logout_redirect_uri: "http://localhost:1/".into(),
+            },
+            access_token_ttl: Duration::from_secs(60),
+        },
+    )
+    .await
+    .expect("dev IdP")
+}
+
+fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode([7u8; 32]);
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn authorize_url(idp: &DevIdp, challenge: &str) -> String {
+    let mut u = url::Url::parse(&format!("{}/authorize", idp.issuer())).unwrap();
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "spa")
+        .append_pair("redirect_uri", REDIRECT)
+        .append_pair("scope", "openid profile email offline_access")
+        .append_pair("state", "st")
+        .append_pair("nonce", "no")
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256");
+    u.to_string()
+}
+
+/// Logs alice in at the IdP and returns the code.
+async fn code(idp: &DevIdp, b: &mut Browser, challenge: &str) -> String {
+    let page = b.get(&authorize_url(idp, challenge)).await;
+    let r = if page.status == 200 {
+        b.post_form(
+            &format!("{}/authorize/login", idp.issuer()),
+            &[
+                ("interaction", &interaction_of(&page)),
+                ("username", "alice"),
+                ("password", "demo"),
+            ],
+        )
+        .await
+    } else {
+        page
+    };
+    let q = query(&r.location());
+    assert_eq!(q["state"], "st");
+    q["code"].clone()
+}
+
+async fn token(idp: &DevIdp, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", idp.issuer()))
+        .basic_auth("spa", Some(SECRET))
+        .form(form)
+        .send()
+        .await
+        .expect("token request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON"))
+}
+
+#[tokio::test]
+async fn the_dev_idp_rotates_refresh_tokens_and_revokes_the_grant_on_reuse() {
+    let idp = idp().await;
+    let verifier_api = idp.access_token_verifier();
+    let mut b = Browser::new();
+    let (verifier, challenge) = pkce();
+
+    // A wrong PKCE verifier fails; the code is then still single-use.
+    let c = code(&idp, &mut b, &challenge).await;
+    let (status, body) = token(
+        &idp,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &"x".repeat(43)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // With the IdP session, the next code comes at once.
+    let c = code(&idp, &mut b, &challenge).await;
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", c.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, first) = token(&idp, &exchange).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["token_type"], "Bearer");
+    assert_eq!(first["expires_in"], 60);
+    let at1 = first["access_token"].as_str().unwrap().to_string();
+    let rt1 = first["refresh_token"].as_str().unwrap().to_string();
+    assert!(first["id_token"].as_str().unwrap().starts_with("eyJ"));
+    let claims = verifier_api.verify(&at1).expect("access token verifies");
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.client_id, "spa");
+
+    // The code is single use.
+    let (status, body) = token(&idp, &exchange).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // A fresh grant for the rotation test (the replay above revoked the first one).
+    let c = code(&idp, &mut b, &challenge).await;
+    let (_, fresh) = token(
+        &idp,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    let rt_a = fresh["refresh_token"].as_str().unwrap().to_string();
+    let at_a = fresh["access_token"].as_str().unwrap().to_string();
+    assert_ne!(rt_a, rt1);
+    assert!(
+        verifier_api.verify(&at1).is_err(),
+        "code replay revoked the first grant's access token"
+    );
+
+    let (status, second) = token(
+        &idp,
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt_a)],
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let rt_b = second["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rt_b, rt_a, "rotated");
+    let at_b = second["access_token"].as_str().unwrap().to_string();
+    verifier_api.verify(&at_b).expect("new access token");
+
+    // Reusing the rotated-out token fails and revokes the whole grant.
+    let (status, body) = token(
+        &idp,
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt_a)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, body) = token(
+        &idp,
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt_b)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the newest token died with its grant"
+    );
+    assert_eq!(verifier_api.verify(&at_a).unwrap_err(), "token revoked");
+    assert_eq!(verifier_api.verify(&at_b).unwrap_err(), "token revoked");
+
+    // RFC 7009: revoking an access token (by jti) or a refresh token (its whole grant); 200
+    // even for a token it does not know.
+    let c = code(&idp, &mut b, &challenge).await;
+    let (_, fresh) = token(
+        &idp,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    let at = fresh["access_token"].as_str().unwrap();
+    let rt = fresh["refresh_token"].as_str().unwrap();
+    for (t, hint) in [(at, "access_token"), (rt, "refresh_token"), ("unknown", "")] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/revoke", idp.issuer()))
+            .form(&[
+                ("token", t),
+                ("token_type_hint", hint),
+                ("client_id", "spa"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(verifier_api.verify(at).unwrap_err(), "token revoked");
+    let (status, _) = token(
+        &idp,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Wrong client secret: 401 invalid_client.
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", idp.issuer()))
+        .basic_auth("spa", Some("wrong"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "invalid_client"
+    );
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_dev_idp_validates_authorization_requests_and_binds_loopback_only() {
+    let refused = demo::idp::DevIdp::start(
+        "0.0.0.0:0".parse().unwrap(),
+        IdpOptions {
+            client: ClientRegistration {
+                client_id: "spa".into(),
+                client_secret: Secret::new(SECRET),
+                redirect_uri: REDIRECT.into(),
+                post_logout_redirect_uri: "http://localhost:1/".into(),
+            },
+            access_token_ttl: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(DemoError::NotLoopback(_))));
+
+    let idp = idp().await;
+    let mut b = Browser::new();
+    let (_, challenge) = pkce();
+    let good = authorize_url(&idp, &challenge);
+
+    // A redirect_uri that is not registered: an error page, never a redirect.
+    let r = b.get(&good.replace("localhost%3A1", "evil.example")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.headers.get("location").is_none());
+
+    // No PKCE: back to the client with invalid_request.
+    let no_pkce = good.replace("code_challenge_method=S256", "code_challenge_method=plain");
+    let r = b.get(&no_pkce).await;
+    assert_eq!(r.status, 302);
+    let q = query(&r.location());
+    assert_eq!(q["error"], "invalid_request");
+    assert_eq!(q["state"], "st");
+
+    // Wrong password: the login page again, no cookie, no redirect.
+    let page = b.get(&good).await;
+    assert_eq!(page.status, 200);
+    let r = b
+        .post_form(
+            &format!("{}/authorize/login", idp.issuer()),
+            &[
+                ("interaction", &interaction_of(&page)),
+                ("username", "alice"),
+                ("password", "nope"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.set_cookie("devidp_session").is_none());
+    assert!(r.body.contains("Wrong user name or password"));
+
+    // Discovery names every endpoint Cloakroom uses.
+    let r = b
+        .get(&format!(
+            "{}/.well-known/openid-configuration",
+            idp.issuer()
+        ))
+        .await;
+    let m = r.json();
+    assert_eq!(m["issuer"], idp.issuer());
+    for k in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "revocation_endpoint",
+        "end_session_endpoint",
+    ] {
+        assert!(m[k].as_str().unwrap().starts_with(idp.issuer()), "{k}");
+    }
+    assert_eq!(m["code_challenge_methods_supported"][0], "S256");
+    let jwks = b.get(m["jwks_uri"].as_str().unwrap()).await.json();
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert!(jwks["keys"][0]["kid"].as_str().is_some());
+    idp.shutdown().await;
+}
