@@ -191,15 +191,14 @@ impl Jwks {
         *last = Some(std::time::Instant::now());
         crate::metrics::jwks_refetch();
         let fetched = async {
-            let resp = self.http.get(self.uri.clone()).send().await.ok()?;
+            let req = http::Request::get(self.uri.as_str())
+                .body(Vec::new())
+                .ok()?;
+            let resp = idp_call(self.http.clone(), req).await.ok()?;
             if !resp.status().is_success() {
                 return None;
             }
-            let bytes = resp.bytes().await.ok()?;
-            if bytes.len() > 256 * 1024 {
-                return None;
-            }
-            serde_json::from_slice::<CoreJsonWebKeySet>(&bytes).ok()
+            serde_json::from_slice::<CoreJsonWebKeySet>(resp.body()).ok()
         }
         .await;
         match fetched {
@@ -273,6 +272,56 @@ impl std::fmt::Debug for OidcClient {
     }
 }
 
+/// The largest IdP response we read (discovery, JWKS, token responses). Anything bigger is an
+/// error, not an allocation.
+pub const MAX_IDP_RESPONSE: usize = 256 * 1024;
+
+/// Why an IdP HTTP call failed (transport, or a response over [`MAX_IDP_RESPONSE`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IdpHttpError {
+    /// Connect, TLS, timeout, protocol.
+    #[error(transparent)]
+    Transport(#[from] reqwest::Error),
+    /// The body was larger than [`MAX_IDP_RESPONSE`].
+    #[error("response larger than {MAX_IDP_RESPONSE} bytes")]
+    TooLarge,
+    /// The response could not be represented.
+    #[error("malformed response")]
+    Malformed,
+}
+
+/// One IdP call for `openidconnect`: reqwest underneath, the body read with a size bound.
+async fn idp_call(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
+    let (parts, body) = req.into_parts();
+    let mut resp = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await?;
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_IDP_RESPONSE as u64)
+    {
+        return Err(IdpHttpError::TooLarge);
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > MAX_IDP_RESPONSE {
+            return Err(IdpHttpError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let mut out = http::Response::builder().status(resp.status());
+    for (k, v) in resp.headers() {
+        out = out.header(k, v);
+    }
+    out.body(buf).map_err(|_| IdpHttpError::Malformed)
+}
+
 /// The IdP HTTP client: no redirects (openidconnect's SSRF advice), bounded timeouts.
 ///
 /// # Errors
@@ -300,7 +349,11 @@ impl OidcClient {
         let http = http_client(config.oidc_timeout).map_err(|e| fail(e.to_string()))?;
         let issuer_str = config.issuer.as_str().trim_end_matches('/').to_string();
         let issuer = IssuerUrl::new(issuer_str.clone()).map_err(|e| fail(e.to_string()))?;
-        let metadata = Metadata::discover_async(issuer, &http)
+        let bounded = {
+            let http = http.clone();
+            move |r| idp_call(http.clone(), r)
+        };
+        let metadata = Metadata::discover_async(issuer, &bounded)
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
@@ -356,6 +409,21 @@ impl OidcClient {
     #[must_use]
     pub fn revocation_endpoint(&self) -> Option<&Url> {
         self.revocation.as_ref()
+    }
+
+    /// The IdP client as `openidconnect` calls it: responses bounded by [`MAX_IDP_RESPONSE`].
+    fn bounded(
+        &self,
+    ) -> impl Fn(
+        openidconnect::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, IdpHttpError>>
+                + Send,
+        >,
+    > {
+        let http = self.http.clone();
+        move |r| Box::pin(idp_call(http.clone(), r))
     }
 
     /// The shared IdP HTTP client.
@@ -415,9 +483,24 @@ impl OidcClient {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| Error::TokenExchange(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()))
-            .request_async(&self.http)
+            .request_async(&self.bounded())
             .await
-            .map_err(|e| Error::TokenExchange(describe_token_error(&e)))?;
+            .map_err(|e| {
+                // A token response whose only fault is an ID token that does not even parse as
+                // one (e.g. no `sub`) is an invalid ID token, not a failed exchange.
+                if let RequestTokenError::Parse(_, body) = &e {
+                    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+                    let shaped = v.as_ref().is_some_and(|v| {
+                        v.get("access_token")
+                            .is_some_and(serde_json::Value::is_string)
+                            && v.get("id_token").is_some_and(serde_json::Value::is_string)
+                    });
+                    if shaped {
+                        return Error::InvalidIdToken("the ID token does not parse".into());
+                    }
+                }
+                Error::TokenExchange(describe_token_error(&e))
+            })?;
         let id_token = resp
             .id_token()
             .ok_or_else(|| Error::InvalidIdToken("no id_token in the token response".into()))?;
@@ -550,7 +633,7 @@ impl OidcClient {
             .client
             .exchange_refresh_token(&rt_oauth)
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        let resp: CoreTokenResponse = match request.request_async(&self.http).await {
+        let resp: CoreTokenResponse = match request.request_async(&self.bounded()).await {
             Ok(r) => r,
             Err(e) => {
                 let why = describe_token_error(&e);

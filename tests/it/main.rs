@@ -3,6 +3,7 @@
 
 mod support;
 
+mod hostile;
 mod lifecycle;
 mod login_flow;
 mod ops;

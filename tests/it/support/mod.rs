@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod hostile_idp;
 pub mod idp;
 pub mod redis;
 pub mod upstream;
@@ -68,6 +69,8 @@ pub struct Opts {
     pub redis_args: Vec<&'static str>,
     /// Register a callback URL for one `spawn_binary` process, so it can run logins.
     pub binary: bool,
+    /// Point Cloakroom at another issuer (e.g. the hostile IdP) instead of the real one.
+    pub issuer: Option<String>,
 }
 
 impl Default for Opts {
@@ -84,6 +87,7 @@ impl Default for Opts {
             store_toml: None,
             redis_args: Vec::new(),
             binary: false,
+            issuer: None,
         }
     }
 }
@@ -214,7 +218,11 @@ upstream = "http://{up}/base"
 strip_prefix = true
 {extra}
 "#,
-            issuer = self.idp.issuer,
+            issuer = self
+                .opts
+                .issuer
+                .clone()
+                .unwrap_or_else(|| self.idp.issuer.clone()),
             auth = self.opts.client_auth,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
