@@ -362,14 +362,32 @@ impl LocalServer {
         F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
     {
+        Self::serve(Self::bind(addr)?, handler)
+    }
+
+    /// Binds `addr`, refusing anything but a loopback address.
+    pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DemoError> {
         if !addr.ip().is_loopback() {
             return Err(DemoError::NotLoopback(addr));
         }
+        std::net::TcpListener::bind(addr).map_err(|source| DemoError::Bind { addr, source })
+    }
+
+    /// Serves `handler` on a listener from [`LocalServer::bind`].
+    pub(crate) fn serve<F, Fut>(
+        listener: std::net::TcpListener,
+        handler: F,
+    ) -> Result<Self, DemoError>
+    where
+        F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let bind_err = |source| DemoError::Bind { addr, source };
-        let std = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-        std.set_nonblocking(true).map_err(bind_err)?;
-        let listener = tokio::net::TcpListener::from_std(std).map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
         let limits = Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,

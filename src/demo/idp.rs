@@ -106,14 +106,10 @@ impl DevIdp {
     /// [`DemoError::NotLoopback`] for any other address; [`DemoError::Bind`];
     /// [`DemoError::Key`].
     pub async fn start(addr: SocketAddr, options: IdpOptions) -> Result<Self, DemoError> {
-        if !addr.ip().is_loopback() {
-            return Err(DemoError::NotLoopback(addr));
-        }
+        let listener = LocalServer::bind(addr)?;
         let signer = tokio::task::spawn_blocking(Signer::generate)
             .await
             .map_err(|e| DemoError::Key(e.to_string()))??;
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| DemoError::Bind { addr, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| DemoError::Bind { addr, source })?;
@@ -130,9 +126,8 @@ impl DevIdp {
             state: Mutex::new(State::default()),
             revoked: Arc::new(RevokedJtis::default()),
         });
-        drop(listener);
         let s = shared.clone();
-        let server = LocalServer::start(bound, move |req, _peer| {
+        let server = LocalServer::serve(listener, move |req, _peer| {
             let s = s.clone();
             async move { Ok(s.handle(req).await) }
         })?;
@@ -346,6 +341,7 @@ struct AuthRequest {
     nonce: String,
     code_challenge: String,
     force_login: bool,
+    prompt_none: bool,
 }
 
 #[derive(Clone)]
@@ -464,6 +460,80 @@ fn form_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v)
         .unwrap_or_default()
+}
+
+/// Checks an authorization request once its client and redirect URI are known to be good.
+/// Errors are `(error, description)` for the redirect back to the client.
+fn parse_auth_request(
+    pairs: &[(String, String)],
+    redirect_uri: &str,
+) -> Result<AuthRequest, (&'static str, String)> {
+    let get = |name| single(pairs, name);
+    let bad = |e: String| ("invalid_request", e);
+    if get("request").map_err(bad)?.is_some() || get("request_uri").map_err(bad)?.is_some() {
+        return Err((
+            "request_not_supported",
+            "request objects are not supported".into(),
+        ));
+    }
+    match get("response_type").map_err(bad)? {
+        Some("code") => {}
+        _ => {
+            return Err((
+                "unsupported_response_type",
+                "only response_type=code".into(),
+            ))
+        }
+    }
+    let state = get("state")
+        .map_err(bad)?
+        .ok_or_else(|| bad("state is required".into()))?;
+    let nonce = get("nonce")
+        .map_err(bad)?
+        .ok_or_else(|| bad("nonce is required".into()))?;
+    let code_challenge = get("code_challenge")
+        .map_err(bad)?
+        .ok_or_else(|| bad("PKCE is required: code_challenge is missing".into()))?;
+    if get("code_challenge_method").map_err(bad)? != Some("S256") {
+        return Err(bad("code_challenge_method must be S256".into()));
+    }
+    // 43 characters: the unpadded base64url of a SHA-256 digest.
+    if code_challenge.len() != 43 || !valid_pkce_string(code_challenge) {
+        return Err(bad(
+            "code_challenge is not a base64url SHA-256 digest".into()
+        ));
+    }
+    let scope: Vec<String> = get("scope")
+        .map_err(bad)?
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if !scope.iter().any(|s| s == "openid") {
+        return Err(("invalid_scope", "scope must include openid".into()));
+    }
+    if let Some(s) = scope.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(("invalid_scope", format!("unknown scope {s}")));
+    }
+    let prompt: Vec<&str> = get("prompt")
+        .map_err(bad)?
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if prompt.contains(&"none") && prompt.len() > 1 {
+        return Err(bad("prompt=none cannot be combined".into()));
+    }
+    Ok(AuthRequest {
+        redirect_uri: redirect_uri.to_string(),
+        scope,
+        state: state.to_string(),
+        nonce: nonce.to_string(),
+        code_challenge: code_challenge.to_string(),
+        force_login: prompt.contains(&"login"),
+        prompt_none: prompt == ["none"],
+    })
 }
 
 /// RFC 7636 §4.1: 43–128 characters of `[A-Za-z0-9-._~]`.
@@ -688,78 +758,10 @@ impl Shared {
                 state,
             )
         };
-        let parsed = (|| -> Result<AuthRequest, (&'static str, String)> {
-            let bad = |e: String| ("invalid_request", e);
-            if get("request").map_err(bad)?.is_some() || get("request_uri").map_err(bad)?.is_some()
-            {
-                return Err((
-                    "request_not_supported",
-                    "request objects are not supported".into(),
-                ));
-            }
-            match get("response_type").map_err(bad)? {
-                Some("code") => {}
-                _ => {
-                    return Err((
-                        "unsupported_response_type",
-                        "only response_type=code".into(),
-                    ))
-                }
-            }
-            let state = get("state")
-                .map_err(bad)?
-                .ok_or_else(|| bad("state is required".into()))?;
-            let nonce = get("nonce")
-                .map_err(bad)?
-                .ok_or_else(|| bad("nonce is required".into()))?;
-            let code_challenge = get("code_challenge")
-                .map_err(bad)?
-                .ok_or_else(|| bad("PKCE is required: code_challenge is missing".into()))?;
-            if get("code_challenge_method").map_err(bad)? != Some("S256") {
-                return Err(bad("code_challenge_method must be S256".into()));
-            }
-            // 43 characters: the unpadded base64url of a SHA-256 digest.
-            if code_challenge.len() != 43 || !valid_pkce_string(code_challenge) {
-                return Err(bad(
-                    "code_challenge is not a base64url SHA-256 digest".into()
-                ));
-            }
-            let scope: Vec<String> = get("scope")
-                .map_err(bad)?
-                .unwrap_or_default()
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            if !scope.iter().any(|s| s == "openid") {
-                return Err(("invalid_scope", "scope must include openid".into()));
-            }
-            if let Some(s) = scope.iter().find(|s| !SCOPES.contains(&s.as_str())) {
-                return Err(("invalid_scope", format!("unknown scope {s}")));
-            }
-            let prompt: Vec<&str> = get("prompt")
-                .map_err(bad)?
-                .unwrap_or_default()
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .collect();
-            if prompt.contains(&"none") && prompt.len() > 1 {
-                return Err(bad("prompt=none cannot be combined".into()));
-            }
-            Ok(AuthRequest {
-                redirect_uri: redirect_uri.clone(),
-                scope,
-                state: state.to_string(),
-                nonce: nonce.to_string(),
-                code_challenge: code_challenge.to_string(),
-                force_login: prompt.contains(&"login"),
-            })
-        })();
-        let auth = match parsed {
+        let auth = match parse_auth_request(&pairs, &redirect_uri) {
             Ok(a) => a,
             Err((error, description)) => return fail(error, &description),
         };
-        let prompt_none = get("prompt").ok().flatten() == Some("none");
 
         let mut st = self.lock();
         if !auth.force_login {
@@ -768,7 +770,7 @@ impl Shared {
                 return self.issue_code(&mut st, auth, session);
             }
         }
-        if prompt_none {
+        if auth.prompt_none {
             return fail("login_required", "no session at the development IdP");
         }
         let interaction = random_token();

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod demo;
 mod hostile;
 mod lifecycle;
 mod login_flow;
