@@ -20,15 +20,22 @@ pub const MAX_PENDING_PER_BROWSER: usize = 8;
 const TAG_LEN: usize = 16;
 
 /// Every value of cookie `name` in the request (there may be several `Cookie` headers).
+///
+/// Works on raw bytes, pair by pair: another cookie with a non-ASCII value (which a parent
+/// domain can set) must not hide ours.
 pub fn request_cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(move |pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n.trim() == name).then(|| v.trim())
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let (n, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+            if n != name.as_bytes() {
+                return None;
+            }
+            std::str::from_utf8(v).ok()
         })
 }
 

@@ -170,9 +170,12 @@ pub fn has_dot_segment(path: &str) -> bool {
         .to_ascii_lowercase()
         .replace("%2e", ".")
         .replace("%2f", "/")
-        .replace("%5c", "/");
+        .replace("%5c", "/")
+        .replace("%3b", ";");
+    // A segment counts up to its first `;`: Tomcat, Jetty and older Spring read `..;x` as `..`.
     lower
         .split(['/', '\\'])
+        .map(|seg| seg.split(';').next().unwrap_or(seg))
         .any(|seg| seg == "." || seg == "..")
 }
 
@@ -226,7 +229,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-*` (SPEC §2). From an untrusted peer, incoming values are replaced.
+/// Forwarding headers a client could use to lie about itself; from an untrusted peer they are
+/// all removed before ours are set.
+const SPOOFABLE: [&str; 8] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// Sets `X-Forwarded-For/-Proto/-Host` (SPEC §2).
+///
+/// From a trusted proxy, its values are kept (`X-Forwarded-For` gets the peer appended). From
+/// anyone else, every forwarding header in [`SPOOFABLE`] is removed, and ours are the peer's
+/// address, the public URL's scheme and the public URL's host: a client's `Host` header never
+/// reaches the upstream as `X-Forwarded-Host` (host-header poisoning, ASVS 5.0 4.1.3).
 pub fn set_forwarded(
     config: &Config,
     headers: &mut HeaderMap,
@@ -234,38 +255,47 @@ pub fn set_forwarded(
     host: Option<&str>,
 ) {
     let trusted = config.trusted_proxies.contains(&peer.ip());
-    let xff = if trusted {
+    let public_host = || {
+        config
+            .public_url
+            .host_str()
+            .map(|h| match config.public_url.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+    };
+    let (xff, proto, fwd_host) = if trusted {
         let prior: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if prior.is_empty() {
+        let xff = if prior.is_empty() {
             peer.ip().to_string()
         } else {
             format!("{}, {}", prior.join(", "), peer.ip())
-        }
-    } else {
-        peer.ip().to_string()
-    };
-    let proto = if trusted {
-        headers
+        };
+        let proto = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
-            .map_or_else(|| config.public_url.scheme().to_string(), String::from)
-    } else {
-        config.public_url.scheme().to_string()
-    };
-    let fwd_host = if trusted {
-        headers
+            .map_or_else(|| config.public_url.scheme().to_string(), String::from);
+        let fwd_host = headers
             .get("x-forwarded-host")
             .and_then(|v| v.to_str().ok())
             .map(String::from)
+            .or_else(|| host.map(String::from))
+            .or_else(public_host);
+        (xff, proto, fwd_host)
     } else {
-        None
-    }
-    .or_else(|| host.map(String::from))
-    .or_else(|| config.public_url.host_str().map(String::from));
+        for name in SPOOFABLE {
+            headers.remove(name);
+        }
+        (
+            peer.ip().to_string(),
+            config.public_url.scheme().to_string(),
+            public_host(),
+        )
+    };
     for (name, value) in [
         ("x-forwarded-for", Some(xff)),
         ("x-forwarded-proto", Some(proto)),
@@ -422,6 +452,10 @@ mod tests {
             "/api%2f..%2fadmin",
             "/api/..\\admin",
             "/public/%2E%2E%2Fapi",
+            "/api/..;/admin",
+            "/api/%2e%2e;/admin",
+            "/api/.;x/admin",
+            "/api/..%3b/admin",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
