@@ -134,7 +134,8 @@ impl App {
             config.keys.clone(),
             config.idle_timeout,
             config.absolute_timeout,
-        );
+        )
+        .with_local_cache();
         let forwarder = Forwarder::new(&config);
         let tls = match &config.tls {
             None => None,

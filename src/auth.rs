@@ -20,6 +20,7 @@ use crate::cookies;
 use crate::error::Error;
 use crate::session::{now_unix, Session};
 use http::{header, HeaderMap};
+use std::sync::Arc;
 
 /// SPEC §2: the CSRF header must be present with value `1`, and a present `Origin` must be ours
 /// or allowed. WebSocket upgrades cannot carry custom headers: for them an allowed `Origin` is
@@ -82,17 +83,32 @@ pub(crate) async fn current_session(
     headers: &HeaderMap,
     slide: bool,
 ) -> Result<Option<(String, Session)>, Error> {
+    Ok(current_session_shared(state, headers, slide)
+        .await?
+        .map(|(handle, s)| (handle, Arc::unwrap_or_clone(s))))
+}
+
+/// As [`current_session`], sharing the session with the session cache instead of copying it
+/// (the API proxy path).
+///
+/// # Errors
+/// [`Error::StoreUnavailable`].
+pub(crate) async fn current_session_shared(
+    state: &AppState,
+    headers: &HeaderMap,
+    slide: bool,
+) -> Result<Option<(String, Arc<Session>)>, Error> {
     let Some(id) = cookies::session_id(headers, &state.config) else {
         return Ok(None);
     };
     let handle = id.handle();
-    let Some(mut s) = state.sessions.load(&handle).await? else {
+    let Some(mut s) = state.sessions.load_shared(&handle).await? else {
         return Ok(None);
     };
     if slide {
         let now = now_unix();
         if now - s.last_seen >= slide_interval(state) {
-            s.last_seen = now;
+            Arc::make_mut(&mut s).last_seen = now;
             if !state.sessions.touch(&handle, &s).await? {
                 return Ok(None);
             }

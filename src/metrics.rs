@@ -1,21 +1,80 @@
 //! Metric names and the helpers that record them (the `metrics` facade; the Prometheus exporter
 //! is installed by `admin`). Names are documented in README (Operations → Metrics).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// A route's request counter and duration histogram for one status.
+type RequestMetrics = (metrics::Counter, metrics::Histogram);
+
+thread_local! {
+    /// Handles of the per-request metrics, per thread: looking a labelled metric up in the
+    /// registry hashes its whole key every time; a handle records directly.
+    static REQUESTS: RefCell<HashMap<(&'static str, u16), RequestMetrics>> =
+        RefCell::new(HashMap::new());
+    static UPSTREAM: RefCell<HashMap<&'static str, metrics::Histogram>> =
+        RefCell::new(HashMap::new());
+}
+
+/// A status code as a label value: the usual ones without an allocation per request.
+fn status_label(status: u16) -> metrics::SharedString {
+    let s: &'static str = match status {
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        303 => "303",
+        304 => "304",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        412 => "412",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return metrics::SharedString::from(status.to_string()),
+    };
+    metrics::SharedString::const_str(s)
+}
 
 /// A request finished.
 pub fn request(route: &'static str, status: u16, elapsed: Duration) {
-    let status = status.to_string();
-    metrics::counter!("cloakroom_requests_total", "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!("cloakroom_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    REQUESTS.with_borrow_mut(|m| {
+        let (count, duration) = m.entry((route, status)).or_insert_with(|| {
+            let label = status_label(status);
+            (
+                metrics::counter!("cloakroom_requests_total", "route" => route, "status" => label),
+                metrics::histogram!("cloakroom_request_duration_seconds", "route" => route),
+            )
+        });
+        count.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    });
 }
 
 /// An upstream answered (headers received).
 pub fn upstream(route: &'static str, elapsed: Duration) {
-    metrics::histogram!("cloakroom_upstream_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    UPSTREAM.with_borrow_mut(|m| {
+        m.entry(route)
+            .or_insert_with(
+                || metrics::histogram!("cloakroom_upstream_duration_seconds", "route" => route),
+            )
+            .record(elapsed.as_secs_f64());
+    });
 }
 
 /// A login was started.

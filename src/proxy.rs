@@ -166,6 +166,10 @@ pub fn match_route<'r>(routes: &'r [Route], path: &str) -> Option<&'r Route> {
 /// cannot be escaped with `/api/../admin` or `/api/%2e%2e/admin` at an upstream that normalises.
 #[must_use]
 pub fn has_dot_segment(path: &str) -> bool {
+    // Without a `.` or a `%` no segment can be a dot segment: skip the copies (the usual case).
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     let lower = path
         .to_ascii_lowercase()
         .replace("%2e", ".")
@@ -309,40 +313,44 @@ pub fn set_forwarded(
 }
 
 fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, Error> {
+    use std::fmt::Write as _;
     let path = uri.path();
-    let rest = if route.strip_prefix {
-        let r = &path[route.prefix.len().min(path.len())..];
-        if r.starts_with('/') {
-            r.to_string()
-        } else {
-            format!("/{r}")
-        }
-    } else {
-        path.to_string()
-    };
+    let host = route
+        .upstream
+        .host_str()
+        .ok_or_else(|| Error::Internal("route without host".into()))?;
     let base = route.upstream.path().trim_end_matches('/');
-    let mut target = format!(
-        "{}://{}{}{}",
-        route.upstream.scheme(),
-        route
-            .upstream
-            .host_str()
-            .ok_or_else(|| Error::Internal("route without host".into()))?,
-        route
-            .upstream
-            .port()
-            .map(|p| format!(":{p}"))
-            .unwrap_or_default(),
-        base
+    let rest = if route.strip_prefix {
+        &path[route.prefix.len().min(path.len())..]
+    } else {
+        path
+    };
+    let query = uri.query();
+    // One buffer, sized up front, handed to the `Uri` without a copy.
+    let mut target = String::with_capacity(
+        route.upstream.scheme().len()
+            + host.len()
+            + base.len()
+            + rest.len()
+            + query.map_or(0, str::len)
+            + 16,
     );
-    target.push_str(&rest);
-    if let Some(q) = uri.query() {
+    target.push_str(route.upstream.scheme());
+    target.push_str("://");
+    target.push_str(host);
+    if let Some(p) = route.upstream.port() {
+        let _ = write!(target, ":{p}");
+    }
+    target.push_str(base);
+    if route.strip_prefix && !rest.starts_with('/') {
+        target.push('/');
+    }
+    target.push_str(rest);
+    if let Some(q) = query {
         target.push('?');
         target.push_str(q);
     }
-    target
-        .parse()
-        .map_err(|_| Error::InvalidRequest("path cannot be forwarded".into()))
+    Uri::try_from(target).map_err(|_| Error::InvalidRequest("path cannot be forwarded".into()))
 }
 
 /// What a forwarded request carries besides itself.

@@ -60,6 +60,24 @@ fn still_valid(s: &Session) -> bool {
         .is_none_or(|exp| exp > now_unix())
 }
 
+/// As [`ensure_fresh`] for a session shared with the session cache: copied only when it must
+/// be refreshed.
+///
+/// # Errors
+/// As [`ensure_fresh`].
+pub(crate) async fn ensure_fresh_shared(
+    state: &AppState,
+    handle: String,
+    session: Arc<Session>,
+) -> Result<Arc<Session>, Error> {
+    if !needs_refresh(&session.tokens, state.config.refresh_skew) {
+        return Ok(session);
+    }
+    ensure_fresh(state, handle, Arc::unwrap_or_clone(session))
+        .await
+        .map(Arc::new)
+}
+
 /// Returns the session with a usable access token, refreshing it first when needed.
 ///
 /// # Errors

@@ -30,11 +30,22 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
+            // 96 random bits from the thread's CSPRNG (seeded from the OS; no syscall per
+            // request), in hex.
             let mut raw = [0u8; 12];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
+            let mut hex = [0u8; 24];
+            for (i, b) in raw.iter().enumerate() {
+                hex[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+                hex[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+            }
+            HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
+}
+
+/// The first `n` characters of `s`.
+fn first_chars(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 /// Handles one request; never fails.
@@ -56,8 +67,9 @@ async fn handle_in_span(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    // The path only: queries carry `code` and `state` on the callback.
-    let path = req.uri().path().to_string();
+    // The path only: queries carry `code` and `state` on the callback. (A `Uri` clone shares
+    // its bytes: no copy.)
+    let uri = req.uri().clone();
     let (label, result) = handle_inner(&state, req, peer, &rid).await;
     let mut resp = match result {
         Ok(r) => r,
@@ -78,7 +90,7 @@ async fn handle_in_span(
     let elapsed = started.elapsed();
     tracing::info!(
         %method,
-        path = %path.chars().take(256).collect::<String>(),
+        path = %first_chars(uri.path(), 256),
         route = label,
         status = resp.status().as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -147,9 +159,11 @@ async fn proxy_request(
         TokenPolicy::None => None,
         TokenPolicy::Required | TokenPolicy::Optional => {
             auth::check_csrf(state, req.headers(), proxy::is_upgrade(req.headers()))?;
-            let s = auth::current_session(state, req.headers(), true).await?;
+            let s = auth::current_session_shared(state, req.headers(), true).await?;
             let s = match s {
-                Some((handle, s)) => Some(crate::refresh::ensure_fresh(state, handle, s).await?),
+                Some((handle, s)) => {
+                    Some(crate::refresh::ensure_fresh_shared(state, handle, s).await?)
+                }
                 None => None,
             };
             if s.is_none() && route.token == TokenPolicy::Required {

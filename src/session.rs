@@ -4,6 +4,7 @@
 //! Owns: session ids and handles, expiry arithmetic (idle / absolute), sealing at rest.
 //! Never knows store key names (those live in `session/redis.rs` and `session/memory.rs`).
 
+pub mod cache;
 pub mod memory;
 pub mod redis;
 
@@ -294,6 +295,8 @@ pub struct Sessions {
     keys: Arc<KeyRing>,
     idle: Duration,
     absolute: Duration,
+    /// Opened sessions of the request path (see `session/cache.rs`); Redis on one server only.
+    cache: Option<Arc<cache::SessionCache>>,
 }
 
 /// A session id as it is in the cookie (256 random bits).
@@ -347,7 +350,53 @@ impl Sessions {
             keys,
             idle,
             absolute,
+            cache: None,
         }
+    }
+
+    /// Turns on the in-process session cache for [`Sessions::load_shared`] where the store can
+    /// keep it exact (Redis on one server: see `session/cache.rs`); a no-op elsewhere. Spawns
+    /// the invalidation subscriber, so it must run inside the Tokio runtime.
+    #[must_use]
+    pub fn with_local_cache(mut self) -> Self {
+        if let Store::Redis(r) = &self.store {
+            let cache = Arc::new(cache::SessionCache::new());
+            if r.watch_invalidations(Arc::downgrade(&cache)) {
+                self.cache = Some(cache);
+            }
+        }
+        self
+    }
+
+    /// The session cache, when there is one.
+    #[must_use]
+    pub fn cache(&self) -> Option<&cache::SessionCache> {
+        self.cache.as_deref()
+    }
+
+    /// As [`Sessions::load`], through the session cache when there is one: a busy session costs
+    /// no store round trip, and a logout anywhere still ends it (`session/cache.rs`). For the
+    /// request path; anything that is about to change a session reads with [`Sessions::load`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn load_shared(&self, handle: &str) -> Result<Option<Arc<Session>>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.load(handle).await?.map(Arc::new));
+        };
+        if let Some(s) = cache.get(handle) {
+            if s.expires_at(self.idle) > now_unix() {
+                return Ok(Some(s));
+            }
+            // Expired as far as this copy knows: another instance may have slid it; ask.
+        }
+        let epoch = cache.epoch();
+        let Some(s) = self.load(handle).await? else {
+            return Ok(None);
+        };
+        let s = Arc::new(s);
+        cache.fill(handle, s.clone(), epoch);
+        Ok(Some(s))
     }
 
     /// The store underneath.
@@ -419,7 +468,15 @@ impl Sessions {
         let Some(ttl) = self.ttl(s) else {
             return Ok(false);
         };
-        self.store.touch_session(handle, s.last_seen, ttl).await
+        let live = self.store.touch_session(handle, s.last_seen, ttl).await?;
+        if let Some(c) = &self.cache {
+            if live {
+                c.touched(handle, s.last_seen);
+            } else {
+                c.invalidate(handle);
+            }
+        }
+        Ok(live)
     }
 
     /// Replaces the sealed data (new tokens after a refresh) of a session that still exists.
@@ -428,7 +485,11 @@ impl Sessions {
     /// [`StoreError`] when the store does not answer.
     pub async fn update(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
         let blob = self.seal(handle, s)?;
-        self.store.replace_data(handle, blob).await
+        let r = self.store.replace_data(handle, blob).await;
+        if let Some(c) = &self.cache {
+            c.invalidate(handle);
+        }
+        r
     }
 
     /// Reads a session by handle. `None` if missing, expired or unreadable (e.g. its key was
@@ -460,9 +521,14 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn delete(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
-        self.store
+        let r = self
+            .store
             .delete_session(&Self::record_ref(handle, s))
-            .await
+            .await;
+        if let Some(c) = &self.cache {
+            c.invalidate(handle);
+        }
+        r
     }
 
     /// Live sessions in an index (`sub` or `sid`), pruning stale entries as it goes.

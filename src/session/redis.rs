@@ -15,6 +15,9 @@
 //! Sliding (`touch_session`) writes only `s` and the TTL, and a refresh (`replace_data`) only
 //! `d`, each through a script that does nothing if the record is gone: neither can undo the
 //! other, and neither can bring back a session deleted meanwhile. Needs Redis ≥ 6.2 (GETDEL).
+//!
+//! Deleting a session and replacing its data also publish its handle on `<prefix>:invalidate`,
+//! in the same atomic step, for the other instances' session caches (`session/cache.rs`).
 
 use super::{Index, RecordRef, StoreError};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -46,6 +49,8 @@ pub enum Topology {
 #[derive(Clone)]
 pub struct RedisStore {
     source: Source,
+    /// The one-server client, for the invalidation subscriber.
+    client: Option<Arc<redis::Client>>,
     prefix: String,
     timeout: Duration,
     scripts: Arc<Scripts>,
@@ -181,7 +186,9 @@ impl Scripts {
             ),
             replace: redis::Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then \
-                   redis.call('HSET', KEYS[1], 'd', ARGV[1]) return 1 end return 0",
+                   redis.call('HSET', KEYS[1], 'd', ARGV[1]) \
+                   if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end \
+                   return 1 end return 0",
             ),
             unlock: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -250,14 +257,18 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2))
             .set_pipeline_buffer_size(1024);
+        let mut single = None;
         let connect = async {
             Ok::<_, StoreError>(match topology {
-                Topology::Single(url) => Source::Single(
-                    client(url, tls_ca)?
-                        .get_connection_manager_with_config(config)
-                        .await
-                        .map_err(|e| err(&e))?,
-                ),
+                Topology::Single(url) => {
+                    let c = client(url, tls_ca)?;
+                    single = Some(Arc::new(c.clone()));
+                    Source::Single(
+                        c.get_connection_manager_with_config(config)
+                            .await
+                            .map_err(|e| err(&e))?,
+                    )
+                }
                 Topology::Cluster(nodes) => {
                     let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                         .connection_timeout(timeout)
@@ -306,6 +317,7 @@ impl RedisStore {
             .map_err(|_| StoreError("redis: connect timed out".into()))??;
         Ok(Self {
             source,
+            client: single,
             prefix: prefix.to_string(),
             timeout,
             scripts: Arc::new(Scripts::new()),
@@ -349,6 +361,80 @@ impl RedisStore {
             Index::Sub => format!("{}:u:{{{hash}}}", self.prefix),
             Index::Sid => format!("{}:sid:{{{hash}}}", self.prefix),
         }
+    }
+
+    /// The invalidation channel; `None` without a one-server topology (no cache to invalidate,
+    /// and a cluster would route a channel name like a key).
+    fn invalidation_channel(&self) -> Option<String> {
+        self.client
+            .as_ref()
+            .map(|_| format!("{}:invalidate", self.prefix))
+    }
+
+    /// Keeps `cache` exact (see `session/cache.rs`): subscribes to the invalidation channel,
+    /// drops each published handle, and every [`PING_EVERY`](super::cache::PING_EVERY) proves
+    /// the subscription current. Runs until the cache is dropped. Only for one server (a
+    /// cluster or Sentinel setup runs without the cache): returns false then.
+    pub(crate) fn watch_invalidations(
+        &self,
+        cache: std::sync::Weak<super::cache::SessionCache>,
+    ) -> bool {
+        let (Some(client), Some(channel)) = (self.client.clone(), self.invalidation_channel())
+        else {
+            return false;
+        };
+        let timeout = self.timeout.min(super::cache::MAX_STALENESS);
+        tokio::spawn(async move {
+            use futures_util::{FutureExt, StreamExt};
+            loop {
+                if cache.strong_count() == 0 {
+                    return;
+                }
+                let subscribed = tokio::time::timeout(timeout, async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub.split())
+                })
+                .await;
+                if let Ok(Ok((mut sink, mut stream))) = subscribed {
+                    let mut tick = tokio::time::interval(super::cache::PING_EVERY);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    'connected: loop {
+                        tokio::select! {
+                            msg = stream.next() => {
+                                let Some(msg) = msg else { break 'connected };
+                                let Some(c) = cache.upgrade() else { return };
+                                if let Ok(handle) = msg.get_payload::<String>() {
+                                    c.invalidate(&handle);
+                                }
+                            }
+                            _ = tick.tick() => {
+                                let sent = std::time::Instant::now();
+                                let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                                if !matches!(pong, Ok(Ok(_))) {
+                                    break 'connected;
+                                }
+                                let Some(c) = cache.upgrade() else { return };
+                                // Every message that came before the answer is queued by now.
+                                while let Some(next) = stream.next().now_or_never() {
+                                    let Some(msg) = next else { break 'connected };
+                                    if let Ok(handle) = msg.get_payload::<String>() {
+                                        c.invalidate(&handle);
+                                    }
+                                }
+                                c.verified(sent);
+                            }
+                        }
+                    }
+                    tracing::warn!("session cache: invalidation subscription lost; reconnecting");
+                }
+                if let Some(c) = cache.upgrade() {
+                    c.unverified();
+                }
+                tokio::time::sleep(super::cache::PING_EVERY).await;
+            }
+        });
+        true
     }
 
     fn pending_key(&self, hash: &str) -> String {
@@ -472,9 +558,19 @@ impl RedisStore {
     ) -> Result<bool, StoreError> {
         let k = self.session_key(handle);
         let script = self.scripts.replace.clone();
+        let channel = self.invalidation_channel().unwrap_or_default();
+        let handle = handle.to_string();
         let n: i64 = self
             .run(move |mut c| {
-                Box::pin(async move { script.key(k).arg(blob).invoke_async(&mut c).await })
+                Box::pin(async move {
+                    script
+                        .key(k)
+                        .arg(blob)
+                        .arg(channel)
+                        .arg(handle)
+                        .invoke_async(&mut c)
+                        .await
+                })
             })
             .await?;
         Ok(n == 1)
@@ -543,6 +639,10 @@ impl RedisStore {
     pub(super) async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
         let mut first = redis::pipe();
         first.cmd("DEL").arg(self.session_key(&r.handle));
+        if let Some(channel) = self.invalidation_channel() {
+            first.atomic();
+            first.cmd("PUBLISH").arg(channel).arg(&r.handle);
+        }
         let mut pipes = vec![first];
         for ik in self.index_keys(r) {
             let mut p = redis::pipe();

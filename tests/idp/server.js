@@ -20,6 +20,70 @@ function fail(msg) {
 }
 
 // ---------------------------------------------------------------------------
+// browsers get HTML, everything else JSON
+// ---------------------------------------------------------------------------
+// A request "prefers HTML" when its Accept header names text/html with a q at
+// least that of application/json (a real browser's navigation). `*/*`, no
+// Accept header, or an explicit JSON preference keep the JSON contract below.
+
+function acceptQ(accept, type) {
+  let q = 0;
+  for (const part of accept.split(',')) {
+    const [range, ...params] = part.trim().toLowerCase().split(';').map((x) => x.trim());
+    if (range !== type) continue;
+    const qp = params.find((x) => x.startsWith('q='));
+    q = Math.max(q, qp ? Number(qp.slice(2)) || 0 : 1);
+  }
+  return q;
+}
+
+function wantsHtml(req) {
+  const accept = String(req.headers.accept ?? '');
+  const html = acceptQ(accept, 'text/html');
+  return html > 0 && html >= acceptQ(accept, 'application/json');
+}
+
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({
+    '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
+  })[c]);
+}
+
+const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'";
+
+function htmlPage(title, body) {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem}
+label{display:block;margin:.5rem 0}input{font:inherit;width:100%;box-sizing:border-box}
+button{font:inherit;padding:.4rem 1rem;margin-top:.75rem}.error{color:#8c1d18}.muted{color:#666;font-size:.9rem}</style>
+</head><body><h1>${escapeHtml(title)}</h1>
+${body}
+<p class="muted">Test identity provider (oidc-provider) for Cloakroom's integration tests. Not for production.</p>
+</body></html>`;
+}
+
+function sendHtml(res, status, title, body) {
+  const payload = htmlPage(title, body);
+  res.statusCode = status;
+  res.setHeader('Content-Type', 'text/html; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Security-Policy', PAGE_CSP);
+  res.setHeader('Content-Length', Buffer.byteLength(payload));
+  res.end(payload);
+}
+
+function loginForm(uid, { login = '', error = '' } = {}) {
+  return `${error ? `<p class="error" id="error" role="alert">${escapeHtml(error)}</p>` : ''}
+<form method="post" action="/interaction/${encodeURIComponent(uid)}/login">
+<label>User <input name="login" id="login" value="${escapeHtml(login)}" autocomplete="username" required autofocus></label>
+<label>Password <input name="password" id="password" type="password" autocomplete="current-password" required></label>
+<button type="submit" id="sign-in">Sign in</button>
+</form>
+<p class="muted">Users: alice / wonderland, bob / builder.</p>`;
+}
+
+// ---------------------------------------------------------------------------
 // configuration
 // ---------------------------------------------------------------------------
 
@@ -235,6 +299,18 @@ const configuration = {
         const xsrf = /name="xsrf" value="([^"]+)"/.exec(form)?.[1];
         const action = /action="([^"]+)"/.exec(form)?.[1];
         ctx.status = 200;
+        if (wantsHtml(ctx.req)) {
+          // A browser: a confirmation page whose button POSTs exactly the JSON's fields.
+          ctx.type = 'html';
+          ctx.set('Content-Security-Policy', PAGE_CSP);
+          ctx.body = htmlPage('Sign out', `<form method="post" action="${escapeHtml(action)}">
+<input type="hidden" name="xsrf" value="${escapeHtml(xsrf)}">
+<input type="hidden" name="logout" value="yes">
+<p>Sign out of the test identity provider?</p>
+<button type="submit" id="logout-confirm">Yes, sign me out</button>
+</form>`);
+          return;
+        }
         ctx.type = 'application/json';
         ctx.body = JSON.stringify({
           action,
@@ -244,6 +320,12 @@ const configuration = {
       },
       async postLogoutSuccessSource(ctx) {
         ctx.status = 200;
+        if (wantsHtml(ctx.req)) {
+          ctx.type = 'html';
+          ctx.set('Content-Security-Policy', PAGE_CSP);
+          ctx.body = htmlPage('Signed out', '<p id="logged-out">You are signed out.</p>');
+          return;
+        }
         ctx.type = 'application/json';
         ctx.body = JSON.stringify({ logged_out: true });
       },
@@ -305,6 +387,7 @@ provider.use(async (ctx, next) => {
   await next();
   if (
     (ctx.oidc?.route === 'end_session' || ctx.oidc?.route === 'resume')
+    && !wantsHtml(ctx.req)
     && typeof ctx.body === 'string'
     && ctx.response.is('html')
     && ctx.body.includes('<form method="post"')
@@ -418,6 +501,10 @@ async function handleInteraction(req, res, uid, action) {
       await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
       return;
     }
+    if (wantsHtml(req)) {
+      sendHtml(res, 200, 'Sign in', loginForm(interaction.uid));
+      return;
+    }
     sendJson(res, 200, {
       uid: interaction.uid,
       prompt,
@@ -432,6 +519,10 @@ async function handleInteraction(req, res, uid, action) {
     const body = await readForm(req);
     const user = USERS[body.login];
     if (!user || user.password !== body.password) {
+      if (wantsHtml(req)) {
+        sendHtml(res, 401, 'Sign in', loginForm(uid, { login: body.login ?? '', error: 'Wrong user or password.' }));
+        return;
+      }
       sendJson(res, 401, { error: 'invalid_credentials' });
       return;
     }

@@ -3,12 +3,20 @@
 
 mod support;
 
+#[cfg(feature = "bench")]
+mod bench_smoke;
+#[cfg(feature = "demo")]
+mod browser;
+#[cfg(feature = "demo")]
 mod demo;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod login_flow;
 mod ops;
+mod props;
 mod proxying;
+mod session_cache;
 mod store;
 mod tls;
 mod topology;

@@ -1,0 +1,456 @@
+//! The processes a benchmark run needs, each on a free loopback port and killed on drop:
+//! `redis-server`, the test IdP (`tests/idp`, npm oidc-provider) and the real `cloakroom`
+//! binary; plus the per-process measurements (CPU time, peak RSS, Redis command counts).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_listening(port: u16, what: &str, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what} did not listen on port {port}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(())
+}
+
+/// Clock ticks per second for /proc/<pid>/stat (`getconf CLK_TCK`, usually 100).
+pub fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a whole process (all threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Field 3 (state) is index 0 here: utime is field 14, stime field 15.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clk_tck())
+}
+
+/// Whole-machine CPU counters from `/proc/stat`: (busy, steal, total) in ticks.
+pub fn machine_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest counted in user)
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, *v.get(7)?, total))
+}
+
+/// A `/proc/<pid>/status` value in KiB (`VmHWM`, `VmRSS`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Resets the peak RSS (`VmHWM`) of a process to its current RSS (`echo 5 > clear_refs`).
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Result<Self, String> {
+        let port = free_port();
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let child =
+            Command::new(std::env::var("REDIS_SERVER_BIN").unwrap_or("redis-server".into()))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no", "--dir"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!("cannot start redis-server ({e}); apt-get install redis-server")
+                })?;
+        let r = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cmd(&["PING"]).trim() != "+PONG" {
+            if Instant::now() > deadline {
+                return Err("redis-server did not answer PING".into());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command over a plain RESP connection; the raw reply (bulk replies read to the end).
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if s.write_all(out.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1 << 16];
+        loop {
+            let n = s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                continue;
+            };
+            if buf[0] != b'$' {
+                break; // a one-line reply
+            }
+            // A bulk reply `$<len>\r\n<data>\r\n`: stop once all of it is here.
+            let len: i64 = String::from_utf8_lossy(&buf[1..eol]).parse().unwrap_or(-1);
+            if len < 0 || buf.len() >= eol + 2 + usize::try_from(len).unwrap_or(0) + 2 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&buf).to_string()
+    }
+
+    /// `INFO <section>` as key → value.
+    pub fn info(&self, section: &str) -> BTreeMap<String, String> {
+        self.cmd(&["INFO", section])
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    }
+
+    /// Calls per command since start (`INFO commandstats`), without the benchmark's own INFO.
+    pub fn command_calls(&self) -> BTreeMap<String, u64> {
+        self.info("commandstats")
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix("cmdstat_")?.to_string();
+                let calls = v
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                (name != "info").then_some((name, calls))
+            })
+            .collect()
+    }
+
+    /// Redis' own CPU time (user + sys), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let i = self.info("cpu");
+        let g = |k: &str| i.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        g("used_cpu_user") + g("used_cpu_sys")
+    }
+
+    pub fn version(&self) -> String {
+        self.info("server")
+            .get("redis_version")
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Idp {
+    pub issuer: String,
+    child: Option<Child>,
+}
+
+impl Idp {
+    /// Starts `tests/idp/server.js` (running `npm ci` there first when needed).
+    pub fn start(repo: &Path, dir: &Path, config: &serde_json::Value) -> Result<Self, String> {
+        let idp_dir = repo.join("tests/idp");
+        if !idp_dir.join("node_modules/oidc-provider").exists() {
+            let ok = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&idp_dir)
+                .status()
+                .map_err(|e| format!("cannot run npm ({e}); apt-get install nodejs npm"))?
+                .success();
+            if !ok {
+                return Err("`npm ci` in tests/idp failed".into());
+            }
+        }
+        let log = dir.join("idp.log");
+        let register = lift_store_bound(dir)?;
+        let mut child = Command::new("node")
+            .arg("--import")
+            .arg(register)
+            .arg(idp_dir.join("server.js"))
+            .env("IDP_CONFIG", config.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).map_err(|e| e.to_string())?,
+            ))
+            .spawn()
+            .map_err(|e| format!("cannot start node ({e}); apt-get install nodejs"))?;
+        let stdout = child.stdout.take().ok_or("no IdP stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        // Keep draining stdout, or the IdP dies of EPIPE at its next console.log.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        let Some(issuer) = line.trim().strip_prefix("READY ") else {
+            let _ = child.kill();
+            return Err(format!(
+                "the test IdP did not start: {line:?} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        };
+        Ok(Self {
+            issuer: issuer.to_string(),
+            child: Some(child),
+        })
+    }
+
+    /// Successful refresh-token grants so far (`GET /test/stats`).
+    pub async fn refreshes(&self, client: &reqwest::Client) -> Result<u64, String> {
+        let v: serde_json::Value = client
+            .get(format!("{}/test/stats", self.issuer))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        v["token_requests"]["refresh_token"]
+            .as_u64()
+            .ok_or_else(|| format!("unexpected IdP stats: {v}"))
+    }
+}
+
+/// oidc-provider's in-memory adapter keeps at most 1,000 entries (sessions, grants, codes,
+/// tokens: about 150 logins' worth) and silently evicts the rest, so refresh tokens of earlier
+/// logins vanish. For the refresh storm's 1,000 logins the benchmark starts the unchanged
+/// tests/idp/server.js with a Node module hook that gives that adapter's LRU a larger bound.
+/// Returns the `--import` argument.
+fn lift_store_bound(dir: &Path) -> Result<String, String> {
+    let files = [
+        (
+            "idp-register.mjs",
+            "import { register } from 'node:module';\nregister('./idp-hooks.mjs', import.meta.url);\n",
+        ),
+        (
+            "idp-hooks.mjs",
+            "const shim = new URL('./idp-lru.mjs', import.meta.url).href;\n\
+             export async function resolve(specifier, context, next) {\n\
+             \x20 if (specifier === '../helpers/lru.js' && context.parentURL?.endsWith('/oidc-provider/lib/adapters/memory_adapter.js')) {\n\
+             \x20   const real = new URL(specifier, context.parentURL).href;\n\
+             \x20   return { url: `${shim}?real=${encodeURIComponent(real)}`, shortCircuit: true };\n\
+             \x20 }\n\
+             \x20 return next(specifier, context);\n\
+             }\n",
+        ),
+        (
+            "idp-lru.mjs",
+            "const real = new URL(import.meta.url).searchParams.get('real');\n\
+             const { default: LRU } = await import(real);\n\
+             export default class BenchLRU extends LRU {\n\
+             \x20 constructor(options) { super({ ...options, maxSize: 10_000_000 }); }\n\
+             }\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
+    }
+    Ok(format!("file://{}", dir.join("idp-register.mjs").display()))
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Cloakroom {
+    pub port: u16,
+    pub admin_port: u16,
+    child: Option<Child>,
+    pub stderr_path: PathBuf,
+}
+
+impl Cloakroom {
+    /// Runs `<bin> run --config <dir>/config.toml` with only `PATH` and `env` in its environment.
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        admin_port: u16,
+        config_text: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, String> {
+        let config = dir.join("config.toml");
+        std::fs::write(&config, config_text).map_err(|e| e.to_string())?;
+        let stderr_path = dir.join("cloakroom.stderr.log");
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--config"]).arg(&config);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // The access log (one line per request, as in production) goes nowhere: writing it
+        // costs Cloakroom the same CPU either way, and a run would leave gigabytes behind.
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start {} ({e})", bin.display()))?;
+        let c = Self {
+            port,
+            admin_port,
+            child: Some(child),
+            stderr_path,
+        };
+        wait_listening(port, "cloakroom", &c.stderr_path)?;
+        wait_listening(admin_port, "cloakroom admin", &c.stderr_path)?;
+        Ok(c)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A counter or gauge from the admin `/metrics` (summed over its label sets).
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let mut found = None;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            *found.get_or_insert(0.0) += v;
+        }
+        // A counter never incremented is not exported yet: that is a zero, not a failure.
+        Some(found.unwrap_or(0.0))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Cloakroom {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Any child process listening on `port`, killed on drop.
+pub struct Reference(Option<std::process::Child>);
+
+impl Reference {
+    pub fn spawn(cmd: &mut Command, port: u16) -> Result<Self, String> {
+        let c = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let c = Self(Some(c));
+        wait_listening(port, "child process", Path::new("/dev/null"))?;
+        Ok(c)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    pub fn kill(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}

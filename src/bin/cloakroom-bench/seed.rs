@@ -1,0 +1,198 @@
+//! Sessions for the benchmark.
+//!
+//! - Seeded: written straight into Redis through the cloakroom library (`Sessions::save`, with
+//!   the key ring the binary uses), with an access token that never needs a refresh. The cookie
+//!   value comes from `cookies::set_session`, so the binary opens it exactly like a real one.
+//!   A real login costs the IdP an RSA signature and several round trips; 100,000 of them would
+//!   measure the IdP, not Cloakroom.
+//! - Logged in: the real code flow through Cloakroom and the IdP (refresh storm), following the
+//!   redirect chain of tests/idp/README.md with a tiny cookie jar.
+
+use cloakroom::config::Config;
+use cloakroom::secret::Secret;
+use cloakroom::session::{now_unix, Session, SessionId, Sessions, Tokens, FORMAT_VERSION};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+
+/// The `name=value` pair of a `Set-Cookie` value.
+fn pair(set_cookie: &str) -> &str {
+    set_cookie.split(';').next().unwrap_or_default().trim()
+}
+
+fn fake_jwt(len: usize, i: usize) -> String {
+    // Random-looking, header-safe, a realistic size for a signed JWT.
+    let seed = cloakroom::crypto::random_token();
+    let mut s = format!("eyJhbGciOiJSUzI1NiJ9.bench{i}.");
+    while s.len() < len {
+        s.push_str(&seed);
+    }
+    s.truncate(len);
+    s
+}
+
+/// Writes `count` sessions (ids `first..first+count`) and returns their `Cookie` pairs.
+pub async fn seed(config: &Config, first: usize, count: usize) -> Result<Vec<String>, String> {
+    let store = cloakroom::app::connect_store(config)
+        .await
+        .map_err(|e| format!("seeding: {e}"))?;
+    let sessions = Sessions::new(
+        store,
+        config.keys.clone(),
+        config.idle_timeout,
+        config.absolute_timeout,
+    );
+    let now = now_unix();
+    let absolute = i64::try_from(config.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+    let results: Vec<Result<String, String>> = futures_util::stream::iter(first..first + count)
+        .map(|i| {
+            let sessions = sessions.clone();
+            async move {
+                let sub = format!("bench-user-{i}");
+                let claims = serde_json::json!({
+                    "sub": sub,
+                    "name": format!("Bench User {i}"),
+                    "email": format!("bench-user-{i}@example.test"),
+                    "email_verified": true,
+                    "sid": format!("sid-{i}"),
+                    "aud": "cloakroom",
+                    "iss": "http://127.0.0.1/bench",
+                    "iat": now,
+                    "exp": now + 3600,
+                });
+                let s = Session {
+                    v: FORMAT_VERSION,
+                    sub,
+                    sid: None,
+                    claims: claims.as_object().cloned().unwrap_or_default(),
+                    tokens: Tokens {
+                        access_token: Secret::new(cloakroom::crypto::random_token()),
+                        // Never due for a refresh: scenario (c) measures the steady state.
+                        access_expires_at: None,
+                        refresh_token: None,
+                        id_token: Secret::new(fake_jwt(700, i)),
+                    },
+                    created_at: now,
+                    last_seen: now,
+                    absolute_expires_at: now + absolute,
+                    user_agent: Some("cloakroom-bench".into()),
+                    ip: Some("127.0.0.1".into()),
+                };
+                let id = SessionId::generate();
+                let saved = sessions
+                    .save(&id.handle(), &s)
+                    .await
+                    .map_err(|e| format!("seeding: {e}"))?;
+                if !saved {
+                    return Err("seeding: session expired at once".into());
+                }
+                let set = cloakroom::cookies::set_session(config, &id);
+                Ok(pair(set.to_str().unwrap_or_default()).to_string())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A cookie jar for one browser on 127.0.0.1 (cookies ignore ports, so the IdP's and
+/// Cloakroom's share it, as in a real browser).
+#[derive(Default)]
+struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    fn absorb(&mut self, resp: &reqwest::Response) {
+        for v in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            let Ok(c) = v.to_str() else { continue };
+            let Some((name, value)) = pair(c).split_once('=') else {
+                continue;
+            };
+            let lower = c.to_ascii_lowercase();
+            let gone = value.is_empty()
+                || lower.contains("max-age=0")
+                || lower.contains("expires=thu, 01 jan 1970");
+            if gone {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn location(resp: &reqwest::Response, issuer: &str) -> Result<String, String> {
+    let loc = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("no Location in a {} answer", resp.status()))?;
+    Ok(if loc.starts_with('/') {
+        format!("{issuer}{loc}")
+    } else {
+        loc.to_string()
+    })
+}
+
+async fn get(
+    client: &reqwest::Client,
+    jar: &mut Jar,
+    url: &str,
+) -> Result<reqwest::Response, String> {
+    let r = client
+        .get(url)
+        .header(reqwest::header::COOKIE, jar.header())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    jar.absorb(&r);
+    Ok(r)
+}
+
+/// One real login as alice through Cloakroom at `base`; returns the session `Cookie` pair.
+pub async fn login(client: &reqwest::Client, base: &str, issuer: &str) -> Result<String, String> {
+    let mut jar = Jar::default();
+    let r = get(
+        client,
+        &mut jar,
+        &format!("{base}/auth/login?return_to=/app"),
+    )
+    .await?;
+    let authorize = location(&r, issuer)?;
+    let r = get(client, &mut jar, &authorize).await?;
+    let mut loc = location(&r, issuer)?;
+    if loc.contains("/interaction/") {
+        let r = client
+            .post(format!("{loc}/login"))
+            .header(reqwest::header::COOKIE, jar.header())
+            .form(&[("login", "alice"), ("password", "wonderland")])
+            .send()
+            .await
+            .map_err(|e| format!("interaction login: {e}"))?;
+        jar.absorb(&r);
+        loc = location(&r, issuer)?;
+    }
+    for _ in 0..5 {
+        if !loc.starts_with(issuer) {
+            break;
+        }
+        let r = get(client, &mut jar, &loc).await?;
+        loc = location(&r, issuer)?;
+    }
+    let r = get(client, &mut jar, &loc).await?;
+    if r.status().as_u16() != 302 {
+        return Err(format!("callback answered {}", r.status()));
+    }
+    jar.0
+        .iter()
+        .find(|(k, _)| k.as_str() == "__Host-cloakroom")
+        .map(|(k, v)| format!("{k}={v}"))
+        .ok_or_else(|| "no session cookie after the callback".into())
+}

@@ -1,0 +1,133 @@
+//! The fast upstream: a minimal hyper HTTP/1.1 server (keep-alive) answering every request with
+//! the same small body. Counts accepted connections and requests.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the upstream answers: a small JSON document, as a typical API call would get.
+pub const BODY: &[u8] = br#"{"id":42,"name":"cloakroom-bench","items":[1,2,3],"ok":true}"#;
+
+#[derive(Default, Debug)]
+struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                c.connections.fetch_add(1, Ordering::Relaxed);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        c.requests.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from_static(BODY)));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            counters,
+            task,
+        }
+    }
+
+    /// Connections accepted and requests answered so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counters.connections.load(Ordering::Relaxed),
+            self.counters.requests.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The reference floor: the smallest useful hyper-util proxy (HTTP/1.1 server, one pooled
+/// `TCP_NODELAY` client, the request streamed to the upstream and the answer streamed back; no
+/// logging, metrics, auth or header policy). Run as its own process by the benchmark
+/// (`--minimal-proxy-listen`), so that its CPU per request can be measured like Cloakroom's.
+pub fn run_minimal_proxy(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        return std::process::ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, hyper::body::Incoming> =
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1024)
+                .pool_timer(TokioTimer::new())
+                .build(connector);
+        let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await else {
+            return std::process::ExitCode::FAILURE;
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        let uri: http::Uri = format!("http://{upstream}{pq}")
+                            .parse()
+                            .unwrap_or_else(|_| http::Uri::from_static("/"));
+                        *req.uri_mut() = uri;
+                        client.request(req).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
