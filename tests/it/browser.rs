@@ -28,6 +28,13 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The demo SPA, served at `/` of the integration setup by a tiny static server below.
 const SPA_HTML: &str = include_str!("../../src/demo/spa.html");
 
+/// The SPA without the demo's canonical host: this setup runs on 127.0.0.1 (the IdP's
+/// registered redirect URI), where the demo's page would move itself to localhost.
+fn spa_html() -> &'static str {
+    static HTML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HTML.get_or_init(|| SPA_HTML.replacen(r#" data-canonical-host="localhost""#, "", 1))
+}
+
 /// The Chromium flags that work as root on a closed network (plus a fresh profile per test).
 const CHROMIUM_FLAGS: &[&str] = &[
     "--headless=new",
@@ -696,7 +703,7 @@ async fn spa_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
             tokio::spawn(async move {
                 let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let (status, ctype, body) = if req.uri().path() == "/" {
-                        (200, "text/html; charset=utf-8", SPA_HTML)
+                        (200, "text/html; charset=utf-8", spa_html())
                     } else {
                         (404, "text/plain", "not found\n")
                     };
