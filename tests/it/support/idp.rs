@@ -39,8 +39,22 @@ fn ensure_installed() {
 
 impl Idp {
     /// Starts the IdP with `config` (the IDP_CONFIG JSON, see tests/idp/README.md).
+    ///
+    /// Node has been seen (rarely, under load) to hang at start-up in a futex before writing its
+    /// READY line; a start that says nothing within 30 s is killed and tried again, twice at most.
     pub fn start(config: &serde_json::Value) -> Self {
         ensure_installed();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(config) {
+                Ok(idp) => return idp,
+                Err(why) => last = why,
+            }
+        }
+        panic!("the test IdP did not start three times: {last}");
+    }
+
+    fn try_start(config: &serde_json::Value) -> Result<Self, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let log_path = std::env::temp_dir().join(format!(
             "cloakroom-idp-{}-{}.log",
@@ -59,29 +73,37 @@ impl Idp {
                 panic!("cannot start node ({e}). The integration tests need Node.js ≥ 20.12: `apt-get install nodejs npm`")
             });
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        let mut reader = BufReader::new(stdout);
-        reader.read_line(&mut line).expect("IdP stdout");
-        // oidc-provider also prints notices to stdout: keep draining it, or the IdP dies of
-        // EPIPE at its next console.log.
+        // Read the READY line on a thread, then keep draining stdout there: oidc-provider also
+        // prints notices to stdout, and the IdP dies of EPIPE if nobody reads them.
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
             let mut sink = String::new();
             while reader.read_line(&mut sink).unwrap_or(0) > 0 {
                 sink.clear();
             }
         });
-        let issuer = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| {
-                panic!("the test IdP did not start (said {line:?}); run it with IDP_VERBOSE=1")
-            })
-            .to_string();
-        Self {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "no READY line within 30 s; see {}",
+                log_path.display()
+            ));
+        };
+        let Some(issuer) = line.trim().strip_prefix("READY ").map(String::from) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("it said {line:?}; see {}", log_path.display()));
+        };
+        Ok(Self {
             issuer,
             log_path,
             child,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
