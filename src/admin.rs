@@ -122,10 +122,10 @@ async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response
         (&Method::GET, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
             let idle = state.sessions.idle_timeout();
-            let list: Vec<serde_json::Value> = state
-                .sessions
-                .find(Index::Sub, &sub)
-                .await?
+            let found = state.sessions.find(Index::Sub, &sub).await?;
+            let unreadable = found.unreadable.len();
+            let list: Vec<serde_json::Value> = found
+                .live
                 .into_iter()
                 .map(|(h, s)| {
                     serde_json::json!({
@@ -143,17 +143,16 @@ async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response
             tracing::info!(event = "admin", action = "list_sessions", sub = %sub, count = list.len(), "admin listed sessions");
             Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({"sub": sub, "sessions": list}),
+                &serde_json::json!({"sub": sub, "sessions": list, "unreadable": unreadable}),
             ))
         }
         (&Method::DELETE, ["admin", "sessions", handle]) => {
-            let Some(s) = state.sessions.load(handle).await? else {
+            // Ends the record whether or not this instance can open it (a key rotation).
+            if !state.ender.end(handle, None, "admin").await? {
                 return Err(Error::NotFound);
-            };
-            let n =
-                crate::auth::end_sessions(state, vec![((*handle).to_string(), s.clone())], "admin")
-                    .await?;
-            tracing::info!(event = "admin", action = "end_session", session = %short(handle), sub = %s.sub, "admin ended a session");
+            }
+            let n = 1;
+            tracing::info!(event = "admin", action = "end_session", session = %short(handle), "admin ended a session");
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ended": n}),
@@ -161,11 +160,15 @@ async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response
         }
         (&Method::DELETE, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
-            let mut victims = state.sessions.find(Index::Sub, &sub).await?;
-            if let Some(keep) = &except {
-                victims.retain(|(h, _)| h != keep);
-            }
-            let n = crate::auth::end_sessions(state, victims, "admin").await?;
+            let found = state.sessions.find(Index::Sub, &sub).await?;
+            let victims: Vec<(String, Option<crate::session::Session>)> = found
+                .live
+                .into_iter()
+                .map(|(h, s)| (h, Some(s)))
+                .chain(found.unreadable.into_iter().map(|h| (h, None)))
+                .filter(|(h, _)| except.as_ref() != Some(h))
+                .collect();
+            let n = state.ender.end_all(victims, "admin").await?;
             tracing::info!(event = "admin", action = "end_user_sessions", sub = %sub, except = except.as_deref().map(short), ended = n, "admin ended a user's sessions");
             Ok(json_response(
                 StatusCode::OK,

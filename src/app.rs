@@ -1,6 +1,9 @@
 //! Wiring: build every part from a [`Config`], bind the listeners, run until shut down.
 
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
+use crate::end::Ender;
+use crate::refresh::{RefreshConfig, Refresher};
 use crate::error::StartupError;
 use crate::oidc::OidcClient;
 use crate::proxy::Forwarder;
@@ -24,17 +27,24 @@ pub struct AppState {
     pub forwarder: Forwarder,
     /// Metric labels of the routes (their prefixes), in route order.
     pub route_labels: Vec<&'static str>,
-    /// In-process refresh locks.
-    pub refresh_locks: crate::refresh::LocalLocks,
+    /// Keeps access tokens fresh (single flight per session, across instances).
+    pub refresher: Arc<Refresher>,
+    /// Ends sessions and revokes what they held.
+    pub ender: Ender,
+    /// The clock the lifecycle reads.
+    pub clock: Clock,
 }
 
-/// Listeners bound by the caller (tests bind port 0 first so the IdP knows our address).
+/// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
+/// first so the IdP knows our address) and the clock (tests advance it).
 #[derive(Debug, Default)]
 pub struct Listeners {
     /// Public listener; `None` binds `server.listen`.
     pub public: Option<std::net::TcpListener>,
     /// Admin listener; `None` binds `admin.listen`.
     pub admin: Option<std::net::TcpListener>,
+    /// The lifecycle's clock; `None` is the system clock.
+    pub clock: Option<Clock>,
 }
 
 /// A running Cloakroom.
@@ -127,15 +137,28 @@ impl App {
         listeners: Listeners,
     ) -> Result<RunningApp, StartupError> {
         crate::admin::prometheus();
+        for w in &config.warnings {
+            tracing::warn!(warning = %w, "configuration");
+        }
+        let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config).await?;
-        let oidc = OidcClient::discover(&config).await?;
+        let oidc = Arc::new(OidcClient::discover(&config).await?.with_clock(clock.clone()));
         let sessions = Sessions::new(
             store,
             config.keys.clone(),
             config.idle_timeout,
             config.absolute_timeout,
         )
+        .with_clock(clock.clone())
         .with_local_cache();
+        let ender = Ender::new(sessions.clone(), oidc.clone());
+        let refresher = Arc::new(Refresher::new(
+            sessions.clone(),
+            oidc.clone(),
+            ender.clone(),
+            clock.clone(),
+            RefreshConfig::from_config(&config),
+        ));
         let forwarder = Forwarder::new(&config);
         let tls = match &config.tls {
             None => None,
@@ -166,10 +189,12 @@ impl App {
         let state = Arc::new(AppState {
             config,
             sessions,
-            oidc: Arc::new(oidc),
+            oidc,
             forwarder,
             route_labels,
-            refresh_locks: crate::refresh::LocalLocks::default(),
+            refresher,
+            ender,
+            clock,
         });
         let (tx, rx) = watch::channel(false);
         let s1 = state.clone();

@@ -18,7 +18,7 @@ pub(crate) use user::user;
 use crate::app::AppState;
 use crate::cookies;
 use crate::error::Error;
-use crate::session::{now_unix, Session};
+use crate::session::Session;
 use http::{header, HeaderMap};
 use std::sync::Arc;
 
@@ -106,7 +106,7 @@ pub(crate) async fn current_session_shared(
         return Ok(None);
     };
     if slide {
-        let now = now_unix();
+        let now = state.clock.unix();
         if now - s.last_seen >= slide_interval(state) {
             Arc::make_mut(&mut s).last_seen = now;
             if !state.sessions.touch(&handle, &s).await? {
@@ -123,36 +123,6 @@ pub(crate) async fn current_session_shared(
 pub(crate) fn slide_interval(state: &AppState) -> i64 {
     let idle = i64::try_from(state.config.idle_timeout.as_secs()).unwrap_or(i64::MAX);
     (idle / 10).clamp(1, 60)
-}
-
-/// Ends sessions: deletes each (and its index entries), then revokes their tokens at the IdP
-/// (concurrently; a failed revocation is logged and counted, the session stays ended). Returns
-/// how many were deleted. `reason` goes to the log.
-///
-/// # Errors
-/// [`Error::StoreUnavailable`] (sessions deleted before the failure stay deleted).
-pub(crate) async fn end_sessions(
-    state: &AppState,
-    sessions: Vec<(String, Session)>,
-    reason: &'static str,
-) -> Result<usize, Error> {
-    let mut n = 0;
-    let mut revocations = Vec::new();
-    for (handle, s) in sessions {
-        if state.sessions.delete(&handle, &s).await? {
-            n += 1;
-        }
-        tracing::info!(
-            event = "session_ended",
-            reason,
-            session = %crate::session::short(&handle),
-            sub = %s.sub,
-            "session ended"
-        );
-        revocations.push(s.tokens);
-    }
-    futures_util::future::join_all(revocations.iter().map(|t| state.oidc.revoke_tokens(t))).await;
-    Ok(n)
 }
 
 /// Query parameters as pairs (decoded).

@@ -77,6 +77,10 @@ struct RawSession {
     absolute_timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
     refresh_skew: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    refresh_cooloff: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    refresh_wait: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -107,6 +111,7 @@ struct RawStore {
     key_prefix: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
+    lock_replicas: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -244,8 +249,17 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Absolute session lifetime.
     pub absolute_timeout: Duration,
-    /// Refresh when the access token has less than this left.
+    /// Refresh when the access token has less than this left (or half its lifetime, if less).
     pub refresh_skew: Duration,
+    /// How long a transient refresh failure is remembered per session.
+    pub refresh_cooloff: Duration,
+    /// How long a request with an expired token waits for its session's refresh.
+    pub refresh_wait: Duration,
+    /// Replicas that must acknowledge the refresh lock and the refresh write (`WAIT`).
+    pub lock_replicas: u32,
+    /// Things that are valid but probably not what the operator meant (logged at start-up,
+    /// printed by `cloakroom check`).
+    pub warnings: Vec<String>,
     /// Session cookie name.
     pub cookie_name: String,
     /// Login-binding cookie name.
@@ -576,6 +590,19 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     if refresh_skew >= absolute_timeout {
         errs.push("session.refresh_skew: must be shorter than session.absolute_timeout".into());
     }
+    let mut warnings = Vec::new();
+    if refresh_skew > Duration::from_secs(300) {
+        warnings.push(format!(
+            "session.refresh_skew: {refresh_skew:?} is longer than typical access-token lifetimes (5 to 60 minutes); \
+             tokens are refreshed when less than min(refresh_skew, half their lifetime) is left, \
+             so short-lived tokens are still refreshed at half-life, but a skew this long refreshes \
+             long-lived ones early"
+        ));
+    }
+    let refresh_cooloff = session.refresh_cooloff.unwrap_or(Duration::from_secs(5));
+    if refresh_cooloff > Duration::from_secs(300) {
+        errs.push("session.refresh_cooloff: must be at most 5m".into());
+    }
 
     // [cookie]
     let cookie_name = cookie.name.unwrap_or_else(|| "__Host-cloakroom".into());
@@ -691,6 +718,10 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         errs.push("store.key_prefix: must be non-empty, without braces or spaces".into());
     }
     let store_timeout = store.timeout.unwrap_or(Duration::from_secs(2));
+    let lock_replicas = store.lock_replicas.unwrap_or(0);
+    if lock_replicas > 16 {
+        errs.push("store.lock_replicas: at most 16".into());
+    }
 
     // key ring
     let keys = match read_secret(env, "CLOAKROOM_COOKIE_KEYS", errs) {
@@ -789,6 +820,14 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         errs.push("server.max_header_bytes: must be at least 1024".into());
     }
 
+    let oidc_timeout = oidc.timeout.unwrap_or(Duration::from_secs(10));
+    let refresh_wait = session
+        .refresh_wait
+        .unwrap_or(oidc_timeout + store_timeout * 2 + Duration::from_secs(1));
+    if refresh_wait > Duration::from_secs(120) {
+        errs.push("session.refresh_wait: must be at most 2m".into());
+    }
+
     Some(Config {
         listen,
         public_url,
@@ -811,11 +850,15 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         scopes,
         extra_auth_params: oidc.extra_auth_params,
         post_logout_redirect_uri,
-        oidc_timeout: oidc.timeout.unwrap_or(Duration::from_secs(10)),
+        oidc_timeout,
         clock_skew: oidc.clock_skew.unwrap_or(Duration::from_secs(60)),
         idle_timeout,
         absolute_timeout,
         refresh_skew,
+        refresh_cooloff,
+        refresh_wait,
+        lock_replicas,
+        warnings,
         cookie_name,
         login_cookie_name,
         cookie_persistent: cookie.persistent.unwrap_or(false),

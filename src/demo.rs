@@ -210,7 +210,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
         config,
         Listeners {
             public: Some(public),
-            admin: None,
+            ..Listeners::default()
         },
     )
     .await?;

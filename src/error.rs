@@ -44,8 +44,13 @@ pub enum Error {
     #[error("token exchange failed: {0}")]
     TokenExchange(String),
     /// The IdP could not refresh a token and the current one is expired.
-    #[error("token refresh unavailable: {0}")]
-    RefreshUnavailable(String),
+    #[error("token refresh unavailable: {why}")]
+    RefreshUnavailable {
+        /// Why (for the log).
+        why: String,
+        /// When to try again (the cool-off left): the `Retry-After` header.
+        retry_after: std::time::Duration,
+    },
     // --- upstream
     /// Could not connect to / talk to the upstream.
     #[error("upstream unavailable")]
@@ -78,7 +83,7 @@ impl Error {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
             Error::TokenExchange(_) => (StatusCode::BAD_GATEWAY, "token_exchange_failed"),
-            Error::RefreshUnavailable(_) => {
+            Error::RefreshUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "token_refresh_unavailable")
             }
             Error::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
@@ -93,12 +98,18 @@ impl Error {
     pub fn into_response(&self) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut resp = json_response(status, &serde_json::json!({ "error": code }));
-        if matches!(
-            self,
-            Error::RefreshUnavailable(_) | Error::StoreUnavailable(_)
-        ) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            Error::RefreshUnavailable { retry_after, .. } => {
+                // Whole seconds, rounded up, at least 1.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(u64::try_from(secs).unwrap_or(1)));
+            }
+            Error::StoreUnavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
         }
         resp
     }
@@ -174,7 +185,10 @@ mod tests {
                 "token_exchange_failed",
             ),
             (
-                Error::RefreshUnavailable("x".into()),
+                Error::RefreshUnavailable {
+                    why: "x".into(),
+                    retry_after: std::time::Duration::from_secs(5),
+                },
                 503,
                 "token_refresh_unavailable",
             ),

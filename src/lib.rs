@@ -8,12 +8,14 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod body;
 pub mod config;
 pub mod cookies;
 pub mod crypto;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod end;
 pub mod error;
 pub mod metrics;
 pub mod oidc;

@@ -3,6 +3,7 @@
 //! Owns: the only HTTP client that talks to the IdP (redirects off, timeouts set) and every
 //! `openidconnect` type; handlers never see them. Never logs a token, code or secret.
 
+use crate::clock::Clock;
 use crate::config::{ClientAuth, Config};
 use crate::error::{Error, StartupError};
 use crate::secret::Secret;
@@ -89,15 +90,23 @@ enum VerifyError {
 }
 
 /// Why a refresh failed (SPEC §3).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RefreshError {
-    /// The grant is dead: end the session.
+    /// The grant is dead (`invalid_grant`): end the session.
     #[error("refresh refused: {0}")]
     Fatal(String),
-    /// Try again later; keep the session.
+    /// The IdP refused *us* (`invalid_client`, `unauthorized_client`: a client-secret rollover,
+    /// a misconfiguration): keep the session, tell the operator loudly.
+    #[error("client refused by the IdP: {0}")]
+    ClientRejected(String),
+    /// Unreachable, timed out, 5xx, unreadable: try again after the cool-off; keep the session.
     #[error("refresh unavailable: {0}")]
     Transient(String),
 }
+
+/// A token response from a refresh grant, not yet checked (see [`OidcClient::finish_refresh`]).
+#[derive(Debug)]
+pub struct RefreshResponse(CoreTokenResponse);
 
 /// The checked content of a back-channel logout token.
 #[derive(Debug, Clone)]
@@ -261,6 +270,8 @@ pub struct OidcClient {
     promises_iss: bool,
     client_auth: ClientAuth,
     client_secret: Secret,
+    timeout: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -396,7 +407,16 @@ impl OidcClient {
             promises_iss: extra.authorization_response_iss_parameter_supported,
             client_auth: config.client_auth,
             client_secret: config.client_secret.clone(),
+            timeout: config.oidc_timeout,
+            clock: Clock::system(),
         })
+    }
+
+    /// Times token lifetimes with `clock` (tests advance it).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The issuer.
@@ -511,7 +531,7 @@ impl OidcClient {
             sub,
             sid,
             claims,
-            tokens: tokens_from(&resp, id_token.to_string(), None),
+            tokens: self.tokens_from(&resp, id_token.to_string(), None),
         })
     }
 
@@ -617,14 +637,14 @@ impl OidcClient {
         Ok((sub, sid, map))
     }
 
-    /// Refreshes the tokens of a session (RFC 6749 §6). A rotated refresh token replaces the
-    /// old one; without one the old one is kept. A new ID token must verify and name the same
-    /// subject (OIDC Core 12.2); otherwise the old one is kept.
+    /// The refresh grant itself (RFC 6749 §6): one HTTP call to the token endpoint, bounded by
+    /// `oidc.timeout` (the HTTP client's own timeout, and here a timer around the call). Nothing
+    /// else is inside that bound, so a slow JWKS re-fetch can never make an answered refresh
+    /// look like a failed one.
     ///
     /// # Errors
-    /// [`RefreshError::Fatal`] when the grant is dead (`invalid_grant`…),
-    /// [`RefreshError::Transient`] when the IdP is unreachable, slow or failing.
-    pub async fn refresh(&self, current: &Tokens, sub: &str) -> Result<Tokens, RefreshError> {
+    /// [`RefreshError`], classified (SPEC §3).
+    pub async fn refresh_grant(&self, current: &Tokens) -> Result<RefreshResponse, RefreshError> {
         let Some(rt) = &current.refresh_token else {
             return Err(RefreshError::Fatal("no refresh token".into()));
         };
@@ -633,16 +653,37 @@ impl OidcClient {
             .client
             .exchange_refresh_token(&rt_oauth)
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        let resp: CoreTokenResponse = match request.request_async(&self.bounded()).await {
-            Ok(r) => r,
+        let http = self.bounded();
+        let call = request.request_async(&http);
+        let outcome = tokio::time::timeout(self.timeout + Duration::from_millis(250), call)
+            .await
+            .map_err(|_| RefreshError::Transient("IdP call timed out".into()))?;
+        match outcome {
+            Ok(r) => Ok(RefreshResponse(r)),
             Err(e) => {
                 let why = describe_token_error(&e);
-                return Err(match classify(&e) {
+                Err(match classify(&e) {
                     FailureKind::Fatal => RefreshError::Fatal(why),
+                    FailureKind::ClientRejected => RefreshError::ClientRejected(why),
                     FailureKind::Transient => RefreshError::Transient(why),
-                });
+                })
             }
-        };
+        }
+    }
+
+    /// The tokens after a refresh grant answered: a rotated refresh token replaces the old
+    /// one, without one the old one is kept. A new ID token must verify and name the same
+    /// subject (OIDC Core 12.2); one that does not verify is dropped (the old one is kept).
+    ///
+    /// # Errors
+    /// [`RefreshError::Fatal`] when the new ID token names another subject.
+    pub async fn finish_refresh(
+        &self,
+        resp: &RefreshResponse,
+        current: &Tokens,
+        sub: &str,
+    ) -> Result<Tokens, RefreshError> {
+        let resp = &resp.0;
         let mut id_token = current.id_token.clone();
         if let Some(new_id) = resp.id_token() {
             match self
@@ -660,11 +701,22 @@ impl OidcClient {
                 }
             }
         }
-        Ok(tokens_from(
-            &resp,
+        Ok(self.tokens_from(
+            resp,
             id_token.expose().to_string(),
-            Some(rt.clone()),
+            current.refresh_token.clone(),
         ))
+    }
+
+    /// The tokens of a refresh response without any check, for revoking them when they cannot
+    /// be kept (the session ended while the refresh ran).
+    #[must_use]
+    pub fn unchecked_tokens(&self, resp: &RefreshResponse, current: &Tokens) -> Tokens {
+        self.tokens_from(
+            &resp.0,
+            current.id_token.expose().to_string(),
+            current.refresh_token.clone(),
+        )
     }
 
     /// Validates a back-channel logout token (OIDC Back-Channel Logout 1.0 §2.6): signature by a
@@ -758,26 +810,54 @@ impl OidcClient {
     }
 }
 
-fn tokens_from(resp: &CoreTokenResponse, id_token: String, old_refresh: Option<Secret>) -> Tokens {
-    Tokens {
-        access_token: Secret::new(resp.access_token().secret().clone()),
-        access_expires_at: resp
+impl OidcClient {
+    /// Tokens from a token response, with the access token's lifetime recorded: `expires_in`,
+    /// else the JWT's `exp − iat` (read, not verified: it only times the refresh).
+    fn tokens_from(
+        &self,
+        resp: &CoreTokenResponse,
+        id_token: String,
+        old_refresh: Option<Secret>,
+    ) -> Tokens {
+        let access = resp.access_token().secret();
+        let lifetime = resp
             .expires_in()
-            .map(|d| now_unix() + i64::try_from(d.as_secs()).unwrap_or(0)),
-        refresh_token: resp
-            .refresh_token()
-            .map(|r| Secret::new(r.secret().clone()))
-            .or(old_refresh),
-        id_token: Secret::new(id_token),
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4))
+            .or_else(|| jwt_lifetime(access));
+        Tokens {
+            access_token: Secret::new(access.clone()),
+            access_expires_at: lifetime.map(|l| self.clock.unix().saturating_add(l)),
+            access_lifetime: lifetime,
+            refresh_token: resp
+                .refresh_token()
+                .map(|r| Secret::new(r.secret().clone()))
+                .or(old_refresh),
+            id_token: Secret::new(id_token),
+        }
     }
 }
 
-/// Whether a token-endpoint failure is the IdP's final word (`invalid_grant`…) or transient.
+/// `exp − iat` of a JWT access token, if it is one and says both.
+fn jwt_lifetime(token: &str) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Times {
+        exp: i64,
+        iat: i64,
+    }
+    let payload = token.split('.').nth(1)?;
+    let t: Times = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    (t.exp > t.iat).then_some(t.exp - t.iat)
+}
+
+/// What a token-endpoint failure means for the session (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The grant is dead: end the session.
+    /// `invalid_grant`: the grant is dead, end the session.
     Fatal,
-    /// Network, timeout, 5xx: try again later.
+    /// `invalid_client`, `unauthorized_client`: our credentials are refused (a secret rollover
+    /// at the IdP); the user's grant may be fine. Keep the session.
+    ClientRejected,
+    /// Network, timeout, 5xx, anything else: try again later.
     Transient,
 }
 
@@ -799,9 +879,10 @@ pub fn classify<RE: std::error::Error + 'static>(
 ) -> FailureKind {
     match e {
         RequestTokenError::ServerResponse(r) => match r.error() {
-            CoreErrorResponseType::InvalidGrant
-            | CoreErrorResponseType::InvalidClient
-            | CoreErrorResponseType::UnauthorizedClient => FailureKind::Fatal,
+            CoreErrorResponseType::InvalidGrant => FailureKind::Fatal,
+            CoreErrorResponseType::InvalidClient | CoreErrorResponseType::UnauthorizedClient => {
+                FailureKind::ClientRejected
+            }
             _ => FailureKind::Transient,
         },
         _ => FailureKind::Transient,
@@ -819,14 +900,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Whether the access token needs a refresh (less than `skew` left).
-#[must_use]
-pub fn needs_refresh(tokens: &Tokens, skew: Duration) -> bool {
-    tokens
-        .access_expires_at
-        .is_some_and(|exp| exp - now_unix() < i64::try_from(skew.as_secs()).unwrap_or(60))
 }
 
 impl OidcClient {

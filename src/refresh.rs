@@ -1,188 +1,570 @@
-//! Keeping the access token fresh before it is forwarded (SPEC §3): single-flight refresh per
-//! session, within this process and across instances.
+//! Keeping the access token fresh before it is forwarded (SPEC §3): one refresh at the IdP per
+//! due token, across all instances, and no refresh token the IdP has rotated ever lost.
 //!
-//! 1. Fresh enough (more than `refresh_skew` left)? Use it.
-//! 2. Take the in-process lock of this session, so one task per instance goes on; the others
-//!    wait for it and then re-read the session.
-//! 3. Re-read the session: another instance may have refreshed it already.
-//! 4. Take the Redis lock (`SET NX PX lease`). If another instance holds it, poll the session
-//!    until its tokens change or the lock frees.
-//! 5. Holding the lock: re-read once more, call the IdP, write the new tokens (only the sealed
-//!    data, only if the session still exists), release the lock.
+//! **Due.** A token is due when less than `min(refresh_skew, ½ × its issued lifetime)` is left
+//! ([`Tokens::refresh_due`]): a token is never refreshed on every request, whatever the IdP's
+//! lifetimes.
 //!
-//! The lease cannot run out while the IdP call is in flight: the call is bounded by
-//! `oidc.timeout` (reqwest's own timeout, plus a `tokio::time::timeout` around it), and the lease
-//! is twice the IdP timeout plus twice the store timeout plus a second.
+//! **One flight per session.** The first request that finds its token due starts a *flight*: a
+//! task detached from every browser request, so a client abort (an HTTP/2 `RST_STREAM`, a closed
+//! tab) cannot drop it between the IdP's answer and the store write. Requests of the same
+//! session on this instance join the flight instead of starting another. A request whose token
+//! is still valid is forwarded at once with it; only a request whose token has expired waits for
+//! the flight's result, at most `session.refresh_wait`.
 //!
-//! Failures: `invalid_grant` and friends end the session (401). A transient IdP failure forwards
-//! the current token while it is still valid, else answers 503 `token_refresh_unavailable`
-//! (with `Retry-After`) and keeps the session.
+//! **The flight**, in order:
+//! 1. re-read the record from the store (another instance may have refreshed already);
+//! 2. take the Redis lock (`SET NX PX lease`, Lua). Held by another instance: poll the record
+//!    until its token is no longer due or the lock frees. A cool-off marker: answer at once.
+//!    With `store.lock_replicas` > 0, `WAIT` until that many replicas have the lock, so a
+//!    failover does not hand it out twice;
+//! 3. re-read once more under the lock, then the refresh grant — the one call bounded by
+//!    `oidc.timeout` — then ID-token checks (which may wait on a JWKS re-fetch, outside that
+//!    bound);
+//! 4. write the new tokens with [`Sessions::write_refresh`]: one Lua step that refuses when the
+//!    record is gone (logged out meanwhile: the new tokens are revoked), when its refresh
+//!    generation moved (another holder wrote: the *fence*), or when another owner holds the
+//!    lock. A store failure is retried until the lease is nearly over;
+//! 5. release the lock ([`LockGuard`], on every path).
+//!
+//! **Failure classes.** `invalid_grant` ends the session (deleted, its tokens revoked; 401).
+//! `invalid_client`/`unauthorized_client` (a client-secret rollover), 5xx, timeouts,
+//! unreachable: the session is kept, an error (or warning) is logged and counted, and the
+//! failure is remembered for `session.refresh_cooloff` — in this process, and across instances
+//! by turning the Redis lock into a cool-off marker — so an IdP outage costs one IdP call per
+//! session per cool-off. Meanwhile a valid token is forwarded, an expired one gets 503
+//! `token_refresh_unavailable` with `Retry-After`.
+//!
+//! **What a Redis failover can still do.** The lock and the rotated refresh token live on an
+//! asynchronously replicated master. Without `store.lock_replicas`, a failover within the
+//! replication lag (typically milliseconds) of a lock or a refresh write can lose it: a second
+//! instance may then refresh with the same refresh token (with reuse detection the IdP ends
+//! that grant: one user logged out), or the new master may hold the previous refresh token
+//! (same outcome at the next refresh). With `store.lock_replicas = N`, both the lock and the
+//! write are `WAIT`ed for N replicas; only a failover to a replica that had not acknowledged
+//! (N = 0, or more replicas lost at once than N) remains.
+//!
+//! Owns: when and how tokens are refreshed. Never builds a response (it returns [`Error`]s for
+//! `routes` to map) and never reads a cookie.
 
-use crate::app::AppState;
+use crate::clock::Clock;
+use crate::end::Ender;
 use crate::error::Error;
-use crate::oidc::{needs_refresh, RefreshError};
-use crate::session::{now_unix, short, Session};
+use crate::oidc::{OidcClient, RefreshError};
+use crate::session::{short, LockState, RefreshWrite, Session, Sessions, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// In-process refresh locks, one per session being refreshed.
-#[derive(Debug, Default)]
-pub struct LocalLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+/// How the refresher behaves (from `[session]`, `[oidc]` and `[store]`).
+#[derive(Debug, Clone)]
+pub struct RefreshConfig {
+    /// `session.refresh_skew`: the longest refresh window.
+    pub skew: Duration,
+    /// `session.refresh_cooloff`: how long a transient failure is remembered per session.
+    pub cooloff: Duration,
+    /// `session.refresh_wait`: how long a request with an expired token waits for a flight.
+    pub wait: Duration,
+    /// How long the Redis lock is held at most: longer than the IdP call and the write retries.
+    pub lease: Duration,
+    /// `store.timeout`: one store operation.
+    pub store_timeout: Duration,
+    /// `store.lock_replicas`: replicas that must hold the lock (and the write) before going on.
+    pub lock_replicas: u32,
 }
 
-impl LocalLocks {
-    fn get(&self, handle: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut m = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(l) = m.get(handle).and_then(Weak::upgrade) {
-            return l;
+impl RefreshConfig {
+    /// From the validated configuration.
+    #[must_use]
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            skew: c.refresh_skew,
+            cooloff: c.refresh_cooloff,
+            wait: c.refresh_wait,
+            lease: lease(c.oidc_timeout, c.store_timeout),
+            store_timeout: c.store_timeout,
+            lock_replicas: c.lock_replicas,
         }
-        m.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        m.insert(handle.to_string(), Arc::downgrade(&l));
-        l
+    }
+}
+
+/// The lock lease: the IdP call (bounded by `oidc.timeout`), ID-token checks (one JWKS fetch,
+/// bounded likewise) and the store round trips and write retries, with room to spare.
+#[must_use]
+pub fn lease(oidc_timeout: Duration, store_timeout: Duration) -> Duration {
+    oidc_timeout * 2 + store_timeout * 4 + Duration::from_secs(2)
+}
+
+/// What a flight ended with; every waiter of that flight gets the same.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// The session with a token that is not due (refreshed now, or by someone else).
+    Fresh(Arc<Session>),
+    /// The session is over (grant dead, logged out meanwhile).
+    Ended,
+    /// No new token now; the session is kept.
+    Unavailable { why: Arc<str>, retry_after: Duration },
+}
+
+struct Flight {
+    id: u64,
+    result: watch::Receiver<Option<Outcome>>,
+}
+
+#[derive(Default)]
+struct State {
+    flights: HashMap<String, Flight>,
+    /// Sessions whose last refresh failed transiently, until when (this process's view).
+    cooling: HashMap<String, (Instant, Arc<str>)>,
+    next_id: u64,
+}
+
+/// The refresher: store, IdP client, locks, clock. See the module documentation.
+pub struct Refresher {
+    sessions: Sessions,
+    oidc: Arc<OidcClient>,
+    ender: Ender,
+    clock: Clock,
+    cfg: RefreshConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 const POLL: Duration = Duration::from_millis(25);
 
-fn lease(state: &AppState) -> Duration {
-    state.config.oidc_timeout * 2 + state.config.store_timeout * 2 + Duration::from_secs(1)
-}
+/// Cool-off entries kept at most (one per session whose refresh failed recently).
+const MAX_COOLING: usize = 100_000;
 
-fn still_valid(s: &Session) -> bool {
-    s.tokens
-        .access_expires_at
-        .is_none_or(|exp| exp > now_unix())
-}
-
-/// As [`ensure_fresh`] for a session shared with the session cache: copied only when it must
-/// be refreshed.
-///
-/// # Errors
-/// As [`ensure_fresh`].
-pub(crate) async fn ensure_fresh_shared(
-    state: &AppState,
-    handle: String,
-    session: Arc<Session>,
-) -> Result<Arc<Session>, Error> {
-    if !needs_refresh(&session.tokens, state.config.refresh_skew) {
-        return Ok(session);
+impl Refresher {
+    /// A refresher over these parts.
+    #[must_use]
+    pub fn new(
+        sessions: Sessions,
+        oidc: Arc<OidcClient>,
+        ender: Ender,
+        clock: Clock,
+        cfg: RefreshConfig,
+    ) -> Self {
+        Self {
+            sessions,
+            oidc,
+            ender,
+            clock,
+            cfg,
+            state: Mutex::new(State::default()),
+        }
     }
-    ensure_fresh(state, handle, Arc::unwrap_or_clone(session))
-        .await
-        .map(Arc::new)
-}
 
-/// Returns the session with a usable access token, refreshing it first when needed.
-///
-/// # Errors
-/// [`Error::Unauthenticated`] when the session ended (grant dead, deleted meanwhile);
-/// [`Error::RefreshUnavailable`] when the IdP cannot refresh and the token has expired;
-/// [`Error::StoreUnavailable`].
-pub(crate) async fn ensure_fresh(
-    state: &AppState,
-    handle: String,
-    session: Session,
-) -> Result<Session, Error> {
-    let skew = state.config.refresh_skew;
-    if !needs_refresh(&session.tokens, skew) {
-        return Ok(session);
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    if session.tokens.refresh_token.is_none() {
-        // Nothing to refresh with: use the token while it lasts, then the session is over.
-        if still_valid(&session) {
+
+    /// Flights in progress in this process (for tests and metrics).
+    #[must_use]
+    pub fn flights(&self) -> usize {
+        self.state().flights.len()
+    }
+
+    /// Returns the session with a usable access token: itself when not due or still valid
+    /// (a refresh then runs in the background), else the result of the refresh.
+    ///
+    /// # Errors
+    /// [`Error::Unauthenticated`] when the session ended (grant dead, deleted meanwhile, expired
+    /// with nothing to refresh it); [`Error::RefreshUnavailable`] when the token has expired and
+    /// no new one can be had now; [`Error::StoreUnavailable`].
+    pub async fn ensure_fresh(
+        self: &Arc<Self>,
+        handle: &str,
+        session: Arc<Session>,
+    ) -> Result<Arc<Session>, Error> {
+        let now = self.clock.unix();
+        if !session.tokens.refresh_due(now, self.cfg.skew) {
             return Ok(session);
         }
-        state.sessions.delete(&handle, &session).await?;
-        return Err(Error::Unauthenticated);
-    }
-    let local = state.refresh_locks.get(&handle);
-    let _local = local.lock().await;
-    let Some(session) = state.sessions.load(&handle).await? else {
-        return Err(Error::Unauthenticated);
-    };
-    if !needs_refresh(&session.tokens, skew) {
-        return Ok(session);
+        let valid = session.tokens.access_valid(now);
+        if session.tokens.refresh_token.is_none() {
+            // Nothing to refresh with: use the token while it lasts, then the session is over.
+            if valid {
+                return Ok(session);
+            }
+            self.ender
+                .end(handle, Some(&session), "expired_without_refresh_token")
+                .await?;
+            return Err(Error::Unauthenticated);
+        }
+        if let Some((remaining, why)) = self.cooling(handle) {
+            return fallback(session, valid, &why, remaining);
+        }
+        let mut result = self.join_or_start(handle);
+        if valid {
+            // Forwarded at once; the flight goes on without us.
+            return Ok(session);
+        }
+        let waited = tokio::time::timeout(self.cfg.wait, result.wait_for(Option::is_some)).await;
+        let outcome = match waited {
+            Ok(Ok(o)) => o.clone(),
+            _ => None,
+        };
+        match outcome {
+            Some(Outcome::Fresh(s)) => Ok(s),
+            Some(Outcome::Ended) => Err(Error::Unauthenticated),
+            Some(Outcome::Unavailable { why, retry_after }) => Err(Error::RefreshUnavailable {
+                why: why.to_string(),
+                retry_after,
+            }),
+            None => Err(Error::RefreshUnavailable {
+                why: "the refresh is taking longer than session.refresh_wait".into(),
+                retry_after: Duration::from_secs(1),
+            }),
+        }
     }
 
-    let owner = crate::crypto::random_token();
-    let lease = lease(state);
-    let deadline = Instant::now() + lease + Duration::from_secs(1);
-    loop {
-        if state
+    fn cooling(&self, handle: &str) -> Option<(Duration, Arc<str>)> {
+        let now = self.clock.now();
+        let mut st = self.state();
+        match st.cooling.get(handle) {
+            Some((until, why)) if *until > now => Some((*until - now, why.clone())),
+            Some(_) => {
+                st.cooling.remove(handle);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_cooloff(&self, handle: &str, d: Duration, why: &Arc<str>) {
+        let now = self.clock.now();
+        let mut st = self.state();
+        if st.cooling.len() >= MAX_COOLING {
+            st.cooling.retain(|_, (until, _)| *until > now);
+        }
+        if st.cooling.len() < MAX_COOLING {
+            st.cooling.insert(handle.to_string(), (now + d, why.clone()));
+        }
+    }
+
+    /// The result of this session's flight, starting one if none is running.
+    fn join_or_start(self: &Arc<Self>, handle: &str) -> watch::Receiver<Option<Outcome>> {
+        let mut st = self.state();
+        if let Some(f) = st.flights.get(handle) {
+            return f.result.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        st.next_id += 1;
+        let id = st.next_id;
+        st.flights.insert(
+            handle.to_string(),
+            Flight {
+                id,
+                result: rx.clone(),
+            },
+        );
+        drop(st);
+        let this = self.clone();
+        let handle = handle.to_string();
+        tokio::spawn(async move {
+            let outcome = this.fly(&handle).await;
+            let _ = tx.send(Some(outcome));
+            let mut st = this.state();
+            if st.flights.get(&handle).is_some_and(|f| f.id == id) {
+                st.flights.remove(&handle);
+            }
+        });
+        rx
+    }
+
+    /// One flight (see the module documentation). Never panics, never returns early without
+    /// releasing the lock it took.
+    async fn fly(&self, handle: &str) -> Outcome {
+        match self.fly_inner(handle).await {
+            Ok(o) => o,
+            Err(e) => Outcome::Unavailable {
+                why: format!("session store: {e}").into(),
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+
+    async fn fly_inner(&self, handle: &str) -> Result<Outcome, StoreError> {
+        let owner = crate::crypto::random_token();
+        let deadline = Instant::now() + self.cfg.lease + Duration::from_secs(1);
+        loop {
+            let Some(s) = self.sessions.load(handle).await? else {
+                return Ok(Outcome::Ended);
+            };
+            if !s.tokens.refresh_due(self.clock.unix(), self.cfg.skew) {
+                return Ok(Outcome::Fresh(Arc::new(s)));
+            }
+            match self
+                .sessions
+                .store()
+                .try_lock(handle, &owner, self.cfg.lease, self.clock.unix_ms())
+                .await?
+            {
+                LockState::Acquired => {
+                    let guard = LockGuard::new(&self.sessions, handle, &owner);
+                    let outcome = self.refresh_locked(handle, &guard).await;
+                    guard.release().await;
+                    return Ok(outcome);
+                }
+                LockState::CoolingOff(remaining) => {
+                    // Another instance's refresh failed moments ago: remember it here too.
+                    let why: Arc<str> = "a refresh of this session failed moments ago".into();
+                    self.remember_cooloff(handle, remaining, &why);
+                    return Ok(Outcome::Unavailable {
+                        why,
+                        retry_after: remaining,
+                    });
+                }
+                LockState::Held => {
+                    // Another instance is refreshing: wait for its result (the loop re-reads).
+                    if Instant::now() > deadline {
+                        return Ok(Outcome::Unavailable {
+                            why: "timed out waiting for another instance's refresh".into(),
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn refresh_locked(&self, handle: &str, lock: &LockGuard) -> Outcome {
+        if self.cfg.lock_replicas > 0 {
+            self.wait_replicas("lock").await;
+        }
+        // Re-read under the lock: a holder that finished just before we took it wrote already.
+        let s = match self.sessions.load(handle).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Outcome::Ended,
+            Err(e) => {
+                return Outcome::Unavailable {
+                    why: format!("session store: {e}").into(),
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+        };
+        if !s.tokens.refresh_due(self.clock.unix(), self.cfg.skew) {
+            return Outcome::Fresh(Arc::new(s));
+        }
+
+        let resp = match self.oidc.refresh_grant(&s.tokens).await {
+            Ok(r) => r,
+            Err(e) => return self.failed(handle, &s, e, lock).await,
+        };
+        // The IdP has answered: from here on its new refresh token is the only valid one, and
+        // nothing below may lose it.
+        let tokens = match self.oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.ender.revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
+                return self.failed(handle, &s, e, lock).await;
+            }
+        };
+        let mut new = s.clone();
+        new.tokens = tokens;
+        let write_deadline = lock.acquired + self.cfg.lease - self.cfg.store_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.sessions.write_refresh(handle, &new, &lock.owner).await {
+                Ok(RefreshWrite::Written) => {
+                    if self.cfg.lock_replicas > 0 {
+                        self.wait_replicas("refresh write").await;
+                    }
+                    crate::metrics::refresh("ok");
+                    tracing::info!(event = "refresh", session = %short(handle), sub = %s.sub, "tokens refreshed");
+                    new.generation += 1;
+                    return Outcome::Fresh(Arc::new(new));
+                }
+                Ok(RefreshWrite::Gone) => {
+                    // Logged out while we refreshed: the new tokens must not outlive it.
+                    crate::metrics::refresh("ended_meanwhile");
+                    self.ender.revoke_later(new.tokens);
+                    return Outcome::Ended;
+                }
+                Ok(RefreshWrite::Fenced) => {
+                    crate::metrics::refresh("fenced");
+                    tracing::error!(
+                        event = "refresh_fenced",
+                        session = %short(handle),
+                        "refresh write refused: another holder refreshed this session meanwhile (lock lease ran out?)"
+                    );
+                    return match self.sessions.load(handle).await {
+                        Ok(Some(cur)) => Outcome::Fresh(Arc::new(cur)),
+                        Ok(None) => Outcome::Ended,
+                        Err(e) => Outcome::Unavailable {
+                            why: format!("session store: {e}").into(),
+                            retry_after: Duration::from_secs(1),
+                        },
+                    };
+                }
+                Err(e) if Instant::now() + backoff < write_deadline => {
+                    tracing::warn!(session = %short(handle), error = %e, "refresh write failed; retrying within the lease");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    crate::metrics::refresh("lost");
+                    tracing::error!(
+                        event = "refresh_write_failed",
+                        session = %short(handle),
+                        error = %e,
+                        "the store refused the refreshed tokens for the whole lease; the session will need a new login if the IdP rotated its refresh token"
+                    );
+                    return Outcome::Unavailable {
+                        why: format!("session store: {e}").into(),
+                        retry_after: Duration::from_secs(1),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn wait_replicas(&self, what: &str) {
+        let n = self.cfg.lock_replicas;
+        match self
             .sessions
             .store()
-            .try_lock(&handle, &owner, lease)
-            .await?
+            .wait_replicas(n, self.cfg.store_timeout)
+            .await
         {
-            break;
-        }
-        // Another instance is refreshing: wait for its result.
-        tokio::time::sleep(POLL).await;
-        let Some(s) = state.sessions.load(&handle).await? else {
-            return Err(Error::Unauthenticated);
-        };
-        if !needs_refresh(&s.tokens, skew) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            return fallback(s, "timed out waiting for another instance's refresh".into());
+            Ok(acked) if acked >= n => {}
+            Ok(acked) => tracing::warn!(
+                wanted = n,
+                acked,
+                what,
+                "fewer replicas than store.lock_replicas acknowledged; a failover now could lose it"
+            ),
+            Err(e) => tracing::warn!(error = %e, what, "WAIT for replicas failed"),
         }
     }
-    let result = refresh_locked(state, &handle).await;
-    if let Err(e) = state.sessions.store().unlock(&handle, &owner).await {
-        tracing::warn!(session = %short(&handle), error = %e, "refresh lock not released; its lease will end it");
-    }
-    result
-}
 
-async fn refresh_locked(state: &AppState, handle: &str) -> Result<Session, Error> {
-    let Some(mut s) = state.sessions.load(handle).await? else {
-        return Err(Error::Unauthenticated);
-    };
-    if !needs_refresh(&s.tokens, state.config.refresh_skew) {
-        return Ok(s);
-    }
-    let call = state.oidc.refresh(&s.tokens, &s.sub);
-    let outcome = match tokio::time::timeout(state.config.oidc_timeout, call).await {
-        Ok(r) => r,
-        Err(_) => Err(RefreshError::Transient("IdP call timed out".into())),
-    };
-    match outcome {
-        Ok(tokens) => {
-            s.tokens = tokens;
-            if !state.sessions.update(handle, &s).await? {
-                // Logged out while we refreshed: the new tokens must not outlive the session.
-                state.oidc.revoke_tokens(&s.tokens).await;
-                return Err(Error::Unauthenticated);
+    async fn failed(
+        &self,
+        handle: &str,
+        s: &Session,
+        e: RefreshError,
+        lock: &LockGuard,
+    ) -> Outcome {
+        match e {
+            RefreshError::Fatal(why) => {
+                crate::metrics::refresh("fatal");
+                tracing::info!(event = "refresh_refused", session = %short(handle), sub = %s.sub, reason = %why, "refresh refused; session ended");
+                if let Err(e) = self.ender.end(handle, Some(s), "refresh_refused").await {
+                    tracing::warn!(session = %short(handle), error = %e, "could not delete a session whose grant is dead");
+                }
+                Outcome::Ended
             }
-            crate::metrics::refresh("ok");
-            tracing::info!(event = "refresh", session = %short(handle), sub = %s.sub, "tokens refreshed");
-            Ok(s)
+            RefreshError::ClientRejected(why) => {
+                crate::metrics::refresh("client_rejected");
+                tracing::error!(
+                    event = "refresh_client_rejected",
+                    session = %short(handle),
+                    reason = %why,
+                    "the IdP refused this client's credentials on a refresh (client secret rotated? client disabled?); sessions are kept"
+                );
+                self.cool_off(handle, lock, why).await
+            }
+            RefreshError::Transient(why) => {
+                crate::metrics::refresh("transient");
+                tracing::warn!(event = "refresh_unavailable", session = %short(handle), reason = %why, "refresh failed; will retry after the cool-off");
+                self.cool_off(handle, lock, why).await
+            }
         }
-        Err(RefreshError::Fatal(why)) => {
-            crate::metrics::refresh("fatal");
-            tracing::info!(event = "refresh_refused", session = %short(handle), sub = %s.sub, reason = %why, "refresh refused; session ended");
-            state.sessions.delete(handle, &s).await?;
-            Err(Error::Unauthenticated)
+    }
+
+    /// Remembers a transient failure for the cool-off, here and (through the lock) for every
+    /// instance.
+    async fn cool_off(&self, handle: &str, lock: &LockGuard, why: String) -> Outcome {
+        let d = self.cfg.cooloff;
+        let why: Arc<str> = why.into();
+        if !d.is_zero() {
+            self.remember_cooloff(handle, d, &why);
+            if let Err(e) = self
+                .sessions
+                .store()
+                .cool_off(handle, &lock.owner, d, self.clock.unix_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "cool-off not recorded in the store");
+            }
         }
-        Err(RefreshError::Transient(why)) => {
-            crate::metrics::refresh("transient");
-            tracing::warn!(event = "refresh_unavailable", session = %short(handle), reason = %why, "refresh failed; will retry");
-            fallback(s, why)
+        Outcome::Unavailable {
+            why,
+            retry_after: d.max(Duration::from_secs(1)),
         }
     }
 }
 
-fn fallback(s: Session, why: String) -> Result<Session, Error> {
-    if still_valid(&s) {
-        Ok(s)
+fn fallback(
+    session: Arc<Session>,
+    valid: bool,
+    why: &str,
+    retry_after: Duration,
+) -> Result<Arc<Session>, Error> {
+    if valid {
+        Ok(session)
     } else {
-        Err(Error::RefreshUnavailable(why))
+        Err(Error::RefreshUnavailable {
+            why: why.to_string(),
+            retry_after,
+        })
+    }
+}
+
+/// The Redis refresh lock this flight holds. [`LockGuard::release`] frees it; a guard dropped
+/// without that (a panic) frees it from a spawned task, so the lock never outlives the flight
+/// by more than one store round trip.
+struct LockGuard {
+    sessions: Sessions,
+    handle: String,
+    owner: String,
+    acquired: Instant,
+    released: bool,
+}
+
+impl LockGuard {
+    fn new(sessions: &Sessions, handle: &str, owner: &str) -> Self {
+        Self {
+            sessions: sessions.clone(),
+            handle: handle.to_string(),
+            owner: owner.to_string(),
+            acquired: Instant::now(),
+            released: false,
+        }
+    }
+
+    async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = self.sessions.store().unlock(&self.handle, &self.owner).await {
+            tracing::warn!(session = %short(&self.handle), error = %e, "refresh lock not released; its lease will end it");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (sessions, handle, owner) = (
+            self.sessions.clone(),
+            std::mem::take(&mut self.handle),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = sessions.store().unlock(&handle, &owner).await;
+            });
+        }
     }
 }

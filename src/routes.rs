@@ -161,9 +161,7 @@ async fn proxy_request(
             auth::check_csrf(state, req.headers(), proxy::is_upgrade(req.headers()))?;
             let s = auth::current_session_shared(state, req.headers(), true).await?;
             let s = match s {
-                Some((handle, s)) => {
-                    Some(crate::refresh::ensure_fresh_shared(state, handle, s).await?)
-                }
+                Some((handle, s)) => Some(state.refresher.ensure_fresh(&handle, s).await?),
                 None => None,
             };
             if s.is_none() && route.token == TokenPolicy::Required {

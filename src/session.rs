@@ -8,6 +8,7 @@ pub mod cache;
 pub mod memory;
 pub mod redis;
 
+use crate::clock::Clock;
 use crate::crypto::{self, KeyRing};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -33,10 +34,38 @@ pub struct Tokens {
     pub access_token: Secret,
     /// When the access token expires (unix seconds), if the IdP said.
     pub access_expires_at: Option<i64>,
+    /// The access token's issued lifetime in seconds (`expires_in`, else the JWT's
+    /// `exp − iat`), recorded when it was obtained: the refresh window is at most half of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_lifetime: Option<i64>,
     /// The refresh token, if one was issued.
     pub refresh_token: Option<Secret>,
     /// The raw ID token, kept for `id_token_hint` at logout.
     pub id_token: Secret,
+}
+
+impl Tokens {
+    /// SPEC §3: due for a refresh when less than `min(skew, ½ × issued lifetime)` is left, so a
+    /// token is never refreshed on every request however short the IdP makes it. A token
+    /// without an expiry is never due.
+    #[must_use]
+    pub fn refresh_due(&self, now: i64, skew: Duration) -> bool {
+        let Some(exp) = self.access_expires_at else {
+            return false;
+        };
+        let skew = secs(skew);
+        let window = match self.access_lifetime {
+            Some(l) if l > 0 => skew.min(l / 2),
+            _ => skew,
+        };
+        exp - now < window
+    }
+
+    /// Whether the access token can still be forwarded (not expired, or no known expiry).
+    #[must_use]
+    pub fn access_valid(&self, now: i64) -> bool {
+        self.access_expires_at.is_none_or(|exp| exp > now)
+    }
 }
 
 impl fmt::Debug for Tokens {
@@ -73,6 +102,11 @@ pub struct Session {
     pub user_agent: Option<String>,
     /// Client IP at login (for the admin listing).
     pub ip: Option<String>,
+    /// The record's refresh generation as read from the store (not sealed: it lives beside the
+    /// sealed data). A refresh writes only if the generation is still the one it read, so a
+    /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
+    #[serde(skip)]
+    pub generation: u64,
 }
 
 impl Session {
@@ -104,6 +138,11 @@ pub struct PendingLogin {
     pub return_to: String,
     /// The browser binding tag that must be in the login cookie.
     pub binding: String,
+    /// The handle of the session this browser had when the login started (its Strict cookie
+    /// is sent on `/auth/login`, a same-site navigation, but never on the cross-site callback):
+    /// the callback ends it once the new session exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 impl fmt::Debug for PendingLogin {
@@ -148,7 +187,40 @@ pub struct RecordRef {
     pub sid_hash: Option<String>,
 }
 
-/// The session store: Redis or memory, same semantics (one conformance suite).
+/// A session record as the store holds it: sealed data, last-seen time, refresh generation.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// The sealed session.
+    pub blob: Vec<u8>,
+    /// Last activity (unix seconds), written by sliding.
+    pub seen: i64,
+    /// Bumped by every refresh write.
+    pub generation: u64,
+}
+
+/// The answer to taking a session's refresh lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// This owner holds it now.
+    Acquired,
+    /// Another owner is refreshing.
+    Held,
+    /// A refresh failed transiently moments ago: nobody calls the IdP for this long.
+    CoolingOff(Duration),
+}
+
+/// The result of writing refreshed tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshWrite {
+    /// Written; the generation moved on by one.
+    Written,
+    /// The record is gone (logged out meanwhile): nothing written.
+    Gone,
+    /// Refused: another refresh wrote first, or another owner holds the lock now.
+    Fenced,
+}
+
+/// The store: Redis or memory, same semantics (one conformance suite).
 #[derive(Debug, Clone)]
 pub enum Store {
     /// Redis.
@@ -167,7 +239,9 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// Writes a session record (sealed data + last-seen time) and adds it to its indexes.
+    /// Adds a session to its indexes, then writes its record (sealed data, last-seen time,
+    /// generation 0): a failure in between leaves at worst an index entry without a record,
+    /// which [`Sessions::find`] prunes, never a live session missing from its indexes.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
@@ -181,11 +255,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_session(r, blob, seen, ttl, index_ttl).await)
     }
-    /// Reads a session record: sealed data and last-seen time.
+    /// Reads a session record.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn get_session(&self, handle: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+    pub async fn get_session(&self, handle: &str) -> Result<Option<StoredRecord>, StoreError> {
         dispatch!(self, s => s.get_session(handle).await)
     }
     /// Moves last-seen and the TTL of an existing record (never recreates a deleted one).
@@ -200,32 +274,64 @@ impl Store {
     ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.touch_session(handle, seen, ttl).await)
     }
-    /// Replaces the sealed data of an existing record, keeping its TTL and last-seen time
-    /// (never recreates a deleted one: a logout during a refresh stays a logout).
+    /// Writes refreshed sealed data, keeping TTL and last-seen, in one atomic step that checks
+    /// the record still exists (a logout during a refresh stays a logout), its generation is
+    /// still `generation` and no other owner holds the refresh lock (the fence).
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn replace_data(&self, handle: &str, blob: Vec<u8>) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.replace_data(handle, blob).await)
+    pub async fn write_refresh(
+        &self,
+        handle: &str,
+        blob: Vec<u8>,
+        generation: u64,
+        owner: &str,
+    ) -> Result<RefreshWrite, StoreError> {
+        dispatch!(self, s => s.write_refresh(handle, blob, generation, owner).await)
     }
-    /// Takes the refresh lock of a session for `lease` if nobody holds it.
+    /// Takes the refresh lock of a session for `lease` if nobody holds it (or a cool-off
+    /// marker has ended by `now_ms`, unix milliseconds on the lifecycle clock).
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn try_lock(
         &self,
         handle: &str,
-        token: &str,
+        owner: &str,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.try_lock(handle, token, lease).await)
+        now_ms: i64,
+    ) -> Result<LockState, StoreError> {
+        dispatch!(self, s => s.try_lock(handle, owner, lease, now_ms).await)
     }
-    /// Releases the refresh lock if `token` still holds it.
+    /// Turns the lock `owner` holds into a cool-off marker for `d` from `now_ms` (unix
+    /// milliseconds on the lifecycle clock): every instance answers without calling the IdP
+    /// until it ends.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn unlock(&self, handle: &str, token: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.unlock(handle, token).await)
+    pub async fn cool_off(
+        &self,
+        handle: &str,
+        owner: &str,
+        d: Duration,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.cool_off(handle, owner, d, now_ms).await)
+    }
+    /// Releases the refresh lock if `owner` still holds it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn unlock(&self, handle: &str, owner: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unlock(handle, owner).await)
+    }
+    /// Waits until the last writes on this connection reached `replicas` replicas (Redis
+    /// `WAIT`), at most `timeout`; returns how many acknowledged. The memory store has none.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.wait_replicas(replicas, timeout).await)
     }
     /// Records `hash` (e.g. of a logout token's `jti`) for `ttl`; false if it was already there.
     ///
@@ -234,12 +340,29 @@ impl Store {
     pub async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
         dispatch!(self, s => s.remember_once(hash, ttl).await)
     }
-    /// Deletes a session record and its index entries; true if it existed.
+    /// Whether `hash` was recorded by [`Store::remember_once`] and has not expired.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_session(r).await)
+    pub async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remembered(hash).await)
+    }
+    /// Reads and deletes a session record in one atomic step (returning what was deleted, so
+    /// its tokens can be revoked), then removes it from the indexes named in `r`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer (a failure after the record is gone
+    /// leaves only stale index entries, which [`Sessions::find`] prunes).
+    pub async fn take_session(&self, r: &RecordRef) -> Result<Option<StoredRecord>, StoreError> {
+        dispatch!(self, s => s.take_session(r).await)
+    }
+    /// Removes a handle from the indexes named in `r` (after [`Store::take_session`] of a
+    /// record whose index hashes were only known once it was opened).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unindex(r).await)
     }
     /// Handles in an index (may include handles of expired sessions).
     ///
@@ -295,8 +418,30 @@ pub struct Sessions {
     keys: Arc<KeyRing>,
     idle: Duration,
     absolute: Duration,
+    clock: Clock,
     /// Opened sessions of the request path (see `session/cache.rs`); Redis on one server only.
     cache: Option<Arc<cache::SessionCache>>,
+}
+
+/// What an index lookup found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Live sessions this instance can open.
+    pub live: Vec<(String, Session)>,
+    /// Records that exist but do not open here (sealed with a key this instance does not
+    /// have, e.g. mid-rotation): kept in the index, and still ended by "log out everywhere".
+    pub unreadable: Vec<String>,
+}
+
+/// What reading a record gave.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No record (never was, deleted, or expired).
+    Missing,
+    /// A record that does not open with this key ring, or of an unknown format.
+    Unreadable,
+    /// A live session.
+    Live(Session),
 }
 
 /// A session id as it is in the cookie (256 random bits).
@@ -342,7 +487,7 @@ fn pending_aad(state_hash: &str) -> Vec<u8> {
 }
 
 impl Sessions {
-    /// Wraps a store.
+    /// Wraps a store, reading time from the system clock.
     #[must_use]
     pub fn new(store: Store, keys: Arc<KeyRing>, idle: Duration, absolute: Duration) -> Self {
         Self {
@@ -350,8 +495,22 @@ impl Sessions {
             keys,
             idle,
             absolute,
+            clock: Clock::system(),
             cache: None,
         }
+    }
+
+    /// Reads time from `clock` (tests advance it).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock expiry is measured with.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Turns on the in-process session cache for [`Sessions::load_shared`] where the store can
@@ -385,12 +544,12 @@ impl Sessions {
             return Ok(self.load(handle).await?.map(Arc::new));
         };
         if let Some(s) = cache.get(handle) {
-            if s.expires_at(self.idle) > now_unix() {
+            if s.expires_at(self.idle) > self.clock.unix() {
                 return Ok(Some(s));
             }
             // Expired as far as this copy knows: another instance may have slid it; ask.
         }
-        let epoch = cache.epoch();
+        let epoch = cache.epoch(handle);
         let Some(s) = self.load(handle).await? else {
             return Ok(None);
         };
@@ -428,7 +587,7 @@ impl Sessions {
     }
 
     fn ttl(&self, s: &Session) -> Option<Duration> {
-        let ttl = s.expires_at(self.idle) - now_unix();
+        let ttl = s.expires_at(self.idle) - self.clock.unix();
         (ttl > 0).then(|| Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
     }
 
@@ -479,17 +638,55 @@ impl Sessions {
         Ok(live)
     }
 
-    /// Replaces the sealed data (new tokens after a refresh) of a session that still exists.
+    /// Writes refreshed tokens (the sealed data of `s`) if the record still exists, is still at
+    /// `s.generation`, and no other owner holds the refresh lock (see [`Store::write_refresh`]).
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn update(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
+    pub async fn write_refresh(
+        &self,
+        handle: &str,
+        s: &Session,
+        owner: &str,
+    ) -> Result<RefreshWrite, StoreError> {
         let blob = self.seal(handle, s)?;
-        let r = self.store.replace_data(handle, blob).await;
+        let r = self
+            .store
+            .write_refresh(handle, blob, s.generation, owner)
+            .await;
         if let Some(c) = &self.cache {
             c.invalidate(handle);
         }
         r
+    }
+
+    fn open(&self, handle: &str, rec: &StoredRecord) -> Option<Session> {
+        let Some(json) = self.keys.open(&record_aad(handle), &rec.blob) else {
+            tracing::warn!(session = %short(handle), "session record does not open with any key");
+            return None;
+        };
+        let Ok(mut s) = serde_json::from_slice::<Session>(&json) else {
+            tracing::warn!(session = %short(handle), "session record has an unknown format");
+            return None;
+        };
+        s.last_seen = s.last_seen.max(rec.seen);
+        s.generation = rec.generation;
+        (s.v == FORMAT_VERSION).then_some(s)
+    }
+
+    /// Reads a record and says what it is: missing, there but unreadable here, or live.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn load_record(&self, handle: &str) -> Result<Loaded, StoreError> {
+        let Some(rec) = self.store.get_session(handle).await? else {
+            return Ok(Loaded::Missing);
+        };
+        Ok(match self.open(handle, &rec) {
+            None => Loaded::Unreadable,
+            Some(s) if s.expires_at(self.idle) <= self.clock.unix() => Loaded::Missing,
+            Some(s) => Loaded::Live(s),
+        })
     }
 
     /// Reads a session by handle. `None` if missing, expired or unreadable (e.g. its key was
@@ -498,61 +695,82 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn load(&self, handle: &str) -> Result<Option<Session>, StoreError> {
-        let Some((blob, seen)) = self.store.get_session(handle).await? else {
-            return Ok(None);
-        };
-        let Some(json) = self.keys.open(&record_aad(handle), &blob) else {
-            tracing::warn!(session = %short(handle), "session record does not open with any key");
-            return Ok(None);
-        };
-        let Ok(mut s) = serde_json::from_slice::<Session>(&json) else {
-            tracing::warn!(session = %short(handle), "session record has an unknown format");
-            return Ok(None);
-        };
-        s.last_seen = s.last_seen.max(seen);
-        if s.v != FORMAT_VERSION || s.expires_at(self.idle) <= now_unix() {
-            return Ok(None);
-        }
-        Ok(Some(s))
+        Ok(match self.load_record(handle).await? {
+            Loaded::Live(s) => Some(s),
+            Loaded::Missing | Loaded::Unreadable => None,
+        })
     }
 
-    /// Deletes a session and its index entries.
+    /// Ends a session in the store: reads and deletes its record atomically, then removes it
+    /// from its indexes. Returns `None` when there was no record, else the session that was
+    /// deleted as it was at that moment (so a refresh that landed after `copy` was read is
+    /// revoked too) — `Some(None)` when the deleted record does not open here.
+    ///
+    /// `copy` (what the caller read earlier, if anything) only names the index entries when
+    /// the deleted record cannot be opened.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn take(
+        &self,
+        handle: &str,
+        copy: Option<&Session>,
+    ) -> Result<Option<Option<Session>>, StoreError> {
+        let r = copy.map_or_else(
+            || RecordRef {
+                handle: handle.to_string(),
+                sub_hash: String::new(),
+                sid_hash: None,
+            },
+            |s| Self::record_ref(handle, s),
+        );
+        let taken = self.store.take_session(&r).await;
+        if let Some(c) = &self.cache {
+            c.invalidate(handle);
+        }
+        let Some(rec) = taken? else {
+            return Ok(None);
+        };
+        let deleted = self.open(handle, &rec);
+        if let Some(d) = &deleted {
+            // The copy may be older than the record (or absent): unindex by what was deleted.
+            let actual = Self::record_ref(handle, d);
+            if copy.is_none_or(|c| c.sub != d.sub || c.sid != d.sid) {
+                self.store.unindex(&actual).await?;
+            }
+        }
+        Ok(Some(deleted))
+    }
+
+    /// Deletes a session and its index entries; true if it existed.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn delete(&self, handle: &str, s: &Session) -> Result<bool, StoreError> {
-        let r = self
-            .store
-            .delete_session(&Self::record_ref(handle, s))
-            .await;
-        if let Some(c) = &self.cache {
-            c.invalidate(handle);
-        }
-        r
+        Ok(self.take(handle, Some(s)).await?.is_some())
     }
 
-    /// Live sessions in an index (`sub` or `sid`), pruning stale entries as it goes.
+    /// Sessions in an index (`sub` or `sid`). A handle is pruned from the index only when its
+    /// record no longer exists — never because this instance cannot open it (a key rotation in
+    /// progress), so every instance keeps finding every session.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn find(
-        &self,
-        index: Index,
-        value: &str,
-    ) -> Result<Vec<(String, Session)>, StoreError> {
+    pub async fn find(&self, index: Index, value: &str) -> Result<Found, StoreError> {
         let hash = crypto::hash(value);
-        let mut live = Vec::new();
+        let mut found = Found::default();
         let mut stale = Vec::new();
         for h in self.store.index_members(index, &hash).await? {
-            match self.load(&h).await? {
-                Some(s) => live.push((h, s)),
-                None => stale.push(h),
+            match self.load_record(&h).await? {
+                Loaded::Live(s) => found.live.push((h, s)),
+                Loaded::Unreadable => found.unreadable.push(h),
+                Loaded::Missing => stale.push(h),
             }
         }
         if !stale.is_empty() {
             self.store.index_remove(index, &hash, &stale).await?;
         }
-        Ok(live)
+        Ok(found)
     }
 
     /// Stores a pending login under `state`, sealed.

@@ -58,24 +58,34 @@ pub(crate) async fn backchannel_logout(
     let remember =
         Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
     let jti_key = crypto::hash(&format!("jti:{}:{}", state.oidc.issuer(), claims.jti));
-    if !state
-        .sessions
-        .store()
-        .remember_once(&jti_key, remember)
-        .await?
-    {
+    let store = state.sessions.store();
+    // The jti is remembered only once the sessions are ended: a failure on the way answers
+    // 503 and the IdP's retry of the same token is accepted.
+    if store.remembered(&jti_key).await? {
         return Err(bad("replayed jti"));
     }
-
-    let mut victims = match (&claims.sid, &claims.sub) {
+    let found = match (&claims.sid, &claims.sub) {
         (Some(sid), _) => state.sessions.find(Index::Sid, sid).await?,
         (None, Some(sub)) => state.sessions.find(Index::Sub, sub).await?,
-        (None, None) => Vec::new(),
+        (None, None) => crate::session::Found::default(),
     };
-    if let (Some(_), Some(sub)) = (&claims.sid, &claims.sub) {
-        victims.retain(|(_, s)| &s.sub == sub);
-    }
-    let n = super::end_sessions(state, victims, "backchannel_logout").await?;
+    let mut victims: Vec<(String, Option<crate::session::Session>)> = found
+        .live
+        .into_iter()
+        .filter(|(_, s)| {
+            claims.sid.is_none() || claims.sub.as_ref().is_none_or(|sub| &s.sub == sub)
+        })
+        .map(|(h, s)| (h, Some(s)))
+        .collect();
+    // Records this instance cannot open (a key rotation in progress) are ended too: the IdP
+    // said this session is over.
+    victims.extend(found.unreadable.into_iter().map(|h| (h, None)));
+    let n = state
+        .ender
+        .end_all(victims, "backchannel_logout")
+        .await?;
+    // A concurrent delivery of the same token may have remembered it first: both are fine.
+    let _ = store.remember_once(&jti_key, remember).await?;
     crate::metrics::backchannel_logout("ok");
     tracing::info!(
         event = "backchannel_logout",

@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::body::{empty, Body};
 use crate::cookies;
 use crate::error::Error;
-use crate::session::{now_unix, Session, SessionId, FORMAT_VERSION};
+use crate::session::{Session, SessionId, FORMAT_VERSION};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::net::SocketAddr;
 
@@ -86,11 +86,7 @@ pub(crate) async fn callback<B>(
         }
     };
 
-    // No fixation: whatever session this browser had is gone; the new one gets a new id.
-    if let Some((old_handle, old)) = super::current_session(state, req.headers(), false).await? {
-        state.sessions.delete(&old_handle, &old).await?;
-    }
-    let now = now_unix();
+    let now = state.clock.unix();
     let id = SessionId::generate();
     let handle = id.handle();
     let session = Session {
@@ -109,6 +105,7 @@ pub(crate) async fn callback<B>(
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
         ip: Some(crate::proxy::client_ip(&state.config, req.headers(), peer).to_string()),
+        generation: 0,
     };
     state.sessions.save(&handle, &session).await?;
     tracing::info!(
@@ -118,6 +115,19 @@ pub(crate) async fn callback<B>(
         "session created"
     );
     crate::metrics::login_finished("ok");
+
+    // No fixation and no orphan: the session this browser had when the login started (and
+    // the one its cookie names now, should the callback carry it) ends — deleted, its tokens
+    // revoked (see `Ender::end_replaced` for the one exception). The new session has a new id.
+    let current = cookies::session_id(req.headers(), &state.config).map(|id| id.handle());
+    let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
+    previous.dedup();
+    for old in previous.into_iter().filter(|h| *h != handle) {
+        if let Err(e) = state.ender.end_replaced(&old, &session).await {
+            // The new session stands; the old one expires by its TTL.
+            tracing::warn!(session = %crate::session::short(&old), error = %e, "previous session not ended at re-login");
+        }
+    }
 
     resp.headers_mut()
         .append(header::SET_COOKIE, cookies::set_session(&state.config, &id));

@@ -27,11 +27,15 @@ pub(crate) async fn login<B>(state: &AppState, req: &Request<B>) -> Result<Respo
     let tag = cookies::new_tag();
     let mut tags = cookies::login_tags(req.headers(), &state.config);
     tags.push(tag.clone());
+    // The session this browser has now (its Strict cookie comes with this same-site
+    // navigation, never with the cross-site callback): ended once the new one exists.
+    let previous = cookies::session_id(req.headers(), &state.config).map(|id| id.handle());
     let pending = PendingLogin {
         nonce: auth.nonce,
         pkce_verifier: auth.pkce_verifier,
         return_to,
         binding: tag,
+        previous,
     };
     state
         .sessions

@@ -13,8 +13,9 @@ pub(crate) async fn logout<B>(state: &AppState, req: &Request<B>) -> Result<Resp
     let end_session_url = match current_session(state, req.headers(), false).await? {
         None => None,
         Some((handle, s)) => {
-            state.sessions.delete(&handle, &s).await?;
-            state.oidc.revoke_tokens(&s.tokens).await;
+            // Reads and deletes the record in one step and revokes the tokens it held (a
+            // refresh that landed after our read is revoked too), after this answer.
+            state.ender.end(&handle, Some(&s), "logout").await?;
             tracing::info!(
                 event = "logout",
                 session = %crate::session::short(&handle),

@@ -5,17 +5,22 @@
 //! 1. **Invalidation.** Every store write that ends or changes a session (delete, refresh)
 //!    publishes the session's handle in the same atomic step (`session/redis.rs`); every
 //!    instance's subscriber drops that entry. The writing instance drops its own at once.
-//! 2. **Proof of liveness.** Every [`PING_EVERY`] the subscriber pings Redis on its own
-//!    connection and, once the answer is in, applies every message that came before it. A PING
-//!    sent at `t` is answered after every invalidation published before `t`, so after that the
-//!    cache is exact as of `t`. Entries are served only while the last such proof is at most
-//!    [`MAX_STALENESS`] old: a subscriber that is cut off, slow or dead turns the cache off
-//!    within that time, and every request reads the store again. So a logout through another
-//!    instance takes effect here within [`MAX_STALENESS`] in the worst case, and in practice as
-//!    soon as its message arrives.
+//! 2. **Proof of liveness.** Every [`PING_EVERY`] the instance publishes a marker of its own
+//!    on the invalidation channel, through its command connection — the same path every other
+//!    instance's invalidations take — and when its subscriber receives that marker, everything
+//!    published before it has been applied: the cache is exact as of the moment the marker was
+//!    sent. (A PING on the subscriber's own connection would only prove that connection alive,
+//!    not that publishes from elsewhere reach it, e.g. behind a proxy to several servers.)
+//!    Entries are served only while the last such proof is at most [`MAX_STALENESS`] old: a
+//!    subscriber that is cut off, slow or deaf turns the cache off within that time, and every
+//!    request reads the store again. So a logout through another instance takes effect here
+//!    within [`MAX_STALENESS`] in the worst case, and in practice as soon as its message
+//!    arrives.
 //! 3. **No stale fills.** A load that started before an invalidation was applied does not fill
-//!    the cache ([`SessionCache::epoch`]), so a read racing a logout cannot bring the session
-//!    back.
+//!    the cache ([`SessionCache::epoch`], one epoch per shard so an invalidation voids only the
+//!    fills of its own shard), so a read racing a logout cannot bring the session back. Going
+//!    from unverified to verified (a reconnect, when messages may have been missed) clears the
+//!    cache and bumps every epoch: a load that began while nobody was subscribed never fills.
 //!
 //! Entries also expire after [`MAX_AGE`] (bounding anything done to Redis by hand, without a
 //! publish), and the cache holds at most [`CAPACITY`] sessions (memory is bounded whatever the
@@ -45,8 +50,8 @@ struct Entry {
 /// See the module documentation.
 pub struct SessionCache {
     shards: Box<[Mutex<HashMap<String, Entry>>]>,
-    /// Bumped by every invalidation applied (and every clear).
-    epoch: AtomicU64,
+    /// Per shard: bumped by every invalidation applied to it (and every clear).
+    epochs: Box<[AtomicU64]>,
     /// When (ms after `base`, plus one; 0 = never) the last PING whose answer arrived was sent.
     verified: AtomicU64,
     base: Instant,
@@ -72,16 +77,19 @@ impl SessionCache {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epoch: AtomicU64::new(0),
+            epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             verified: AtomicU64::new(0),
             base: Instant::now(),
         }
     }
 
-    fn shard(&self, handle: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn shard_of(handle: &str) -> usize {
         // Handles are base64 of a SHA-256: their first character is uniformly distributed.
-        let i = handle.as_bytes().first().map_or(0, |b| usize::from(*b)) % SHARDS;
-        self.shards[i]
+        handle.as_bytes().first().map_or(0, |b| usize::from(*b)) % SHARDS
+    }
+
+    fn shard(&self, handle: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.shards[Self::shard_of(handle)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -97,11 +105,16 @@ impl SessionCache {
         v != 0 && self.now_ms().saturating_sub(v - 1) <= millis(MAX_STALENESS)
     }
 
-    /// The subscriber sent a PING at `sent`, got its answer and applied everything before it.
+    /// The subscriber's marker sent at `sent` came back: everything published before it has
+    /// been applied. The first proof after [`Self::unverified`] (or ever) clears the cache and
+    /// bumps every epoch, so no load that began unverified can fill it.
     pub fn verified(&self, sent: Instant) {
         let ms = u64::try_from(sent.saturating_duration_since(self.base).as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1);
+        if self.verified.load(Ordering::Acquire) == 0 {
+            self.clear();
+        }
         self.verified.fetch_max(ms, Ordering::AcqRel);
     }
 
@@ -111,10 +124,11 @@ impl SessionCache {
         self.clear();
     }
 
-    /// The current invalidation epoch; read it before a store load, pass it to [`Self::fill`].
+    /// The current invalidation epoch of `handle`'s shard; read it before a store load, pass
+    /// it to [`Self::fill`].
     #[must_use]
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    pub fn epoch(&self, handle: &str) -> u64 {
+        self.epochs[Self::shard_of(handle)].load(Ordering::Acquire)
     }
 
     /// A cached session, if the cache is fresh and the entry young enough.
@@ -139,7 +153,7 @@ impl SessionCache {
         }
         let mut shard = self.shard(handle);
         // Checked under the shard lock: an invalidation of this handle takes the same lock.
-        if self.epoch() != epoch {
+        if self.epoch(handle) != epoch {
             return;
         }
         if shard.len() >= CAPACITY / SHARDS && !shard.contains_key(handle) {
@@ -173,15 +187,16 @@ impl SessionCache {
     /// Drops a session (it was deleted or changed).
     pub fn invalidate(&self, handle: &str) {
         let mut shard = self.shard(handle);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epochs[Self::shard_of(handle)].fetch_add(1, Ordering::AcqRel);
         shard.remove(handle);
     }
 
     /// Drops everything.
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        for s in &*self.shards {
-            s.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        for (s, e) in self.shards.iter().zip(&*self.epochs) {
+            let mut g = s.lock().unwrap_or_else(PoisonError::into_inner);
+            e.fetch_add(1, Ordering::AcqRel);
+            g.clear();
         }
     }
 
@@ -220,6 +235,7 @@ mod tests {
             tokens: Tokens {
                 access_token: Secret::new("a"),
                 access_expires_at: None,
+                access_lifetime: None,
                 refresh_token: None,
                 id_token: Secret::new("i"),
             },
@@ -228,16 +244,17 @@ mod tests {
             absolute_expires_at: i64::MAX,
             user_agent: None,
             ip: None,
+            generation: 0,
         })
     }
 
     #[test]
     fn serves_nothing_until_verified_and_after_losing_the_subscriber() {
         let c = SessionCache::new();
-        c.fill("h", session(), c.epoch());
+        c.fill("h", session(), c.epoch("h"));
         assert!(c.get("h").is_none(), "never verified: no fill, no hit");
         c.verified(Instant::now());
-        c.fill("h", session(), c.epoch());
+        c.fill("h", session(), c.epoch("h"));
         assert!(c.get("h").is_some());
         c.unverified();
         assert!(c.get("h").is_none());
@@ -249,7 +266,7 @@ mod tests {
     fn a_stale_proof_turns_the_cache_off() {
         let c = SessionCache::new();
         c.verified(Instant::now());
-        c.fill("h", session(), c.epoch());
+        c.fill("h", session(), c.epoch("h"));
         // A proof older than MAX_STALENESS.
         c.verified.store(1, Ordering::Release);
         std::thread::sleep(MAX_STALENESS + Duration::from_millis(20));
@@ -260,13 +277,33 @@ mod tests {
     fn an_invalidation_during_a_load_prevents_the_fill() {
         let c = SessionCache::new();
         c.verified(Instant::now());
-        let e = c.epoch();
-        c.invalidate("other");
+        let e = c.epoch("h");
+        c.invalidate("h2"); // same shard as "h" (same first byte)
         c.fill("h", session(), e);
         assert!(c.get("h").is_none());
-        c.fill("h", session(), c.epoch());
+        // An invalidation in another shard does not void the fill.
+        let e = c.epoch("h");
+        c.invalidate("a"); // another shard
+        c.fill("h", session(), e);
         assert!(c.get("h").is_some());
         c.invalidate("h");
+        c.fill("h", session(), c.epoch("h"));
+        assert!(c.get("h").is_some());
+        c.invalidate("h");
+        assert!(c.get("h").is_none());
+    }
+
+    #[test]
+    fn a_load_begun_unverified_never_fills_after_the_reconnect() {
+        let c = SessionCache::new();
+        c.verified(Instant::now());
+        c.unverified();
+        // A load starts while nobody is subscribed (a logout published now is lost)...
+        let e = c.epoch("h");
+        // ...the subscriber reconnects and proves itself...
+        c.verified(Instant::now());
+        // ...and the load's result must not be cached.
+        c.fill("h", session(), e);
         assert!(c.get("h").is_none());
     }
 
@@ -275,7 +312,8 @@ mod tests {
         let c = SessionCache::new();
         c.verified(Instant::now());
         for i in 0..CAPACITY * 2 {
-            c.fill(&format!("handle-{i}"), session(), c.epoch());
+            let h = format!("handle-{i}");
+            c.fill(&h, session(), c.epoch(&h));
         }
         assert!(c.len() <= CAPACITY);
         c.touched("handle-0", 5);

@@ -1,11 +1,18 @@
 //! One conformance suite for every [`Store`]: the memory store runs it in unit tests, real Redis
 //! in the integration tests. Panics (assertions) on a violation.
 
-use super::{now_unix, Index, PendingLogin, Session, SessionId, Sessions, Store, Tokens};
+use super::{
+    now_unix, Index, LockState, PendingLogin, RecordRef, RefreshWrite, Session, SessionId,
+    Sessions, Store, Tokens,
+};
 use crate::crypto::{self, KeyRing};
 use crate::secret::Secret;
 use std::sync::Arc;
 use std::time::Duration;
+
+fn now_ms() -> i64 {
+    crate::clock::Clock::system().unix_ms()
+}
 
 fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
     let now = now_unix();
@@ -17,6 +24,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         tokens: Tokens {
             access_token: Secret::new("at-conformance"),
             access_expires_at: Some(now + 300),
+            access_lifetime: Some(300),
             refresh_token: Some(Secret::new("rt-conformance")),
             id_token: Secret::new("id-conformance"),
         },
@@ -25,6 +33,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         absolute_expires_at: now + 3600,
         user_agent: None,
         ip: None,
+        generation: 0,
     }
 }
 
@@ -68,6 +77,7 @@ pub async fn run(store: Store) {
         .find(Index::Sub, &sub)
         .await
         .expect("find")
+        .live
         .into_iter()
         .map(|(h, _)| h)
         .collect();
@@ -75,7 +85,7 @@ pub async fn run(store: Store) {
     let mut want = vec![h.clone(), h2.clone()];
     want.sort();
     assert_eq!(by_sub, want);
-    let by_sid = sessions.find(Index::Sid, &sid).await.expect("find");
+    let by_sid = sessions.find(Index::Sid, &sid).await.expect("find").live;
     assert_eq!(by_sid.len(), 1);
     assert_eq!(by_sid[0].0, h);
 
@@ -87,9 +97,15 @@ pub async fn run(store: Store) {
         .find(Index::Sid, &sid)
         .await
         .expect("find")
+        .live
         .is_empty());
     assert_eq!(
-        sessions.find(Index::Sub, &sub).await.expect("find").len(),
+        sessions
+            .find(Index::Sub, &sub)
+            .await
+            .expect("find")
+            .live
+            .len(),
         1
     );
 
@@ -127,6 +143,7 @@ pub async fn run(store: Store) {
         pkce_verifier: Secret::new("v"),
         return_to: "/x".into(),
         binding: "b".into(),
+        previous: None,
     };
     sessions.put_pending(&state, &p).await.expect("put pending");
     let got = sessions
@@ -165,7 +182,10 @@ pub async fn run(store: Store) {
     let mut s4 = session(&sub, None, 1);
     assert!(sessions.save(&h4, &s4).await.expect("save"));
     s4.tokens.access_token = Secret::new("at-refreshed");
-    assert!(sessions.update(&h4, &s4).await.expect("update"));
+    assert_eq!(
+        sessions.write_refresh(&h4, &s4, "w").await.expect("write"),
+        RefreshWrite::Written
+    );
     let mut stale = session(&sub, None, 0); // a concurrent request's older copy, sliding
     stale.created_at = s4.created_at;
     assert!(sessions.touch(&h4, &stale).await.expect("touch"));
@@ -179,10 +199,48 @@ pub async fn run(store: Store) {
         back.last_seen, stale.last_seen,
         "update kept the newer last_seen"
     );
-    assert!(sessions.delete(&h4, &s4).await.expect("delete"));
-    assert!(
-        !sessions.update(&h4, &s4).await.expect("update"),
-        "no resurrection by update"
+    assert_eq!(back.generation, 1, "a refresh write moves the generation on");
+    // The fence: a writer that read generation 0 is refused now that it is 1.
+    s4.tokens.access_token = Secret::new("at-late-writer");
+    assert_eq!(
+        sessions.write_refresh(&h4, &s4, "w").await.expect("write"),
+        RefreshWrite::Fenced
+    );
+    // ...and so is a writer at the right generation while another owner holds the lock.
+    s4.generation = 1;
+    assert_eq!(
+        sessions
+            .store()
+            .try_lock(&h4, "holder", Duration::from_secs(5), now_unix() * 1000)
+            .await
+            .expect("lock"),
+        LockState::Acquired
+    );
+    assert_eq!(
+        sessions.write_refresh(&h4, &s4, "intruder").await.expect("write"),
+        RefreshWrite::Fenced
+    );
+    assert_eq!(
+        sessions.write_refresh(&h4, &s4, "holder").await.expect("write"),
+        RefreshWrite::Written
+    );
+    sessions.store().unlock(&h4, "holder").await.expect("unlock");
+    // Ending reads and deletes atomically: what comes back is the record as it was (the last
+    // refresh), not the caller's older copy.
+    let old_copy = session(&sub, None, 1);
+    let taken = sessions
+        .take(&h4, Some(&old_copy))
+        .await
+        .expect("take")
+        .expect("it existed")
+        .expect("it opens");
+    assert_eq!(taken.tokens.access_token.expose(), "at-late-writer");
+    assert!(sessions.take(&h4, Some(&s4)).await.expect("take").is_none());
+    s4.generation = 2;
+    assert_eq!(
+        sessions.write_refresh(&h4, &s4, "w").await.expect("write"),
+        RefreshWrite::Gone,
+        "no resurrection by a refresh write"
     );
     assert!(
         !sessions.touch(&h4, &s4).await.expect("touch"),
@@ -195,35 +253,62 @@ pub async fn run(store: Store) {
         .expect("get")
         .is_none());
 
-    // 9. refresh locks: one holder at a time, released only by its holder, leased
+    // 9. refresh locks: one holder at a time, released only by its holder, leased; a cool-off
+    // marker answers every taker with the time left and is not released by unlock
     let store = sessions.store();
     let lh = crypto::random_token();
-    assert!(store
-        .try_lock(&lh, "a", Duration::from_secs(5))
-        .await
-        .expect("lock"));
-    assert!(!store
-        .try_lock(&lh, "b", Duration::from_secs(5))
-        .await
-        .expect("lock"));
+    let lock = |owner: &'static str, ms: u64| {
+        let lh = lh.clone();
+        async move {
+            store
+                .try_lock(&lh, owner, Duration::from_millis(ms), now_ms())
+                .await
+                .expect("lock")
+        }
+    };
+    assert_eq!(lock("a", 5000).await, LockState::Acquired);
+    assert_eq!(lock("b", 5000).await, LockState::Held);
     store.unlock(&lh, "b").await.expect("unlock");
-    assert!(!store
-        .try_lock(&lh, "b", Duration::from_secs(5))
-        .await
-        .expect("lock"));
+    assert_eq!(lock("b", 5000).await, LockState::Held);
     store.unlock(&lh, "a").await.expect("unlock");
-    assert!(store
-        .try_lock(&lh, "b", Duration::from_millis(200))
-        .await
-        .expect("lock"));
+    assert_eq!(lock("b", 200).await, LockState::Acquired);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(store
-        .try_lock(&lh, "c", Duration::from_secs(5))
+    assert_eq!(lock("c", 5000).await, LockState::Acquired, "lease ran out");
+    store
+        .cool_off(&lh, "not-the-owner", Duration::from_secs(5), now_ms())
         .await
-        .expect("lease ran out"));
+        .expect("cool off");
+    assert_eq!(lock("d", 5000).await, LockState::Held, "only the owner cools off");
+    store
+        .cool_off(&lh, "c", Duration::from_millis(300), now_ms())
+        .await
+        .expect("cool off");
+    store.unlock(&lh, "c").await.expect("unlock");
+    match lock("d", 5000).await {
+        LockState::CoolingOff(left) => assert!(left <= Duration::from_millis(300), "{left:?}"),
+        other => panic!("expected a cool-off, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(lock("d", 5000).await, LockState::Acquired, "cool-off ended");
+    store.unlock(&lh, "d").await.expect("unlock");
+    // A cool-off ends by the lifecycle clock (which tests move), not by the store's own TTL.
+    assert_eq!(lock("e", 5000).await, LockState::Acquired);
+    store
+        .cool_off(&lh, "e", Duration::from_secs(60), now_ms())
+        .await
+        .expect("cool off");
+    assert!(matches!(
+        store
+            .try_lock(&lh, "d", Duration::from_secs(5), now_ms() + 61_000)
+            .await
+            .expect("lock"),
+        LockState::Acquired
+    ));
+    store.unlock(&lh, "d").await.expect("unlock");
 
     // 10. remember_once: first true, then false until the TTL ends
     let jti = crypto::random_token();
+    assert!(!store.remembered(&jti).await.expect("remembered"));
     assert!(store
         .remember_once(&jti, Duration::from_millis(300))
         .await
@@ -232,11 +317,65 @@ pub async fn run(store: Store) {
         .remember_once(&jti, Duration::from_millis(300))
         .await
         .expect("once"));
+    assert!(store.remembered(&jti).await.expect("remembered"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store
         .remember_once(&jti, Duration::from_millis(300))
         .await
         .expect("once"));
+
+    // 11. index pruning: an entry whose record is gone is pruned; a record this key ring
+    // cannot open (another instance's newer key) is reported, kept, and can still be ended
+    let sub2 = format!("conformance-prune-{}", crypto::random_token());
+    let other_ring = Arc::new(
+        KeyRing::parse(&KeyRing::generate_entry(7)).unwrap_or_else(|e| panic!("key ring: {e}")),
+    );
+    let other = Sessions::new(
+        store.clone(),
+        other_ring,
+        Duration::from_secs(2),
+        Duration::from_secs(3600),
+    );
+    let foreign = SessionId::generate().handle();
+    assert!(other
+        .save(&foreign, &session(&sub2, None, 0))
+        .await
+        .expect("save"));
+    let ghost = SessionId::generate().handle();
+    store
+        .put_session(
+            &RecordRef {
+                handle: ghost.clone(),
+                sub_hash: crypto::hash(&sub2),
+                sid_hash: None,
+            },
+            b"x".to_vec(),
+            now_unix(),
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("put");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let found = sessions.find(Index::Sub, &sub2).await.expect("find");
+    assert!(found.live.is_empty());
+    assert_eq!(found.unreadable, vec![foreign.clone()], "kept, not pruned");
+    assert_eq!(
+        store
+            .index_members(Index::Sub, &crypto::hash(&sub2))
+            .await
+            .expect("members"),
+        vec![foreign.clone()],
+        "the expired record's entry was pruned, the unreadable one kept"
+    );
+    assert!(
+        matches!(
+            sessions.take(&foreign, None).await.expect("take"),
+            Some(None)
+        ),
+        "an unreadable record can still be ended"
+    );
+    assert!(other.load(&foreign).await.expect("load").is_none());
 
     store.ping().await.expect("ping");
     let _ = sessions.delete(&h2, &session(&sub, None, 0)).await;

@@ -3,7 +3,7 @@
 //! Same semantics as the Redis store: TTLs, once-only pending logins, indexes, refresh locks,
 //! remember-once. One instance only: nothing is shared across processes.
 
-use super::{Index, RecordRef, StoreError};
+use super::{Index, LockState, RecordRef, RefreshWrite, StoreError, StoredRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,7 +12,15 @@ use std::time::{Duration, Instant};
 struct Record {
     data: Vec<u8>,
     seen: i64,
+    generation: u64,
     expires: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lock {
+    Owner(String),
+    /// A cool-off, until this unix ms on the lifecycle clock.
+    CoolOff(i64),
 }
 
 #[derive(Debug, Default)]
@@ -20,7 +28,8 @@ struct Inner {
     sessions: HashMap<String, Record>,
     pending: HashMap<String, (Vec<u8>, Instant)>,
     indexes: HashMap<(bool, String), (HashSet<String>, Instant)>,
-    locks: HashMap<String, (String, Instant)>,
+    /// Refresh locks: owner (or a cool-off marker) and expiry.
+    locks: HashMap<String, (Lock, Instant)>,
     seen_once: HashMap<String, Instant>,
 }
 
@@ -68,14 +77,6 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
-        g.sessions.insert(
-            r.handle.clone(),
-            Record {
-                data: blob,
-                seen,
-                expires: now + ttl,
-            },
-        );
         let mut add = |k: (bool, String)| {
             let e = g
                 .indexes
@@ -84,20 +85,31 @@ impl MemoryStore {
             e.0.insert(r.handle.clone());
             e.1 = now + index_ttl;
         };
-        add(key(Index::Sub, &r.sub_hash));
+        if !r.sub_hash.is_empty() {
+            add(key(Index::Sub, &r.sub_hash));
+        }
         if let Some(sid) = &r.sid_hash {
             add(key(Index::Sid, sid));
         }
+        g.sessions.insert(
+            r.handle.clone(),
+            Record {
+                data: blob,
+                seen,
+                generation: 0,
+                expires: now + ttl,
+            },
+        );
         Ok(())
     }
 
-    pub(super) async fn get_session(
-        &self,
-        handle: &str,
-    ) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+    pub(super) async fn get_session(&self, handle: &str) -> Result<Option<StoredRecord>, StoreError> {
         let mut g = self.lock();
-        Ok(g.live_session(handle, Instant::now())
-            .map(|r| (r.data.clone(), r.seen)))
+        Ok(g.live_session(handle, Instant::now()).map(|r| StoredRecord {
+            blob: r.data.clone(),
+            seen: r.seen,
+            generation: r.generation,
+        }))
     }
 
     pub(super) async fn touch_session(
@@ -115,24 +127,53 @@ impl MemoryStore {
         }))
     }
 
-    pub(super) async fn replace_data(
+    pub(super) async fn write_refresh(
         &self,
         handle: &str,
         blob: Vec<u8>,
-    ) -> Result<bool, StoreError> {
+        generation: u64,
+        owner: &str,
+    ) -> Result<RefreshWrite, StoreError> {
+        let now = Instant::now();
         let mut g = self.lock();
-        Ok(g.live_session(handle, Instant::now()).is_some_and(|r| {
-            r.data = blob;
-            true
+        let foreign = g
+            .locks
+            .get(handle)
+            .is_some_and(|(l, exp)| *exp > now && *l != Lock::Owner(owner.to_string()));
+        let Some(r) = g.live_session(handle, now) else {
+            return Ok(RefreshWrite::Gone);
+        };
+        if r.generation != generation || foreign {
+            return Ok(RefreshWrite::Fenced);
+        }
+        r.data = blob;
+        r.generation += 1;
+        Ok(RefreshWrite::Written)
+    }
+
+    pub(super) async fn take_session(
+        &self,
+        r: &RecordRef,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let rec = {
+            let now = Instant::now();
+            let mut g = self.lock();
+            let taken = g.live_session(&r.handle, now).is_some();
+            g.sessions.remove(&r.handle).filter(|_| taken)
+        };
+        self.unindex(r).await?;
+        Ok(rec.map(|rec| StoredRecord {
+            blob: rec.data,
+            seen: rec.seen,
+            generation: rec.generation,
         }))
     }
 
-    pub(super) async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
-        let now = Instant::now();
+    pub(super) async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let existed = g.live_session(&r.handle, now).is_some();
-        g.sessions.remove(&r.handle);
-        for k in std::iter::once(key(Index::Sub, &r.sub_hash))
+        let sub = (!r.sub_hash.is_empty()).then(|| key(Index::Sub, &r.sub_hash));
+        for k in sub
+            .into_iter()
             .chain(r.sid_hash.as_deref().map(|s| key(Index::Sid, s)))
         {
             if let Some(e) = g.indexes.get_mut(&k) {
@@ -142,7 +183,7 @@ impl MemoryStore {
                 }
             }
         }
-        Ok(existed)
+        Ok(())
     }
 
     pub(super) async fn index_members(
@@ -202,26 +243,72 @@ impl MemoryStore {
     pub(super) async fn try_lock(
         &self,
         handle: &str,
-        token: &str,
+        owner: &str,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
+        now_ms: i64,
+    ) -> Result<LockState, StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
         g.locks.retain(|_, (_, exp)| *exp > now);
-        if g.locks.contains_key(handle) {
-            return Ok(false);
+        match g.locks.get(handle) {
+            Some((Lock::CoolOff(until), _)) if *until > now_ms => Ok(LockState::CoolingOff(
+                Duration::from_millis(u64::try_from(until - now_ms).unwrap_or(1)),
+            )),
+            Some((Lock::Owner(_), _)) => Ok(LockState::Held),
+            _ => {
+                g.locks.insert(
+                    handle.to_string(),
+                    (Lock::Owner(owner.to_string()), now + lease),
+                );
+                Ok(LockState::Acquired)
+            }
         }
-        g.locks
-            .insert(handle.to_string(), (token.to_string(), now + lease));
-        Ok(true)
     }
 
-    pub(super) async fn unlock(&self, handle: &str, token: &str) -> Result<(), StoreError> {
+    pub(super) async fn cool_off(
+        &self,
+        handle: &str,
+        owner: &str,
+        d: Duration,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
-        if g.locks.get(handle).is_some_and(|(t, _)| t == token) {
+        if let Some(l) = g.locks.get_mut(handle) {
+            if l.0 == Lock::Owner(owner.to_string()) {
+                let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                *l = (
+                    Lock::CoolOff(now_ms.saturating_add(ms)),
+                    Instant::now() + d * 2,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn unlock(&self, handle: &str, owner: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g
+            .locks
+            .get(handle)
+            .is_some_and(|(l, _)| *l == Lock::Owner(owner.to_string()))
+        {
             g.locks.remove(handle);
         }
         Ok(())
+    }
+
+    #[allow(clippy::unused_async)]
+    pub(super) async fn wait_replicas(
+        &self,
+        _replicas: u32,
+        _timeout: Duration,
+    ) -> Result<u32, StoreError> {
+        Ok(0)
+    }
+
+    pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
+        let g = self.lock();
+        Ok(g.seen_once.get(hash).is_some_and(|exp| *exp > Instant::now()))
     }
 
     pub(super) async fn remember_once(

@@ -19,7 +19,7 @@
 //! Deleting a session and replacing its data also publish its handle on `<prefix>:invalidate`,
 //! in the same atomic step, for the other instances' session caches (`session/cache.rs`).
 
-use super::{Index, RecordRef, StoreError};
+use super::{Index, LockState, RecordRef, RefreshWrite, StoreError, StoredRecord};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
@@ -172,8 +172,11 @@ impl ConnectionLike for Conn {
 
 struct Scripts {
     touch: redis::Script,
-    replace: redis::Script,
+    write_refresh: redis::Script,
+    try_lock: redis::Script,
+    cool_off: redis::Script,
     unlock: redis::Script,
+    take: redis::Script,
 }
 
 impl Scripts {
@@ -184,15 +187,46 @@ impl Scripts {
                    redis.call('HSET', KEYS[1], 's', ARGV[1]) \
                    redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0",
             ),
-            replace: redis::Script::new(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then \
-                   redis.call('HSET', KEYS[1], 'd', ARGV[1]) \
-                   if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end \
-                   return 1 end return 0",
+            // KEYS: session, lock. ARGV: blob, expected generation, owner, channel, handle.
+            // 1 written, 0 gone, 2 fenced (another refresh wrote, or another owner holds the lock).
+            write_refresh: redis::Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+                 local g = tonumber(redis.call('HGET', KEYS[1], 'g') or '0') \
+                 if g ~= tonumber(ARGV[2]) then return 2 end \
+                 local l = redis.call('GET', KEYS[2]) \
+                 if l and l ~= ARGV[3] then return 2 end \
+                 redis.call('HSET', KEYS[1], 'd', ARGV[1], 'g', g + 1) \
+                 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end \
+                 return 1",
+            ),
+            // ARGV: owner, lease ms, now (unix ms, the lifecycle clock's).
+            // {1} acquired, {0} held, {2, ms left} cooling off. A cool-off marker carries its end
+            // on the lifecycle clock (`cooloff:<unix ms>`); its Redis TTL only collects it.
+            try_lock: redis::Script::new(
+                "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end \
+                 local v = redis.call('GET', KEYS[1]) \
+                 if v and string.sub(v, 1, 8) == 'cooloff:' then \
+                   local left = (tonumber(string.sub(v, 9)) or 0) - tonumber(ARGV[3]) \
+                   if left > 0 then return {2, left} end \
+                   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1} end \
+                 return {0}",
+            ),
+            // ARGV: owner, cool-off ms, its end (unix ms on the lifecycle clock).
+            cool_off: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   redis.call('SET', KEYS[1], 'cooloff:' .. ARGV[3], 'PX', ARGV[2]) return 1 end \
+                 return 0",
             ),
             unlock: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) end return 0",
+            ),
+            // Read and delete in one step; publish for the session caches. Nil when absent.
+            take: redis::Script::new(
+                "local v = redis.call('HMGET', KEYS[1], 'd', 's', 'g') \
+                 if redis.call('DEL', KEYS[1]) == 0 then return false end \
+                 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end \
+                 return v",
             ),
         }
     }
@@ -384,8 +418,11 @@ impl RedisStore {
             return false;
         };
         let timeout = self.timeout.min(super::cache::MAX_STALENESS);
+        let store = self.clone();
+        // This subscriber's markers: `!<id>:<seq>` (handles are base64url, never start with '!').
+        let marker_prefix = format!("!{}:", &crate::crypto::random_token()[..12]);
         tokio::spawn(async move {
-            use futures_util::{FutureExt, StreamExt};
+            use futures_util::StreamExt;
             loop {
                 if cache.strong_count() == 0 {
                     return;
@@ -393,36 +430,59 @@ impl RedisStore {
                 let subscribed = tokio::time::timeout(timeout, async {
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
-                    Ok::<_, redis::RedisError>(pubsub.split())
+                    Ok::<_, redis::RedisError>(pubsub.into_on_message())
                 })
                 .await;
-                if let Ok(Ok((mut sink, mut stream))) = subscribed {
+                if let Ok(Ok(mut stream)) = subscribed {
                     let mut tick = tokio::time::interval(super::cache::PING_EVERY);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut sent: std::collections::VecDeque<(u64, std::time::Instant)> =
+                        std::collections::VecDeque::new();
+                    let mut seq = 0u64;
                     'connected: loop {
                         tokio::select! {
                             msg = stream.next() => {
                                 let Some(msg) = msg else { break 'connected };
                                 let Some(c) = cache.upgrade() else { return };
-                                if let Ok(handle) = msg.get_payload::<String>() {
-                                    c.invalidate(&handle);
+                                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                                if let Some(n) = payload
+                                    .strip_prefix(&marker_prefix)
+                                    .and_then(|n| n.parse::<u64>().ok())
+                                {
+                                    // Our own marker came back through the channel every
+                                    // instance publishes to: everything published before it
+                                    // has been applied.
+                                    while let Some(&(m, at)) = sent.front() {
+                                        if m > n {
+                                            break;
+                                        }
+                                        sent.pop_front();
+                                        if m == n {
+                                            c.verified(at);
+                                        }
+                                    }
+                                } else if !payload.starts_with('!') {
+                                    c.invalidate(&payload);
                                 }
                             }
                             _ = tick.tick() => {
-                                let sent = std::time::Instant::now();
-                                let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
-                                if !matches!(pong, Ok(Ok(_))) {
+                                if sent.front().is_some_and(|(_, at)| at.elapsed() > super::cache::MAX_STALENESS * 3) {
+                                    // Markers stopped coming back: this subscription is not
+                                    // hearing the channel. Start again.
                                     break 'connected;
                                 }
-                                let Some(c) = cache.upgrade() else { return };
-                                // Every message that came before the answer is queued by now.
-                                while let Some(next) = stream.next().now_or_never() {
-                                    let Some(msg) = next else { break 'connected };
-                                    if let Ok(handle) = msg.get_payload::<String>() {
-                                        c.invalidate(&handle);
-                                    }
-                                }
-                                c.verified(sent);
+                                seq += 1;
+                                let at = std::time::Instant::now();
+                                sent.push_back((seq, at));
+                                let marker = format!("{marker_prefix}{seq}");
+                                let ch = channel.clone();
+                                let _ = store
+                                    .run(move |mut c| {
+                                        Box::pin(async move {
+                                            redis::cmd("PUBLISH").arg(ch).arg(marker).query_async::<()>(&mut c).await
+                                        })
+                                    })
+                                    .await;
                             }
                         }
                     }
@@ -466,22 +526,21 @@ impl RedisStore {
     }
 
     fn index_keys(&self, r: &RecordRef) -> Vec<String> {
-        std::iter::once(self.index_key(Index::Sub, &r.sub_hash))
+        (!r.sub_hash.is_empty())
+            .then(|| self.index_key(Index::Sub, &r.sub_hash))
+            .into_iter()
             .chain(r.sid_hash.as_deref().map(|s| self.index_key(Index::Sid, s)))
             .collect()
     }
 
-    /// Runs one pipeline per key (each key is its own cluster slot), concurrently.
-    async fn per_key(&self, pipes: Vec<Pipeline>) -> Result<Vec<Vec<Value>>, StoreError> {
-        let calls = pipes.into_iter().map(|p| {
-            self.run(move |mut c| {
-                Box::pin(async move { p.query_async::<Vec<Value>>(&mut c).await })
-            })
-        });
-        futures_util::future::join_all(calls)
+    fn lock_key(&self, handle: &str) -> String {
+        format!("{}:lock:{{{handle}}}", self.prefix)
+    }
+
+    /// Runs one pipeline (all of its keys in one slot).
+    async fn pipeline(&self, p: Pipeline) -> Result<Vec<Value>, StoreError> {
+        self.run(move |mut c| Box::pin(async move { p.query_async::<Vec<Value>>(&mut c).await }))
             .await
-            .into_iter()
-            .collect()
     }
 
     pub(super) async fn put_session(
@@ -492,6 +551,14 @@ impl RedisStore {
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
+        // Indexes first (each its own slot), then the record: no failure leaves a live session
+        // that "log out everywhere" or back-channel logout cannot find.
+        for ik in self.index_keys(r) {
+            let mut p = redis::pipe();
+            p.cmd("SADD").arg(&ik).arg(&r.handle);
+            p.cmd("EXPIRE").arg(&ik).arg(index_ttl.as_secs().max(1));
+            self.pipeline(p).await?;
+        }
         let k = self.session_key(&r.handle);
         let mut session = redis::pipe();
         session.atomic();
@@ -502,36 +569,33 @@ impl RedisStore {
             .arg("d")
             .arg(blob)
             .arg("s")
-            .arg(seen);
+            .arg(seen)
+            .arg("g")
+            .arg(0);
         session.cmd("PEXPIRE").arg(&k).arg(millis(ttl));
-        let mut pipes = vec![session];
-        for ik in self.index_keys(r) {
-            let mut p = redis::pipe();
-            p.cmd("SADD").arg(&ik).arg(&r.handle);
-            p.cmd("EXPIRE").arg(&ik).arg(index_ttl.as_secs().max(1));
-            pipes.push(p);
-        }
-        self.per_key(pipes).await.map(|_| ())
+        self.pipeline(session).await.map(|_| ())
     }
 
-    pub(super) async fn get_session(
-        &self,
-        handle: &str,
-    ) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+    pub(super) async fn get_session(&self, handle: &str) -> Result<Option<StoredRecord>, StoreError> {
         let k = self.session_key(handle);
-        let (d, seen): (Option<Vec<u8>>, Option<i64>) = self
+        let (d, seen, g): (Option<Vec<u8>>, Option<i64>, Option<u64>) = self
             .run(move |mut c| {
                 Box::pin(async move {
                     redis::cmd("HMGET")
                         .arg(k)
                         .arg("d")
                         .arg("s")
+                        .arg("g")
                         .query_async(&mut c)
                         .await
                 })
             })
             .await?;
-        Ok(d.map(|d| (d, seen.unwrap_or(0))))
+        Ok(d.map(|blob| StoredRecord {
+            blob,
+            seen: seen.unwrap_or(0),
+            generation: g.unwrap_or(0),
+        }))
     }
 
     pub(super) async fn touch_session(
@@ -551,21 +615,26 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    pub(super) async fn replace_data(
+    pub(super) async fn write_refresh(
         &self,
         handle: &str,
         blob: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        let k = self.session_key(handle);
-        let script = self.scripts.replace.clone();
+        generation: u64,
+        owner: &str,
+    ) -> Result<RefreshWrite, StoreError> {
+        let (k, lock) = (self.session_key(handle), self.lock_key(handle));
+        let script = self.scripts.write_refresh.clone();
         let channel = self.invalidation_channel().unwrap_or_default();
-        let handle = handle.to_string();
+        let (handle, owner) = (handle.to_string(), owner.to_string());
         let n: i64 = self
             .run(move |mut c| {
                 Box::pin(async move {
                     script
                         .key(k)
+                        .key(lock)
                         .arg(blob)
+                        .arg(generation)
+                        .arg(owner)
                         .arg(channel)
                         .arg(handle)
                         .invoke_async(&mut c)
@@ -573,43 +642,106 @@ impl RedisStore {
                 })
             })
             .await?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => RefreshWrite::Written,
+            0 => RefreshWrite::Gone,
+            _ => RefreshWrite::Fenced,
+        })
     }
 
     pub(super) async fn try_lock(
         &self,
         handle: &str,
-        token: &str,
+        owner: &str,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        let k = format!("{}:lock:{{{handle}}}", self.prefix);
-        let token = token.to_string();
+        now_ms: i64,
+    ) -> Result<LockState, StoreError> {
+        let k = self.lock_key(handle);
+        let owner = owner.to_string();
         let ms = millis(lease);
-        let r: Option<String> = self
+        let script = self.scripts.try_lock.clone();
+        let r: Vec<i64> = self
             .run(move |mut c| {
                 Box::pin(async move {
-                    redis::cmd("SET")
-                        .arg(k)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
+                    script
+                        .key(k)
+                        .arg(owner)
+                        .arg(ms)
+                        .arg(now_ms)
+                        .invoke_async(&mut c)
+                        .await
+                })
+            })
+            .await?;
+        Ok(match r.as_slice() {
+            [1, ..] => LockState::Acquired,
+            [2, pttl, ..] => LockState::CoolingOff(Duration::from_millis(
+                u64::try_from(*pttl).unwrap_or(1).max(1),
+            )),
+            _ => LockState::Held,
+        })
+    }
+
+    pub(super) async fn cool_off(
+        &self,
+        handle: &str,
+        owner: &str,
+        d: Duration,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let k = self.lock_key(handle);
+        let owner = owner.to_string();
+        let ms = millis(d);
+        let until = now_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        let script = self.scripts.cool_off.clone();
+        self.run(move |mut c| {
+            Box::pin(async move {
+                script
+                    .key(k)
+                    .arg(owner)
+                    // The Redis TTL only collects the marker: keep it a little longer than
+                    // the cool-off, which ends by the lifecycle clock.
+                    .arg(ms.saturating_mul(2))
+                    .arg(until)
+                    .invoke_async::<()>(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn unlock(&self, handle: &str, owner: &str) -> Result<(), StoreError> {
+        let k = self.lock_key(handle);
+        let owner = owner.to_string();
+        let script = self.scripts.unlock.clone();
+        self.run(move |mut c| {
+            Box::pin(async move { script.key(k).arg(owner).invoke_async::<()>(&mut c).await })
+        })
+        .await
+    }
+
+    pub(super) async fn wait_replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<u32, StoreError> {
+        if replicas == 0 || matches!(self.source, Source::Cluster(_)) {
+            // A cluster would send a keyless WAIT to an arbitrary node: not the lock's master.
+            return Ok(0);
+        }
+        let ms = millis(timeout);
+        let n: i64 = self
+            .run(move |mut c| {
+                Box::pin(async move {
+                    redis::cmd("WAIT")
+                        .arg(replicas)
                         .arg(ms)
                         .query_async(&mut c)
                         .await
                 })
             })
             .await?;
-        Ok(r.is_some())
-    }
-
-    pub(super) async fn unlock(&self, handle: &str, token: &str) -> Result<(), StoreError> {
-        let k = format!("{}:lock:{{{handle}}}", self.prefix);
-        let token = token.to_string();
-        let script = self.scripts.unlock.clone();
-        self.run(move |mut c| {
-            Box::pin(async move { script.key(k).arg(token).invoke_async::<()>(&mut c).await })
-        })
-        .await
+        Ok(u32::try_from(n).unwrap_or(0))
     }
 
     pub(super) async fn remember_once(
@@ -636,25 +768,58 @@ impl RedisStore {
         Ok(r.is_some())
     }
 
-    pub(super) async fn delete_session(&self, r: &RecordRef) -> Result<bool, StoreError> {
-        let mut first = redis::pipe();
-        first.cmd("DEL").arg(self.session_key(&r.handle));
-        if let Some(channel) = self.invalidation_channel() {
-            first.atomic();
-            first.cmd("PUBLISH").arg(channel).arg(&r.handle);
+    pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
+        let k = format!("{}:once:{{{hash}}}", self.prefix);
+        let n: i64 = self
+            .run(move |mut c| {
+                Box::pin(async move { redis::cmd("EXISTS").arg(k).query_async(&mut c).await })
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn take_session(
+        &self,
+        r: &RecordRef,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let k = self.session_key(&r.handle);
+        let script = self.scripts.take.clone();
+        let channel = self.invalidation_channel().unwrap_or_default();
+        let handle = r.handle.clone();
+        let taken: Option<(Option<Vec<u8>>, Option<i64>, Option<u64>)> = self
+            .run(move |mut c| {
+                Box::pin(async move {
+                    script
+                        .key(k)
+                        .arg(channel)
+                        .arg(handle)
+                        .invoke_async(&mut c)
+                        .await
+                })
+            })
+            .await?;
+        // The record is gone now; the index entries go after it (ordered, never before). A
+        // failure here leaves stale entries that `find` prunes: the caller still gets what was
+        // deleted, to revoke it.
+        if let Err(e) = self.unindex(r).await {
+            tracing::warn!(error = %e, "index entries of an ended session not removed; find will prune them");
         }
-        let mut pipes = vec![first];
+        Ok(taken.and_then(|(d, seen, g)| {
+            d.map(|blob| StoredRecord {
+                blob,
+                seen: seen.unwrap_or(0),
+                generation: g.unwrap_or(0),
+            })
+        }))
+    }
+
+    pub(super) async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
         for ik in self.index_keys(r) {
             let mut p = redis::pipe();
             p.cmd("SREM").arg(ik).arg(&r.handle);
-            pipes.push(p);
+            self.pipeline(p).await?;
         }
-        let out = self.per_key(pipes).await?;
-        let deleted = out
-            .first()
-            .and_then(|v| v.first())
-            .is_some_and(|v| matches!(v, Value::Int(n) if *n > 0));
-        Ok(deleted)
+        Ok(())
     }
 
     pub(super) async fn index_members(

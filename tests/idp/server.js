@@ -8,7 +8,7 @@
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function log(...args) {
   process.stderr.write(`[idp] ${args.join(' ')}\n`);
@@ -155,6 +155,14 @@ function freshStats() {
     token_requests: { authorization_code: 0, refresh_token: 0 },
     revocations: 0,
     backchannel_logouts_sent: 0,
+    // every HTTP request to the token endpoint path, counted before the outage check
+    token_endpoint_hits: 0,
+    // `grant.error` events by OAuth error code, e.g. {"invalid_grant": 2}
+    grant_errors: {},
+    // refresh-token grants refused because the token had already been rotated out
+    refresh_reuse: 0,
+    // `grant.revoked` events: reuse detection, code replay, revocation, logout
+    grants_revoked: 0,
   };
 }
 let stats = freshStats();
@@ -211,7 +219,9 @@ await new Promise((resolve, reject) => {
 });
 
 const boundPort = server.address().port;
-const issuer = `http://127.0.0.1:${boundPort}`;
+// `issuer` lets a test put a proxy (tests/it/support/fault.rs) in front of the IdP: the
+// discovery document then names the proxy's address everywhere.
+const issuer = cfg.issuer ?? `http://127.0.0.1:${boundPort}`;
 
 // ---------------------------------------------------------------------------
 // provider
@@ -360,6 +370,29 @@ provider.on('backchannel.success', (_ctx, client, accountId, sid) => {
 });
 provider.on('backchannel.error', (_ctx, err, client) => {
   log(`backchannel.error client=${client?.clientId}: ${err?.message}${err?.cause ? ` (cause: ${err.cause.message ?? err.cause})` : ''}`);
+});
+// oidc-provider emits grant.revoked (ctx, grantId) whenever a whole grant is destroyed
+// (lib/helpers/revoke.js): refresh-token reuse, authorization-code replay, revoking a
+// refresh token at /token/revocation, RP-initiated logout of a session-bound grant.
+provider.on('grant.revoked', (_ctx, grantId) => {
+  stats.grants_revoked += 1;
+  log(`grant.revoked ${grantId}`);
+});
+// Reuse detection (lib/actions/grants/refresh_token.js): a rotated-out refresh token
+// (`refreshToken.consumed`) is destroyed, its grant revoked (grant.revoked fires first), then
+// InvalidGrant('refresh token already used') is thrown -> grant.error. The detail is only in
+// err.error_detail; the client just sees invalid_grant / "grant request is invalid".
+function isRefreshReuse(ctx, err) {
+  return ctx.oidc?.params?.grant_type === 'refresh_token'
+    && err instanceof errors.InvalidGrant
+    && err.error_detail === 'refresh token already used';
+}
+// grant.error covers every failed token request (client auth included) except server errors,
+// which oidc-provider reports as server_error instead.
+provider.on('grant.error', (ctx, err) => {
+  const code = err?.error ?? 'unknown';
+  stats.grant_errors[code] = (stats.grant_errors[code] ?? 0) + 1;
+  if (isRefreshReuse(ctx, err)) stats.refresh_reuse += 1;
 });
 provider.on('server_error', (_ctx, err) => {
   log(`server_error: ${err?.stack ?? err}`);
@@ -557,17 +590,31 @@ const providerCallback = provider.callback();
 //   503   – every OIDC request answers 503 (an IdP failing)
 //   reset – every OIDC connection is destroyed unanswered (an IdP that is down)
 // Nothing is processed during an outage, so no token is consumed behind the client's back.
+// `paths` (comma-separated path prefixes, e.g. `/token`) limits the outage to those paths;
+// absent or empty = every non-/test/ path.
 let outage = 'none';
+let outagePaths = null; // null = all paths
+
+function outageApplies(pathname) {
+  if (outage === 'none' || pathname.startsWith('/test/')) return false;
+  if (!outagePaths) return true;
+  return outagePaths.some((p) => pathname.startsWith(p));
+}
+
+const tokenPath = provider.pathFor('token');
 
 server.on('request', async (req, res) => {
   const url = new URL(req.url, issuer);
+  if (url.pathname === tokenPath) stats.token_endpoint_hits += 1;
   if (url.pathname === '/test/outage' && req.method === 'POST') {
     outage = url.searchParams.get('mode') ?? 'none';
-    log(`outage mode: ${outage}`);
-    sendJson(res, 200, { outage });
+    const paths = (url.searchParams.get('paths') ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+    outagePaths = paths.length ? paths : null;
+    log(`outage mode: ${outage}${outagePaths ? ` on ${outagePaths.join(',')}` : ''}`);
+    sendJson(res, 200, { outage, paths: outagePaths });
     return;
   }
-  if (outage !== 'none' && !url.pathname.startsWith('/test/')) {
+  if (outageApplies(url.pathname)) {
     if (outage === '503') {
       sendJson(res, 503, { error: 'temporarily_unavailable' });
     } else {

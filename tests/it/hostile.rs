@@ -281,6 +281,8 @@ async fn jwks_rotation_mid_session_refetches_once_and_rate_limits() {
     let refreshed = k2.sign(&json!({"iss": iss, "sub": "mallory-target", "aud": CLIENT_ID, "exp": now + 300, "iat": now}));
     r.idp
         .set_reply(Reply::Json(200, token_response(&refreshed)));
+    // The 2 s access token has expired: the call waits for the refresh.
+    r.env.advance(Duration::from_secs(3));
     let resp = b.xhr(Method::GET, &r.env.url("/api/x")).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_eq!(
@@ -300,6 +302,7 @@ async fn jwks_rotation_mid_session_refetches_once_and_rate_limits() {
     let k3 = Key::new("k3");
     let unknown = k3.sign(&json!({"iss": iss, "sub": "mallory-target", "aud": CLIENT_ID, "exp": now + 300, "iat": now}));
     r.idp.set_reply(Reply::Json(200, token_response(&unknown)));
+    r.env.advance(Duration::from_secs(3));
     let resp = b.xhr(Method::GET, &r.env.url("/api/x")).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_eq!(r.idp.jwks_fetches(), fetches + 1, "rate limited");
@@ -311,6 +314,7 @@ async fn jwks_rotation_mid_session_refetches_once_and_rate_limits() {
         &json!({"iss": iss, "sub": "someone-else", "aud": CLIENT_ID, "exp": now + 300, "iat": now}),
     );
     r.idp.set_reply(Reply::Json(200, token_response(&other)));
+    r.env.advance(Duration::from_secs(3));
     let resp = b.xhr(Method::GET, &r.env.url("/api/x")).await;
     assert_eq!(resp.status, 401, "{}", resp.body);
 }

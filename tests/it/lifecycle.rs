@@ -38,8 +38,8 @@ async fn storm(bases: &[String], cookie: &str, n: usize) -> Vec<(u16, String)> {
 async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
     let env = TestEnv::start_with(Opts {
         instances: 2,
-        access_token_ttl: 8,
-        refresh_skew: "2s",
+        access_token_ttl: 60,
+        refresh_skew: "10s",
         ..Opts::default()
     })
     .await;
@@ -50,11 +50,12 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
         env.login_as(&mut b, i % 2, "alice", "wonderland").await;
         browsers.push(b);
     }
-    // Let every access token expire (8 s lifetime).
-    tokio::time::sleep(Duration::from_millis(8500)).await;
+    // Every access token expires (60 s lifetime), on both instances' clocks.
+    env.advance(Duration::from_secs(61));
     let before = refreshes(&env).await;
 
-    // One session, 50 concurrent calls over two instances: one refresh, 50 successes.
+    // One session, 50 concurrent calls over two instances: one refresh, 50 successes, one
+    // access token forwarded.
     let out = storm(&bases, &cookie_of(&browsers[0]), 50).await;
     assert!(
         out.iter().all(|(s, _)| *s == 200),
@@ -66,6 +67,16 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
         1,
         "exactly one refresh reached the IdP"
     );
+    let tokens: std::collections::BTreeSet<String> = out
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["headers"]["authorization"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "every call forwarded the one new token");
 
     // Twenty sessions at once, 50 calls each: twenty refreshes.
     let storms = browsers[1..].iter().map(|b| {
@@ -82,11 +93,20 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
         "one refresh per session"
     );
 
-    // The rotated refresh tokens were kept: the next refresh works too.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+    // The rotated refresh tokens were kept: the next refresh works too. Due but valid (less
+    // than 10 s left): forwarded at once, refreshed once in the background.
+    env.advance(Duration::from_secs(55));
     let out = storm(&bases, &cookie_of(&browsers[0]), 10).await;
     assert!(out.iter().all(|(s, _)| *s == 200), "{out:?}");
-    assert_eq!(refreshes(&env).await - before, 22);
+    assert_eq!(
+        env.idp
+            .wait_stat(&["token_requests", "refresh_token"], before + 22)
+            .await
+            - before,
+        22
+    );
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0, "no reuse, no revoked grant");
+    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
 }
 
 #[tokio::test]
@@ -121,41 +141,63 @@ async fn refresh_refused_by_the_idp_ends_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idp_outage_keeps_the_session_and_recovers() {
+async fn idp_outage_keeps_the_session_and_recovers_one_idp_call_per_cooloff() {
     let env = TestEnv::start_with(Opts {
-        access_token_ttl: 6,
-        refresh_skew: "4s",
+        access_token_ttl: 60,
+        refresh_skew: "20s",
         oidc_timeout: "1s",
+        session_toml: "refresh_cooloff = \"2s\"".into(),
         ..Opts::default()
     })
     .await;
     let mut b = Browser::new();
     env.login(&mut b).await;
     let before = env.session_of(&b).await.expect("session");
-
-    for mode in ["reset", "503"] {
-        env.idp.outage(mode).await;
-        // Due for refresh but still valid: forwarded with the current token.
-        let r = b.xhr(Method::GET, &env.url("/api/x")).await;
-        assert_eq!(r.status, 200, "{mode}: {}", r.body);
-        let auth = env.upstream.last()["headers"]["authorization"]
+    let hits = || env.idp.stat(&["token_endpoint_hits"]);
+    let auth = |env: &TestEnv| {
+        env.upstream.last()["headers"]["authorization"]
             .as_str()
             .unwrap()
-            .to_string();
-        assert_eq!(
-            auth,
-            format!("Bearer {}", before.tokens.access_token.expose())
-        );
-    }
-    // Expired: 503 with Retry-After, and the session survives.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+            .to_string()
+    };
+
+    // Due (less than min(20 s, 30 s) left) but still valid: forwarded at once with the current
+    // token while the refresh fails in the background; then one IdP call per cool-off, however
+    // many requests come.
+    env.advance(Duration::from_secs(45));
     for mode in ["reset", "503"] {
         env.idp.outage(mode).await;
-        let r = b.xhr(Method::GET, &env.url("/api/x")).await;
-        assert_eq!(r.status, 503, "{mode}: {}", r.body);
-        assert_eq!(r.json()["error"], "token_refresh_unavailable");
-        assert!(r.headers.get("retry-after").is_some());
+        let start = hits().await;
+        for _ in 0..5 {
+            let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+            assert_eq!(r.status, 200, "{mode}: {}", r.body);
+            assert_eq!(
+                auth(&env),
+                format!("Bearer {}", before.tokens.access_token.expose())
+            );
+        }
+        assert_eq!(
+            env.idp.wait_stat(&["token_endpoint_hits"], start + 1).await,
+            start + 1,
+            "{mode}: one IdP call within the cool-off"
+        );
+        env.advance(Duration::from_millis(2100));
+    }
+    // Expired: 503 with Retry-After, and the session survives; still one call per cool-off.
+    env.advance(Duration::from_secs(15));
+    for mode in ["reset", "503"] {
+        env.idp.outage(mode).await;
+        let start = hits().await;
+        for i in 0..5 {
+            let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+            assert_eq!(r.status, 503, "{mode} {i}: {}", r.body);
+            assert_eq!(r.json()["error"], "token_refresh_unavailable");
+            let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry), "{retry}");
+        }
+        assert_eq!(hits().await, start + 1, "{mode}: one IdP call per cool-off");
         assert!(env.session_of(&b).await.is_some(), "{mode}: session kept");
+        env.advance(Duration::from_millis(2100));
     }
     // The IdP is back: calls work again without a new login.
     env.idp.outage("none").await;
@@ -166,6 +208,8 @@ async fn idp_outage_keeps_the_session_and_recovers() {
         after.tokens.access_token.expose(),
         before.tokens.access_token.expose()
     );
+    assert_eq!(auth(&env), format!("Bearer {}", after.tokens.access_token.expose()));
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
 }
 
 #[tokio::test]

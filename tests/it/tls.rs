@@ -59,6 +59,7 @@ async fn the_public_listener_speaks_tls() {
         cloakroom::Listeners {
             public: Some(listener),
             admin: Some(bind0()),
+            ..Default::default()
         },
     )
     .await
@@ -109,6 +110,7 @@ async fn the_public_listener_speaks_tls() {
         cloakroom::Listeners {
             public: Some(bind0()),
             admin: Some(bind0()),
+            ..Default::default()
         },
     )
     .await

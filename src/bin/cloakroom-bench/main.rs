@@ -78,7 +78,9 @@ pub struct Args {
     /// Client connections carrying the refresh storm.
     #[arg(long, default_value_t = 400)]
     pub storm_connections: usize,
-    /// Seconds an access token stays fresh (IdP access-token TTL minus Cloakroom's refresh skew).
+    /// Half the IdP's access-token lifetime in the storm (tokens live twice this, shorter than
+    /// Cloakroom's 60 s refresh skew, so they are due at half-life: SPEC §3). The storm starts
+    /// once they have expired.
     #[arg(long, default_value_t = 5)]
     pub storm_window: u64,
     /// Use the built-in load generator instead of wrk and oha.
@@ -465,7 +467,7 @@ async fn run(args: Args) -> Result<Results, String> {
         &repo,
         &dir,
         &serde_json::json!({
-            "access_token_ttl": REFRESH_SKEW + args.storm_window,
+            "access_token_ttl": 2 * args.storm_window,
             "clients": [{
                 "client_id": CLIENT_ID,
                 "client_secret": CLIENT_SECRET,
@@ -731,10 +733,12 @@ async fn storm(rig: &Rig, args: &Args) -> Result<Storm, String> {
     let cookies: Vec<String> = logins.into_iter().collect::<Result<_, _>>()?;
     let login_seconds = started.elapsed().as_secs_f64();
     log(format!(
-        "    {n} logins in {login_seconds:.1} s; waiting {} s until every access token is due",
-        args.storm_window + 1
+        "    {n} logins in {login_seconds:.1} s; waiting {} s until every access token has expired",
+        2 * args.storm_window + 1
     ));
-    tokio::time::sleep(Duration::from_secs(args.storm_window + 1)).await;
+    // Expired, not merely due: every call then waits for its session's one refresh (a due but
+    // valid token would be forwarded at once while the refresh runs behind it).
+    tokio::time::sleep(Duration::from_secs(2 * args.storm_window + 1)).await;
 
     let idp_before = rig.idp.refreshes(&rig.http).await?;
     let ok_before = rig

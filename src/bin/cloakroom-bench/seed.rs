@@ -68,6 +68,7 @@ pub async fn seed(config: &Config, first: usize, count: usize) -> Result<Vec<Str
                         access_token: Secret::new(cloakroom::crypto::random_token()),
                         // Never due for a refresh: scenario (c) measures the steady state.
                         access_expires_at: None,
+                        access_lifetime: None,
                         refresh_token: None,
                         id_token: Secret::new(fake_jwt(700, i)),
                     },
@@ -76,6 +77,7 @@ pub async fn seed(config: &Config, first: usize, count: usize) -> Result<Vec<Str
                     absolute_expires_at: now + absolute,
                     user_agent: Some("cloakroom-bench".into()),
                     ip: Some("127.0.0.1".into()),
+                    generation: 0,
                 };
                 let id = SessionId::generate();
                 let saved = sessions

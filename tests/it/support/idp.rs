@@ -206,6 +206,28 @@ impl Idp {
             .expect("introspection json")
     }
 
+    /// One counter of `/test/stats`, by path (e.g. `["token_requests", "refresh_token"]`).
+    pub async fn stat(&self, path: &[&str]) -> u64 {
+        let mut v = self.stats().await;
+        for p in path {
+            v = v[*p].take();
+        }
+        v.as_u64().unwrap_or(0)
+    }
+
+    /// Waits (at most 15 s) until counter `path` is at least `at_least`; returns its value.
+    /// For effects that happen after a response (a background refresh or revocation).
+    pub async fn wait_stat(&self, path: &[&str], at_least: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let n = self.stat(path).await;
+            if n >= at_least || std::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// `none`, `503` or `reset` (see tests/idp/README.md).
     pub async fn outage(&self, mode: &str) {
         let r = reqwest::Client::new()

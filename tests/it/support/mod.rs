@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fault;
 pub mod hostile_idp;
 pub mod idp;
 pub mod redis;
@@ -63,6 +64,8 @@ pub struct Opts {
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
+    /// Extra keys for the `[session]` section (e.g. `refresh_cooloff = "1s"`).
+    pub session_toml: String,
     /// Replaces the `[store]` section (default: the env's own standalone redis-server).
     pub store_toml: Option<String>,
     /// Extra arguments for the env's redis-server (e.g. persistence).
@@ -71,6 +74,12 @@ pub struct Opts {
     pub binary: bool,
     /// Point Cloakroom at another issuer (e.g. the hostile IdP) instead of the real one.
     pub issuer: Option<String>,
+    /// Put a [`fault::FaultProxy`] between Cloakroom and the IdP (`TestEnv::idp_fault`).
+    pub idp_fault: bool,
+    /// Put a [`fault::FaultProxy`] between Cloakroom and Redis (`TestEnv::redis_fault`).
+    pub redis_fault: bool,
+    /// Key rings per instance (`CLOAKROOM_COOKIE_KEYS`), instead of one shared ring.
+    pub instance_keys: Vec<String>,
 }
 
 impl Default for Opts {
@@ -84,10 +93,14 @@ impl Default for Opts {
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
+            session_toml: String::new(),
             store_toml: None,
             redis_args: Vec::new(),
             binary: false,
             issuer: None,
+            idp_fault: false,
+            redis_fault: false,
+            instance_keys: Vec::new(),
         }
     }
 }
@@ -98,6 +111,12 @@ pub struct TestEnv {
     pub idp: Idp,
     pub upstream: Upstream,
     pub apps: Vec<RunningApp>,
+    /// Each instance's clock (the system clock until a test advances it).
+    pub clocks: Vec<cloakroom::clock::ManualClock>,
+    /// Between Cloakroom (and the test's browsers) and the IdP, with `Opts::idp_fault`.
+    pub idp_fault: Option<fault::FaultProxy>,
+    /// Between Cloakroom and Redis, with `Opts::redis_fault`.
+    pub redis_fault: Option<fault::FaultProxy>,
     pub keys: String,
     pub opts: Opts,
 }
@@ -131,7 +150,17 @@ impl TestEnv {
             post_logout.push(format!("http://127.0.0.1:{port}/"));
             port
         });
+        // With a fault proxy in front of the IdP, the IdP names the proxy as its issuer, so
+        // every call Cloakroom makes to it (discovery, token, JWKS, revocation) crosses it.
+        let idp_port = redis::free_port();
+        let idp_fault = if opts.idp_fault {
+            Some(fault::FaultProxy::start(([127, 0, 0, 1], idp_port).into()).await)
+        } else {
+            None
+        };
         let idp = Idp::start(&serde_json::json!({
+            "port": idp_port,
+            "issuer": idp_fault.as_ref().map(|f| f.url("http")),
             "access_token_ttl": opts.access_token_ttl,
             "clients": [{
                 "client_id": CLIENT_ID,
@@ -143,30 +172,65 @@ impl TestEnv {
             }]
         }));
         let keys = KeyRing::generate_entry(1);
+        let redis_fault = if opts.redis_fault {
+            Some(fault::FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await)
+        } else {
+            None
+        };
         let mut env = Self {
             binary_port,
             redis,
             idp,
             upstream,
             apps: Vec::new(),
+            clocks: Vec::new(),
+            idp_fault,
+            redis_fault,
             keys,
             opts,
         };
-        for (public, admin) in listeners {
+        for (i, (public, admin)) in listeners.into_iter().enumerate() {
             let port = public.local_addr().expect("addr").port();
-            let config = env.config(port, &env.keys.clone(), &env.opts.extra_toml.clone());
-            let app = App::start_with(
-                config,
-                Listeners {
-                    public: Some(public),
-                    admin: Some(admin),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cloakroom did not start: {e}"));
-            env.apps.push(app);
+            let keys = env
+                .opts
+                .instance_keys
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| env.keys.clone());
+            let config = env.config(port, &keys, &env.opts.extra_toml.clone());
+            env.start_app(config, public, admin).await;
         }
         env
+    }
+
+    async fn start_app(
+        &mut self,
+        config: Config,
+        public: std::net::TcpListener,
+        admin: std::net::TcpListener,
+    ) -> usize {
+        let (clock, handle) = cloakroom::clock::Clock::manual();
+        let app = App::start_with(
+            config,
+            Listeners {
+                public: Some(public),
+                admin: Some(admin),
+                clock: Some(clock),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cloakroom did not start: {e}"));
+        self.apps.push(app);
+        self.clocks.push(handle);
+        self.apps.len() - 1
+    }
+
+    /// Moves every instance's clock forward (tokens and sessions age without sleeping; the IdP
+    /// and Redis keep real time).
+    pub fn advance(&self, d: std::time::Duration) {
+        for c in &self.clocks {
+            c.advance(d);
+        }
     }
 
     /// The TOML config of an instance listening on `port`.
@@ -189,6 +253,7 @@ timeout = "{oidc_timeout}"
 idle_timeout = "{idle}"
 absolute_timeout = "{abs}"
 refresh_skew = "{skew}"
+{session_extra}
 [store]
 {store}
 [log]
@@ -227,13 +292,21 @@ strip_prefix = true
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
+            session_extra = self.opts.session_toml,
             oidc_timeout = self.opts.oidc_timeout,
             store = self
                 .opts
                 .store_toml
                 .clone()
-                .unwrap_or_else(|| format!("kind = \"redis\"\nurl = \"{}\"", self.redis.url())),
+                .unwrap_or_else(|| format!("kind = \"redis\"\nurl = \"{}\"", self.store_url())),
         )
+    }
+
+    /// Where Cloakroom finds Redis: through the fault proxy when there is one.
+    pub fn store_url(&self) -> String {
+        self.redis_fault
+            .as_ref()
+            .map_or_else(|| self.redis.url(), |f| f.url("redis"))
     }
 
     pub fn env_vars(&self, keys: &str) -> Env {
@@ -267,17 +340,17 @@ strip_prefix = true
         let public = bind0();
         let port = public.local_addr().expect("addr").port();
         let config = self.config(port, keys, &self.opts.extra_toml.clone());
-        let app = App::start_with(
-            config,
-            Listeners {
-                public: Some(public),
-                admin: Some(bind0()),
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cloakroom did not start: {e}"));
-        self.apps.push(app);
-        self.apps.len() - 1
+        self.start_app(config, public, bind0()).await
+    }
+
+    /// As [`TestEnv::start_extra`] with a whole config of the caller's (e.g. another client
+    /// secret, another store URL); `toml(port)` gets the new instance's port.
+    pub async fn start_extra_with(&mut self, toml: impl Fn(u16) -> String, env: &Env) -> usize {
+        let public = bind0();
+        let port = public.local_addr().expect("addr").port();
+        let config =
+            Config::from_toml(&toml(port), env).unwrap_or_else(|e| panic!("test config: {e}"));
+        self.start_app(config, public, bind0()).await
     }
 
     /// A full login as `user` in `browser` through instance `i`; returns the callback response.
@@ -305,7 +378,22 @@ strip_prefix = true
 
     /// The session (with its tokens) behind a browser's cookie, read the way Cloakroom does.
     pub async fn session_of(&self, browser: &Browser) -> Option<cloakroom::session::Session> {
-        let config = self.config(1, &self.keys, "");
+        self.session_of_with(browser, &self.keys).await
+    }
+
+    /// As [`TestEnv::session_of`], opening records and cookies with the key ring `keys`.
+    pub async fn session_of_with(
+        &self,
+        browser: &Browser,
+        keys: &str,
+    ) -> Option<cloakroom::session::Session> {
+        let mut config = self.config(1, keys, "");
+        if self.opts.store_toml.is_none() {
+            // Straight to Redis, past any fault proxy.
+            config.store = cloakroom::config::StoreKind::Redis(
+                cloakroom::session::redis::Topology::Single(self.redis.url()),
+            );
+        }
         let mut headers = http::HeaderMap::new();
         let cookie = self.cookie_header(browser)?;
         headers.insert(http::header::COOKIE, cookie.parse().ok()?);

@@ -1,0 +1,139 @@
+//! Ending sessions (SPEC §3 "ending a session"): logout, admin, back-channel logout, re-login,
+//! a refresh the IdP refused, a token that expired with nothing to refresh it.
+//!
+//! Every path goes through [`Ender`]: the record is read and deleted in one atomic store step,
+//! and the tokens *that record held* are revoked — not those of a copy read earlier, so a
+//! refresh that landed in between is revoked too. Revocation runs detached, after the caller's
+//! answer (the browser or the IdP does not wait for it); a failed revocation is logged and
+//! counted by [`OidcClient::revoke_tokens`], the session stays ended.
+//!
+//! Owns: the order "delete, then revoke what was deleted". Never decides *whether* a session
+//! ends: its callers do.
+
+use crate::oidc::OidcClient;
+use crate::session::{short, Session, Sessions, StoreError, Tokens};
+use std::sync::Arc;
+
+/// Ends sessions and revokes what they held. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ender {
+    sessions: Sessions,
+    oidc: Arc<OidcClient>,
+}
+
+impl Ender {
+    /// Over these sessions and this IdP.
+    #[must_use]
+    pub fn new(sessions: Sessions, oidc: Arc<OidcClient>) -> Self {
+        Self { sessions, oidc }
+    }
+
+    /// Ends one session. `copy` is what the caller read earlier, if anything (it names the
+    /// index entries when the deleted record does not open here). Returns whether a record was
+    /// deleted; the deleted record's tokens are revoked in the background.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer (then nothing was deleted).
+    pub async fn end(
+        &self,
+        handle: &str,
+        copy: Option<&Session>,
+        reason: &'static str,
+    ) -> Result<bool, StoreError> {
+        let Some(deleted) = self.sessions.take(handle, copy).await? else {
+            return Ok(false);
+        };
+        match deleted {
+            Some(s) => {
+                tracing::info!(
+                    event = "session_ended",
+                    reason,
+                    session = %short(handle),
+                    sub = %s.sub,
+                    "session ended"
+                );
+                self.revoke_later(s.tokens);
+            }
+            None => {
+                tracing::warn!(
+                    event = "session_ended",
+                    reason,
+                    session = %short(handle),
+                    "session ended; its record does not open with this instance's keys, so its tokens were not revoked"
+                );
+                crate::metrics::revocation_failed();
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ends the session a re-login replaces (SPEC §1 callback). Deleted like any other; its
+    /// tokens are revoked unless it belonged to the same user *and the same IdP session* (`sid`)
+    /// as the new one: an IdP commonly issues both logins from one grant (oidc-provider does),
+    /// and revoking the old refresh token would then revoke the new session's grant too. The
+    /// grant is not orphaned in that case — the new session holds it, and its logout revokes it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn end_replaced(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
+        let Some(deleted) = self.sessions.take(handle, None).await? else {
+            return Ok(false);
+        };
+        match deleted {
+            Some(s) if s.sub == new.sub && s.sid.is_some() && s.sid == new.sid => {
+                tracing::info!(
+                    event = "session_ended",
+                    reason = "relogin",
+                    session = %short(handle),
+                    sub = %s.sub,
+                    "session replaced by a new login in the same IdP session (its grant lives on in the new session)"
+                );
+            }
+            Some(s) => {
+                tracing::info!(
+                    event = "session_ended",
+                    reason = "relogin",
+                    session = %short(handle),
+                    sub = %s.sub,
+                    "session replaced by a new login"
+                );
+                self.revoke_later(s.tokens);
+            }
+            None => {
+                tracing::warn!(event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ends each session, going on past failures: every one is attempted, and every one that
+    /// was deleted has its tokens revoked. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// The first [`StoreError`], after all were attempted.
+    pub async fn end_all(
+        &self,
+        list: Vec<(String, Option<Session>)>,
+        reason: &'static str,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let mut first_err = None;
+        for (handle, copy) in list {
+            match self.end(&handle, copy.as_ref(), reason).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(session = %short(&handle), error = %e, "ending a session failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(n), Err)
+    }
+
+    /// Revokes `tokens` at the IdP in the background.
+    pub fn revoke_later(&self, tokens: Tokens) {
+        let oidc = self.oidc.clone();
+        tokio::spawn(async move { oidc.revoke_tokens(&tokens).await });
+    }
+}
