@@ -56,6 +56,7 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
 
     // One session, 50 concurrent calls over two instances: one refresh, 50 successes, one
     // access token forwarded.
+    let seen = env.upstream.authorizations_seen();
     let out = storm(&bases, &cookie_of(&browsers[0]), 50).await;
     assert!(
         out.iter().all(|(s, _)| *s == 200),
@@ -67,16 +68,11 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
         1,
         "exactly one refresh reached the IdP"
     );
-    let tokens: std::collections::BTreeSet<String> = out
-        .iter()
-        .map(|(_, body)| {
-            serde_json::from_str::<serde_json::Value>(body).unwrap()["headers"]["authorization"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let tokens: std::collections::BTreeSet<String> =
+        env.upstream.authorizations_since(seen).into_iter().collect();
     assert_eq!(tokens.len(), 1, "every call forwarded the one new token");
+    let new = env.session_of(&browsers[0]).await.expect("session");
+    assert!(tokens.contains(&format!("Bearer {}", new.tokens.access_token.expose())));
 
     // Twenty sessions at once, 50 calls each: twenty refreshes.
     let storms = browsers[1..].iter().map(|b| {

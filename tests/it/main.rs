@@ -16,6 +16,7 @@ mod login_flow;
 mod ops;
 mod props;
 mod proxying;
+mod refresh;
 mod session_cache;
 mod store;
 mod tls;

@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 pub struct Idp {
     pub issuer: String,
+    /// The IdP's own address, for the `/test/*` controls and direct token calls, even when the
+    /// issuer is a fault proxy in front of it.
+    pub direct: String,
     /// The IdP's stderr (kept for debugging a failed test).
     pub log_path: PathBuf,
     child: Child,
@@ -99,15 +102,20 @@ impl Idp {
             let _ = child.wait();
             return Err(format!("it said {line:?}; see {}", log_path.display()));
         };
+        let direct = config["port"]
+            .as_u64()
+            .map_or_else(|| issuer.clone(), |p| format!("http://127.0.0.1:{p}"));
         Ok(Self {
             issuer,
+            direct,
             log_path,
             child,
         })
     }
 
+    /// A URL on the IdP itself (never through a fault proxy).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("{}{path}", self.direct)
     }
 
     /// Follows the IdP's login from the authorization URL to our callback URL, logging in as

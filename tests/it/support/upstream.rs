@@ -19,6 +19,8 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 pub struct Seen {
     pub count: AtomicUsize,
     pub last: Mutex<Option<serde_json::Value>>,
+    /// Every `Authorization` value received, in order (the last 10,000).
+    pub authorizations: Mutex<Vec<String>>,
 }
 
 pub struct Upstream {
@@ -59,6 +61,17 @@ impl Upstream {
 
     pub fn count(&self) -> usize {
         self.seen.count.load(Ordering::SeqCst)
+    }
+
+    /// Every `Authorization` value received since `from` (an index into the history).
+    pub fn authorizations_since(&self, from: usize) -> Vec<String> {
+        let a = self.seen.authorizations.lock().expect("lock");
+        a.get(from..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
+    /// How many `Authorization` values were received so far.
+    pub fn authorizations_seen(&self) -> usize {
+        self.seen.authorizations.lock().expect("lock").len()
     }
 
     pub fn last(&self) -> serde_json::Value {
@@ -135,6 +148,12 @@ async fn handle(
         "cookie_count": req.headers().get_all("cookie").iter().count(),
     });
     *seen.last.lock().expect("lock") = Some(info.clone());
+    if let Some(a) = req.headers().get("authorization") {
+        let mut all = seen.authorizations.lock().expect("lock");
+        if all.len() < 10_000 {
+            all.push(String::from_utf8_lossy(a.as_bytes()).into_owned());
+        }
+    }
 
     if path.contains("/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
