@@ -722,6 +722,13 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     if lock_replicas > 16 {
         errs.push("store.lock_replicas: at most 16".into());
     }
+    if lock_replicas > 0 && matches!(&store_kind, StoreKind::Redis(Topology::Cluster(_))) {
+        errs.push(
+            "store.lock_replicas: not supported with kind = \"cluster\" (a keyless WAIT cannot be \
+             routed to the lock's master); leave it 0"
+                .into(),
+        );
+    }
 
     // key ring
     let keys = match read_secret(env, "CLOAKROOM_COOKIE_KEYS", errs) {
@@ -912,6 +919,55 @@ mod tests {
         assert_eq!(c.public_origin, "https://app.example.com");
         assert_eq!(c.routes[0].prefix, "/api/public/", "longest prefix first");
         assert_eq!(c.scopes.join(" "), "openid profile email offline_access");
+    }
+
+    #[test]
+    fn refresh_settings_have_defaults_bounds_and_a_warning_for_a_long_skew() {
+        let c = Config::from_toml(GOOD, &env()).expect("valid");
+        assert_eq!(c.refresh_cooloff, Duration::from_secs(5));
+        assert_eq!(
+            c.refresh_wait,
+            c.oidc_timeout + c.store_timeout * 2 + Duration::from_secs(1)
+        );
+        assert_eq!(c.lock_replicas, 0);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let with = |pairs: &[(&str, &str)]| {
+            let mut e = env();
+            for (k, v) in pairs {
+                e.insert((*k).into(), (*v).into());
+            }
+            Config::from_toml(GOOD, &e)
+        };
+        let c = with(&[("CLOAKROOM_SESSION_REFRESH_SKEW", "10m")]).expect("valid, with a warning");
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].starts_with("session.refresh_skew:"),
+            "{:?}",
+            c.warnings
+        );
+
+        let e = with(&[
+            ("CLOAKROOM_SESSION_REFRESH_COOLOFF", "1h"),
+            ("CLOAKROOM_SESSION_REFRESH_WAIT", "1h"),
+            ("CLOAKROOM_STORE_LOCK_REPLICAS", "99"),
+        ])
+        .expect_err("out of bounds")
+        .to_string();
+        for key in [
+            "session.refresh_cooloff",
+            "session.refresh_wait",
+            "store.lock_replicas",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        let c = with(&[
+            ("CLOAKROOM_SESSION_REFRESH_COOLOFF", "30s"),
+            ("CLOAKROOM_STORE_LOCK_REPLICAS", "1"),
+        ])
+        .expect("env overrides");
+        assert_eq!(c.refresh_cooloff, Duration::from_secs(30));
+        assert_eq!(c.lock_replicas, 1);
     }
 
     #[test]

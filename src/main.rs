@@ -103,6 +103,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn check(config: Config) -> ExitCode {
     println!("config: ok");
+    for w in &config.warnings {
+        println!("config: warning: {w}");
+    }
     let mut ok = true;
     match cloakroom::app::connect_store(&config).await {
         Ok(store) => match store.ping().await {

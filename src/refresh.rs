@@ -476,7 +476,7 @@ impl Refresher {
             }
             RefreshError::Transient(why) => {
                 crate::metrics::refresh("transient");
-                tracing::warn!(event = "refresh_unavailable", session = %short(handle), reason = %why, "refresh failed; will retry after the cool-off");
+                tracing::error!(event = "refresh_unavailable", session = %short(handle), reason = %why, "refresh failed (IdP unreachable, slow or failing); the session is kept, retried after the cool-off");
                 self.cool_off(handle, lock, why).await
             }
         }

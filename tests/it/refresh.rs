@@ -526,6 +526,18 @@ async fn backchannel_logout_after_a_store_failure_is_accepted_on_the_idps_retry(
     let r = post().await.expect("post");
     assert_eq!(r.status(), 503, "the store is away: the IdP should retry");
     redis.set(Fault::Pass);
+    // A failure half way: the lookups work, ending the session (a script) does not.
+    assert_eq!(
+        env.redis.cli(&["ACL", "SETUSER", "default", "-eval", "-evalsha"]).trim(),
+        "OK"
+    );
+    let r = post().await.expect("post");
+    assert_eq!(r.status(), 503, "the session could not be ended: the IdP should retry");
+    assert!(env.session_of(&b).await.is_some());
+    assert_eq!(
+        env.redis.cli(&["ACL", "SETUSER", "default", "+@all"]).trim(),
+        "OK"
+    );
     let r = post().await.expect("post");
     assert_eq!(r.status(), 200, "the retry is not a replay");
     assert!(env.session_of(&b).await.is_none(), "the session ended");

@@ -197,9 +197,11 @@ async fn sentinel_failover_during_traffic_is_survived() {
         .collect();
     let env = TestEnv::start_with(Opts {
         store_toml: Some(format!(
-            "kind = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"mymaster\"\ntimeout = \"1s\"",
+            "kind = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"mymaster\"\ntimeout = \"1s\"\nlock_replicas = 1",
             urls.join(", ")
         )),
+        access_token_ttl: 60,
+        refresh_skew: "10s",
         ..Opts::default()
     })
     .await;
@@ -289,4 +291,20 @@ async fn sentinel_failover_during_traffic_is_survived() {
         "only 200s and 503s: {statuses:?}"
     );
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+
+    // A refresh on the new master: with store.lock_replicas = 1 its lock and its write are
+    // WAITed for on the replica (the demoted old master) before it goes on.
+    env.advance(Duration::from_secs(61));
+    let r = c.xhr(Method::GET, &env.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    let stats = replica.cli(&["INFO", "commandstats"]);
+    let waits: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(waits >= 2, "WAIT after the lock and after the write: {stats}");
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
 }
