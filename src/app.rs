@@ -3,10 +3,10 @@
 use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::end::Ender;
-use crate::refresh::{RefreshConfig, Refresher};
 use crate::error::StartupError;
 use crate::oidc::OidcClient;
 use crate::proxy::Forwarder;
+use crate::refresh::{RefreshConfig, Refresher};
 use crate::server::{self, Limits};
 use crate::session::{memory::MemoryStore, redis::RedisStore, Sessions, Store};
 use std::net::SocketAddr;
@@ -142,7 +142,11 @@ impl App {
         }
         let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config).await?;
-        let oidc = Arc::new(OidcClient::discover(&config).await?.with_clock(clock.clone()));
+        let oidc = Arc::new(
+            OidcClient::discover(&config)
+                .await?
+                .with_clock(clock.clone()),
+        );
         let sessions = Sessions::new(
             store,
             config.keys.clone(),

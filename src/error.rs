@@ -102,8 +102,10 @@ impl Error {
             Error::RefreshUnavailable { retry_after, .. } => {
                 // Whole seconds, rounded up, at least 1.
                 let secs = retry_after.as_millis().div_ceil(1000).max(1);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(u64::try_from(secs).unwrap_or(1)));
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(u64::try_from(secs).unwrap_or(1)),
+                );
             }
             Error::StoreUnavailable(_) => {
                 resp.headers_mut()

@@ -8,8 +8,8 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod clock;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod cookies;
 pub mod crypto;

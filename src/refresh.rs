@@ -104,7 +104,10 @@ enum Outcome {
     /// The session is over (grant dead, logged out meanwhile).
     Ended,
     /// No new token now; the session is kept.
-    Unavailable { why: Arc<str>, retry_after: Duration },
+    Unavailable {
+        why: Arc<str>,
+        retry_after: Duration,
+    },
 }
 
 struct Flight {
@@ -247,7 +250,8 @@ impl Refresher {
             st.cooling.retain(|_, (until, _)| *until > now);
         }
         if st.cooling.len() < MAX_COOLING {
-            st.cooling.insert(handle.to_string(), (now + d, why.clone()));
+            st.cooling
+                .insert(handle.to_string(), (now + d, why.clone()));
         }
     }
 
@@ -366,7 +370,8 @@ impl Refresher {
         let tokens = match self.oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
             Ok(t) => t,
             Err(e) => {
-                self.ender.revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
+                self.ender
+                    .revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
                 return self.failed(handle, &s, e, lock).await;
             }
         };
@@ -545,7 +550,12 @@ impl LockGuard {
 
     async fn release(mut self) {
         self.released = true;
-        if let Err(e) = self.sessions.store().unlock(&self.handle, &self.owner).await {
+        if let Err(e) = self
+            .sessions
+            .store()
+            .unlock(&self.handle, &self.owner)
+            .await
+        {
             tracing::warn!(session = %short(&self.handle), error = %e, "refresh lock not released; its lease will end it");
         }
     }

@@ -441,7 +441,7 @@ pub enum Loaded {
     /// A record that does not open with this key ring, or of an unknown format.
     Unreadable,
     /// A live session.
-    Live(Session),
+    Live(Box<Session>),
 }
 
 /// A session id as it is in the cookie (256 random bits).
@@ -685,7 +685,7 @@ impl Sessions {
         Ok(match self.open(handle, &rec) {
             None => Loaded::Unreadable,
             Some(s) if s.expires_at(self.idle) <= self.clock.unix() => Loaded::Missing,
-            Some(s) => Loaded::Live(s),
+            Some(s) => Loaded::Live(Box::new(s)),
         })
     }
 
@@ -696,7 +696,7 @@ impl Sessions {
     /// [`StoreError`] when the store does not answer.
     pub async fn load(&self, handle: &str) -> Result<Option<Session>, StoreError> {
         Ok(match self.load_record(handle).await? {
-            Loaded::Live(s) => Some(s),
+            Loaded::Live(s) => Some(*s),
             Loaded::Missing | Loaded::Unreadable => None,
         })
     }
@@ -762,7 +762,7 @@ impl Sessions {
         let mut stale = Vec::new();
         for h in self.store.index_members(index, &hash).await? {
             match self.load_record(&h).await? {
-                Loaded::Live(s) => found.live.push((h, s)),
+                Loaded::Live(s) => found.live.push((h, *s)),
                 Loaded::Unreadable => found.unreadable.push(h),
                 Loaded::Missing => stale.push(h),
             }

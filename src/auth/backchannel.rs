@@ -80,10 +80,7 @@ pub(crate) async fn backchannel_logout(
     // Records this instance cannot open (a key rotation in progress) are ended too: the IdP
     // said this session is over.
     victims.extend(found.unreadable.into_iter().map(|h| (h, None)));
-    let n = state
-        .ender
-        .end_all(victims, "backchannel_logout")
-        .await?;
+    let n = state.ender.end_all(victims, "backchannel_logout").await?;
     // A concurrent delivery of the same token may have remembered it first: both are fine.
     let _ = store.remember_once(&jti_key, remember).await?;
     crate::metrics::backchannel_logout("ok");

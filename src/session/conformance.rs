@@ -199,7 +199,10 @@ pub async fn run(store: Store) {
         back.last_seen, stale.last_seen,
         "update kept the newer last_seen"
     );
-    assert_eq!(back.generation, 1, "a refresh write moves the generation on");
+    assert_eq!(
+        back.generation, 1,
+        "a refresh write moves the generation on"
+    );
     // The fence: a writer that read generation 0 is refused now that it is 1.
     s4.tokens.access_token = Secret::new("at-late-writer");
     assert_eq!(
@@ -217,14 +220,24 @@ pub async fn run(store: Store) {
         LockState::Acquired
     );
     assert_eq!(
-        sessions.write_refresh(&h4, &s4, "intruder").await.expect("write"),
+        sessions
+            .write_refresh(&h4, &s4, "intruder")
+            .await
+            .expect("write"),
         RefreshWrite::Fenced
     );
     assert_eq!(
-        sessions.write_refresh(&h4, &s4, "holder").await.expect("write"),
+        sessions
+            .write_refresh(&h4, &s4, "holder")
+            .await
+            .expect("write"),
         RefreshWrite::Written
     );
-    sessions.store().unlock(&h4, "holder").await.expect("unlock");
+    sessions
+        .store()
+        .unlock(&h4, "holder")
+        .await
+        .expect("unlock");
     // Ending reads and deletes atomically: what comes back is the record as it was (the last
     // refresh), not the caller's older copy.
     let old_copy = session(&sub, None, 1);
@@ -278,7 +291,11 @@ pub async fn run(store: Store) {
         .cool_off(&lh, "not-the-owner", Duration::from_secs(5), now_ms())
         .await
         .expect("cool off");
-    assert_eq!(lock("d", 5000).await, LockState::Held, "only the owner cools off");
+    assert_eq!(
+        lock("d", 5000).await,
+        LockState::Held,
+        "only the owner cools off"
+    );
     store
         .cool_off(&lh, "c", Duration::from_millis(300), now_ms())
         .await

@@ -103,13 +103,17 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn get_session(&self, handle: &str) -> Result<Option<StoredRecord>, StoreError> {
+    pub(super) async fn get_session(
+        &self,
+        handle: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
         let mut g = self.lock();
-        Ok(g.live_session(handle, Instant::now()).map(|r| StoredRecord {
-            blob: r.data.clone(),
-            seen: r.seen,
-            generation: r.generation,
-        }))
+        Ok(g.live_session(handle, Instant::now())
+            .map(|r| StoredRecord {
+                blob: r.data.clone(),
+                seen: r.seen,
+                generation: r.generation,
+            }))
     }
 
     pub(super) async fn touch_session(
@@ -287,8 +291,7 @@ impl MemoryStore {
 
     pub(super) async fn unlock(&self, handle: &str, owner: &str) -> Result<(), StoreError> {
         let mut g = self.lock();
-        if g
-            .locks
+        if g.locks
             .get(handle)
             .is_some_and(|(l, _)| *l == Lock::Owner(owner.to_string()))
         {
@@ -308,7 +311,9 @@ impl MemoryStore {
 
     pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
         let g = self.lock();
-        Ok(g.seen_once.get(hash).is_some_and(|exp| *exp > Instant::now()))
+        Ok(g.seen_once
+            .get(hash)
+            .is_some_and(|exp| *exp > Instant::now()))
     }
 
     pub(super) async fn remember_once(

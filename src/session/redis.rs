@@ -232,6 +232,9 @@ impl Scripts {
     }
 }
 
+/// A session hash as `HMGET d s g` returns it.
+type RawRecord = (Option<Vec<u8>>, Option<i64>, Option<u64>);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -576,9 +579,12 @@ impl RedisStore {
         self.pipeline(session).await.map(|_| ())
     }
 
-    pub(super) async fn get_session(&self, handle: &str) -> Result<Option<StoredRecord>, StoreError> {
+    pub(super) async fn get_session(
+        &self,
+        handle: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
         let k = self.session_key(handle);
-        let (d, seen, g): (Option<Vec<u8>>, Option<i64>, Option<u64>) = self
+        let (d, seen, g): RawRecord = self
             .run(move |mut c| {
                 Box::pin(async move {
                     redis::cmd("HMGET")
@@ -786,7 +792,7 @@ impl RedisStore {
         let script = self.scripts.take.clone();
         let channel = self.invalidation_channel().unwrap_or_default();
         let handle = r.handle.clone();
-        let taken: Option<(Option<Vec<u8>>, Option<i64>, Option<u64>)> = self
+        let taken: Option<RawRecord> = self
             .run(move |mut c| {
                 Box::pin(async move {
                     script

@@ -68,8 +68,11 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
         1,
         "exactly one refresh reached the IdP"
     );
-    let tokens: std::collections::BTreeSet<String> =
-        env.upstream.authorizations_since(seen).into_iter().collect();
+    let tokens: std::collections::BTreeSet<String> = env
+        .upstream
+        .authorizations_since(seen)
+        .into_iter()
+        .collect();
     assert_eq!(tokens.len(), 1, "every call forwarded the one new token");
     let new = env.session_of(&browsers[0]).await.expect("session");
     assert!(tokens.contains(&format!("Bearer {}", new.tokens.access_token.expose())));
@@ -101,7 +104,11 @@ async fn refresh_storm_across_two_instances_refreshes_once_per_session() {
             - before,
         22
     );
-    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0, "no reuse, no revoked grant");
+    assert_eq!(
+        env.idp.stat(&["grants_revoked"]).await,
+        0,
+        "no reuse, no revoked grant"
+    );
     assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
 }
 
@@ -204,7 +211,10 @@ async fn idp_outage_keeps_the_session_and_recovers_one_idp_call_per_cooloff() {
         after.tokens.access_token.expose(),
         before.tokens.access_token.expose()
     );
-    assert_eq!(auth(&env), format!("Bearer {}", after.tokens.access_token.expose()));
+    assert_eq!(
+        auth(&env),
+        format!("Bearer {}", after.tokens.access_token.expose())
+    );
     assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
 }
 

@@ -29,8 +29,16 @@ async fn refreshes_reach(env: &TestEnv, n: u64) -> u64 {
 }
 
 async fn no_grant_lost(env: &TestEnv) {
-    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0, "a refresh token was reused");
-    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0, "a grant was revoked");
+    assert_eq!(
+        env.idp.stat(&["refresh_reuse"]).await,
+        0,
+        "a refresh token was reused"
+    );
+    assert_eq!(
+        env.idp.stat(&["grants_revoked"]).await,
+        0,
+        "a grant was revoked"
+    );
 }
 
 /// One API call through instance `i`; returns (status, the Authorization the upstream got).
@@ -83,7 +91,11 @@ async fn short_tokens_are_refreshed_at_half_life_never_on_every_request() {
     env.advance(Duration::from_secs(6));
     let (status, auth) = call(&env, 0, &cookie).await;
     assert_eq!(status, 200);
-    assert_eq!(auth, Some(bearer(&first)), "still valid: forwarded as it was");
+    assert_eq!(
+        auth,
+        Some(bearer(&first)),
+        "still valid: forwarded as it was"
+    );
     assert_eq!(refreshes_reach(&env, 1).await, 1);
     let second = env.session_of(&b).await.expect("session");
     assert_ne!(bearer(&second), bearer(&first));
@@ -92,7 +104,11 @@ async fn short_tokens_are_refreshed_at_half_life_never_on_every_request() {
         assert_eq!(status, 200);
         assert_eq!(auth, Some(bearer(&second)));
     }
-    assert_eq!(refreshes(&env).await, 1, "the new token is not refreshed again");
+    assert_eq!(
+        refreshes(&env).await,
+        1,
+        "the new token is not refreshed again"
+    );
 
     // Expired: 16 parallel calls, one refresh, one token forwarded 16 times.
     env.advance(Duration::from_secs(25));
@@ -104,7 +120,10 @@ async fn short_tokens_are_refreshed_at_half_life_never_on_every_request() {
     let third = env.session_of(&b).await.expect("session");
     let forwarded = env.upstream.authorizations_since(seen);
     assert_eq!(forwarded.len(), 16);
-    assert!(forwarded.iter().all(|a| *a == bearer(&third)), "{forwarded:?}");
+    assert!(
+        forwarded.iter().all(|a| *a == bearer(&third)),
+        "{forwarded:?}"
+    );
     no_grant_lost(&env).await;
 }
 
@@ -113,9 +132,8 @@ async fn short_tokens_are_refreshed_at_half_life_never_on_every_request() {
 async fn abort_http1(addr: std::net::SocketAddr, path: &str, cookie: &str, after: Duration) {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-csrf: 1\r\ncookie: {cookie}\r\n\r\n"
-    );
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-csrf: 1\r\ncookie: {cookie}\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     tokio::time::sleep(after).await;
     drop(s);
@@ -237,7 +255,11 @@ async fn a_store_write_that_fails_after_the_idp_answered_is_retried_within_the_l
     assert_eq!(refreshes(&env).await, 0, "held at the proxy");
     redis.set(Fault::Drop);
     idp.set(Fault::Pass);
-    assert_eq!(refreshes_reach(&env, 1).await, 1, "the IdP answered (and rotated)");
+    assert_eq!(
+        refreshes_reach(&env, 1).await,
+        1,
+        "the IdP answered (and rotated)"
+    );
     // Writes fail for a while, then Redis is back within the lease.
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.set(Fault::Pass);
@@ -282,7 +304,11 @@ async fn a_slow_idp_holds_up_only_requests_whose_token_has_expired() {
         assert_eq!(status, 200);
         assert_eq!(auth, Some(bearer(&first)));
     }
-    assert_eq!(refreshes(&env).await, 0, "all ten answered before the IdP did");
+    assert_eq!(
+        refreshes(&env).await,
+        0,
+        "all ten answered before the IdP did"
+    );
     idp.set(Fault::Pass);
     assert_eq!(refreshes_reach(&env, 1).await, 1, "one refresh for the ten");
     let second = env.session_of(&b).await.expect("session");
@@ -391,7 +417,10 @@ async fn re_login_ends_the_previous_session_without_its_cookie_on_the_callback()
         "__Host-cloakroom".into(),
         old_cookie.trim_start_matches("__Host-cloakroom=").into(),
     );
-    assert_eq!(stale.xhr(Method::GET, &env.url("/auth/user")).await.status, 401);
+    assert_eq!(
+        stale.xhr(Method::GET, &env.url("/auth/user")).await.status,
+        401
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let active = env
@@ -409,9 +438,16 @@ async fn re_login_ends_the_previous_session_without_its_cookie_on_the_callback()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Bob's session works.
-    assert_eq!(b.xhr(Method::GET, &env.url("/auth/user")).await.json()["sub"], "bob");
+    assert_eq!(
+        b.xhr(Method::GET, &env.url("/auth/user")).await.json()["sub"],
+        "bob"
+    );
     let keys = env.redis.cli(&["KEYS", "cloakroom:s:*"]);
-    assert_eq!(keys.lines().filter(|l| l.contains("cloakroom:s:")).count(), 1, "{keys}");
+    assert_eq!(
+        keys.lines().filter(|l| l.contains("cloakroom:s:")).count(),
+        1,
+        "{keys}"
+    );
 }
 
 #[tokio::test]
@@ -427,7 +463,10 @@ async fn re_login_in_the_same_idp_session_replaces_the_session_and_keeps_the_gra
     let old_cookie = cookie_of(&b);
     // The same user again, silently through the IdP session; callback without our cookie.
     let r = b.get(&env.url("/auth/login?return_to=/again")).await;
-    let callback = env.idp.login(&mut b, &r.location(), "alice", "wonderland").await;
+    let callback = env
+        .idp
+        .login(&mut b, &r.location(), "alice", "wonderland")
+        .await;
     b.jar.remove("__Host-cloakroom");
     assert_eq!(b.get(&callback).await.status, 302);
     assert_ne!(cookie_of(&b), old_cookie);
@@ -436,7 +475,10 @@ async fn re_login_in_the_same_idp_session_replaces_the_session_and_keeps_the_gra
         "__Host-cloakroom".into(),
         old_cookie.trim_start_matches("__Host-cloakroom=").into(),
     );
-    assert_eq!(stale.xhr(Method::GET, &env.url("/auth/user")).await.status, 401);
+    assert_eq!(
+        stale.xhr(Method::GET, &env.url("/auth/user")).await.status,
+        401
+    );
     // The new session's grant is alive: it refreshes.
     env.advance(Duration::from_secs(61));
     assert_eq!(call(&env, 0, &cookie_of(&b)).await.0, 200);
@@ -481,7 +523,12 @@ async fn ending_a_session_revokes_the_tokens_of_a_refresh_that_landed_after_it_w
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while env.idp.introspect(CLIENT_ID, CLIENT_SECRET, rt.expose()).await["active"] == true {
+        while env
+            .idp
+            .introspect(CLIENT_ID, CLIENT_SECRET, rt.expose())
+            .await["active"]
+            == true
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{how}: the refreshed refresh token was not revoked"
@@ -528,14 +575,22 @@ async fn backchannel_logout_after_a_store_failure_is_accepted_on_the_idps_retry(
     redis.set(Fault::Pass);
     // A failure half way: the lookups work, ending the session (a script) does not.
     assert_eq!(
-        env.redis.cli(&["ACL", "SETUSER", "default", "-eval", "-evalsha"]).trim(),
+        env.redis
+            .cli(&["ACL", "SETUSER", "default", "-eval", "-evalsha"])
+            .trim(),
         "OK"
     );
     let r = post().await.expect("post");
-    assert_eq!(r.status(), 503, "the session could not be ended: the IdP should retry");
+    assert_eq!(
+        r.status(),
+        503,
+        "the session could not be ended: the IdP should retry"
+    );
     assert!(env.session_of(&b).await.is_some());
     assert_eq!(
-        env.redis.cli(&["ACL", "SETUSER", "default", "+@all"]).trim(),
+        env.redis
+            .cli(&["ACL", "SETUSER", "default", "+@all"])
+            .trim(),
         "OK"
     );
     let r = post().await.expect("post");
@@ -563,7 +618,10 @@ async fn key_rotation_on_two_instances_keeps_every_session_findable() {
         env.login_as(&mut a, 0, "alice", "wonderland").await;
         let mut c = Browser::new();
         env.login_as(&mut c, 1, "alice", "wonderland").await;
-        assert!(env.session_of_with(&c, &format!("{k2},{k1}")).await.is_some());
+        assert!(env
+            .session_of_with(&c, &format!("{k2},{k1}"))
+            .await
+            .is_some());
         // Instance 0 lists (and prunes) alice's sessions: the one it cannot open stays indexed.
         let r = reqwest::Client::new()
             .get(env.admin_url(0, "/admin/users/alice/sessions"))
@@ -572,7 +630,11 @@ async fn key_rotation_on_two_instances_keeps_every_session_findable() {
             .await
             .expect("admin");
         let listed: serde_json::Value = r.json().await.expect("json");
-        assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1), "{listed}");
+        assert_eq!(
+            listed["sessions"].as_array().map(Vec::len),
+            Some(1),
+            "{listed}"
+        );
         assert_eq!(listed["unreadable"], 1, "{listed}");
         // "Log out everywhere" through instance 0 ends both.
         match how {
@@ -610,7 +672,9 @@ async fn key_rotation_on_two_instances_keeps_every_session_findable() {
         }
         assert!(env.session_of_with(&a, &k1).await.is_none(), "{how}");
         assert!(
-            env.session_of_with(&c, &format!("{k2},{k1}")).await.is_none(),
+            env.session_of_with(&c, &format!("{k2},{k1}"))
+                .await
+                .is_none(),
             "{how}: the session sealed with the key instance 0 lacks was ended too"
         );
     }

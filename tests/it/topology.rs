@@ -305,6 +305,9 @@ async fn sentinel_failover_during_traffic_is_survived() {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(waits >= 2, "WAIT after the lock and after the write: {stats}");
+    assert!(
+        waits >= 2,
+        "WAIT after the lock and after the write: {stats}"
+    );
     assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
 }
