@@ -33,6 +33,8 @@ pub struct AppState {
     pub ender: Ender,
     /// The clock the lifecycle reads.
     pub clock: Clock,
+    /// Per-client-IP limit on `/auth/login` and `/auth/callback`.
+    pub login_limiter: crate::ratelimit::LoginLimiter,
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -190,6 +192,7 @@ impl App {
             .iter()
             .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
             .collect();
+        let config_for_limits = config.clone();
         let state = Arc::new(AppState {
             config,
             sessions,
@@ -199,6 +202,7 @@ impl App {
             refresher,
             ender,
             clock,
+            login_limiter: crate::ratelimit::LoginLimiter::from_config(&config_for_limits),
         });
         let (tx, rx) = watch::channel(false);
         let s1 = state.clone();

@@ -55,14 +55,19 @@ pub(crate) fn check_csrf(
     }
 }
 
+/// Longest `return_to` accepted (SPEC §1 [v2]).
+pub const MAX_RETURN_TO: usize = 512;
+
 /// SPEC §1: `return_to` must be a same-origin relative path: starts with `/`, not `//` or `/\`,
-/// no scheme, no control characters, no backslash.
+/// no scheme, visible ASCII only (no control characters, no space, nothing a `Location` header
+/// could not carry), no backslash, at most [`MAX_RETURN_TO`] bytes. Refused at `/auth/login`
+/// (400), so nothing can fail at the callback after the session is stored.
 #[must_use]
 pub fn valid_return_to(r: &str) -> bool {
-    if r.is_empty() || r.len() > 2048 || !r.starts_with('/') || r.starts_with("//") {
+    if r.is_empty() || r.len() > MAX_RETURN_TO || !r.starts_with('/') || r.starts_with("//") {
         return false;
     }
-    if r.chars().any(|c| c.is_control() || c == '\\') {
+    if !r.bytes().all(|b| b.is_ascii_graphic()) || r.contains('\\') {
         return false;
     }
     // Belt and braces: resolved against a dummy origin it must stay there.
@@ -148,11 +153,12 @@ pub(crate) fn query_param(pairs: &[(String, String)], name: &str) -> Result<Opti
 
 #[cfg(test)]
 mod tests {
-    use super::valid_return_to;
+    use super::{valid_return_to, MAX_RETURN_TO};
 
     #[test]
     fn return_to_accepts_same_origin_paths_only() {
-        for ok in ["/", "/app", "/app/page?x=1#frag", "/a/b%20c"] {
+        let longest = format!("/{}", "a".repeat(MAX_RETURN_TO - 1));
+        for ok in ["/", "/app", "/app/page?x=1#frag", "/a/b%20c", "/caf%C3%A9", longest.as_str()] {
             assert!(valid_return_to(ok), "{ok}");
         }
         for bad in [
@@ -166,6 +172,10 @@ mod tests {
             "relative",
             "\\\\evil",
             "/a\\b",
+            "/café",
+            "/a b",
+            "/\u{7f}",
+            &format!("/{}", "a".repeat(MAX_RETURN_TO)),
         ] {
             assert!(!valid_return_to(bad), "{bad:?}");
         }

@@ -38,6 +38,8 @@ struct RawServer {
     #[serde(with = "humantime_serde")]
     shutdown_drain: Option<Duration>,
     tls: Option<RawTls>,
+    login_rate_limit: Option<u32>,
+    login_rate_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +223,10 @@ pub struct Config {
     pub max_connections: usize,
     /// How long in-flight requests get after SIGTERM.
     pub shutdown_drain: Duration,
+    /// `/auth/login` + `/auth/callback` requests per minute per client IP (0: no limit).
+    pub login_rate_limit: u32,
+    /// How many of those may come at once.
+    pub login_rate_burst: u32,
     /// TLS on the public listener: PEM certificate chain and key files.
     pub tls: Option<(String, String)>,
     /// Admin listener.
@@ -229,6 +235,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).
     pub issuer: Url,
+    /// The issuer identifier exactly as configured (a URL parser would add or keep a trailing
+    /// slash): compared as is with the discovered `issuer`, `iss` claims and RFC 9207 `iss`.
+    pub issuer_id: String,
     /// OAuth client id.
     pub client_id: String,
     /// OAuth client secret.
@@ -662,7 +671,19 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         }
     };
     let store_kind = match store.kind.as_deref().unwrap_or("redis") {
-        "memory" => StoreKind::Memory,
+        "memory" => {
+            // One process's memory: wrong as soon as there are two replicas, and lost on every
+            // restart. Only the demo, or a process nobody else can reach, may use it.
+            let loopback = listen.ip().is_loopback() && admin_listen.ip().is_loopback();
+            if !cfg!(feature = "demo") && !loopback {
+                errs.push(
+                    "store.kind: \"memory\" is for the demo and single-process development only \
+                     (every listener on loopback); use \"redis\""
+                        .into(),
+                );
+            }
+            StoreKind::Memory
+        }
         "redis" => {
             let url = store
                 .url
@@ -847,9 +868,17 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         max_header_bytes,
         max_connections: server.max_connections.unwrap_or(10_000),
         shutdown_drain: server.shutdown_drain.unwrap_or(Duration::from_secs(20)),
+        login_rate_limit: server.login_rate_limit.unwrap_or(60),
+        login_rate_burst: server.login_rate_burst.unwrap_or(20),
         tls: server.tls.map(|t| (t.cert_file, t.key_file)),
         admin_listen,
         admin_token,
+        issuer_id: oidc
+            .issuer
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string(),
         issuer,
         client_id,
         client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
@@ -968,6 +997,21 @@ mod tests {
         .expect("env overrides");
         assert_eq!(c.refresh_cooloff, Duration::from_secs(30));
         assert_eq!(c.lock_replicas, 1);
+    }
+
+    #[test]
+    fn the_memory_store_is_for_the_demo_or_loopback_only() {
+        let mut e = env();
+        e.insert("CLOAKROOM_STORE_KIND".into(), "memory".into());
+        assert!(Config::from_toml(GOOD, &e).is_ok(), "loopback listeners");
+        e.insert("CLOAKROOM_SERVER_LISTEN".into(), "0.0.0.0:8080".into());
+        let r = Config::from_toml(GOOD, &e);
+        if cfg!(feature = "demo") {
+            assert!(r.is_ok(), "a build with the demo may run it anywhere");
+        } else {
+            let msg = r.expect_err("production build, public listener").to_string();
+            assert!(msg.contains("store.kind"), "{msg}");
+        }
     }
 
     #[test]

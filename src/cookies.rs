@@ -4,7 +4,6 @@
 //! request, sealing/opening their values with the key ring. Pure: no I/O.
 
 use crate::config::Config;
-use crate::crypto::KeyRing;
 use crate::session::SessionId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -14,10 +13,11 @@ use http::{header, HeaderMap, HeaderValue};
 /// Longest session-cookie value we try to open (SPEC: under 200 bytes).
 pub const MAX_SESSION_COOKIE: usize = 200;
 /// Longest login-cookie value we try to open.
-pub const MAX_LOGIN_COOKIE: usize = 400;
+pub const MAX_LOGIN_COOKIE: usize = 2048;
 /// Logins in flight per browser (tabs); the oldest is dropped beyond this.
 pub const MAX_PENDING_PER_BROWSER: usize = 8;
-const TAG_LEN: usize = 16;
+/// Bytes of SHA-256 in a login cookie's name tag (base64url: 11 characters).
+const LOGIN_TAG_BYTES: usize = 8;
 
 /// Every value of cookie `name` in the request (there may be several `Cookie` headers).
 ///
@@ -39,20 +39,52 @@ pub fn request_cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterat
         })
 }
 
-/// The session id in the request's session cookie, if one opens under the key ring.
+/// What the request says about its session cookie.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionCookie {
+    /// No session cookie.
+    Absent,
+    /// One value (possibly sent more than once); it may or may not open.
+    One(String),
+    /// More than one distinct value: ambiguous credentials, never authenticated (SPEC §1), and
+    /// the response clears the cookie.
+    Ambiguous,
+}
+
+/// The values of cookie `name` in the request: none, one (repeats of the same value count as
+/// one), or ambiguous.
+#[must_use]
+pub fn single_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
+    let mut it = request_cookies(headers, name);
+    let Some(first) = it.next() else {
+        return SessionCookie::Absent;
+    };
+    if it.any(|v| v != first) {
+        return SessionCookie::Ambiguous;
+    }
+    SessionCookie::One(first.to_string())
+}
+
+/// Whether the request carries more than one distinct value for the session cookie's name.
+#[must_use]
+pub fn ambiguous_session(headers: &HeaderMap, config: &Config) -> bool {
+    single_cookie(headers, &config.cookie_name) == SessionCookie::Ambiguous
+}
+
+/// The session id in the request's session cookie, if exactly one value is sent and it opens
+/// under the key ring.
 #[must_use]
 pub fn session_id(headers: &HeaderMap, config: &Config) -> Option<SessionId> {
-    request_cookies(headers, &config.cookie_name).find_map(|v| {
-        let raw = config
-            .keys
-            .open_text(config.cookie_name.as_bytes(), v, MAX_SESSION_COOKIE)?;
-        if raw.len() != 32 {
-            return None;
-        }
-        Some(SessionId::from_cookie_plaintext(
-            URL_SAFE_NO_PAD.encode(raw),
-        ))
-    })
+    let SessionCookie::One(v) = single_cookie(headers, &config.cookie_name) else {
+        return None;
+    };
+    let raw = config
+        .keys
+        .open_text(config.cookie_name.as_bytes(), &v, MAX_SESSION_COOKIE)?;
+    if raw.len() != 32 {
+        return None;
+    }
+    Some(SessionId::from_cookie_plaintext(URL_SAFE_NO_PAD.encode(raw)))
 }
 
 fn base<'c>(config: &Config, name: String, value: String, same_site: SameSite) -> Cookie<'c> {
@@ -96,49 +128,101 @@ fn expire(config: &Config, name: &str, same_site: SameSite) -> HeaderValue {
     to_header(&c)
 }
 
-/// The binding tags in the request's login cookie (empty if none opens).
+/// The name of the login cookie of the pending login with this `state`:
+/// `<cookie.login_name>-<tag>`, the tag a short hash of the state (SPEC §1).
 #[must_use]
-pub fn login_tags(headers: &HeaderMap, config: &Config) -> Vec<String> {
-    let aad = config.login_cookie_name.as_bytes();
-    request_cookies(headers, &config.login_cookie_name)
-        .find_map(|v| config.keys.open_text(aad, v, MAX_LOGIN_COOKIE))
-        .map(|raw| {
-            raw.chunks_exact(TAG_LEN)
-                .map(|c| URL_SAFE_NO_PAD.encode(c))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn login_cookie_name(config: &Config, state: &str) -> String {
+    format!("{}-{}", config.login_cookie_name, login_tag(state))
 }
 
-/// A new random binding tag for one login.
-#[must_use]
-pub fn new_tag() -> String {
-    let mut raw = [0u8; TAG_LEN];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-    URL_SAFE_NO_PAD.encode(raw)
+fn login_tag(state: &str) -> String {
+    let h = <sha2::Sha256 as sha2::Digest>::digest(format!("cloakroom-login-tag:{state}"));
+    URL_SAFE_NO_PAD.encode(&h[..LOGIN_TAG_BYTES])
 }
 
-/// `Set-Cookie` for the login cookie holding `tags` (expired when `tags` is empty).
+/// The AAD of a sealed pending login: its purpose and its state, so a login cookie opens only
+/// for the state it was made for.
+fn login_aad(state: &str) -> Vec<u8> {
+    let h = <sha2::Sha256 as sha2::Digest>::digest(state.as_bytes());
+    let mut aad = b"cloakroom-pending-login\0".to_vec();
+    aad.extend_from_slice(&h);
+    aad
+}
+
+/// `Set-Cookie` carrying a sealed pending login for `state` (SameSite=Lax: it must come back
+/// on the IdP's cross-site redirect to the callback), for [`crate::session::PENDING_TTL`].
+/// The value is `<created unix s>.<sealed>`: the plain time only orders a browser's pending
+/// logins for eviction ([`pending_cookies`]); the sealed JSON carries it again.
 #[must_use]
-pub fn set_login(config: &Config, keys: &KeyRing, tags: &[String]) -> HeaderValue {
-    if tags.is_empty() {
-        return expire(config, &config.login_cookie_name, SameSite::Lax);
-    }
-    let start = tags.len().saturating_sub(MAX_PENDING_PER_BROWSER);
-    let raw: Vec<u8> = tags[start..]
-        .iter()
-        .filter_map(|t| URL_SAFE_NO_PAD.decode(t).ok())
-        .flatten()
-        .collect();
-    let value = keys.seal_text(config.login_cookie_name.as_bytes(), &raw);
-    let mut c = base(
-        config,
-        config.login_cookie_name.clone(),
-        value,
-        SameSite::Lax,
+pub fn set_pending(config: &Config, state: &str, created: i64, json: &[u8]) -> HeaderValue {
+    let value = format!(
+        "{created}.{}",
+        config.keys.seal_text(&login_aad(state), json)
     );
+    let mut c = base(config, login_cookie_name(config, state), value, SameSite::Lax);
     c.set_max_age(cookie::time::Duration::seconds(
         i64::try_from(crate::session::PENDING_TTL.as_secs()).unwrap_or(600),
     ));
     to_header(&c)
+}
+
+/// The pending login for `state` from its login cookie: `Err(())` when that cookie is sent
+/// with more than one distinct value, `Ok(None)` when it is absent or does not open.
+///
+/// # Errors
+/// `Err(())` for an ambiguous login cookie.
+#[allow(clippy::result_unit_err)]
+pub fn pending(headers: &HeaderMap, config: &Config, state: &str) -> Result<Option<Vec<u8>>, ()> {
+    match single_cookie(headers, &login_cookie_name(config, state)) {
+        SessionCookie::Absent => Ok(None),
+        SessionCookie::Ambiguous => Err(()),
+        SessionCookie::One(v) => Ok(v
+            .split_once('.')
+            .and_then(|(_, sealed)| {
+                config
+                    .keys
+                    .open_text(&login_aad(state), sealed, MAX_LOGIN_COOKIE)
+            })),
+    }
+}
+
+/// `Set-Cookie` that removes the login cookie of `state`.
+#[must_use]
+pub fn expire_pending(config: &Config, state: &str) -> HeaderValue {
+    expire(config, &login_cookie_name(config, state), SameSite::Lax)
+}
+
+/// Every pending-login cookie in the request (`<cookie.login_name>-…`) with the creation
+/// time its value starts with (0 when unreadable), oldest first.
+#[must_use]
+pub fn pending_cookies(headers: &HeaderMap, config: &Config) -> Vec<(String, i64)> {
+    let prefix = format!("{}-", config.login_cookie_name);
+    let mut found: Vec<(String, i64)> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let n = std::str::from_utf8(pair[..eq].trim_ascii()).ok()?;
+            if !n.starts_with(&prefix) {
+                return None;
+            }
+            let created = std::str::from_utf8(pair[eq + 1..].trim_ascii())
+                .ok()
+                .and_then(|v| v.split_once('.'))
+                .and_then(|(t, _)| t.parse().ok())
+                .unwrap_or(0);
+            Some((n.to_string(), created))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    found.dedup_by(|a, b| a.0 == b.0);
+    found
+}
+
+/// `Set-Cookie` that removes cookie `name` (a pending-login cookie being evicted).
+#[must_use]
+pub fn expire_login_named(config: &Config, name: &str) -> HeaderValue {
+    expire(config, name, SameSite::Lax)
 }

@@ -22,6 +22,8 @@ const TAG: usize = 16;
 pub struct Key {
     id: u8,
     cipher: Aes256Gcm,
+    /// HMAC key for store index names, derived from this key (never the key itself).
+    index: [u8; 32],
 }
 
 impl fmt::Debug for Key {
@@ -79,7 +81,8 @@ impl KeyRing {
                 return Err(KeyRingError::DuplicateId(id));
             }
             let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| KeyRingError::BadKey(n))?;
-            keys.push(Key { id, cipher });
+            let index = hmac_sha256(&raw, b"cloakroom index key v1");
+            keys.push(Key { id, cipher, index });
         }
         if keys.is_empty() {
             return Err(KeyRingError::Empty);
@@ -152,6 +155,33 @@ impl KeyRing {
         }
         let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
         self.open(aad, &raw)
+    }
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC takes keys of any length: new_from_slice cannot fail for it.
+    let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+impl KeyRing {
+    /// The store index names of `value` (a `sub` or `sid`, told apart by `kind`), one per key
+    /// of the ring, the first key's first: keyed hashes, so a key listing shows neither who is
+    /// logged in nor on how many devices. New entries go under the first; lookups read all,
+    /// so a session indexed before a rotation is still found while its key is in the ring.
+    #[must_use]
+    pub fn index_names(&self, kind: &str, value: &str) -> Vec<String> {
+        let mut data = Vec::with_capacity(kind.len() + 1 + value.len());
+        data.extend_from_slice(kind.as_bytes());
+        data.push(0);
+        data.extend_from_slice(value.as_bytes());
+        self.keys
+            .iter()
+            .map(|k| URL_SAFE_NO_PAD.encode(hmac_sha256(&k.index, &data)))
+            .collect()
     }
 }
 

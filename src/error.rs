@@ -36,6 +36,12 @@ pub enum Error {
     /// Wrong method on a known endpoint.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Too many logins from this client IP.
+    #[error("rate limited")]
+    RateLimited {
+        /// When the next one would be allowed: the `Retry-After` header.
+        retry_after: std::time::Duration,
+    },
     // --- IdP
     /// The ID token failed validation (OIDC Core 3.1.3.7).
     #[error("ID token rejected: {0}")]
@@ -81,6 +87,7 @@ impl Error {
             Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
             Error::TokenExchange(_) => (StatusCode::BAD_GATEWAY, "token_exchange_failed"),
             Error::RefreshUnavailable { .. } => {
@@ -99,7 +106,7 @@ impl Error {
         let (status, code) = self.status_and_code();
         let mut resp = json_response(status, &serde_json::json!({ "error": code }));
         match self {
-            Error::RefreshUnavailable { retry_after, .. } => {
+            Error::RefreshUnavailable { retry_after, .. } | Error::RateLimited { retry_after } => {
                 // Whole seconds, rounded up, at least 1.
                 let secs = retry_after.as_millis().div_ceil(1000).max(1);
                 resp.headers_mut().insert(

@@ -20,6 +20,7 @@ pub mod error;
 pub mod metrics;
 pub mod oidc;
 pub mod proxy;
+pub mod ratelimit;
 pub mod refresh;
 pub mod routes;
 pub mod secret;

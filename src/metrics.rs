@@ -88,6 +88,11 @@ pub fn login_finished(outcome: &'static str) {
 }
 
 /// A user logged out.
+pub fn rate_limited() {
+    metrics::counter!("cloakroom_rate_limited_total").increment(1);
+}
+
+/// A user logged out.
 pub fn logout() {
     metrics::counter!("cloakroom_logouts_total").increment(1);
 }

@@ -150,7 +150,20 @@ struct Jwks {
     uri: Url,
     http: reqwest::Client,
     current: std::sync::RwLock<Arc<KeySet>>,
+    /// Last re-fetch for a token that came from the IdP's token endpoint.
     last_refetch: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Last re-fetch for a token anyone could have sent (back-channel logout): its own, smaller
+    /// budget, so random `kid`s cannot keep the refetch window busy for real ID tokens.
+    last_anonymous_refetch: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Who asks for a JWKS re-fetch, and so which budget it spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// A token from the IdP's own token endpoint.
+    Idp,
+    /// A token an unauthenticated caller posted.
+    Anonymous,
 }
 
 struct KeySet {
@@ -160,6 +173,8 @@ struct KeySet {
 
 /// Minimum time between two JWKS re-fetches triggered by unknown key ids.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// The same for tokens from unauthenticated callers (back-channel logout).
+pub const JWKS_ANONYMOUS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl KeySet {
     fn from_oidc(oidc: CoreJsonWebKeySet) -> Self {
@@ -181,6 +196,7 @@ impl Jwks {
             http,
             current: std::sync::RwLock::new(Arc::new(KeySet::from_oidc(keys))),
             last_refetch: tokio::sync::Mutex::new(None),
+            last_anonymous_refetch: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -191,10 +207,21 @@ impl Jwks {
             .clone()
     }
 
-    /// Re-fetches the JWKS unless one was fetched within the interval. True if new keys came.
-    async fn refetch(&self) -> bool {
-        let mut last = self.last_refetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+    /// Re-fetches the JWKS unless `budget`'s last one was within its interval. True if keys
+    /// other than `seen` (the set the caller failed with) are now current — fetched now, or
+    /// by another task meanwhile — so the caller tries once more.
+    async fn refetch(&self, seen: &Arc<KeySet>, budget: Budget) -> bool {
+        let (mut last, interval) = match budget {
+            Budget::Idp => (self.last_refetch.lock().await, JWKS_REFETCH_INTERVAL),
+            Budget::Anonymous => (
+                self.last_anonymous_refetch.lock().await,
+                JWKS_ANONYMOUS_REFETCH_INTERVAL,
+            ),
+        };
+        if !Arc::ptr_eq(&self.current(), seen) {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < interval) {
             return false;
         }
         *last = Some(std::time::Instant::now());
@@ -358,7 +385,9 @@ impl OidcClient {
             reason,
         };
         let http = http_client(config.oidc_timeout).map_err(|e| fail(e.to_string()))?;
-        let issuer_str = config.issuer.as_str().trim_end_matches('/').to_string();
+        // Exactly as configured: an issuer with a trailing slash (Auth0) keeps it, one without
+        // gets none (OIDC Discovery §4.3 compares them as strings).
+        let issuer_str = config.issuer_id.clone();
         let issuer = IssuerUrl::new(issuer_str.clone()).map_err(|e| fail(e.to_string()))?;
         let bounded = {
             let http = http.clone();
@@ -577,7 +606,7 @@ impl OidcClient {
             match self.verify_with(&keys.oidc, id_token, access_token, nonce) {
                 Err(VerifyError::UnknownKey(e)) if !refetched => {
                     refetched = true;
-                    if !self.jwks.refetch().await {
+                    if !self.jwks.refetch(&keys, Budget::Idp).await {
                         return Err(Error::InvalidIdToken(e));
                     }
                 }
@@ -608,6 +637,12 @@ impl OidcClient {
             other => VerifyError::Invalid(other.to_string()),
         })?;
         let invalid = |e: &dyn std::fmt::Display| VerifyError::Invalid(e.to_string());
+        // OIDC Core 3.1.3.7 (4, 5): `azp`, when present, must be our client id.
+        if let Some(azp) = claims.authorized_party() {
+            if azp.as_str() != self.client_id {
+                return Err(VerifyError::Invalid("azp is not this client".into()));
+            }
+        }
         // at_hash, when present, binds the access token to this ID token (3.1.3.8).
         if let Some(expected) = claims.access_token_hash() {
             let alg = id_token.signing_alg().map_err(|e| invalid(&e))?;
@@ -748,13 +783,13 @@ impl OidcClient {
             if let Some(k) = found {
                 break jsonwebtoken::DecodingKey::from_jwk(k).map_err(|e| format!("key: {e}"))?;
             }
-            if refetched || !self.jwks.refetch().await {
+            if refetched || !self.jwks.refetch(&keys, Budget::Anonymous).await {
                 return Err("unknown key id".into());
             }
             refetched = true;
         };
         let mut v = jsonwebtoken::Validation::new(header.alg);
-        v.set_issuer(&[self.issuer.as_str(), &format!("{}/", self.issuer)]);
+        v.set_issuer(&[self.issuer.as_str()]);
         v.set_audience(&[self.client_id.as_str()]);
         v.set_required_spec_claims(&["iss", "aud", "iat"]);
         v.leeway = self.clock_skew.as_secs();

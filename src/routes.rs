@@ -70,6 +70,9 @@ async fn handle_in_span(
     // The path only: queries carry `code` and `state` on the callback. (A `Uri` clone shares
     // its bytes: no copy.)
     let uri = req.uri().clone();
+    // One session cookie or none (SPEC §1): with two distinct values nothing authenticates
+    // (`cookies::session_id` says no session), and the answer clears the cookie.
+    let ambiguous = crate::cookies::ambiguous_session(req.headers(), &state.config);
     let (label, result) = handle_inner(&state, req, peer, &rid).await;
     let mut resp = match result {
         Ok(r) => r,
@@ -87,6 +90,12 @@ async fn handle_in_span(
         }
     };
     resp.headers_mut().insert("x-request-id", rid);
+    if ambiguous {
+        resp.headers_mut().append(
+            http::header::SET_COOKIE,
+            crate::cookies::expire_session(&state.config),
+        );
+    }
     let elapsed = started.elapsed();
     tracing::info!(
         %method,
@@ -117,7 +126,7 @@ async fn handle_inner(
         }
         let m = req.method();
         let r = match (rest, m) {
-            ("/login", &Method::GET) => ("login", auth::login(state, &req).await),
+            ("/login", &Method::GET) => ("login", auth::login(state, &req, peer).await),
             ("/callback", &Method::GET) => ("callback", auth::callback(state, &req, peer).await),
             ("/user", &Method::GET) => ("user", auth::user(state, &req).await),
             ("/logout", &Method::POST) => ("logout", auth::logout(state, &req).await),

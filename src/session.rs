@@ -127,7 +127,8 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// A login in progress, stored once-only for [`PENDING_TTL`].
+/// A login in progress. It travels sealed in a login cookie of its own (`cookies::set_pending`),
+/// never in the store: `/auth/login` writes nothing (SPEC §1 [v2]).
 #[derive(Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The nonce sent in the authorization request.
@@ -136,8 +137,8 @@ pub struct PendingLogin {
     pub pkce_verifier: Secret,
     /// Where to send the browser afterwards (validated).
     pub return_to: String,
-    /// The browser binding tag that must be in the login cookie.
-    pub binding: String,
+    /// When `/auth/login` made it (unix seconds): refused after [`PENDING_TTL`].
+    pub created_at: i64,
     /// The handle of the session this browser had when the login started (its Strict cookie
     /// is sent on `/auth/login`, a same-site navigation, but never on the cross-site callback):
     /// the callback ends it once the new session exists.
@@ -153,7 +154,7 @@ impl fmt::Debug for PendingLogin {
     }
 }
 
-/// How long a pending login lives.
+/// How long a pending login lives (its cookie's `Max-Age`; the callback checks it too).
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
 /// A store failure (connection, timeout, protocol). Never carries values.
@@ -181,10 +182,22 @@ pub enum Index {
 pub struct RecordRef {
     /// Public handle: SHA-256 of the session id.
     pub handle: String,
-    /// Hash of `sub`.
-    pub sub_hash: String,
-    /// Hash of `sid`, if any.
-    pub sid_hash: Option<String>,
+    /// The index names of its `sub`, one per key of the ring (see [`KeyRing::index_names`]):
+    /// an instance that has only some of the keys (mid-rotation) still finds it.
+    pub subs: Vec<String>,
+    /// The same for its `sid`, if any.
+    pub sids: Vec<String>,
+}
+
+impl RecordRef {
+    /// Every index entry: which index, under which name.
+    #[must_use]
+    pub fn entries(&self) -> impl Iterator<Item = (Index, &str)> {
+        self.subs
+            .iter()
+            .map(|n| (Index::Sub, n.as_str()))
+            .chain(self.sids.iter().map(|n| (Index::Sid, n.as_str())))
+    }
 }
 
 /// A session record as the store holds it: sealed data, last-seen time, refresh generation.
@@ -383,25 +396,6 @@ impl Store {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.index_remove(index, hash, handles).await)
     }
-    /// Stores a pending login under the hash of its `state`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store does not answer.
-    pub async fn put_pending(
-        &self,
-        state_hash: &str,
-        blob: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_pending(state_hash, blob, ttl).await)
-    }
-    /// Takes a pending login: the first caller gets it, every later one gets `None`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store does not answer.
-    pub async fn take_pending(&self, state_hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, s => s.take_pending(state_hash).await)
-    }
     /// Checks the store answers.
     ///
     /// # Errors
@@ -480,10 +474,6 @@ impl fmt::Debug for SessionId {
 
 fn record_aad(handle: &str) -> Vec<u8> {
     format!("session:{handle}").into_bytes()
-}
-
-fn pending_aad(state_hash: &str) -> Vec<u8> {
-    format!("pending:{state_hash}").into_bytes()
 }
 
 impl Sessions {
@@ -578,12 +568,28 @@ impl Sessions {
 
     /// The record reference (handle and index hashes) of a session.
     #[must_use]
-    pub fn record_ref(handle: &str, s: &Session) -> RecordRef {
+    pub fn record_ref(&self, handle: &str, s: &Session) -> RecordRef {
         RecordRef {
             handle: handle.to_string(),
-            sub_hash: crypto::hash(&s.sub),
-            sid_hash: s.sid.as_deref().map(crypto::hash),
+            subs: self.index_names(Index::Sub, &s.sub),
+            sids: s
+                .sid
+                .as_deref()
+                .map(|sid| self.index_names(Index::Sid, sid))
+                .unwrap_or_default(),
         }
+    }
+
+    /// The index names of `value`, one per key of the ring, the first key's first (see
+    /// [`KeyRing::index_names`]). Entries are written under all of them and read from all of
+    /// them.
+    #[must_use]
+    pub fn index_names(&self, index: Index, value: &str) -> Vec<String> {
+        let kind = match index {
+            Index::Sub => "sub",
+            Index::Sid => "sid",
+        };
+        self.keys.index_names(kind, value)
     }
 
     fn ttl(&self, s: &Session) -> Option<Duration> {
@@ -608,7 +614,7 @@ impl Sessions {
         let blob = self.seal(handle, s)?;
         self.store
             .put_session(
-                &Self::record_ref(handle, s),
+                &self.record_ref(handle, s),
                 blob,
                 s.last_seen,
                 ttl,
@@ -669,7 +675,11 @@ impl Sessions {
             tracing::warn!(session = %short(handle), "session record has an unknown format");
             return None;
         };
-        s.last_seen = s.last_seen.max(rec.seen);
+        // The plain last-seen field can only move the idle expiry within the sealed record's
+        // own bounds: never before the sealed value, never past now, and `expires_at` caps it
+        // at the sealed absolute expiry. Whoever can write Redis cannot make a session live
+        // longer than its absolute lifetime.
+        s.last_seen = s.last_seen.max(rec.seen.min(self.clock.unix()));
         s.generation = rec.generation;
         (s.v == FORMAT_VERSION).then_some(s)
     }
@@ -719,10 +729,10 @@ impl Sessions {
         let r = copy.map_or_else(
             || RecordRef {
                 handle: handle.to_string(),
-                sub_hash: String::new(),
-                sid_hash: None,
+                subs: Vec::new(),
+                sids: Vec::new(),
             },
-            |s| Self::record_ref(handle, s),
+            |s| self.record_ref(handle, s),
         );
         let taken = self.store.take_session(&r).await;
         if let Some(c) = &self.cache {
@@ -734,7 +744,7 @@ impl Sessions {
         let deleted = self.open(handle, &rec);
         if let Some(d) = &deleted {
             // The copy may be older than the record (or absent): unindex by what was deleted.
-            let actual = Self::record_ref(handle, d);
+            let actual = self.record_ref(handle, d);
             if copy.is_none_or(|c| c.sub != d.sub || c.sid != d.sid) {
                 self.store.unindex(&actual).await?;
             }
@@ -757,46 +767,26 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn find(&self, index: Index, value: &str) -> Result<Found, StoreError> {
-        let hash = crypto::hash(value);
         let mut found = Found::default();
-        let mut stale = Vec::new();
-        for h in self.store.index_members(index, &hash).await? {
-            match self.load_record(&h).await? {
-                Loaded::Live(s) => found.live.push((h, *s)),
-                Loaded::Unreadable => found.unreadable.push(h),
-                Loaded::Missing => stale.push(h),
+        // Every key's index name: an entry written by an instance whose ring has other keys
+        // (mid-rotation) is found under a key both rings share.
+        for name in self.index_names(index, value) {
+            let mut stale = Vec::new();
+            for h in self.store.index_members(index, &name).await? {
+                if found.live.iter().any(|(l, _)| *l == h) || found.unreadable.contains(&h) {
+                    continue;
+                }
+                match self.load_record(&h).await? {
+                    Loaded::Live(s) => found.live.push((h, *s)),
+                    Loaded::Unreadable => found.unreadable.push(h),
+                    Loaded::Missing => stale.push(h),
+                }
+            }
+            if !stale.is_empty() {
+                self.store.index_remove(index, &name, &stale).await?;
             }
         }
-        if !stale.is_empty() {
-            self.store.index_remove(index, &hash, &stale).await?;
-        }
         Ok(found)
-    }
-
-    /// Stores a pending login under `state`, sealed.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store does not answer.
-    pub async fn put_pending(&self, state: &str, p: &PendingLogin) -> Result<(), StoreError> {
-        let h = crypto::hash(state);
-        let json = serde_json::to_vec(p).map_err(|e| StoreError(format!("encode: {e}")))?;
-        let blob = self.keys.seal(&pending_aad(&h), &json);
-        self.store.put_pending(&h, blob, PENDING_TTL).await
-    }
-
-    /// Takes the pending login for `state` (once).
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store does not answer.
-    pub async fn take_pending(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
-        let h = crypto::hash(state);
-        let Some(blob) = self.store.take_pending(&h).await? else {
-            return Ok(None);
-        };
-        Ok(self
-            .keys
-            .open(&pending_aad(&h), &blob)
-            .and_then(|j| serde_json::from_slice(&j).ok()))
     }
 }
 

@@ -1,14 +1,16 @@
 //! `GET /auth/callback?code&state` (or `?error&state`): finish the code flow (SPEC §1).
 //!
-//! take pending login (once) → check browser binding → (IdP error → back to `return_to`) →
-//! exchange code → verify ID token → delete any old session → new session → cookies → 302.
+//! rate limit → the pending login from the login cookie named for `state` (sealed for it) →
+//! `iss` (RFC 9207) → "state used" marker (once) → (IdP error → back to `return_to`) →
+//! exchange code → verify ID token → new session → end the browser's previous session →
+//! cookies → 302.
 
 use super::{query_pairs, query_param};
 use crate::app::AppState;
 use crate::body::{empty, Body};
 use crate::cookies;
 use crate::error::Error;
-use crate::session::{Session, SessionId, FORMAT_VERSION};
+use crate::session::{PendingLogin, Session, SessionId, FORMAT_VERSION, PENDING_TTL};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::net::SocketAddr;
 
@@ -17,25 +19,38 @@ pub(crate) async fn callback<B>(
     req: &Request<B>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
+    state.login_limiter.check(&state.config, req.headers(), peer)?;
     let pairs = query_pairs(req.uri());
     let st = query_param(&pairs, "state")?.ok_or(Error::InvalidState("missing state"))?;
     if st.is_empty() || st.len() > 128 {
         return Err(Error::InvalidState("malformed state"));
     }
-    let pending = state
-        .sessions
-        .take_pending(&st)
-        .await?
-        .ok_or(Error::InvalidState("unknown, used or expired state"))?;
-    let mut tags = cookies::login_tags(req.headers(), &state.config);
-    let Some(pos) = tags.iter().position(|t| *t == pending.binding) else {
-        return Err(Error::InvalidState("state belongs to another browser"));
+    // The pending login comes from the login cookie named for this state, sealed for it: a
+    // state from another browser finds no cookie here.
+    let sealed = match cookies::pending(req.headers(), &state.config, &st) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err(Error::InvalidState("no login in progress for this state here")),
+        Err(()) => {
+            // Two values for one login cookie: ambiguous, refused, and cleared.
+            let mut r = Error::InvalidState("ambiguous login cookie").into_response();
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                cookies::expire_pending(&state.config, &st),
+            );
+            return Ok(r);
+        }
     };
-    tags.remove(pos);
+    let pending: PendingLogin = serde_json::from_slice(&sealed)
+        .map_err(|_| Error::InvalidState("unreadable pending login"))?;
+    let now = state.clock.unix();
+    let ttl = i64::try_from(PENDING_TTL.as_secs()).unwrap_or(600);
+    if pending.created_at + ttl < now {
+        return Err(Error::InvalidState("the login took too long"));
+    }
 
     // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
     match query_param(&pairs, "iss")? {
-        Some(iss) if iss.trim_end_matches('/') != state.oidc.issuer() => {
+        Some(iss) if iss != state.oidc.issuer() => {
             return Err(Error::InvalidState("iss does not match the issuer"));
         }
         None if state.oidc.promises_iss() => {
@@ -45,6 +60,17 @@ pub(crate) async fn callback<B>(
         }
         _ => {}
     }
+    // Taken once: a replayed callback (same state, same cookie) is refused. The marker lives
+    // as long as the login cookie could.
+    let used = crate::crypto::hash(&format!("state-used:{st}"));
+    if !state
+        .sessions
+        .store()
+        .remember_once(&used, PENDING_TTL)
+        .await?
+    {
+        return Err(Error::InvalidState("this login was already finished"));
+    }
 
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::FOUND;
@@ -52,7 +78,7 @@ pub(crate) async fn callback<B>(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut().append(
         header::SET_COOKIE,
-        cookies::set_login(&state.config, &state.config.keys, &tags),
+        cookies::expire_pending(&state.config, &st),
     );
 
     if let Some(err) = query_param(&pairs, "error")? {
@@ -108,6 +134,15 @@ pub(crate) async fn callback<B>(
         generation: 0,
     };
     state.sessions.save(&handle, &session).await?;
+    // Frequent re-logins must not grow the user's index: drop the handles whose records are
+    // gone (expired, ended elsewhere) while we are here.
+    if let Err(e) = state
+        .sessions
+        .find(crate::session::Index::Sub, &session.sub)
+        .await
+    {
+        tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");
+    }
     tracing::info!(
         event = "login",
         session = %crate::session::short(&handle),

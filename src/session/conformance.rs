@@ -2,7 +2,7 @@
 //! in the integration tests. Panics (assertions) on a violation.
 
 use super::{
-    now_unix, Index, LockState, PendingLogin, RecordRef, RefreshWrite, Session, SessionId,
+    now_unix, Index, LockState, RecordRef, RefreshWrite, Session, SessionId,
     Sessions, Store, Tokens,
 };
 use crate::crypto::{self, KeyRing};
@@ -43,8 +43,9 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
 /// # Panics
 /// On any violation of the store contract.
 pub async fn run(store: Store) {
+    let entry = KeyRing::generate_entry(1);
     let keys = Arc::new(
-        KeyRing::parse(&KeyRing::generate_entry(1)).unwrap_or_else(|e| panic!("key ring: {e}")),
+        KeyRing::parse(&entry).unwrap_or_else(|e| panic!("key ring: {e}")),
     );
     let sessions = Sessions::new(
         store,
@@ -136,41 +137,19 @@ pub async fn run(store: Store) {
         "the store's own TTL must have removed the record"
     );
 
-    // 6. pending logins are taken exactly once
-    let state = crypto::random_token();
-    let p = PendingLogin {
-        nonce: Secret::new("n"),
-        pkce_verifier: Secret::new("v"),
-        return_to: "/x".into(),
-        binding: "b".into(),
-        previous: None,
-    };
-    sessions.put_pending(&state, &p).await.expect("put pending");
-    let got = sessions
-        .take_pending(&state)
-        .await
-        .expect("take")
-        .expect("first take");
-    assert_eq!(got.return_to, "/x");
-    assert!(sessions.take_pending(&state).await.expect("take").is_none());
-    assert!(sessions
-        .take_pending(&crypto::random_token())
-        .await
-        .expect("take")
-        .is_none());
-
-    // 7. concurrent takes of one pending login: exactly one wins
-    let state = crypto::random_token();
-    sessions.put_pending(&state, &p).await.expect("put pending");
+    // 6./7. remember_once is exactly-once under concurrency (a used login state, a logout jti)
+    let marker = crypto::random_token();
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let s = sessions.clone();
-        let st = state.clone();
-        tasks.push(tokio::spawn(async move { s.take_pending(&st).await }));
+        let store = sessions.store().clone();
+        let m = marker.clone();
+        tasks.push(tokio::spawn(async move {
+            store.remember_once(&m, Duration::from_secs(5)).await
+        }));
     }
     let mut winners = 0;
     for t in tasks {
-        if t.await.expect("join").expect("take").is_some() {
+        if t.await.expect("join").expect("once") {
             winners += 1;
         }
     }
@@ -342,10 +321,13 @@ pub async fn run(store: Store) {
         .expect("once"));
 
     // 11. index pruning: an entry whose record is gone is pruned; a record this key ring
-    // cannot open (another instance's newer key) is reported, kept, and can still be ended
+    // cannot open (another instance's newer key, first in its ring; ours second there) is
+    // found through the index name of the key both rings share, reported, kept, and can still
+    // be ended
     let sub2 = format!("conformance-prune-{}", crypto::random_token());
     let other_ring = Arc::new(
-        KeyRing::parse(&KeyRing::generate_entry(7)).unwrap_or_else(|e| panic!("key ring: {e}")),
+        KeyRing::parse(&format!("{},{entry}", KeyRing::generate_entry(7)))
+            .unwrap_or_else(|e| panic!("key ring: {e}")),
     );
     let other = Sessions::new(
         store.clone(),
@@ -363,8 +345,8 @@ pub async fn run(store: Store) {
         .put_session(
             &RecordRef {
                 handle: ghost.clone(),
-                sub_hash: crypto::hash(&sub2),
-                sid_hash: None,
+                subs: sessions.index_names(Index::Sub, &sub2),
+                sids: Vec::new(),
             },
             b"x".to_vec(),
             now_unix(),
@@ -379,7 +361,7 @@ pub async fn run(store: Store) {
     assert_eq!(found.unreadable, vec![foreign.clone()], "kept, not pruned");
     assert_eq!(
         store
-            .index_members(Index::Sub, &crypto::hash(&sub2))
+            .index_members(Index::Sub, &sessions.index_names(Index::Sub, &sub2)[0])
             .await
             .expect("members"),
         vec![foreign.clone()],
@@ -393,6 +375,15 @@ pub async fn run(store: Store) {
         "an unreadable record can still be ended"
     );
     assert!(other.load(&foreign).await.expect("load").is_none());
+    // Index names are keyed hashes: neither the sub nor a plain hash of it appears.
+    let name = &sessions.index_names(Index::Sub, &sub2)[0];
+    assert_ne!(name, &crypto::hash(&sub2));
+    assert!(!name.contains(&sub2));
+    assert_ne!(
+        sessions.index_names(Index::Sub, &sub2),
+        sessions.index_names(Index::Sid, &sub2),
+        "sub and sid indexes never share a name"
+    );
 
     store.ping().await.expect("ping");
     let _ = sessions.delete(&h2, &session(&sub, None, 0)).await;

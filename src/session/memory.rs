@@ -1,6 +1,6 @@
 //! In-memory [`Store`](super::Store) for the single-process demo and unit tests.
 //!
-//! Same semantics as the Redis store: TTLs, once-only pending logins, indexes, refresh locks,
+//! Same semantics as the Redis store: TTLs, indexes, refresh locks,
 //! remember-once. One instance only: nothing is shared across processes.
 
 use super::{Index, LockState, RecordRef, RefreshWrite, StoreError, StoredRecord};
@@ -26,7 +26,6 @@ enum Lock {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<String, Record>,
-    pending: HashMap<String, (Vec<u8>, Instant)>,
     indexes: HashMap<(bool, String), (HashSet<String>, Instant)>,
     /// Refresh locks: owner (or a cool-off marker) and expiry.
     locks: HashMap<String, (Lock, Instant)>,
@@ -85,11 +84,8 @@ impl MemoryStore {
             e.0.insert(r.handle.clone());
             e.1 = now + index_ttl;
         };
-        if !r.sub_hash.is_empty() {
-            add(key(Index::Sub, &r.sub_hash));
-        }
-        if let Some(sid) = &r.sid_hash {
-            add(key(Index::Sid, sid));
+        for (i, n) in r.entries() {
+            add(key(i, n));
         }
         g.sessions.insert(
             r.handle.clone(),
@@ -175,11 +171,7 @@ impl MemoryStore {
 
     pub(super) async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let sub = (!r.sub_hash.is_empty()).then(|| key(Index::Sub, &r.sub_hash));
-        for k in sub
-            .into_iter()
-            .chain(r.sid_hash.as_deref().map(|s| key(Index::Sid, s)))
-        {
+        for k in r.entries().map(|(i, n)| key(i, n)) {
             if let Some(e) = g.indexes.get_mut(&k) {
                 e.0.remove(&r.handle);
                 if e.0.is_empty() {
@@ -219,29 +211,6 @@ impl MemoryStore {
             }
         }
         Ok(())
-    }
-
-    pub(super) async fn put_pending(
-        &self,
-        state_hash: &str,
-        blob: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        let now = Instant::now();
-        g.pending.retain(|_, (_, exp)| *exp > now);
-        g.pending.insert(state_hash.to_string(), (blob, now + ttl));
-        Ok(())
-    }
-
-    pub(super) async fn take_pending(
-        &self,
-        state_hash: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut g = self.lock();
-        Ok(g.pending
-            .remove(state_hash)
-            .and_then(|(b, exp)| (exp > Instant::now()).then_some(b)))
     }
 
     pub(super) async fn try_lock(

@@ -5,18 +5,25 @@
 //!
 //! | key | type | TTL |
 //! |---|---|---|
-//! | `<prefix>:s:{<handle>}` | hash: `d` sealed session, `s` last-seen (unix s) | min(idle, absolute) expiry |
-//! | `<prefix>:lock:{<handle>}` | string: refresh-lock owner token | the lease |
-//! | `<prefix>:u:{<hash(sub)>}` | set of handles | absolute timeout, renewed on write |
-//! | `<prefix>:sid:{<hash(sid)>}` | set of handles | absolute timeout, renewed on write |
-//! | `<prefix>:l:{<hash(state)>}` | string: sealed pending login | 10 min, taken with GETDEL |
-//! | `<prefix>:once:{<hash>}` | string: a back-channel logout `jti` seen | its TTL |
+//! | `<prefix>:s:{<handle>}` | hash: `d` sealed session, `s` last-seen (unix s), `g` refresh generation | min(idle, absolute) expiry |
+//! | `<prefix>:lock:{<handle>}` | string: refresh-lock owner token, or `cooloff:<unix ms>` | the lease (cool-off: twice its length) |
+//! | `<prefix>:u:{<index key of sub>}` | set of handles | absolute timeout, renewed on write |
+//! | `<prefix>:sid:{<index key of sid>}` | set of handles | absolute timeout, renewed on write |
+//! | `<prefix>:once:{<hash>}` | string: a back-channel logout `jti` or a used login `state` | its TTL |
 //!
-//! Sliding (`touch_session`) writes only `s` and the TTL, and a refresh (`replace_data`) only
-//! `d`, each through a script that does nothing if the record is gone: neither can undo the
-//! other, and neither can bring back a session deleted meanwhile. Needs Redis ≥ 6.2 (GETDEL).
+//! Sliding (`touch_session`) writes only `s` and the TTL, and a refresh (`write_refresh`) only
+//! `d` and `g`, each through a script that does nothing if the record is gone: neither can undo
+//! the other, and neither can bring back a session deleted meanwhile. A refresh write is also
+//! fenced: refused unless `g` is still the generation the refresher read and no other owner
+//! holds the lock. Ending a session (`take_session`) reads and deletes the record in one
+//! script, so the caller revokes the tokens that were really there.
 //!
-//! Deleting a session and replacing its data also publish its handle on `<prefix>:invalidate`,
+//! Ordering across slots (each key is its own slot in a cluster): a new session's index
+//! entries are written before its record, and an ended session's record is deleted before its
+//! index entries, so a failure in between leaves at worst a stale index entry (pruned by
+//! `Sessions::find`), never a live session missing from its indexes.
+//!
+//! Deleting a session and writing a refresh also publish its handle on `<prefix>:invalidate`,
 //! in the same atomic step, for the other instances' session caches (`session/cache.rs`).
 
 use super::{Index, LockState, RecordRef, RefreshWrite, StoreError, StoredRecord};
@@ -500,9 +507,6 @@ impl RedisStore {
         true
     }
 
-    fn pending_key(&self, hash: &str) -> String {
-        format!("{}:l:{{{hash}}}", self.prefix)
-    }
 
     async fn run<T: redis::FromRedisValue>(
         &self,
@@ -529,11 +533,7 @@ impl RedisStore {
     }
 
     fn index_keys(&self, r: &RecordRef) -> Vec<String> {
-        (!r.sub_hash.is_empty())
-            .then(|| self.index_key(Index::Sub, &r.sub_hash))
-            .into_iter()
-            .chain(r.sid_hash.as_deref().map(|s| self.index_key(Index::Sid, s)))
-            .collect()
+        r.entries().map(|(i, n)| self.index_key(i, n)).collect()
     }
 
     fn lock_key(&self, handle: &str) -> String {
@@ -856,39 +856,6 @@ impl RedisStore {
                     .query_async::<()>(&mut c)
                     .await
             })
-        })
-        .await
-    }
-
-    pub(super) async fn put_pending(
-        &self,
-        state_hash: &str,
-        blob: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let k = self.pending_key(state_hash);
-        let s = ttl.as_secs().max(1);
-        self.run(move |mut c| {
-            Box::pin(async move {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(blob)
-                    .arg("EX")
-                    .arg(s)
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-        })
-        .await
-    }
-
-    pub(super) async fn take_pending(
-        &self,
-        state_hash: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = self.pending_key(state_hash);
-        self.run(move |mut c| {
-            Box::pin(async move { redis::cmd("GETDEL").arg(k).query_async(&mut c).await })
         })
         .await
     }

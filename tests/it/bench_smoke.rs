@@ -122,5 +122,85 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
         assert!(report.contains(t["what"].as_str().expect("what")), "{t}");
     }
     assert!(report.contains("Smoke run"));
+
+    // Issue #10 (counts only, no timing). The storm with 10 % of its calls abandoned by the
+    // client (HTTP/1.1 reset, HTTP/2 RST_STREAM): still one refresh per session, no failure
+    // among the other calls or in the check after, no grant revoked, no refresh token reused.
+    let calls = sessions * storm["per_session"].as_u64().expect("per_session");
+    assert_eq!(storm["abort_pct"], 10, "{storm}");
+    let planned = storm["planned_aborts"].as_u64().expect("planned_aborts");
+    assert_eq!(planned, calls.div_ceil(10), "{storm}");
+    let aborted = storm["aborted"].as_u64().expect("aborted");
+    assert!(
+        aborted > 0,
+        "no call was aborted before its answer: {storm}"
+    );
+    assert_eq!(
+        aborted + storm["answered_before_abort"].as_u64().expect("answered"),
+        planned,
+        "{storm}"
+    );
+    assert_eq!(
+        storm["aborted_tcp"].as_u64().unwrap_or(0) + storm["aborted_h2"].as_u64().unwrap_or(0),
+        aborted,
+        "{storm}"
+    );
+    assert_eq!(storm["token_endpoint_hits"], sessions, "{storm}");
+    assert_eq!(storm["grants_revoked"], 0, "{storm}");
+    assert_eq!(storm["refresh_reuse"], 0, "{storm}");
+    assert_eq!(storm["verify_calls"], sessions, "{storm}");
+    assert_eq!(storm["verify_failures"], serde_json::json!({}), "{storm}");
+
+    // (e) The IdP's token endpoint down during load: at most one token-endpoint call per session
+    // per cool-off (plus the first), calls with a valid token all answered, expired ones 503;
+    // afterwards exactly one refresh per session, nothing revoked, every session recovered.
+    let e = &r["stall"];
+    let n = e["valid_sessions"].as_u64().expect("valid_sessions")
+        + e["expired_sessions"].as_u64().expect("expired_sessions");
+    assert!(n > 0, "{e}");
+    let per = e["stall_seconds"]
+        .as_u64()
+        .expect("stall_seconds")
+        .div_ceil(e["cooloff_seconds"].as_u64().expect("cooloff_seconds"));
+    assert_eq!(e["bound"], n * (per + 1), "{e}");
+    let hits = e["token_endpoint_hits"]
+        .as_u64()
+        .expect("token_endpoint_hits");
+    assert!(
+        hits >= n,
+        "every session tried a refresh during the outage: {e}"
+    );
+    assert!(
+        hits <= n * (per + 1),
+        "token endpoint called too often: {e}"
+    );
+    assert_eq!(e["within_bound"], true, "{e}");
+    assert_eq!(e["idp_refreshes"], n, "{e}");
+    assert_eq!(e["cloakroom_refreshes"], n, "{e}");
+    assert_eq!(e["grants_revoked"], 0, "{e}");
+    assert_eq!(e["refresh_reuse"], 0, "{e}");
+    assert_eq!(e["valid_calls_past_expiry"], 0, "{e}");
+    for phase in ["valid_before", "valid_stall", "valid_recovery"] {
+        let p = &e[phase];
+        let c = p["calls"].as_u64().unwrap_or(0);
+        assert!(c > 0, "{phase}: {e}");
+        assert_eq!(
+            p["statuses"],
+            serde_json::json!({ "200": c }),
+            "{phase}: {e}"
+        );
+        assert!(
+            p["p99_us"].as_f64().is_some_and(f64::is_finite),
+            "{phase}: {e}"
+        );
+    }
+    let es = &e["expired_stall"];
+    assert!(es["calls"].as_u64().unwrap_or(0) > 0, "{e}");
+    assert_eq!(
+        es["statuses"],
+        serde_json::json!({ "503": es["calls"] }),
+        "expired tokens during the outage: 503 token_refresh_unavailable: {e}"
+    );
+    assert_eq!(e["not_recovered"], 0, "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,8 +15,12 @@ struct Rig {
 }
 
 async fn rig(promise_iss: bool) -> Rig {
+    rig_with(promise_iss, false).await
+}
+
+async fn rig_with(promise_iss: bool, trailing_slash: bool) -> Rig {
     let key = Key::new("k1");
-    let idp = HostileIdp::start(&[&key], promise_iss).await;
+    let idp = HostileIdp::start_with(&[&key], promise_iss, trailing_slash).await;
     let env = TestEnv::start_with(Opts {
         issuer: Some(idp.issuer.clone()),
         oidc_timeout: "1s",
@@ -152,6 +156,8 @@ async fn forged_and_invalid_id_tokens_are_refused() {
                 r.key.sign(&c)
             }),
         ),
+        // One audience, but azp names another party (README promised this check; v2 enforces it).
+        ("one aud, foreign azp", with("azp", json!("other"))),
         ("expired", with("exp", json!(now - 600))),
         ("issued in the future", with("iat", json!(now + 3600))),
         ("missing nonce", without("nonce")),
@@ -317,4 +323,36 @@ async fn jwks_rotation_mid_session_refetches_once_and_rate_limits() {
     r.env.advance(Duration::from_secs(3));
     let resp = b.xhr(Method::GET, &r.env.url("/api/x")).await;
     assert_eq!(resp.status, 401, "{}", resp.body);
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_trailing_slash_is_used_exactly_as_configured_and_discovered() {
+    // Auth0 style: `https://tenant.auth0.com/`. Trimming it would fail discovery's and every
+    // token's `iss` check.
+    let r = rig_with(true, true).await;
+    let iss = r.idp.issuer.clone();
+    assert!(iss.ends_with('/'), "{iss}");
+    let (mut b, resp) = attempt(&r, Some(&iss), |n| {
+        Reply::Json(200, token_response(&r.key.sign(&claims(&r, n))))
+    })
+    .await;
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    assert_eq!(
+        b.xhr(Method::GET, &r.env.url("/auth/user")).await.status,
+        200
+    );
+    // Exactly: the same issuer without its slash is another issuer.
+    let bare = iss.trim_end_matches('/').to_string();
+    let (_, resp) = attempt(&r, Some(&bare), |n| {
+        Reply::Json(200, token_response(&r.key.sign(&claims(&r, n))))
+    })
+    .await;
+    assert_eq!(resp.status, 400, "RFC 9207 iss without the slash: {}", resp.body);
+    let (_, resp) = attempt(&r, Some(&iss), |n| {
+        let mut c = claims(&r, n);
+        c["iss"] = json!(bare);
+        Reply::Json(200, token_response(&r.key.sign(&c)))
+    })
+    .await;
+    assert_eq!(resp.status, 401, "ID token iss without the slash: {}", resp.body);
 }

@@ -36,12 +36,19 @@ async fn full_flow_attaches_the_idp_token_and_no_token_reaches_the_browser() {
     assert_eq!(q["code_challenge"].len(), 43);
     assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
     assert!(!q.contains_key("prompt"));
-    let login_cookie = r
-        .set_cookie("__Host-cloakroom-login")
-        .expect("login cookie");
-    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+    // The pending login travels in a cookie of its own, named for its state; the store gets
+    // nothing.
+    let login_cookie = r.set_login_cookie().expect("login cookie");
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=600"] {
         assert!(login_cookie.contains(attr), "{login_cookie}");
     }
+    let login_name = login_cookie.split('=').next().unwrap().to_string();
+    assert_eq!(
+        env.redis.cli(&["DBSIZE"]).trim().trim_start_matches(':'),
+        "0",
+        "/auth/login stored something: {}",
+        env.redis.cli(&["KEYS", "*"])
+    );
     assert_eq!(r.headers["cache-control"], "no-store");
 
     // Step 2: the IdP logs alice in and sends us back; the callback sets the session cookie.
@@ -64,9 +71,7 @@ async fn full_flow_attaches_the_idp_token_and_no_token_reaches_the_browser() {
     assert!(!set.to_ascii_lowercase().contains("domain"));
     let value = set.split(';').next().unwrap().split_once('=').unwrap().1;
     assert!(value.len() < 200, "cookie value is {} bytes", value.len());
-    let cleared = r
-        .set_cookie("__Host-cloakroom-login")
-        .expect("login cookie cleared");
+    let cleared = r.set_cookie(&login_name).expect("login cookie cleared");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
 
     // Step 3: /auth/user returns claims and session times, no token.
@@ -194,13 +199,10 @@ async fn callback_state_is_single_use_and_bound_to_the_browser() {
         .idp
         .login(&mut b, &r.location(), "alice", "wonderland")
         .await;
-    let login_cookie = b
-        .jar
-        .get("__Host-cloakroom-login")
-        .cloned()
-        .expect("login cookie");
+    let (login_name, login_cookie) = b.login_cookies().pop().expect("login cookie");
     assert_eq!(b.get(&callback).await.status, 302);
-    b.jar.insert("__Host-cloakroom-login".into(), login_cookie);
+    // The same callback again, with the same login cookie: the "state used" marker refuses it.
+    b.jar.insert(login_name, login_cookie);
     let r = b.get(&callback).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "invalid_state");
@@ -224,18 +226,15 @@ async fn callback_state_is_single_use_and_bound_to_the_browser() {
         assert!(r.set_cookie("__Host-cloakroom").is_none());
     }
 
-    // Expired pending login: let the store's TTL run out.
+    // Expired pending login: its cookie outlived its 10 minutes (a browser would have dropped
+    // it; the sealed creation time says so too).
     let mut b = Browser::new();
     let r = b.get(&env.url("/auth/login")).await;
     let callback = env
         .idp
         .login(&mut b, &r.location(), "alice", "wonderland")
         .await;
-    let keys = env.redis.cli(&["KEYS", "cloakroom:l:*"]);
-    for k in keys.lines().filter(|l| l.starts_with("cloakroom:l:")) {
-        env.redis.cli(&["PEXPIRE", k, "1"]);
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    env.advance(std::time::Duration::from_secs(601));
     let r = b.get(&callback).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "invalid_state");

@@ -13,6 +13,7 @@ mod hardening;
 mod hostile;
 mod lifecycle;
 mod login_flow;
+mod login_state;
 mod ops;
 mod props;
 mod proxying;

@@ -102,7 +102,7 @@ async fn a_full_flow_at_trace_level_logs_no_secret() {
     let base = format!("http://{}", bin.addr);
     let mut b = Browser::new();
     let r = b.get(&format!("{base}/auth/login?return_to=/x")).await;
-    let login_cookie = b.jar["__Host-cloakroom-login"].clone();
+    let login_cookie = b.login_cookies().pop().expect("login cookie").1;
     let callback = env
         .idp
         .login(&mut b, &r.location(), "alice", "wonderland")

@@ -175,7 +175,7 @@ proptest! {
             h.append(COOKIE, v);
         }
         prop_assert!(cookies::session_id(&h, config()).is_none());
-        prop_assert!(cookies::login_tags(&h, config()).is_empty());
+        prop_assert!(!matches!(cookies::pending(&h, config(), "some-state"), Ok(Some(_))));
     }
 
     /// A session cookie Cloakroom set is found among arbitrary other cookies (and garbage
@@ -201,7 +201,22 @@ proptest! {
         let h = cookie_headers(&[with_session_cookie(&noise, at, &value)]);
         prop_assume!(!h.is_empty());
         let got = cookies::session_id(&h, c);
-        prop_assert_eq!(got.as_ref().map(SessionId::expose), Some(id.expose()));
+        // One session cookie or none (SPEC §1 [v2]): another value under our name among the
+        // noise makes the credentials ambiguous, and nothing authenticates.
+        let rival = noise.iter().any(|(k, v)| {
+            *k == c.cookie_name && v.split(';').next().unwrap_or("").trim() != value
+        });
+        if rival {
+            prop_assert!(got.is_none());
+            prop_assert!(cookies::ambiguous_session(&h, c));
+        } else {
+            prop_assert_eq!(got.as_ref().map(SessionId::expose), Some(id.expose()));
+            prop_assert!(!cookies::ambiguous_session(&h, c));
+        }
+        // The same cookie sent twice is still one value.
+        let twice = cookie_headers(&[with_session_cookie(&[], 0, &value), with_session_cookie(&[], 0, &value)]);
+        let again = cookies::session_id(&twice, c);
+        prop_assert_eq!(again.as_ref().map(SessionId::expose), Some(id.expose()));
 
         let raw = URL_SAFE_NO_PAD.decode(id.expose()).expect("base64url id");
         let wrong_aad = c.keys.seal_text(c.login_cookie_name.as_bytes(), &raw);

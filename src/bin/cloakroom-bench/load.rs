@@ -1,6 +1,8 @@
 //! Load generators: `wrk` (closed loop, throughput), `oha` (open loop at a fixed rate, latency
-//! corrected for coordinated omission) and a small built-in hyper client (the smoke run, and the
-//! refresh storm, whose shape — N sessions × M concurrent calls each — no stock tool makes).
+//! corrected for coordinated omission) and a small built-in hyper client (the smoke run; the
+//! refresh storm, whose shape — N sessions × M concurrent calls each, some abandoned by the client
+//! over HTTP/1.1 or HTTP/2 — no stock tool makes; and the paced per-session calls of the IdP
+//! outage, which keep every call's status and due time).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -342,20 +344,178 @@ pub async fn fixed_rate(
     )
 }
 
+/// How the client abandons a storm call before its answer.
+#[derive(Debug, Clone, Copy)]
+enum Abort {
+    /// HTTP/1.1 on a connection of its own, reset (`SO_LINGER` 0) after the delay.
+    Tcp(Duration),
+    /// HTTP/2 on a connection kept open, the stream cancelled (`RST_STREAM`) after the delay.
+    H2(Duration),
+}
+
+/// Whether storm call `i` is aborted: exactly `pct` of every 100 consecutive calls, the first
+/// of each ten (so with 10 %, a session's first call, the one likely to start its refresh, is
+/// often among them).
+fn aborts(i: usize, pct: u32) -> bool {
+    pct > 0 && (i * pct as usize) % 100 < pct as usize
+}
+
+/// The `k`-th abort: HTTP/1.1 and HTTP/2 in turn, after 1 to 10 ms (while the call waits for
+/// its session's refresh, which takes longer than that).
+fn abort_kind(k: usize) -> Abort {
+    let after = Duration::from_millis(1 + (k as u64 * 7) % 10);
+    if k % 2 == 0 {
+        Abort::Tcp(after)
+    } else {
+        Abort::H2(after)
+    }
+}
+
+/// What the storm measured.
+#[derive(Debug, Default)]
+pub struct StormRun {
+    /// Every call made, aborted ones included (`requests`); `errors` and the latencies are those
+    /// of the calls that were answered.
+    pub load: Load,
+    /// Statuses of the answered calls that were not 200 (0 = I/O error).
+    pub bad: Vec<u16>,
+    /// Calls the client was told to abort.
+    pub planned_aborts: u64,
+    /// … that were cut before any answer: HTTP/1.1 connection reset.
+    pub aborted_tcp: u64,
+    /// … that were cut before any answer: HTTP/2 `RST_STREAM`.
+    pub aborted_h2: u64,
+    /// … that were answered before their abort time (then counted like every other call).
+    pub answered_before_abort: u64,
+}
+
+/// A storm call abandoned over HTTP/1.1: sends it on a new connection, waits `after` for an
+/// answer, then resets the connection. `None`: aborted; `Some(status)`: answered first.
+async fn abort_tcp(addr: SocketAddr, path: &str, cookie: &str, after: Duration) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return Some(0);
+    };
+    let _ = s.set_nodelay(true);
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nX-Csrf: 1\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return Some(0);
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    let abort_at = tokio::time::Instant::now() + after;
+    // Once part of an answer arrived in time, read its status line to the end.
+    let give_up = abort_at + Duration::from_secs(5);
+    while buf.len() < 12 {
+        let deadline = if buf.is_empty() { abort_at } else { give_up };
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) if buf.is_empty() => {
+                let _ = s.set_zero_linger();
+                return None;
+            }
+            Err(_) | Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(status_of(&buf))
+}
+
+fn status_of(head: &[u8]) -> u16 {
+    // "HTTP/1.1 200 OK"
+    head.get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn connect_h2(addr: SocketAddr) -> Option<H2Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(send)
+}
+
+/// A storm call abandoned over HTTP/2: sent on `h2` (prior knowledge, kept open for the next
+/// ones), its stream cancelled after `after` by dropping the response future (hyper then sends
+/// `RST_STREAM(CANCEL)`; the connection stays up). `None`: aborted; `Some(status)`: answered
+/// first.
+async fn abort_h2(
+    h2: &mut Option<H2Sender>,
+    addr: SocketAddr,
+    path: &str,
+    cookie: &str,
+    after: Duration,
+) -> Option<u16> {
+    if h2.as_ref().is_none_or(|s| s.is_closed()) {
+        *h2 = connect_h2(addr).await;
+    }
+    let Some(s) = h2.as_mut() else {
+        return Some(0);
+    };
+    if s.ready().await.is_err() {
+        *h2 = None;
+        return Some(0);
+    }
+    let Ok(req) = http::Request::get(format!("http://{addr}{path}"))
+        .header(http::header::COOKIE, cookie)
+        .header("x-csrf", "1")
+        .body(Empty::<Bytes>::new())
+    else {
+        return Some(0);
+    };
+    match tokio::time::timeout(after, s.send_request(req)).await {
+        Err(_) => None,
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            Some(status)
+        }
+        Ok(Err(_)) => {
+            *h2 = None;
+            Some(0)
+        }
+    }
+}
+
 /// The refresh storm: every cookie gets `per_session` calls, queued session after session and
 /// taken by `conns` connections, so each session's calls are in flight at the same time.
-/// Returns the load and the statuses that were not 200 (status 0 = I/O error).
+/// `abort_pct` % of the calls are abandoned by the client a few ms after sending (see
+/// [`aborts`], [`abort_kind`]).
 pub async fn storm(
     addr: SocketAddr,
     path: &str,
     cookies: &[String],
     per_session: usize,
     conns: usize,
-) -> (Load, Vec<u16>) {
-    let jobs: Vec<String> = cookies
+    abort_pct: u32,
+) -> StormRun {
+    let mut k = 0;
+    let jobs: Vec<(String, Option<Abort>)> = cookies
         .iter()
         .flat_map(|c| std::iter::repeat_n(c.clone(), per_session))
+        .enumerate()
+        .map(|(i, c)| {
+            if aborts(i, abort_pct) {
+                k += 1;
+                (c, Some(abort_kind(k - 1)))
+            } else {
+                (c, None)
+            }
+        })
         .collect();
+    let planned_aborts = k as u64;
+    let total = jobs.len() as u64;
     let queue = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     let started = Instant::now();
     let tasks: Vec<_> = (0..conns)
@@ -364,38 +524,146 @@ pub async fn storm(
             let path = path.to_string();
             tokio::spawn(async move {
                 let mut send = None;
+                let mut h2 = None;
                 let mut lat = Vec::new();
                 let mut bad = Vec::new();
+                let (mut tcp, mut h2_cut, mut answered) = (0u64, 0u64, 0u64);
                 loop {
                     let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                    let Some(cookie) = next else { break };
+                    let Some((cookie, abort)) = next else { break };
                     let t = Instant::now();
-                    match one(&mut send, addr, &path, &cookie).await {
-                        Some(200) => lat.push(micros(t.elapsed())),
-                        Some(s) => bad.push(s),
-                        None => bad.push(0),
+                    let status = match abort {
+                        None => one(&mut send, addr, &path, &cookie).await.unwrap_or(0),
+                        Some(a) => {
+                            let r = match a {
+                                Abort::Tcp(d) => abort_tcp(addr, &path, &cookie, d).await,
+                                Abort::H2(d) => abort_h2(&mut h2, addr, &path, &cookie, d).await,
+                            };
+                            match (r, a) {
+                                (None, Abort::Tcp(_)) => tcp += 1,
+                                (None, Abort::H2(_)) => h2_cut += 1,
+                                (Some(_), _) => answered += 1,
+                            }
+                            let Some(s) = r else { continue };
+                            s
+                        }
+                    };
+                    if status == 200 {
+                        lat.push(micros(t.elapsed()));
+                    } else {
+                        bad.push(status);
                     }
                 }
-                (lat, bad)
+                (lat, bad, tcp, h2_cut, answered)
             })
         })
         .collect();
+    let mut run = StormRun {
+        planned_aborts,
+        ..StormRun::default()
+    };
     let mut lat = Vec::new();
-    let mut bad = Vec::new();
     for t in tasks {
-        if let Ok((l, b)) = t.await {
+        if let Ok((l, b, tcp, h2_cut, answered)) = t.await {
             lat.extend(l);
-            bad.extend(b);
+            run.bad.extend(b);
+            run.aborted_tcp += tcp;
+            run.aborted_h2 += h2_cut;
+            run.answered_before_abort += answered;
         }
     }
-    let load = summarise(
+    let seconds = started.elapsed().as_secs_f64();
+    run.load = summarise(
         format!(
-            "built-in: {} sessions × {per_session} concurrent calls, {conns} connections",
+            "built-in: {} sessions × {per_session} concurrent calls ({abort_pct} % aborted), {conns} connections",
             cookies.len()
         ),
         lat,
-        bad.len() as u64,
-        started.elapsed().as_secs_f64(),
+        run.bad.len() as u64,
+        seconds,
     );
-    (load, bad)
+    // Aborted calls were made too: they count as requests (not as errors).
+    run.load.requests = total;
+    run.load.rps = total as f64 / seconds.max(1e-9);
+    run
+}
+
+/// One call of a paced run.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// Index of the cookie (session) it used.
+    pub session: usize,
+    /// When it was due, seconds after the run's `start`.
+    pub at: f64,
+    /// From when it was due to the end of its answer, µs (corrected for coordinated omission).
+    pub latency_us: u32,
+    /// HTTP status, 0 = I/O error.
+    pub status: u16,
+}
+
+/// Open loop: every cookie is called once per `period`, the sessions' calls spread evenly over
+/// it, from `start` for `secs`, over at most `conns` connections at a time. Returns every call.
+pub async fn paced(
+    addr: SocketAddr,
+    path: &str,
+    cookies: Arc<Vec<String>>,
+    period: Duration,
+    conns: usize,
+    start: Instant,
+    secs: f64,
+) -> Vec<Call> {
+    let n = cookies.len().max(1);
+    let interval = period.as_secs_f64() / n as f64;
+    let total = (secs / interval).floor() as usize;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (cookies, next, path) = (cookies.clone(), next.clone(), path.to_string());
+            tokio::spawn(async move {
+                let mut send = None;
+                let mut calls = Vec::new();
+                loop {
+                    let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if j >= total {
+                        break;
+                    }
+                    let at = interval * j as f64;
+                    let due = start + Duration::from_secs_f64(at);
+                    tokio::time::sleep_until(due.into()).await;
+                    let session = j % n;
+                    let status = one(&mut send, addr, &path, &cookies[session])
+                        .await
+                        .unwrap_or(0);
+                    calls.push(Call {
+                        session,
+                        at,
+                        latency_us: micros(due.elapsed()),
+                        status,
+                    });
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = Vec::new();
+    for t in tasks {
+        if let Ok(c) = t.await {
+            calls.extend(c);
+        }
+    }
+    calls.sort_by(|a, b| a.at.total_cmp(&b.at));
+    calls
+}
+
+/// Latency percentiles of `lat` (µs): p50, p99, p99.9, max.
+pub fn percentiles(mut lat: Vec<u32>) -> [f64; 4] {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((p / 100.0) * lat.len() as f64).ceil() as usize;
+        f64::from(lat[idx.clamp(1, lat.len()) - 1])
+    };
+    [pct(50.0), pct(99.0), pct(99.9), pct(100.0)]
 }

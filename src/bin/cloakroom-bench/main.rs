@@ -5,16 +5,19 @@
 //! fast upstream (in this process) and the real `cloakroom` binary, then measures side by side:
 //! (a) the upstream directly, (b) Cloakroom on a `token = "none"` route, (c) Cloakroom on a
 //! `token = "required"` route with a valid session, latency at a fixed rate, peak RSS with
-//! 100,000 sessions in Redis, and (d) a refresh storm against the real IdP. It checks the
-//! targets of issue #6 and writes the report.
+//! 100,000 sessions in Redis, (d) a refresh storm against the real IdP with 10 % of the calls
+//! abandoned by the client, and (e) an IdP outage during load (a second IdP and Cloakroom, see
+//! `stall.rs`). It checks the targets of issues #6 and #10 and writes the report.
 //!
 //! `--smoke` runs every scenario with tiny settings and the built-in load generator, so the test
 //! suite can prove the benchmark still works (tests/it/bench_smoke.rs).
 
+mod hold;
 mod load;
 mod procs;
 mod report;
 mod seed;
+mod stall;
 mod upstream;
 
 use clap::Parser;
@@ -81,8 +84,32 @@ pub struct Args {
     /// Half the IdP's access-token lifetime in the storm (tokens live twice this, shorter than
     /// Cloakroom's 60 s refresh skew, so they are due at half-life: SPEC §3). The storm starts
     /// once they have expired.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub storm_window: u64,
+    /// Share of the storm's calls the client abandons before the answer, % (HTTP/1.1 connection
+    /// reset and HTTP/2 `RST_STREAM` in turn, 1–10 ms after sending).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub storm_abort_pct: u32,
+    /// Seconds the IdP's token endpoint is down in scenario (e).
+    #[arg(long, default_value_t = 30)]
+    pub stall_seconds: u64,
+    /// How the IdP fails in (e): `reset` (every connection to its token endpoint destroyed
+    /// unanswered) or `503` (tests/idp outage mode on `/token`), or `hang` (a TCP proxy in front
+    /// of the IdP holds every request unanswered: refresh calls run into `oidc.timeout`).
+    #[arg(long, default_value = "reset", value_parser = ["reset", "503", "hang"])]
+    pub stall_mode: String,
+    /// Sessions in each of the two groups of (e): due-but-valid tokens, expired tokens.
+    #[arg(long, default_value_t = 100)]
+    pub stall_sessions: usize,
+    /// Calls per second each session makes in (e).
+    #[arg(long, default_value_t = 2.0)]
+    pub stall_rate: f64,
+    /// Client connections per group in (e).
+    #[arg(long, default_value_t = 16)]
+    pub stall_connections: usize,
+    /// `session.refresh_cooloff` of the Cloakroom in (e), seconds (5 is Cloakroom's default).
+    #[arg(long, default_value_t = 5)]
+    pub stall_cooloff: u64,
     /// Use the built-in load generator instead of wrk and oha.
     #[arg(long)]
     pub builtin_load: bool,
@@ -95,7 +122,8 @@ pub struct Args {
     /// Write the raw results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Run only these parts (comma-separated: a,b,c,latency,rss,storm), e.g. for profiling.
+    /// Run only these parts (comma-separated: a,b,c,p,latency,rss,storm,stall), e.g. for
+    /// profiling.
     /// The report is then incomplete and the run exits non-zero.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -112,6 +140,10 @@ pub struct Args {
     /// The command line to print in the report.
     #[arg(long, default_value = "scripts/bench")]
     pub command_line: String,
+    /// Keep the run's temporary directory (configs and the logs of Cloakroom, the IdP, Redis)
+    /// instead of deleting it at the end.
+    #[arg(long)]
+    pub keep_dir: bool,
 }
 
 impl Args {
@@ -130,10 +162,15 @@ impl Args {
         self.rss_sessions = 500;
         self.rss_connections = 16;
         self.latency_connections = 2;
-        self.storm_sessions = 4;
+        self.storm_sessions = 10;
         self.storm_concurrency = 5;
         self.storm_connections = 20;
         self.storm_window = 3;
+        self.stall_seconds = 3;
+        self.stall_sessions = 4;
+        self.stall_rate = 5.0;
+        self.stall_connections = 4;
+        self.stall_cooloff = 1;
         self.builtin_load = true;
     }
 }
@@ -173,13 +210,41 @@ pub struct Storm {
     pub sessions: usize,
     pub per_session: usize,
     pub login_seconds: f64,
+    /// The IdP's access-token lifetime, s (shorter than Cloakroom's refresh skew).
+    pub token_lifetime_seconds: u64,
+    /// Every call, aborted ones included, in `scenario.load.requests`; latencies and `errors`
+    /// over the answered ones.
     pub scenario: Scenario,
+    /// Share of the calls the client was told to abandon, %.
+    pub abort_pct: u32,
+    /// Calls the client was told to abandon.
+    pub planned_aborts: u64,
+    /// … and did abandon before any answer: HTTP/1.1 connection reset, HTTP/2 `RST_STREAM`.
+    pub aborted: u64,
+    pub aborted_tcp: u64,
+    pub aborted_h2: u64,
+    /// … but that were answered before their abort time (checked like every other call).
+    pub answered_before_abort: u64,
     /// Refresh-token grants the IdP answered during the storm.
     pub idp_refreshes: u64,
+    /// Requests to the IdP's token endpoint during the storm, answered or not.
+    pub token_endpoint_hits: u64,
     /// Cloakroom's own count of successful refreshes during the storm.
     pub cloakroom_refreshes: Option<u64>,
-    /// Calls that did not answer 200 (status 0 = connection error), by status.
+    /// Calls not aborted that did not answer 200 (status 0 = connection error), by status.
     pub failures: BTreeMap<u16, u64>,
+    /// After the storm, one more call per session: all must answer 200 (a refresh lost to an
+    /// abort would show here as a reused refresh token, a revoked grant, a 401).
+    pub verify_calls: u64,
+    pub verify_failures: BTreeMap<u16, u64>,
+    /// Refresh grants during that check (0 unless the storm outlasted half a token lifetime).
+    pub verify_refreshes: u64,
+    /// Whole grants the IdP destroyed during the storm and the check (`grants_revoked` delta).
+    pub grants_revoked: u64,
+    /// Refresh grants refused for a rotated-out refresh token (`refresh_reuse` delta).
+    pub refresh_reuse: u64,
+    /// Failed token requests by OAuth error code (delta).
+    pub grant_errors: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -195,6 +260,8 @@ pub struct Results {
     pub rss: Scenario,
     pub rss_idle_kib: Option<u64>,
     pub storm: Storm,
+    /// (e): the IdP's token endpoint down during load (`None`: not run).
+    pub stall: Option<stall::Stall>,
     pub targets: Vec<report::Target>,
 }
 
@@ -384,6 +451,20 @@ fn write_cookies(dir: &Path, name: &str, cookies: &[String]) -> Result<PathBuf, 
     Ok(p)
 }
 
+/// The test IdP's configuration: one client (this Cloakroom on `port`), access tokens of `ttl` s.
+fn idp_config(port: u16, ttl: u64) -> serde_json::Value {
+    serde_json::json!({
+        "access_token_ttl": ttl,
+        "clients": [{
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback")],
+            "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }]
+    })
+}
+
 fn cloakroom_toml(
     port: u16,
     admin: u16,
@@ -395,6 +476,8 @@ fn cloakroom_toml(
         r#"[server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
+# Every login of the benchmark (the storm's, the outage's) comes from 127.0.0.1.
+login_rate_limit = 0
 [admin]
 listen = "127.0.0.1:{admin}"
 [oidc]
@@ -463,20 +546,7 @@ async fn run(args: Args) -> Result<Results, String> {
     let port = procs::free_port();
     let admin_port = procs::free_port();
     let keys = cloakroom::crypto::KeyRing::generate_entry(1);
-    let idp = Idp::start(
-        &repo,
-        &dir,
-        &serde_json::json!({
-            "access_token_ttl": 2 * args.storm_window,
-            "clients": [{
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback")],
-                "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
-                "token_endpoint_auth_method": "client_secret_basic",
-            }]
-        }),
-    )?;
+    let idp = Idp::start(&repo, &dir, &idp_config(port, 2 * args.storm_window))?;
     let text = cloakroom_toml(port, admin_port, &idp.issuer, &redis.url(), upstream.addr);
     let env: Vec<(String, String)> = vec![
         ("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
@@ -515,6 +585,29 @@ async fn run(args: Args) -> Result<Results, String> {
         ..Results::default()
     };
     results.settings = report::settings(&args);
+
+    // (e) needs sessions whose tokens have long expired: its rig starts now and logs them in,
+    // and they wait while everything else runs (its own Redis, IdP and Cloakroom: idle meanwhile).
+    let stall_rig = if args.runs("stall") {
+        log(format!(
+            "(e) starting its IdP and Cloakroom; {} logins with tokens that will have expired",
+            args.stall_sessions
+        ));
+        Some(
+            stall::StallRig::start(
+                &args,
+                &repo,
+                &bin,
+                &dir,
+                rig.upstream.addr,
+                &proc_env,
+                &rig.http,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     // --- (a), (b), (c): throughput -----------------------------------------------------------
     log(format!("seeding {} sessions", args.sessions));
@@ -704,6 +797,17 @@ async fn run(args: Args) -> Result<Results, String> {
         results.storm = storm(&rig, &args).await?;
     }
 
+    // --- (e) IdP outage during load -------------------------------------------------------------
+    if let Some(mut s) = stall_rig {
+        results.stall = Some(s.run(&args, &rig.http).await?);
+        if !s.cloak.alive() {
+            return Err(format!(
+                "the cloakroom of (e) exited during the run: {}",
+                std::fs::read_to_string(&s.cloak.stderr_path).unwrap_or_default()
+            ));
+        }
+    }
+
     let mut cloak = rig.cloak;
     if !cloak.alive() {
         return Err(format!(
@@ -712,7 +816,11 @@ async fn run(args: Args) -> Result<Results, String> {
         ));
     }
     drop(cloak);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep_dir {
+        log(format!("run directory kept: {}", dir.display()));
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     results.targets = report::targets(&results);
     Ok(results)
 }
@@ -722,66 +830,113 @@ async fn storm(rig: &Rig, args: &Args) -> Result<Storm, String> {
     log(format!("(d) {n} real logins through the IdP"));
     let started = Instant::now();
     let base = rig.cloak.base();
-    let logins: Vec<Result<String, String>> = {
-        use futures_util::StreamExt;
-        futures_util::stream::iter(0..n)
-            .map(|_| seed::login(&rig.http, &base, &rig.idp.issuer))
-            .buffer_unordered(16)
-            .collect()
-            .await
-    };
-    let cookies: Vec<String> = logins.into_iter().collect::<Result<_, _>>()?;
+    let cookies = seed::login_many(&rig.http, &base, &rig.idp.issuer, n).await?;
     let login_seconds = started.elapsed().as_secs_f64();
+    let ttl = 2 * args.storm_window;
     log(format!(
-        "    {n} logins in {login_seconds:.1} s; waiting {} s until every access token has expired",
-        2 * args.storm_window + 1
+        "    {n} logins in {login_seconds:.1} s; waiting {} s until every access token ({ttl} s) has expired",
+        ttl + 1
     ));
     // Expired, not merely due: every call then waits for its session's one refresh (a due but
     // valid token would be forwarded at once while the refresh runs behind it).
-    tokio::time::sleep(Duration::from_secs(2 * args.storm_window + 1)).await;
+    tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
 
-    let idp_before = rig.idp.refreshes(&rig.http).await?;
+    let idp_before = rig.idp.stats(&rig.http).await?;
     let ok_before = rig
         .cloak
-        .metric(&rig.http, "cloakroom_refreshes_total")
+        .metric_where(&rig.http, "cloakroom_refreshes_total", "outcome=\"ok\"")
         .await;
     let (addr, path) = split_url(&format!("{base}/api/storm"))?;
-    let mut bad = Vec::new();
+    let mut run = None;
     let scenario = rig
-        .measure("d", "refresh storm: every access token due", true, async {
-            let (load, b) = load::storm(
-                addr,
-                &path,
-                &cookies,
-                args.storm_concurrency,
-                args.storm_connections,
-            )
-            .await;
-            bad = b;
-            Ok(load)
-        })
+        .measure(
+            "d",
+            "refresh storm: every access token expired, some calls aborted",
+            true,
+            async {
+                let r = load::storm(
+                    addr,
+                    &path,
+                    &cookies,
+                    args.storm_concurrency,
+                    args.storm_connections,
+                    args.storm_abort_pct,
+                )
+                .await;
+                let l = r.load.clone();
+                run = Some(r);
+                Ok(l)
+            },
+        )
         .await?;
-    let idp_refreshes = rig.idp.refreshes(&rig.http).await? - idp_before;
+    let run = run.ok_or("the storm did not run")?;
+    let idp_storm = rig.idp.stats(&rig.http).await?;
     let ok_after = rig
         .cloak
-        .metric(&rig.http, "cloakroom_refreshes_total")
+        .metric_where(&rig.http, "cloakroom_refreshes_total", "outcome=\"ok\"")
         .await;
-    let mut failures = BTreeMap::new();
-    for s in bad {
-        *failures.entry(s).or_insert(0) += 1;
-    }
+    // One more call per session, none aborted: a refresh whose result an abort had lost would
+    // show here (the old refresh token reused: the grant revoked, 401).
+    let verify = load::storm(
+        addr,
+        &path,
+        &cookies,
+        1,
+        args.storm_connections.min(n.max(1)),
+        0,
+    )
+    .await;
+    let idp_after = rig.idp.stats(&rig.http).await?;
+    let d = idp_storm.since(&idp_before);
+    let all = idp_after.since(&idp_before);
+    let count = |v: &[u16]| {
+        let mut m = BTreeMap::new();
+        for s in v {
+            *m.entry(*s).or_insert(0) += 1;
+        }
+        m
+    };
+    let failures = count(&run.bad);
+    let aborted = run.aborted_tcp + run.aborted_h2;
     log(format!(
-        "    {} calls, {} failed, {idp_refreshes} refreshes at the IdP, {:.0} req/s",
-        scenario.load.requests, scenario.load.errors, scenario.load.rps
+        "    {} calls ({aborted} aborted, {} answered before their abort), {} failed; {} refreshes at the IdP ({} token-endpoint requests); {} grants revoked, {} refresh tokens reused; {:.0} req/s",
+        scenario.load.requests,
+        run.answered_before_abort,
+        scenario.load.errors,
+        d.refreshes,
+        d.token_endpoint_hits,
+        all.grants_revoked,
+        all.refresh_reuse,
+        scenario.load.rps
+    ));
+    log(format!(
+        "    check: {} calls, {} failed, {} refreshes",
+        verify.load.requests,
+        verify.bad.len(),
+        idp_after.refreshes - idp_storm.refreshes
     ));
     Ok(Storm {
         sessions: n,
         per_session: args.storm_concurrency,
         login_seconds,
+        token_lifetime_seconds: ttl,
         scenario,
-        idp_refreshes,
+        abort_pct: args.storm_abort_pct,
+        planned_aborts: run.planned_aborts,
+        aborted,
+        aborted_tcp: run.aborted_tcp,
+        aborted_h2: run.aborted_h2,
+        answered_before_abort: run.answered_before_abort,
+        idp_refreshes: d.refreshes,
+        token_endpoint_hits: d.token_endpoint_hits,
         cloakroom_refreshes: ok_after.zip(ok_before).map(|(a, b)| (a - b) as u64),
         failures,
+        verify_calls: verify.load.requests,
+        verify_failures: count(&verify.bad),
+        verify_refreshes: idp_after.refreshes - idp_storm.refreshes,
+        grants_revoked: all.grants_revoked,
+        refresh_reuse: all.refresh_reuse,
+        grant_errors: all.grant_errors,
     })
 }
 

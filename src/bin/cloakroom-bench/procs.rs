@@ -218,6 +218,9 @@ impl Drop for Redis {
 
 pub struct Idp {
     pub issuer: String,
+    /// Where the `/test/*` controls are: the issuer, or the IdP itself when `config` names its
+    /// `port` and an `issuer` in front of it (a proxy).
+    control: String,
     child: Option<Child>,
 }
 
@@ -267,25 +270,105 @@ impl Idp {
                 std::fs::read_to_string(&log).unwrap_or_default()
             ));
         };
+        let control = match config["port"].as_u64() {
+            Some(port) if config.get("issuer").is_some() => format!("http://127.0.0.1:{port}"),
+            _ => issuer.to_string(),
+        };
         Ok(Self {
             issuer: issuer.to_string(),
+            control,
             child: Some(child),
         })
     }
 
-    /// Successful refresh-token grants so far (`GET /test/stats`).
-    pub async fn refreshes(&self, client: &reqwest::Client) -> Result<u64, String> {
+    /// The IdP's counters so far (`GET /test/stats`).
+    pub async fn stats(&self, client: &reqwest::Client) -> Result<IdpStats, String> {
         let v: serde_json::Value = client
-            .get(format!("{}/test/stats", self.issuer))
+            .get(format!("{}/test/stats", self.control))
             .send()
             .await
             .map_err(|e| e.to_string())?
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        v["token_requests"]["refresh_token"]
-            .as_u64()
-            .ok_or_else(|| format!("unexpected IdP stats: {v}"))
+        let n = |x: &serde_json::Value| {
+            x.as_u64()
+                .ok_or_else(|| format!("unexpected IdP stats: {v}"))
+        };
+        Ok(IdpStats {
+            refreshes: n(&v["token_requests"]["refresh_token"])?,
+            token_endpoint_hits: n(&v["token_endpoint_hits"])?,
+            grants_revoked: n(&v["grants_revoked"])?,
+            refresh_reuse: n(&v["refresh_reuse"])?,
+            grant_errors: v["grant_errors"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Starts (`mode` = `reset` or `503`) or ends (`none`) a simulated outage of the OIDC paths
+    /// starting with `paths` (`POST /test/outage`; tests/idp/server.js).
+    pub async fn outage(
+        &self,
+        client: &reqwest::Client,
+        mode: &str,
+        paths: &str,
+    ) -> Result<(), String> {
+        let r = client
+            .post(format!(
+                "{}/test/outage?mode={mode}&paths={paths}",
+                self.control
+            ))
+            .send()
+            .await
+            .map_err(|e| format!("IdP outage control: {e}"))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("IdP outage control answered {}", r.status()))
+        }
+    }
+}
+
+/// The test IdP's counters (`GET /test/stats`), or a difference of two readings.
+#[derive(Debug, Clone, Default)]
+pub struct IdpStats {
+    /// Successful refresh-token grants.
+    pub refreshes: u64,
+    /// Every HTTP request to the token endpoint, answered or not (counted before the outage check).
+    pub token_endpoint_hits: u64,
+    /// Whole grants destroyed (reuse detection, code replay, revocation, logout).
+    pub grants_revoked: u64,
+    /// Refresh grants refused because the refresh token had already been rotated out.
+    pub refresh_reuse: u64,
+    /// Failed token requests by OAuth error code.
+    pub grant_errors: BTreeMap<String, u64>,
+}
+
+impl IdpStats {
+    /// What happened between `before` and this reading.
+    pub fn since(&self, before: &IdpStats) -> IdpStats {
+        let mut grant_errors = BTreeMap::new();
+        for (k, v) in &self.grant_errors {
+            let d = v.saturating_sub(before.grant_errors.get(k).copied().unwrap_or(0));
+            if d > 0 {
+                grant_errors.insert(k.clone(), d);
+            }
+        }
+        IdpStats {
+            refreshes: self.refreshes.saturating_sub(before.refreshes),
+            token_endpoint_hits: self
+                .token_endpoint_hits
+                .saturating_sub(before.token_endpoint_hits),
+            grants_revoked: self.grants_revoked.saturating_sub(before.grants_revoked),
+            refresh_reuse: self.refresh_reuse.saturating_sub(before.refresh_reuse),
+            grant_errors,
+        }
     }
 }
 
@@ -389,6 +472,17 @@ impl Cloakroom {
 
     /// A counter or gauge from the admin `/metrics` (summed over its label sets).
     pub async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
+        self.metric_where(client, name, "").await
+    }
+
+    /// Like [`Cloakroom::metric`], over the label sets that contain `label` (e.g.
+    /// `outcome="transient"`; empty: all of them).
+    pub async fn metric_where(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        label: &str,
+    ) -> Option<f64> {
         let text = client
             .get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
             .send()
@@ -403,6 +497,9 @@ impl Cloakroom {
                 continue;
             };
             if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            if !label.is_empty() && !rest.split(' ').next().is_some_and(|l| l.contains(label)) {
                 continue;
             }
             let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;

@@ -1,4 +1,4 @@
-//! The targets of issue #6, checked against the results, and docs/BENCHMARKS.md.
+//! The targets of issues #6 and #10, checked against the results, and docs/BENCHMARKS.md.
 
 use crate::{Args, Results, Scenario};
 use serde::Serialize;
@@ -115,8 +115,27 @@ pub fn settings(a: &Args) -> BTreeMap<String, String> {
     put(
         "refresh storm",
         format!(
-            "{} sessions × {} concurrent calls over {} connections; tokens fresh for {} s",
-            a.storm_sessions, a.storm_concurrency, a.storm_connections, a.storm_window
+            "{} sessions × {} concurrent calls over {} connections, {} % of them aborted by the client; access tokens of {} s (refresh skew {} s), the storm starts once they have expired",
+            a.storm_sessions,
+            a.storm_concurrency,
+            a.storm_connections,
+            a.storm_abort_pct,
+            2 * a.storm_window,
+            crate::REFRESH_SKEW
+        ),
+    );
+    put(
+        "IdP outage (e)",
+        format!(
+            "token endpoint down ({} mode) for {} s; {} due-but-valid + {} expired sessions × {} calls/s over {} + {} connections; session.refresh_cooloff {} s",
+            a.stall_mode,
+            a.stall_seconds,
+            a.stall_sessions,
+            a.stall_sessions,
+            a.stall_rate,
+            a.stall_connections,
+            a.stall_connections,
+            a.stall_cooloff
         ),
     );
     m
@@ -226,18 +245,25 @@ pub fn targets(r: &Results) -> Vec<Target> {
         met: rss.is_some_and(|k| k <= 64 * 1024),
     });
     let s = &r.storm;
-    let failed: u64 = s.failures.values().sum();
+    let failed: u64 = s.failures.values().sum::<u64>() + s.verify_failures.values().sum::<u64>();
     t.push(Target {
         what: format!(
-            "Refresh storm: {} sessions × {} concurrent calls",
-            s.sessions, s.per_session
+            "Refresh storm: {} sessions × {} concurrent calls, {} % aborted by the client, tokens of {} s",
+            s.sessions, s.per_session, s.abort_pct, s.token_lifetime_seconds
         ),
         target: format!(
-            "exactly {} refreshes at the IdP, 0 failed calls",
+            "exactly {} refreshes at the IdP, 0 failed calls among the rest, 0 grants revoked",
             s.sessions
         ),
-        measured: format!("{} refreshes, {failed} failed", s.idp_refreshes),
-        met: s.idp_refreshes == s.sessions as u64 && failed == 0 && s.scenario.load.requests > 0,
+        measured: format!(
+            "{} refreshes, {failed} failed, {} aborted, {} grants revoked",
+            s.idp_refreshes, s.aborted, s.grants_revoked
+        ),
+        met: s.idp_refreshes == s.sessions as u64
+            && failed == 0
+            && s.grants_revoked == 0
+            && s.refresh_reuse == 0
+            && s.scenario.load.requests > 0,
     });
     let reuse = tp
         .iter()
@@ -307,6 +333,24 @@ pub fn missing(r: &Results) -> Vec<String> {
     check(&mut m, &r.storm.scenario, true);
     if r.storm.cloakroom_refreshes.is_none() {
         m.push("storm: cloakroom refresh count".into());
+    }
+    match &r.stall {
+        None => m.push("IdP outage (e)".into()),
+        Some(e) => {
+            for (name, p) in [
+                ("valid tokens before", &e.valid_before),
+                ("valid tokens during", &e.valid_stall),
+                ("expired tokens during", &e.expired_stall),
+                ("recovery", &e.expired_recovery),
+            ] {
+                if p.calls == 0 || !(p.p50_us.is_finite() && p.p99_us.is_finite()) {
+                    m.push(format!("e: {name}"));
+                }
+            }
+            if e.cloakroom_transient.is_none() || e.cloakroom_refreshes.is_none() {
+                m.push("e: cloakroom refresh counts".into());
+            }
+        }
     }
     if r.targets.len() != 8 {
         m.push("targets".into());
@@ -444,18 +488,41 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "\n## (d) Refresh storm\n");
     let _ = writeln!(
         o,
-        "{} sessions, each a real login through the IdP ({:.1} s for all of them), then every access token due: {} concurrent calls per session.\n",
-        s.sessions, s.login_seconds, s.per_session
+        "{} sessions, each a real login through the IdP ({:.1} s for all of them), with access tokens of {} s (refresh skew {} s); once every token has expired, {} concurrent calls per session, {} % of them abandoned by the client before the answer.\n",
+        s.sessions,
+        s.login_seconds,
+        s.token_lifetime_seconds,
+        crate::REFRESH_SKEW,
+        s.per_session,
+        s.abort_pct
     );
     o.push_str(HEADER);
     let _ = writeln!(o, "{}", row(&s.scenario));
     let failed: u64 = s.failures.values().sum();
+    let verify_failed: u64 = s.verify_failures.values().sum();
     let _ = writeln!(
         o,
-        "\nRefreshes the IdP answered: **{}** (Cloakroom counted {}). Failed calls: **{failed}**{}.",
+        "\nRefreshes the IdP answered: **{}** (Cloakroom counted {}; token-endpoint requests {}). Calls aborted by the client: **{}** of {} planned ({} HTTP/1.1 connection resets, {} HTTP/2 `RST_STREAM`; {} answered before their abort time). Failed calls among the rest: **{failed}**{}. Grants revoked: **{}**, refresh tokens reused: **{}**{}.",
         s.idp_refreshes,
         s.cloakroom_refreshes.map_or("–".into(), |n| n.to_string()),
-        if failed == 0 { String::new() } else { format!(" {:?}", s.failures) }
+        s.token_endpoint_hits,
+        s.aborted,
+        s.planned_aborts,
+        s.aborted_tcp,
+        s.aborted_h2,
+        s.answered_before_abort,
+        if failed == 0 { String::new() } else { format!(" {:?}", s.failures) },
+        s.grants_revoked,
+        s.refresh_reuse,
+        if s.grant_errors.is_empty() { String::new() } else { format!(" (token errors {:?})", s.grant_errors) }
+    );
+    let _ =
+        writeln!(
+        o,
+        "\nAfterwards one more call per session: {} calls, {verify_failed} failed{}, {} refreshes.",
+        s.verify_calls,
+        if verify_failed == 0 { String::new() } else { format!(" {:?}", s.verify_failures) },
+        s.verify_refreshes
     );
     let _ = writeln!(
         o,
@@ -465,8 +532,117 @@ pub fn markdown(r: &Results) -> String {
     if let Some(c) = by_id(&r.throughput, "c") {
         let _ = writeln!(o, "Redis commands in (c): {}.", cmd_list(&c.redis_cmds));
     }
+    if let Some(e) = &r.stall {
+        stall_markdown(&mut o, e);
+    }
     o.push_str(METHOD);
     o
+}
+
+fn phase_row(name: &str, p: &crate::stall::Phase) -> String {
+    format!(
+        "| {name} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} |",
+        p.calls,
+        p.statuses
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.p50_us,
+        p.p99_us,
+        p.p999_us,
+        p.max_us
+    )
+}
+
+fn stall_markdown(o: &mut String, e: &crate::stall::Stall) {
+    let _ = writeln!(o, "\n## (e) IdP outage during load\n");
+    let _ = writeln!(
+        o,
+        "The IdP's token endpoint down for {} s (tests/idp outage mode `{}` on `/token`) while {} sessions with due-but-valid tokens ({:.0}–{:.0} s left at the start, of {} s) and {} with expired ones each call {} times a second; `session.refresh_cooloff` = {} s. Then {} s of recovery.\n",
+        e.stall_seconds,
+        e.mode,
+        e.valid_sessions,
+        e.valid_left_at_start[0],
+        e.valid_left_at_start[1],
+        e.token_lifetime_seconds,
+        e.expired_sessions,
+        e.calls_per_session_per_second,
+        e.cooloff_seconds,
+        e.cooloff_seconds + 2
+    );
+    let _ = writeln!(o, "| check | wanted | measured | |\n|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| token-endpoint requests during the outage | ≤ sessions × (⌈{} ÷ {}⌉ + 1) = {} | {} (Cloakroom counted {} transient failures) | {} |",
+        e.stall_seconds,
+        e.cooloff_seconds,
+        e.bound,
+        e.token_endpoint_hits,
+        e.cloakroom_transient.map_or("–".into(), |n| n.to_string()),
+        if e.within_bound { "within" } else { "**exceeded**" }
+    );
+    let sessions = (e.valid_sessions + e.expired_sessions) as u64;
+    let _ = writeln!(
+        o,
+        "| refreshes at the IdP, whole scenario | exactly {sessions} | {} (Cloakroom counted {}) | {} |",
+        e.idp_refreshes,
+        e.cloakroom_refreshes.map_or("–".into(), |n| n.to_string()),
+        if e.idp_refreshes == sessions { "met" } else { "**not met**" }
+    );
+    let _ = writeln!(
+        o,
+        "| grants revoked, refresh tokens reused | 0, 0 | {}, {} | {} |",
+        e.grants_revoked,
+        e.refresh_reuse,
+        if e.grants_revoked == 0 && e.refresh_reuse == 0 {
+            "met"
+        } else {
+            "**not met**"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "| failed calls with a valid token (baseline, outage, recovery) | 0 | {}, {}, {} | {} |",
+        e.valid_before.failed(),
+        e.valid_stall.failed(),
+        e.valid_recovery.failed(),
+        if e.valid_before.failed() + e.valid_stall.failed() + e.valid_recovery.failed() == 0 {
+            "met"
+        } else {
+            "**not met**"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "| sessions whose last call failed | 0 | {} (expired sessions answered 200 within {:.1} s of the end) | {} |",
+        e.not_recovered,
+        e.expired_recovered_within_s,
+        if e.not_recovered == 0 { "met" } else { "**not met**" }
+    );
+    let _ = writeln!(
+        o,
+        "\n| calls | n | statuses | latency p50 / p99 / p99.9 / max (µs) |\n|---|---:|---|---:|"
+    );
+    for (name, p) in [
+        (
+            "valid tokens, before the outage (IdP healthy, not yet due)",
+            &e.valid_before,
+        ),
+        ("valid tokens, during the outage (due)", &e.valid_stall),
+        ("valid tokens, recovery", &e.valid_recovery),
+        ("expired tokens, during the outage", &e.expired_stall),
+        ("expired tokens, recovery", &e.expired_recovery),
+    ] {
+        let _ = writeln!(o, "{}", phase_row(name, p));
+    }
+    let _ = writeln!(
+        o,
+        "\nAdded by the outage to calls with a valid token: p50 {:+.0} µs, p99 {:+.0} µs (reported, not a pass/fail figure: the expired group's calls add load during the outage only).{}",
+        e.valid_stall.p50_us - e.valid_before.p50_us,
+        e.valid_stall.p99_us - e.valid_before.p99_us,
+        if e.grant_errors.is_empty() { String::new() } else { format!(" Token errors at the IdP: {:?}.", e.grant_errors) }
+    );
 }
 
 fn cmd_list(m: &BTreeMap<String, u64>) -> String {
@@ -494,6 +670,25 @@ pub fn summary(r: &Results) -> String {
             f(s.cpu_us_per_req, 1), f(s.redis_cmds_per_req, 4), s.load.errors, f(s.upstream_cpu_us_per_req, 1)
         );
     }
+    if let Some(e) = &r.stall {
+        let _ = writeln!(
+            o,
+            "   e  outage {} s ({}): token endpoint {} requests (bound {}, {}), {} refreshes, {} grants revoked; valid tokens p50/p99 {:.0}/{:.0} µs before, {:.0}/{:.0} µs during ({} failed); {} not recovered",
+            e.stall_seconds,
+            e.mode,
+            e.token_endpoint_hits,
+            e.bound,
+            if e.within_bound { "within" } else { "EXCEEDED" },
+            e.idp_refreshes,
+            e.grants_revoked,
+            e.valid_before.p50_us,
+            e.valid_before.p99_us,
+            e.valid_stall.p50_us,
+            e.valid_stall.p99_us,
+            e.valid_stall.failed(),
+            e.not_recovered
+        );
+    }
     for t in &r.targets {
         let _ = writeln!(
             o,
@@ -518,8 +713,12 @@ side:
   session loaded and opened, CSRF checked, bearer attached;
 - latency of (a), (b) and (c) at a fixed rate, half of (c)'s peak;
 - Cloakroom's peak RSS with many sessions in Redis and many connections;
-- **(d)** a refresh storm: every session's access token due, many concurrent calls per session,
-  against the real IdP (tests/idp, npm `oidc-provider`, which rotates refresh tokens on every use).
+- **(d)** a refresh storm: every session's access token expired, many concurrent calls per
+  session, 10 % of them abandoned by the client before the answer, against the real IdP
+  (tests/idp, npm `oidc-provider`, which rotates refresh tokens on every use and revokes the whole
+  grant when a rotated-out one is presented again);
+- **(e)** an IdP outage during load: the IdP's token endpoint fails for 30 s while sessions with
+  due-but-valid tokens and sessions with expired tokens keep calling (its own IdP and Cloakroom).
 
 Everything runs on loopback: its own `redis-server` on a free port, the IdP, the upstream, and
 the real release binary `target/release/cloakroom run --config …` (secrets from the environment,
@@ -551,8 +750,11 @@ const METHOD: &str = r#"
 - **Upstream connections opened**: delta of Cloakroom's `cloakroom_upstream_connections_opened_total`
   (admin `/metrics`); reuse = 1 − opened ÷ requests.
 - **Peak RSS**: `VmHWM` from `/proc/<pid>/status`, reset before each run.
-- **Refreshes**: the IdP's `GET /test/stats` (`token_requests.refresh_token`, successful grants
-  only), before and after the storm.
+- **Refreshes, token-endpoint requests, revoked grants, reused refresh tokens**: the IdP's
+  `GET /test/stats` (`token_requests.refresh_token`: successful grants only;
+  `token_endpoint_hits`: every HTTP request to `/token`, answered or not; `grants_revoked`;
+  `refresh_reuse`), before and after each phase; Cloakroom's own counts from
+  `cloakroom_refreshes_total{outcome="ok"|"transient"}`.
 
 ### Why sessions are seeded for (c) and the RSS run
 
@@ -564,18 +766,62 @@ with `cookies::set_session`. The binary opens those cookies and records exactly 
 ones: same envelope, same AAD, same record format. The refresh storm (d) uses real logins, since
 there the IdP is the point.
 
-### The refresh storm
+### The refresh storm (d)
 
 The test IdP keeps everything in oidc-provider's in-memory store, which holds at most 1,000
 entries (about 150 logins) and evicts the rest silently, so earlier logins' refresh tokens would
 vanish. The benchmark therefore starts the unchanged `tests/idp/server.js` with a Node module hook
 (`--import`, written to its temporary directory) that gives that store a larger bound.
 
-The IdP issues access tokens valid for `refresh_skew` + a few seconds, so every session's token is
-due a few seconds after its login; the benchmark waits that long after the last login, then sends
-each session's calls at once (sessions one after another, spread over many connections). Each
-session must be refreshed exactly once — by one call, while the others wait for it — and every
-call must answer 200.
+The IdP issues access tokens of 2 × `--storm-window` = 20 s, shorter than Cloakroom's 60 s
+`refresh_skew`, so they are due at half-life (`min(refresh_skew, ½ lifetime)`, src/refresh.rs).
+The benchmark waits until every token has *expired* (lifetime + 1 s after the last login): a due
+but valid token would be forwarded at once while its refresh runs behind it, an expired one makes
+every call wait for its session's refresh. Then each session's calls are sent at once (sessions
+one after another, spread over many connections). One call in ten — the first of each ten, so
+often the call that starts its session's refresh — is abandoned by the client 1–10 ms after it
+was sent, while it waits for that refresh: alternately an HTTP/1.1 request on a connection of its
+own that is then reset (`SO_LINGER` 0), and an HTTP/2 request (prior knowledge) whose stream is
+cancelled (`RST_STREAM`) on a connection that stays open. A call answered before its abort time
+is counted as aborted-too-late and checked like the others. Afterwards each session makes one
+more call: a refresh whose result an abort had lost would show there (the old refresh token
+presented again: the IdP revokes the grant, Cloakroom answers 401).
+
+Wanted: exactly one refresh at the IdP per session, 0 failed calls among those not aborted (and
+in the check after), 0 grants revoked and 0 refresh tokens reused (`grants_revoked`,
+`refresh_reuse` unchanged).
+
+### The IdP outage (e)
+
+(e) runs on its own Redis, test IdP and Cloakroom (`src/bin/cloakroom-bench/stall.rs`), started
+at the beginning of the run, because its tokens must live longer than the storm's: with
+`W` = outage + cool-off + ⌈1 ÷ rate⌉ + 4 s (40 s for the defaults), its IdP issues access tokens of
+`2W` s, so they are due in their last `W` s (still under the 60 s skew). Two groups of real
+logins:
+
+- **expired**: logged in when the run starts, long expired by the outage;
+- **due but valid**: logged in `W + 1` s before the outage: due when it begins, valid until after
+  the recovery. First they make the baseline calls (same rate and connections, IdP healthy, tokens
+  not yet due).
+
+The outage is **tests/idp's outage mode** on `/token` (`POST /test/outage?mode=reset&paths=/token`:
+every connection to the token endpoint destroyed unanswered; `--stall-mode 503` answers 503
+instead), not a TCP stall: the bench rig has no proxy that holds connections open, so a refresh
+call fails at once instead of running into `oidc.timeout`. The IdP processes nothing meanwhile,
+so no refresh token is consumed behind Cloakroom's back. For the outage (30 s, `--stall-seconds`)
+and a recovery of cool-off + 2 s after it, every session of both groups calls at `--stall-rate`
+(2 per second) in an open loop (latency from each call's due time). Measured:
+
+- **token-endpoint requests during the outage** (`token_endpoint_hits` delta), against the bound
+  sessions × (⌈outage ÷ `session.refresh_cooloff`⌉ + 1): one attempt per session, then at most one
+  per session per cool-off (default 5 s). The JSON report carries `within_bound`;
+- **refreshes over the whole scenario**: exactly one per session (the first after its cool-off
+  ended), 0 grants revoked, 0 refresh tokens reused;
+- **calls with a valid token**: their statuses (all 200 wanted) and their p50/p99 during the
+  outage against the same calls before it — reported, with no pass/fail threshold (during the
+  outage the expired group's calls, 503 `token_refresh_unavailable` while cooling off, add load);
+- **recovery**: every session's last call answers 200; how long after the outage the expired
+  group's sessions did.
 
 ### Where Cloakroom's CPU goes
 
@@ -624,6 +870,7 @@ instead of a registry lookup per request.
 scripts/bench                      # full run, rewrites docs/BENCHMARKS.md
 scripts/bench --duration 30        # longer runs
 cargo run --release --bin cloakroom-bench -- --help   # every knob
+cargo run --release --bin cloakroom-bench -- --only storm,stall   # (d) and (e) alone (report incomplete)
 cargo run --bin cloakroom-bench -- --smoke            # what the test suite runs (tests/it/bench_smoke.rs)
 ```
 

@@ -5,8 +5,8 @@
 //!   value comes from `cookies::set_session`, so the binary opens it exactly like a real one.
 //!   A real login costs the IdP an RSA signature and several round trips; 100,000 of them would
 //!   measure the IdP, not Cloakroom.
-//! - Logged in: the real code flow through Cloakroom and the IdP (refresh storm), following the
-//!   redirect chain of tests/idp/README.md with a tiny cookie jar.
+//! - Logged in: the real code flow through Cloakroom and the IdP (refresh storm, IdP outage),
+//!   following the redirect chain of tests/idp/README.md with a tiny cookie jar.
 
 use cloakroom::config::Config;
 use cloakroom::secret::Secret;
@@ -197,4 +197,19 @@ pub async fn login(client: &reqwest::Client, base: &str, issuer: &str) -> Result
         .find(|(k, _)| k.as_str() == "__Host-cloakroom")
         .map(|(k, v)| format!("{k}={v}"))
         .ok_or_else(|| "no session cookie after the callback".into())
+}
+
+/// `n` real logins through Cloakroom at `base`, 16 at a time; their session `Cookie` pairs.
+pub async fn login_many(
+    client: &reqwest::Client,
+    base: &str,
+    issuer: &str,
+    n: usize,
+) -> Result<Vec<String>, String> {
+    let logins: Vec<Result<String, String>> = futures_util::stream::iter(0..n)
+        .map(|_| login(client, base, issuer))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    logins.into_iter().collect()
 }

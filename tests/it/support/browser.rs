@@ -39,6 +39,12 @@ impl Resp {
             .into_iter()
             .find(|c| c.starts_with(&format!("{name}=")))
     }
+    /// The `Set-Cookie` of a pending-login cookie (`__Host-cloakroom-login-<tag>`), if any.
+    pub fn set_login_cookie(&self) -> Option<String> {
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with("__Host-cloakroom-login-"))
+    }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
@@ -61,6 +67,15 @@ impl Browser {
             received: String::new(),
             user_agent: "cloakroom-test-browser".into(),
         }
+    }
+
+    /// The pending-login cookies in the jar: (name, value).
+    pub fn login_cookies(&self) -> Vec<(String, String)> {
+        self.jar
+            .iter()
+            .filter(|(k, _)| k.starts_with("__Host-cloakroom-login-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn cookie_header(&self) -> Option<String> {

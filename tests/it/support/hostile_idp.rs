@@ -101,10 +101,21 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible
 
 impl HostileIdp {
     pub async fn start(keys: &[&Key], promise_iss: bool) -> Self {
+        Self::start_with(keys, promise_iss, false).await
+    }
+
+    /// With `trailing_slash`, the issuer identifier ends in `/` (Auth0 style); the endpoints
+    /// stay at the root.
+    pub async fn start_with(keys: &[&Key], promise_iss: bool, trailing_slash: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let issuer = if trailing_slash {
+            format!("{base}/")
+        } else {
+            base.clone()
+        };
         let state = Arc::new(Mutex::new(State {
             published: keys.iter().map(|k| k.jwk()).collect(),
             reply: Reply::Json(500, serde_json::json!({"error": "server_error"})),
@@ -112,7 +123,7 @@ impl HostileIdp {
             token_requests: 0,
             promise_iss,
         }));
-        let (st, iss) = (state.clone(), issuer.clone());
+        let (st, iss) = (state.clone(), (issuer.clone(), base));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -161,7 +172,7 @@ fn reply(status: u16, body: Vec<u8>) -> hyper::Response<Body> {
 
 async fn handle(
     state: Arc<Mutex<State>>,
-    issuer: String,
+    (issuer, base): (String, String),
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
@@ -170,9 +181,9 @@ async fn handle(
             let promise = state.lock().expect("lock").promise_iss;
             let doc = serde_json::json!({
                 "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/authorize"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
+                "authorization_endpoint": format!("{base}/authorize"),
+                "token_endpoint": format!("{base}/token"),
+                "jwks_uri": format!("{base}/jwks"),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["ES256"],

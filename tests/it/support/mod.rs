@@ -80,6 +80,9 @@ pub struct Opts {
     pub redis_fault: bool,
     /// Key rings per instance (`CLOAKROOM_COOKIE_KEYS`), instead of one shared ring.
     pub instance_keys: Vec<String>,
+    /// `server.login_rate_limit` and `login_rate_burst` (every test client is 127.0.0.1: high
+    /// by default, so only the rate-limit test meets the limit).
+    pub login_rate_limit: u32,
 }
 
 impl Default for Opts {
@@ -101,6 +104,7 @@ impl Default for Opts {
             idp_fault: false,
             redis_fault: false,
             instance_keys: Vec::new(),
+            login_rate_limit: 1_000_000,
         }
     }
 }
@@ -242,6 +246,8 @@ impl TestEnv {
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
+login_rate_limit = {rate}
+login_rate_burst = {rate}
 [admin]
 listen = "127.0.0.1:0"
 [oidc]
@@ -292,6 +298,7 @@ strip_prefix = true
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
+            rate = self.opts.login_rate_limit,
             session_extra = self.opts.session_toml,
             oidc_timeout = self.opts.oidc_timeout,
             store = self

@@ -1,0 +1,115 @@
+//! A TCP proxy in front of the IdP of (e) that can stall it (`--stall-mode hang`): while held,
+//! connections are still accepted and passed on, but nothing a client sends reaches the IdP, so
+//! every request hangs unanswered until the client gives up (Cloakroom's `oidc.timeout`). What
+//! a client sent while held is passed on when the hold ends, unless the client has closed its
+//! connection meanwhile: then it is dropped, as a request that never reached the server. Answers
+//! always pass.
+//!
+//! The IdP counts only the requests that reach it, so the proxy counts the token requests it
+//! sees (a `POST /token ` request line), passed on or not.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct Hold {
+    pub addr: SocketAddr,
+    held: watch::Sender<bool>,
+    token_requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hold {
+    /// Listens on a free loopback port and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Result<Self, String> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("hold proxy: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (held, rx) = watch::channel(false);
+        let token_requests = Arc::new(AtomicU64::new(0));
+        let seen = token_requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (rx, seen) = (rx.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, mut cw) = client.into_split();
+                    let (mut sr, sw) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    });
+                    pump(cr, sw, rx, seen).await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            held,
+            token_requests,
+            task,
+        })
+    }
+
+    /// Holds (`true`) or releases (`false`) everything clients send.
+    pub fn set(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+
+    /// Token requests seen so far, passed on or not.
+    pub fn token_requests(&self) -> u64 {
+        self.token_requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Client → IdP, holding the bytes while `held`.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+    seen: Arc<AtomicU64>,
+) {
+    const LINE: &[u8] = b"POST /token ";
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        if !pending.is_empty() && !*held.borrow() {
+            if to.write_all(&pending).await.is_err() {
+                return;
+            }
+            pending.clear();
+        }
+        tokio::select! {
+            r = from.read(&mut buf) => match r {
+                // The client is gone: what it sent while held never reaches the IdP (dropping
+                // `to` closes that side too).
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let chunk = &buf[..n];
+                    let lines = chunk.windows(LINE.len()).filter(|w| *w == LINE).count();
+                    seen.fetch_add(lines as u64, Ordering::Relaxed);
+                    pending.extend_from_slice(chunk);
+                }
+            },
+            changed = held.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

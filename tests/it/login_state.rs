@@ -1,0 +1,270 @@
+//! SPEC §1 [v2] (issue #11): stateless pending logins, one cookie or none, rate limits, and
+//! what the store holds at rest — against real Redis and the real IdP.
+
+use crate::support::browser::Browser;
+use crate::support::{Opts, TestEnv};
+use reqwest::Method;
+use std::time::Duration;
+
+fn dbsize(env: &TestEnv) -> u64 {
+    env.redis
+        .cli(&["DBSIZE"])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("DBSIZE")
+}
+
+#[tokio::test]
+async fn anonymous_logins_write_nothing_to_the_store() {
+    let env = TestEnv::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for i in 0..100 {
+        let r = client
+            .get(env.url(&format!("/auth/login?return_to=/p{i}")))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), 302);
+    }
+    assert_eq!(dbsize(&env), 0, "{}", env.redis.cli(&["KEYS", "*"]));
+}
+
+#[tokio::test]
+async fn parallel_tab_logins_never_overwrite_each_other() {
+    let env = TestEnv::start().await;
+    let mut b = Browser::new();
+    // Five navigations leave at once (session restore): each sees the same jar, and each
+    // response's Set-Cookie lands independently.
+    let starts = (0..5).map(|i| {
+        let mut tab = Browser::new();
+        tab.jar = b.jar.clone();
+        let url = env.url(&format!("/auth/login?return_to=/tab{i}"));
+        async move {
+            let r = tab.get(&url).await;
+            assert_eq!(r.status, 302);
+            (r.location(), tab.login_cookies())
+        }
+    });
+    let started = futures_util::future::join_all(starts).await;
+    for (_, cookies) in &started {
+        b.jar.extend(cookies.iter().cloned());
+    }
+    assert_eq!(b.login_cookies().len(), 5, "one cookie per pending login");
+    for (i, (authorize, _)) in started.iter().enumerate() {
+        let cb = env.idp.login(&mut b, authorize, "alice", "wonderland").await;
+        let r = b.get(&cb).await;
+        assert_eq!(r.status, 302, "tab {i}: {}", r.body);
+        assert_eq!(r.location(), format!("/tab{i}"));
+    }
+    assert!(b.login_cookies().is_empty(), "each callback cleared its own cookie");
+}
+
+#[tokio::test]
+async fn a_browser_holds_a_bounded_number_of_pending_logins_oldest_dropped_first() {
+    let env = TestEnv::start().await;
+    let mut b = Browser::new();
+    let mut authorize = Vec::new();
+    for i in 0..10 {
+        let r = b.get(&env.url(&format!("/auth/login?return_to=/n{i}"))).await;
+        assert_eq!(r.status, 302);
+        authorize.push(r.location());
+        env.advance(Duration::from_secs(1));
+        assert!(b.login_cookies().len() <= cloakroom::cookies::MAX_PENDING_PER_BROWSER);
+    }
+    assert_eq!(
+        b.login_cookies().len(),
+        cloakroom::cookies::MAX_PENDING_PER_BROWSER
+    );
+    // The two oldest were dropped; the newest works.
+    let cb = env.idp.login(&mut b, &authorize[0], "alice", "wonderland").await;
+    let r = b.get(&cb).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "invalid_state");
+    let cb = env.idp.login(&mut b, &authorize[9], "alice", "wonderland").await;
+    let r = b.get(&cb).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), "/n9");
+}
+
+#[tokio::test]
+async fn two_session_cookie_values_authenticate_nobody_and_are_cleared() {
+    let env = TestEnv::start().await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let good = b.jar["__Host-cloakroom"].clone();
+    let mut other = Browser::new();
+    env.login(&mut other).await;
+    let second = other.jar["__Host-cloakroom"].clone();
+    let client = reqwest::Client::new();
+    for (cookie, expect) in [
+        (format!("__Host-cloakroom={good}"), 200),
+        (format!("__Host-cloakroom={good}; __Host-cloakroom={good}"), 200),
+        (format!("__Host-cloakroom={good}; __Host-cloakroom={second}"), 401),
+        (format!("__Host-cloakroom={good}; __Host-cloakroom=garbage"), 401),
+        (format!("__Host-cloakroom=garbage; __Host-cloakroom={good}"), 401),
+    ] {
+        for path in ["/auth/user", "/api/x"] {
+            let r = client
+                .get(env.url(path))
+                .header("x-csrf", "1")
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status().as_u16(), expect, "{path} {cookie}");
+            let clears = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .any(|v| v.to_str().unwrap().starts_with("__Host-cloakroom=;"));
+            assert_eq!(clears, expect == 401, "{path}: cleared iff ambiguous");
+        }
+    }
+    // A public route stays public, and the ambiguous cookie is cleared there too.
+    let r = client
+        .get(env.url("/opt/x"))
+        .header("x-csrf", "1")
+        .header("cookie", format!("__Host-cloakroom={good}; __Host-cloakroom={second}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.upstream.last()["authorization_count"], 0, "no token for anyone");
+}
+
+#[tokio::test]
+async fn two_values_for_one_login_cookie_are_refused_at_the_callback() {
+    let env = TestEnv::start().await;
+    let mut b = Browser::new();
+    let r = b.get(&env.url("/auth/login")).await;
+    let cb = env.idp.login(&mut b, &r.location(), "alice", "wonderland").await;
+    let (name, value) = b.login_cookies().pop().expect("login cookie");
+    let r = reqwest::Client::new()
+        .get(&cb)
+        .header("cookie", format!("{name}={value}; {name}=planted"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(r.status(), 400);
+    let cleared = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with(&format!("{name}=;")));
+    assert!(cleared);
+    assert_eq!(dbsize(&env), 0, "no session, no marker");
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_client_ip() {
+    let env = TestEnv::start_with(Opts {
+        login_rate_limit: 3,
+        ..Opts::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let r = client.get(env.url("/auth/login")).send().await.expect("login");
+        statuses.push(r.status().as_u16());
+        last = Some(r);
+    }
+    assert_eq!(statuses, [302, 302, 302, 429, 429]);
+    let r = last.unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "rate_limited");
+    // The callback shares the budget.
+    let r = client
+        .get(env.url("/auth/callback?state=x&code=y"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(r.status(), 429);
+}
+
+#[tokio::test]
+async fn return_to_is_visible_ascii_and_short_or_refused_at_login() {
+    let env = TestEnv::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let long = format!("/{}", "a".repeat(512));
+    for bad in ["/caf%C3%A9", "/a%20b", long.as_str()] {
+        let r = client
+            .get(env.url(&format!("/auth/login?return_to={bad}")))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // Percent-encoded as a path, it is fine (and reaches the callback's Location intact).
+    let mut b = Browser::new();
+    let r = b
+        .get(&env.url("/auth/login?return_to=%2Fcaf%25C3%25A9"))
+        .await;
+    assert_eq!(r.status, 302);
+    let cb = env.idp.login(&mut b, &r.location(), "alice", "wonderland").await;
+    let r = b.get(&cb).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/caf%C3%A9");
+}
+
+#[tokio::test]
+async fn index_names_are_keyed_last_seen_is_bounded_and_logins_prune_stale_handles() {
+    let env = TestEnv::start_with(Opts {
+        idle_timeout: "10m",
+        ..Opts::default()
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    // A key listing shows no plain hash of who is logged in.
+    let keys = env.redis.cli(&["KEYS", "*"]);
+    for who in ["alice"] {
+        let plain = cloakroom::crypto::hash(who);
+        assert!(!keys.contains(&plain), "{keys}");
+        assert!(!keys.contains(who), "{keys}");
+    }
+    let index = keys
+        .lines()
+        .find(|k| k.starts_with("cloakroom:u:"))
+        .expect("a sub index")
+        .to_string();
+
+    // Whoever can write Redis cannot stretch the idle timeout past now + idle.
+    let record = keys
+        .lines()
+        .find(|k| k.starts_with("cloakroom:s:"))
+        .expect("a record")
+        .to_string();
+    let far = (cloakroom::session::now_unix() + 10_000_000).to_string();
+    env.redis.cli(&["HSET", &record, "s", &far]);
+    let u = b.xhr(Method::GET, &env.url("/auth/user?slide=false")).await.json();
+    let idle_end = u["session"]["idle_expires_at"].as_i64().unwrap();
+    assert!(
+        idle_end <= cloakroom::session::now_unix() + 600 + 2,
+        "{idle_end}"
+    );
+
+    // A stale handle in the user's index goes at the next login.
+    env.redis.cli(&["SADD", &index, "stale-handle-of-a-gone-session"]);
+    let mut c = Browser::new();
+    env.login(&mut c).await;
+    let members = env.redis.cli(&["SMEMBERS", &index]);
+    assert!(!members.contains("stale-handle"), "{members}");
+    let handles = members
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+        .count();
+    assert_eq!(handles, 2, "{members}");
+}
