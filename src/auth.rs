@@ -158,7 +158,14 @@ mod tests {
     #[test]
     fn return_to_accepts_same_origin_paths_only() {
         let longest = format!("/{}", "a".repeat(MAX_RETURN_TO - 1));
-        for ok in ["/", "/app", "/app/page?x=1#frag", "/a/b%20c", "/caf%C3%A9", longest.as_str()] {
+        for ok in [
+            "/",
+            "/app",
+            "/app/page?x=1#frag",
+            "/a/b%20c",
+            "/caf%C3%A9",
+            longest.as_str(),
+        ] {
             assert!(valid_return_to(ok), "{ok}");
         }
         for bad in [

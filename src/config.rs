@@ -1009,7 +1009,9 @@ mod tests {
         if cfg!(feature = "demo") {
             assert!(r.is_ok(), "a build with the demo may run it anywhere");
         } else {
-            let msg = r.expect_err("production build, public listener").to_string();
+            let msg = r
+                .expect_err("production build, public listener")
+                .to_string();
             assert!(msg.contains("store.kind"), "{msg}");
         }
     }

@@ -84,7 +84,9 @@ pub fn session_id(headers: &HeaderMap, config: &Config) -> Option<SessionId> {
     if raw.len() != 32 {
         return None;
     }
-    Some(SessionId::from_cookie_plaintext(URL_SAFE_NO_PAD.encode(raw)))
+    Some(SessionId::from_cookie_plaintext(
+        URL_SAFE_NO_PAD.encode(raw),
+    ))
 }
 
 fn base<'c>(config: &Config, name: String, value: String, same_site: SameSite) -> Cookie<'c> {
@@ -159,7 +161,12 @@ pub fn set_pending(config: &Config, state: &str, created: i64, json: &[u8]) -> H
         "{created}.{}",
         config.keys.seal_text(&login_aad(state), json)
     );
-    let mut c = base(config, login_cookie_name(config, state), value, SameSite::Lax);
+    let mut c = base(
+        config,
+        login_cookie_name(config, state),
+        value,
+        SameSite::Lax,
+    );
     c.set_max_age(cookie::time::Duration::seconds(
         i64::try_from(crate::session::PENDING_TTL.as_secs()).unwrap_or(600),
     ));
@@ -176,13 +183,11 @@ pub fn pending(headers: &HeaderMap, config: &Config, state: &str) -> Result<Opti
     match single_cookie(headers, &login_cookie_name(config, state)) {
         SessionCookie::Absent => Ok(None),
         SessionCookie::Ambiguous => Err(()),
-        SessionCookie::One(v) => Ok(v
-            .split_once('.')
-            .and_then(|(_, sealed)| {
-                config
-                    .keys
-                    .open_text(&login_aad(state), sealed, MAX_LOGIN_COOKIE)
-            })),
+        SessionCookie::One(v) => Ok(v.split_once('.').and_then(|(_, sealed)| {
+            config
+                .keys
+                .open_text(&login_aad(state), sealed, MAX_LOGIN_COOKIE)
+        })),
     }
 }
 

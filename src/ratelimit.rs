@@ -50,7 +50,12 @@ impl LoginLimiter {
     ///
     /// # Errors
     /// [`Error::RateLimited`] with the time until the next request would be allowed.
-    pub fn check(&self, config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Error> {
+    pub fn check(
+        &self,
+        config: &Config,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<(), Error> {
         let Some(l) = &self.0 else {
             return Ok(());
         };

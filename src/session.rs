@@ -191,7 +191,6 @@ pub struct RecordRef {
 
 impl RecordRef {
     /// Every index entry: which index, under which name.
-    #[must_use]
     pub fn entries(&self) -> impl Iterator<Item = (Index, &str)> {
         self.subs
             .iter()

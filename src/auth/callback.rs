@@ -19,7 +19,9 @@ pub(crate) async fn callback<B>(
     req: &Request<B>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
-    state.login_limiter.check(&state.config, req.headers(), peer)?;
+    state
+        .login_limiter
+        .check(&state.config, req.headers(), peer)?;
     let pairs = query_pairs(req.uri());
     let st = query_param(&pairs, "state")?.ok_or(Error::InvalidState("missing state"))?;
     if st.is_empty() || st.len() > 128 {
@@ -29,7 +31,11 @@ pub(crate) async fn callback<B>(
     // state from another browser finds no cookie here.
     let sealed = match cookies::pending(req.headers(), &state.config, &st) {
         Ok(Some(p)) => p,
-        Ok(None) => return Err(Error::InvalidState("no login in progress for this state here")),
+        Ok(None) => {
+            return Err(Error::InvalidState(
+                "no login in progress for this state here",
+            ))
+        }
         Err(()) => {
             // Two values for one login cookie: ambiguous, refused, and cleared.
             let mut r = Error::InvalidState("ambiguous login cookie").into_response();

@@ -19,7 +19,9 @@ pub(crate) async fn login<B>(
     req: &Request<B>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
-    state.login_limiter.check(&state.config, req.headers(), peer)?;
+    state
+        .login_limiter
+        .check(&state.config, req.headers(), peer)?;
     let pairs = query_pairs(req.uri());
     let return_to = query_param(&pairs, "return_to")?.unwrap_or_else(|| "/".into());
     if !valid_return_to(&return_to) {
@@ -43,8 +45,8 @@ pub(crate) async fn login<B>(
         created_at: now,
         previous,
     };
-    let json = serde_json::to_vec(&pending)
-        .map_err(|e| Error::Internal(format!("pending login: {e}")))?;
+    let json =
+        serde_json::to_vec(&pending).map_err(|e| Error::Internal(format!("pending login: {e}")))?;
     crate::metrics::login_started();
 
     let location = HeaderValue::from_str(auth.url.as_str())

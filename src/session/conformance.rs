@@ -2,8 +2,8 @@
 //! in the integration tests. Panics (assertions) on a violation.
 
 use super::{
-    now_unix, Index, LockState, RecordRef, RefreshWrite, Session, SessionId,
-    Sessions, Store, Tokens,
+    now_unix, Index, LockState, RecordRef, RefreshWrite, Session, SessionId, Sessions, Store,
+    Tokens,
 };
 use crate::crypto::{self, KeyRing};
 use crate::secret::Secret;
@@ -44,9 +44,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
 /// On any violation of the store contract.
 pub async fn run(store: Store) {
     let entry = KeyRing::generate_entry(1);
-    let keys = Arc::new(
-        KeyRing::parse(&entry).unwrap_or_else(|e| panic!("key ring: {e}")),
-    );
+    let keys = Arc::new(KeyRing::parse(&entry).unwrap_or_else(|e| panic!("key ring: {e}")));
     let sessions = Sessions::new(
         store,
         keys,

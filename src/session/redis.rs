@@ -507,7 +507,6 @@ impl RedisStore {
         true
     }
 
-
     async fn run<T: redis::FromRedisValue>(
         &self,
         f: impl FnOnce(Conn) -> RedisFuture<'static, T>,

@@ -347,12 +347,20 @@ async fn an_issuer_with_a_trailing_slash_is_used_exactly_as_configured_and_disco
         Reply::Json(200, token_response(&r.key.sign(&claims(&r, n))))
     })
     .await;
-    assert_eq!(resp.status, 400, "RFC 9207 iss without the slash: {}", resp.body);
+    assert_eq!(
+        resp.status, 400,
+        "RFC 9207 iss without the slash: {}",
+        resp.body
+    );
     let (_, resp) = attempt(&r, Some(&iss), |n| {
         let mut c = claims(&r, n);
         c["iss"] = json!(bare);
         Reply::Json(200, token_response(&r.key.sign(&c)))
     })
     .await;
-    assert_eq!(resp.status, 401, "ID token iss without the slash: {}", resp.body);
+    assert_eq!(
+        resp.status, 401,
+        "ID token iss without the slash: {}",
+        resp.body
+    );
 }

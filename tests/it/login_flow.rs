@@ -39,7 +39,13 @@ async fn full_flow_attaches_the_idp_token_and_no_token_reaches_the_browser() {
     // The pending login travels in a cookie of its own, named for its state; the store gets
     // nothing.
     let login_cookie = r.set_login_cookie().expect("login cookie");
-    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=600"] {
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
         assert!(login_cookie.contains(attr), "{login_cookie}");
     }
     let login_name = login_cookie.split('=').next().unwrap().to_string();
