@@ -99,6 +99,8 @@ struct RawCookie {
 struct RawCsrf {
     header: Option<String>,
     allowed_origins: Vec<String>,
+    allowed_methods: Option<Vec<String>>,
+    allowed_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -281,6 +283,11 @@ pub struct Config {
     pub csrf_header: http::HeaderName,
     /// Origins accepted besides the public origin.
     pub allowed_origins: Vec<String>,
+    /// CORS preflight answer for an allowed origin: `Access-Control-Allow-Methods`.
+    pub cors_allow_methods: http::HeaderValue,
+    /// CORS preflight answer for an allowed origin: `Access-Control-Allow-Headers` (always
+    /// including the CSRF header).
+    pub cors_allow_headers: http::HeaderValue,
     /// Session store.
     pub store: StoreKind,
     /// Prefix of every store key.
@@ -662,6 +669,42 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         }
     }
 
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let methods = csrf.allowed_methods.clone().unwrap_or_else(|| {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec()
+    });
+    for m in &methods {
+        if m == "*" {
+            errs.push("csrf.allowed_methods: `*` is not allowed with credentials; list the methods".into());
+        } else if !token(m) {
+            errs.push(format!("csrf.allowed_methods: `{m}` is not a method name"));
+        }
+    }
+    let mut headers = vec![csrf_header.as_str().to_string()];
+    for h in csrf
+        .allowed_headers
+        .clone()
+        .unwrap_or_else(|| vec!["content-type".into()])
+    {
+        if h == "*" {
+            errs.push("csrf.allowed_headers: `*` is not allowed with credentials; list the headers".into());
+        } else if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(format!("csrf.allowed_headers: `{h}` is not a header name"));
+        } else if !headers.iter().any(|x| x.eq_ignore_ascii_case(&h)) {
+            headers.push(h.to_ascii_lowercase());
+        }
+    }
+    let cors_allow_methods = http::HeaderValue::from_str(&methods.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("GET"));
+    let cors_allow_headers = http::HeaderValue::from_str(&headers.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("x-csrf"));
+
     // [store]
     let redis_url = |key: &str, u: &str, errs: &mut Vec<String>| {
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
@@ -901,6 +944,8 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         cookie_secure,
         csrf_header,
         allowed_origins,
+        cors_allow_methods,
+        cors_allow_headers,
         store: store_kind,
         key_prefix,
         store_tls_ca,
@@ -997,6 +1042,19 @@ mod tests {
         .expect("env overrides");
         assert_eq!(c.refresh_cooloff, Duration::from_secs(30));
         assert_eq!(c.lock_replicas, 1);
+    }
+
+    #[test]
+    fn cors_lists_are_explicit_and_always_allow_the_csrf_header() {
+        let c = Config::from_toml(GOOD, &env()).expect("valid");
+        assert_eq!(c.cors_allow_headers, "x-csrf, content-type");
+        assert!(c.cors_allow_methods.to_str().unwrap().contains("DELETE"));
+        let mut e = env();
+        e.insert("CLOAKROOM_CSRF_ALLOWED_METHODS".into(), "[\"*\"]".into());
+        e.insert("CLOAKROOM_CSRF_ALLOWED_HEADERS".into(), "[\"*\"]".into());
+        let msg = Config::from_toml(GOOD, &e).expect_err("wildcards").to_string();
+        assert!(msg.contains("csrf.allowed_methods"), "{msg}");
+        assert!(msg.contains("csrf.allowed_headers"), "{msg}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod cookies;
+pub mod cors;
 pub mod crypto;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -73,7 +73,8 @@ async fn handle_in_span(
     // One session cookie or none (SPEC §1): with two distinct values nothing authenticates
     // (`cookies::session_id` says no session), and the answer clears the cookie.
     let ambiguous = crate::cookies::ambiguous_session(req.headers(), &state.config);
-    let (label, result) = handle_inner(&state, req, peer, &rid).await;
+    let cross_origin = crate::cors::allowed_cross_origin(&state.config, req.headers()).cloned();
+    let (label, cors_scope, result) = handle_inner(&state, req, peer, &rid).await;
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -90,6 +91,9 @@ async fn handle_in_span(
         }
     };
     resp.headers_mut().insert("x-request-id", rid);
+    if let (true, Some(origin)) = (cors_scope, cross_origin) {
+        crate::cors::decorate(&mut resp, origin);
+    }
     if ambiguous {
         resp.headers_mut().append(
             http::header::SET_COOKIE,
@@ -109,22 +113,43 @@ async fn handle_in_span(
     Ok(resp)
 }
 
+/// Routes one request: its metric label, whether a cross-origin SPA may read the answer
+/// (`cors`), and the answer.
 async fn handle_inner(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
     rid: &HeaderValue,
-) -> (&'static str, Result<Response<Body>, Error>) {
+) -> (&'static str, bool, Result<Response<Body>, Error>) {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(state.config.auth_prefix.as_str()) {
         if rest == "/backchannel-logout" {
             return if req.method() == Method::POST {
-                ("backchannel", auth::backchannel_logout(state, req).await)
+                (
+                    "backchannel",
+                    false,
+                    auth::backchannel_logout(state, req).await,
+                )
             } else {
-                ("backchannel", Err(Error::MethodNotAllowed))
+                ("backchannel", false, Err(Error::MethodNotAllowed))
             };
         }
         let m = req.method();
+        if matches!(rest, "/user" | "/logout") {
+            if crate::cors::is_preflight(m, req.headers()) {
+                return (
+                    "preflight",
+                    false,
+                    crate::cors::preflight(&state.config, req.headers()),
+                );
+            }
+            let r = match (rest, m) {
+                ("/user", &Method::GET) => ("user", auth::user(state, &req).await),
+                ("/logout", &Method::POST) => ("logout", auth::logout(state, &req).await),
+                _ => ("auth", Err(Error::MethodNotAllowed)),
+            };
+            return (r.0, true, r.1);
+        }
         let r = match (rest, m) {
             ("/login", &Method::GET) => ("login", auth::login(state, &req, peer).await),
             ("/callback", &Method::GET) => ("callback", auth::callback(state, &req, peer).await),
@@ -135,7 +160,7 @@ async fn handle_inner(
             }
             _ => ("auth", Err(Error::NotFound)),
         };
-        return r;
+        return (r.0, false, r.1);
     }
     let Some(idx) = state
         .config
@@ -143,11 +168,20 @@ async fn handle_inner(
         .iter()
         .position(|r| path.starts_with(&r.prefix))
     else {
-        return ("none", Err(Error::NotFound));
+        return ("none", false, Err(Error::NotFound));
     };
     let label = state.route_labels[idx];
+    let token_route = state.config.routes[idx].token != TokenPolicy::None;
+    if token_route && crate::cors::is_preflight(req.method(), req.headers()) {
+        return (
+            "preflight",
+            false,
+            crate::cors::preflight(&state.config, req.headers()),
+        );
+    }
     (
         label,
+        token_route,
         proxy_request(state, idx, label, req, peer, rid).await,
     )
 }

@@ -364,3 +364,82 @@ async fn an_issuer_with_a_trailing_slash_is_used_exactly_as_configured_and_disco
         resp.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_refetch_done_by_another_task_is_followed_by_a_retry() {
+    let r = rig(false).await;
+    let iss = r.idp.issuer.clone();
+    let mut browsers = Vec::new();
+    for _ in 0..2 {
+        let (b, resp) = attempt(&r, Some(&iss), |n| {
+            Reply::Json(200, token_response(&r.key.sign(&claims(&r, n))))
+        })
+        .await;
+        assert_eq!(resp.status, 302, "{}", resp.body);
+        browsers.push(b);
+    }
+    let fetches = r.idp.jwks_fetches();
+    // The IdP rotates; both sessions refresh at once and both get an ID token signed by the
+    // new key. One task re-fetches the JWKS; the other, which failed on the old set, must try
+    // again with the new one rather than give up.
+    let k2 = Key::new("k2");
+    r.idp.publish(&[&r.key, &k2]);
+    let now = cloakroom::session::now_unix();
+    let refreshed = k2.sign(&json!({"iss": iss, "sub": "mallory-target", "aud": CLIENT_ID, "exp": now + 300, "iat": now}));
+    r.idp
+        .set_reply(Reply::Json(200, token_response(&refreshed)));
+    r.env.advance(Duration::from_secs(3));
+    let url = r.env.url("/api/x");
+    let calls = browsers.iter_mut().map(|b| b.xhr(Method::GET, &url));
+    let out = futures_util::future::join_all(calls).await;
+    assert!(out.iter().all(|o| o.status == 200));
+    assert_eq!(r.idp.jwks_fetches(), fetches + 1, "one re-fetch");
+    for b in &browsers {
+        let s = r.env.session_of(b).await.expect("session");
+        assert_eq!(s.tokens.id_token.expose(), refreshed, "both kept the new ID token");
+    }
+}
+
+#[tokio::test]
+async fn anonymous_logout_tokens_with_random_kids_do_not_spend_the_idp_refetch_budget() {
+    let r = rig(false).await;
+    let iss = r.idp.issuer.clone();
+    let (mut b, resp) = attempt(&r, Some(&iss), |n| {
+        Reply::Json(200, token_response(&r.key.sign(&claims(&r, n))))
+    })
+    .await;
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    let fetches = r.idp.jwks_fetches();
+    let now = cloakroom::session::now_unix();
+    for i in 0..5 {
+        let stranger = Key::new(&format!("random-{i}"));
+        let token = stranger.sign(&json!({
+            "iss": iss, "aud": CLIENT_ID, "iat": now, "jti": format!("j{i}"), "sub": "mallory-target",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }));
+        let resp = reqwest::Client::new()
+            .post(r.env.url("/auth/backchannel-logout"))
+            .form(&[("logout_token", token.as_str())])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 400);
+    }
+    assert_eq!(
+        r.idp.jwks_fetches(),
+        fetches + 1,
+        "anonymous callers share one small budget"
+    );
+    // A rotation at the IdP right after: the real ID token still gets its re-fetch.
+    let k2 = Key::new("k2");
+    r.idp.publish(&[&r.key, &k2]);
+    let refreshed = k2.sign(&json!({"iss": iss, "sub": "mallory-target", "aud": CLIENT_ID, "exp": now + 300, "iat": now}));
+    r.idp
+        .set_reply(Reply::Json(200, token_response(&refreshed)));
+    r.env.advance(Duration::from_secs(3));
+    let resp = b.xhr(Method::GET, &r.env.url("/api/x")).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(r.idp.jwks_fetches(), fetches + 2);
+    let s = r.env.session_of(&b).await.expect("session");
+    assert_eq!(s.tokens.id_token.expose(), refreshed);
+}

@@ -319,3 +319,73 @@ async fn index_names_are_keyed_last_seen_is_bounded_and_logins_prune_stale_handl
         .count();
     assert_eq!(handles, 2, "{members}");
 }
+
+#[tokio::test]
+async fn a_cross_origin_spa_gets_preflights_answered_without_weakening_csrf() {
+    let env = TestEnv::start_with(Opts {
+        extra_toml: "[csrf]\nallowed_origins = [\"https://spa.example\"]\nallowed_headers = [\"content-type\", \"x-trace\"]".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let cookie = format!("__Host-cloakroom={}", b.jar["__Host-cloakroom"]);
+    let client = reqwest::Client::new();
+    let before = env.upstream.count();
+    for path in ["/api/x", "/auth/user", "/auth/logout"] {
+        let r = client
+            .request(Method::OPTIONS, env.url(path))
+            .header("origin", "https://spa.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-csrf, content-type")
+            .send()
+            .await
+            .expect("preflight");
+        assert_eq!(r.status(), 204, "{path}");
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://spa.example");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("x-csrf") && allowed.contains("x-trace"), "{allowed}");
+        assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+        assert!(!h.values().any(|v| v == "*"), "never a wildcard");
+    }
+    assert_eq!(env.upstream.count(), before, "preflights never reach the upstream");
+    // Another origin: refused.
+    let r = client
+        .request(Method::OPTIONS, env.url("/api/x"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(r.status(), 403);
+    // The real request from the SPA: readable by it, still CSRF-checked.
+    let r = client
+        .get(env.url("/api/x"))
+        .header("origin", "https://spa.example")
+        .header("x-csrf", "1")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://spa.example");
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    let r = client
+        .get(env.url("/api/x"))
+        .header("origin", "https://spa.example")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403, "no CSRF header, no call");
+    // A public route gets no credentialed CORS from us.
+    let r = client
+        .get(env.url("/public/x"))
+        .header("origin", "https://spa.example")
+        .send()
+        .await
+        .expect("request");
+    assert!(r.headers().get("access-control-allow-credentials").is_none());
+}

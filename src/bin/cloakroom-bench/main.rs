@@ -561,7 +561,7 @@ async fn run(args: Args) -> Result<Results, String> {
     }
     let config = cloakroom::Config::from_toml(&text, &env.iter().cloned().collect())
         .map_err(|e| format!("bench config: {e}"))?;
-    let cloak = Cloakroom::spawn(&bin, &dir, port, admin_port, &text, &proc_env)?;
+    let cloak = Cloakroom::spawn(&bin, &dir, port, admin_port, &text, &proc_env, false)?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)

@@ -426,6 +426,8 @@ pub struct Cloakroom {
 
 impl Cloakroom {
     /// Runs `<bin> run --config <dir>/config.toml` with only `PATH` and `env` in its environment.
+    /// Its stdout (the logs, access log included) goes to `<dir>/cloakroom.log` with `keep_log`,
+    /// else nowhere.
     pub fn spawn(
         bin: &Path,
         dir: &Path,
@@ -433,6 +435,7 @@ impl Cloakroom {
         admin_port: u16,
         config_text: &str,
         env: &[(String, String)],
+        keep_log: bool,
     ) -> Result<Self, String> {
         let config = dir.join("config.toml");
         std::fs::write(&config, config_text).map_err(|e| e.to_string())?;
@@ -446,8 +449,13 @@ impl Cloakroom {
         }
         // The access log (one line per request, as in production) goes nowhere: writing it
         // costs Cloakroom the same CPU either way, and a run would leave gigabytes behind.
+        let stdout = if keep_log {
+            Stdio::from(std::fs::File::create(dir.join("cloakroom.log")).map_err(|e| e.to_string())?)
+        } else {
+            Stdio::null()
+        };
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("cannot start {} ({e})", bin.display()))?;

@@ -120,16 +120,24 @@ pub struct Stall {
 }
 
 /// `W`: half the token lifetime in (e), the due window (see the module documentation).
+/// The valid group's tokens then last from the outage's start through the outage and the
+/// recovery (cool-off + 2 s), with ⌈1 ÷ rate⌉ + 2 s to spare for the logins' spread.
 fn window(args: &Args) -> Result<u64, String> {
     let pause = (1.0 / args.stall_rate).ceil() as u64;
-    let w = args.stall_seconds + args.stall_cooloff + pause + 4;
+    let w = args.stall_seconds + recovery(args) + pause + 4;
     if w > crate::REFRESH_SKEW {
         return Err(format!(
-            "(e): --stall-seconds + --stall-cooloff + 1/--stall-rate + 4 = {w} s must not exceed the refresh skew ({} s)",
+            "(e): --stall-seconds + --stall-cooloff + 2 + 1/--stall-rate + 4 = {w} s must not exceed the refresh skew ({} s)",
             crate::REFRESH_SKEW
         ));
     }
     Ok(w)
+}
+
+/// Seconds of calls after the outage: every session's cool-off is over, and its next call
+/// refreshes it.
+fn recovery(args: &Args) -> u64 {
+    args.stall_cooloff + 2
 }
 
 /// The processes and the expired group of (e).
@@ -179,7 +187,8 @@ impl StallRig {
             "[session]\n",
             &format!("[session]\nrefresh_cooloff = \"{}s\"\n", args.stall_cooloff),
         );
-        let cloak = Cloakroom::spawn(bin, &dir, port, admin, &text, env)?;
+        // Its log is small (thousands of calls, not millions): kept with --keep-dir.
+        let cloak = Cloakroom::spawn(bin, &dir, port, admin, &text, env, args.keep_dir)?;
         let expired =
             seed::login_many(http, &cloak.base(), &idp.issuer, args.stall_sessions).await?;
         Ok(Self {
@@ -277,7 +286,7 @@ impl StallRig {
         );
         self.outage(http, &args.stall_mode).await?;
         let t0 = Instant::now();
-        let recovery = args.stall_cooloff as f64 + 2.0;
+        let recovery = recovery(args) as f64;
         log(format!(
             "    outage ({}) for {} s, then {recovery:.0} s of recovery: {n} due-but-valid + {n} expired sessions × {} calls/s",
             args.stall_mode, args.stall_seconds, args.stall_rate
