@@ -681,7 +681,10 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     });
     for m in &methods {
         if m == "*" {
-            errs.push("csrf.allowed_methods: `*` is not allowed with credentials; list the methods".into());
+            errs.push(
+                "csrf.allowed_methods: `*` is not allowed with credentials; list the methods"
+                    .into(),
+            );
         } else if !token(m) {
             errs.push(format!("csrf.allowed_methods: `{m}` is not a method name"));
         }
@@ -693,7 +696,10 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         .unwrap_or_else(|| vec!["content-type".into()])
     {
         if h == "*" {
-            errs.push("csrf.allowed_headers: `*` is not allowed with credentials; list the headers".into());
+            errs.push(
+                "csrf.allowed_headers: `*` is not allowed with credentials; list the headers"
+                    .into(),
+            );
         } else if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             errs.push(format!("csrf.allowed_headers: `{h}` is not a header name"));
         } else if !headers.iter().any(|x| x.eq_ignore_ascii_case(&h)) {
@@ -1052,7 +1058,9 @@ mod tests {
         let mut e = env();
         e.insert("CLOAKROOM_CSRF_ALLOWED_METHODS".into(), "[\"*\"]".into());
         e.insert("CLOAKROOM_CSRF_ALLOWED_HEADERS".into(), "[\"*\"]".into());
-        let msg = Config::from_toml(GOOD, &e).expect_err("wildcards").to_string();
+        let msg = Config::from_toml(GOOD, &e)
+            .expect_err("wildcards")
+            .to_string();
         assert!(msg.contains("csrf.allowed_methods"), "{msg}");
         assert!(msg.contains("csrf.allowed_headers"), "{msg}");
     }

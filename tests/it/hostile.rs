@@ -384,6 +384,9 @@ async fn a_jwks_refetch_done_by_another_task_is_followed_by_a_retry() {
     // again with the new one rather than give up.
     let k2 = Key::new("k2");
     r.idp.publish(&[&r.key, &k2]);
+    // A slow JWKS endpoint, so the second verification fails on the old set while the first
+    // task's re-fetch is still under way.
+    r.idp.state.lock().unwrap().jwks_delay = Duration::from_millis(300);
     let now = cloakroom::session::now_unix();
     let refreshed = k2.sign(&json!({"iss": iss, "sub": "mallory-target", "aud": CLIENT_ID, "exp": now + 300, "iat": now}));
     r.idp
@@ -396,7 +399,11 @@ async fn a_jwks_refetch_done_by_another_task_is_followed_by_a_retry() {
     assert_eq!(r.idp.jwks_fetches(), fetches + 1, "one re-fetch");
     for b in &browsers {
         let s = r.env.session_of(b).await.expect("session");
-        assert_eq!(s.tokens.id_token.expose(), refreshed, "both kept the new ID token");
+        assert_eq!(
+            s.tokens.id_token.expose(),
+            refreshed,
+            "both kept the new ID token"
+        );
     }
 }
 

@@ -346,11 +346,21 @@ async fn a_cross_origin_spa_gets_preflights_answered_without_weakening_csrf() {
         assert_eq!(h["access-control-allow-origin"], "https://spa.example");
         assert_eq!(h["access-control-allow-credentials"], "true");
         let allowed = h["access-control-allow-headers"].to_str().unwrap();
-        assert!(allowed.contains("x-csrf") && allowed.contains("x-trace"), "{allowed}");
-        assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+        assert!(
+            allowed.contains("x-csrf") && allowed.contains("x-trace"),
+            "{allowed}"
+        );
+        assert!(h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
         assert!(!h.values().any(|v| v == "*"), "never a wildcard");
     }
-    assert_eq!(env.upstream.count(), before, "preflights never reach the upstream");
+    assert_eq!(
+        env.upstream.count(),
+        before,
+        "preflights never reach the upstream"
+    );
     // Another origin: refused.
     let r = client
         .request(Method::OPTIONS, env.url("/api/x"))
@@ -370,7 +380,10 @@ async fn a_cross_origin_spa_gets_preflights_answered_without_weakening_csrf() {
         .await
         .expect("request");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://spa.example");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://spa.example"
+    );
     assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     let r = client
         .get(env.url("/api/x"))
@@ -387,5 +400,8 @@ async fn a_cross_origin_spa_gets_preflights_answered_without_weakening_csrf() {
         .send()
         .await
         .expect("request");
-    assert!(r.headers().get("access-control-allow-credentials").is_none());
+    assert!(r
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
 }

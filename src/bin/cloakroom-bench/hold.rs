@@ -19,8 +19,19 @@ use tokio::sync::watch;
 pub struct Hold {
     pub addr: SocketAddr,
     held: watch::Sender<bool>,
-    token_requests: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Token requests the proxy saw.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// All of them, passed on or not.
+    pub seen: AtomicU64,
+    /// Sent while held, passed on when the hold ended (their client still waiting).
+    pub released: AtomicU64,
+    /// Sent while held, dropped because their client closed the connection first.
+    pub dropped: AtomicU64,
 }
 
 impl Hold {
@@ -31,8 +42,8 @@ impl Hold {
             .map_err(|e| format!("hold proxy: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (held, rx) = watch::channel(false);
-        let token_requests = Arc::new(AtomicU64::new(0));
-        let seen = token_requests.clone();
+        let counts = Arc::new(Counts::default());
+        let seen = counts.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (rx, seen) = (rx.clone(), seen.clone());
@@ -54,7 +65,7 @@ impl Hold {
         Ok(Self {
             addr,
             held,
-            token_requests,
+            counts,
             task,
         })
     }
@@ -66,7 +77,15 @@ impl Hold {
 
     /// Token requests seen so far, passed on or not.
     pub fn token_requests(&self) -> u64 {
-        self.token_requests.load(Ordering::Relaxed)
+        self.counts.seen.load(Ordering::Relaxed)
+    }
+
+    /// Token requests held so far: (passed on when the hold ended, dropped).
+    pub fn held_requests(&self) -> (u64, u64) {
+        (
+            self.counts.released.load(Ordering::Relaxed),
+            self.counts.dropped.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -81,27 +100,41 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut held: watch::Receiver<bool>,
-    seen: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 ) {
     const LINE: &[u8] = b"POST /token ";
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
+    // Token requests in `pending`, and whether a hold kept them there.
+    let (mut tokens, mut was_held) = (0u64, false);
     loop {
-        if !pending.is_empty() && !*held.borrow() {
-            if to.write_all(&pending).await.is_err() {
-                return;
+        if !pending.is_empty() {
+            if *held.borrow() {
+                was_held = true;
+            } else {
+                if to.write_all(&pending).await.is_err() {
+                    return;
+                }
+                if was_held {
+                    counts.released.fetch_add(tokens, Ordering::Relaxed);
+                }
+                pending.clear();
+                (tokens, was_held) = (0, false);
             }
-            pending.clear();
         }
         tokio::select! {
             r = from.read(&mut buf) => match r {
                 // The client is gone: what it sent while held never reaches the IdP (dropping
                 // `to` closes that side too).
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    counts.dropped.fetch_add(tokens, Ordering::Relaxed);
+                    return;
+                }
                 Ok(n) => {
                     let chunk = &buf[..n];
-                    let lines = chunk.windows(LINE.len()).filter(|w| *w == LINE).count();
-                    seen.fetch_add(lines as u64, Ordering::Relaxed);
+                    let lines = chunk.windows(LINE.len()).filter(|w| *w == LINE).count() as u64;
+                    counts.seen.fetch_add(lines, Ordering::Relaxed);
+                    tokens += lines;
                     pending.extend_from_slice(chunk);
                 }
             },

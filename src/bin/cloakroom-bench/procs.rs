@@ -450,7 +450,9 @@ impl Cloakroom {
         // The access log (one line per request, as in production) goes nowhere: writing it
         // costs Cloakroom the same CPU either way, and a run would leave gigabytes behind.
         let stdout = if keep_log {
-            Stdio::from(std::fs::File::create(dir.join("cloakroom.log")).map_err(|e| e.to_string())?)
+            Stdio::from(
+                std::fs::File::create(dir.join("cloakroom.log")).map_err(|e| e.to_string())?,
+            )
         } else {
             Stdio::null()
         };

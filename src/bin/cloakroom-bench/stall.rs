@@ -94,6 +94,10 @@ pub struct Stall {
     pub cloakroom_transient: Option<u64>,
     /// Requests to the token endpoint during the recovery.
     pub recovery_token_endpoint_hits: u64,
+    /// With `hang`: token requests held by the proxy and passed on when the outage ended (their
+    /// client still waiting), and dropped (their client had given up and closed the connection).
+    pub held_released: Option<u64>,
+    pub held_dropped: Option<u64>,
     /// Successful refresh grants over the whole scenario (one per session expected).
     pub idp_refreshes: u64,
     /// Cloakroom's count of successful refreshes over the whole scenario.
@@ -141,11 +145,12 @@ fn recovery(args: &Args) -> u64 {
 }
 
 /// The processes and the expired group of (e).
+/// Dropped in field order: Cloakroom first, its IdP and Redis after it.
 pub struct StallRig {
-    _redis: Redis,
-    idp: Idp,
-    hold: Option<Hold>,
     pub cloak: Cloakroom,
+    hold: Option<Hold>,
+    idp: Idp,
+    _redis: Redis,
     expired: Arc<Vec<String>>,
     expired_logged_in: Instant,
     window: u64,
@@ -363,6 +368,8 @@ impl StallRig {
             within_bound: hits <= bound,
             cloakroom_transient: tr1.zip(tr0).map(|(a, b)| (a - b) as u64),
             recovery_token_endpoint_hits: h2 - h1,
+            held_released: self.hold.as_ref().map(|h| h.held_requests().0),
+            held_dropped: self.hold.as_ref().map(|h| h.held_requests().1),
             idp_refreshes: whole.refreshes,
             cloakroom_refreshes: ok2.zip(ok0).map(|(a, b)| (a - b) as u64),
             grants_revoked: whole.grants_revoked,
@@ -387,6 +394,11 @@ impl StallRig {
             s.grants_revoked,
             s.refresh_reuse
         ));
+        if let (Some(r), Some(d)) = (s.held_released, s.held_dropped) {
+            log(format!(
+                "    held token requests: {r} passed on when the outage ended, {d} dropped (their client had given up)"
+            ));
+        }
         log(format!(
             "    valid tokens: p50/p99 {:.0}/{:.0} µs before, {:.0}/{:.0} µs during the outage ({} of {} failed); expired tokens during the outage: {:?}",
             s.valid_before.p50_us,

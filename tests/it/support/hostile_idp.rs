@@ -83,6 +83,8 @@ pub struct State {
     pub jwks_fetches: usize,
     pub token_requests: usize,
     pub promise_iss: bool,
+    /// How long `/jwks` takes to answer.
+    pub jwks_delay: Duration,
 }
 
 pub struct HostileIdp {
@@ -122,6 +124,7 @@ impl HostileIdp {
             jwks_fetches: 0,
             token_requests: 0,
             promise_iss,
+            jwks_delay: Duration::ZERO,
         }));
         let (st, iss) = (state.clone(), (issuer.clone(), base));
         let task = tokio::spawn(async move {
@@ -192,9 +195,12 @@ async fn handle(
             reply(200, doc.to_string().into_bytes())
         }
         "/jwks" => {
-            let mut s = state.lock().expect("lock");
-            s.jwks_fetches += 1;
-            let doc = serde_json::json!({ "keys": s.published });
+            let (doc, delay) = {
+                let mut s = state.lock().expect("lock");
+                s.jwks_fetches += 1;
+                (serde_json::json!({ "keys": s.published }), s.jwks_delay)
+            };
+            tokio::time::sleep(delay).await;
             reply(200, doc.to_string().into_bytes())
         }
         "/token" => {
