@@ -723,8 +723,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         "memory" => {
             // One process's memory: wrong as soon as there are two replicas, and lost on every
             // restart. Only the demo, or a process nobody else can reach, may use it.
+            // (`cloakroom demo` binds loopback only, so it always passes.)
             let loopback = listen.ip().is_loopback() && admin_listen.ip().is_loopback();
-            if !cfg!(feature = "demo") && !loopback {
+            if !loopback {
                 errs.push(
                     "store.kind: \"memory\" is for the demo and single-process development only \
                      (every listener on loopback); use \"redis\""
@@ -1066,20 +1067,15 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_store_is_for_the_demo_or_loopback_only() {
+    fn the_memory_store_is_for_loopback_listeners_only() {
         let mut e = env();
         e.insert("CLOAKROOM_STORE_KIND".into(), "memory".into());
         assert!(Config::from_toml(GOOD, &e).is_ok(), "loopback listeners");
         e.insert("CLOAKROOM_SERVER_LISTEN".into(), "0.0.0.0:8080".into());
-        let r = Config::from_toml(GOOD, &e);
-        if cfg!(feature = "demo") {
-            assert!(r.is_ok(), "a build with the demo may run it anywhere");
-        } else {
-            let msg = r
-                .expect_err("production build, public listener")
-                .to_string();
-            assert!(msg.contains("store.kind"), "{msg}");
-        }
+        let msg = Config::from_toml(GOOD, &e)
+            .expect_err("a public listener")
+            .to_string();
+        assert!(msg.contains("store.kind"), "{msg}");
     }
 
     #[test]

@@ -170,8 +170,9 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 impl KeyRing {
     /// The store index names of `value` (a `sub` or `sid`, told apart by `kind`), one per key
     /// of the ring, the first key's first: keyed hashes, so a key listing shows neither who is
-    /// logged in nor on how many devices. New entries go under the first; lookups read all,
-    /// so a session indexed before a rotation is still found while its key is in the ring.
+    /// logged in nor on how many devices. Entries are written under every name and looked up
+    /// under every name, so an instance whose ring shares one key with the writer's (a
+    /// rotation in progress) still finds the session.
     #[must_use]
     pub fn index_names(&self, kind: &str, value: &str) -> Vec<String> {
         let mut data = Vec::with_capacity(kind.len() + 1 + value.len());

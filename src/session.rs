@@ -414,6 +414,40 @@ pub struct Sessions {
     clock: Clock,
     /// Opened sessions of the request path (see `session/cache.rs`); Redis on one server only.
     cache: Option<Arc<cache::SessionCache>>,
+    /// Told of every session that ends.
+    ended: Arc<EndedHooks>,
+}
+
+/// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation
+/// channel, on another instance — e.g. to close the WebSocket tunnels opened for it.
+#[derive(Default)]
+pub struct EndedHooks(std::sync::RwLock<Vec<Box<dyn Fn(&str) + Send + Sync>>>);
+
+impl fmt::Debug for EndedHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EndedHooks")
+    }
+}
+
+impl EndedHooks {
+    /// Adds a callback (it must be quick: it runs on the ending path).
+    pub fn add(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(f));
+    }
+
+    fn run(&self, handle: &str) {
+        for f in self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            f(handle);
+        }
+    }
 }
 
 /// What an index lookup found.
@@ -486,7 +520,14 @@ impl Sessions {
             absolute,
             clock: Clock::system(),
             cache: None,
+            ended: Arc::default(),
         }
+    }
+
+    /// The callbacks run when a session ends, here or on another instance.
+    #[must_use]
+    pub fn ended_hooks(&self) -> &Arc<EndedHooks> {
+        &self.ended
     }
 
     /// Reads time from `clock` (tests advance it).
@@ -508,7 +549,7 @@ impl Sessions {
     #[must_use]
     pub fn with_local_cache(mut self) -> Self {
         if let Store::Redis(r) = &self.store {
-            let cache = Arc::new(cache::SessionCache::new());
+            let cache = Arc::new(cache::SessionCache::with_hooks(self.ended.clone()));
             if r.watch_invalidations(Arc::downgrade(&cache)) {
                 self.cache = Some(cache);
             }
@@ -740,6 +781,7 @@ impl Sessions {
         let Some(rec) = taken? else {
             return Ok(None);
         };
+        self.ended.run(handle);
         let deleted = self.open(handle, &rec);
         if let Some(d) = &deleted {
             // The copy may be older than the record (or absent): unindex by what was deleted.

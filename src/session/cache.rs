@@ -55,6 +55,8 @@ pub struct SessionCache {
     /// When (ms after `base`, plus one; 0 = never) the last PING whose answer arrived was sent.
     verified: AtomicU64,
     base: Instant,
+    /// Told of every session that ended anywhere (see [`super::EndedHooks`]).
+    hooks: Arc<super::EndedHooks>,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -80,7 +82,22 @@ impl SessionCache {
             epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             verified: AtomicU64::new(0),
             base: Instant::now(),
+            hooks: Arc::default(),
         }
+    }
+
+    /// A cache that tells `hooks` of the sessions other instances end.
+    #[must_use]
+    pub fn with_hooks(hooks: Arc<super::EndedHooks>) -> Self {
+        Self {
+            hooks,
+            ..Self::new()
+        }
+    }
+
+    /// Another instance ended this session (its record is gone): run the ended hooks.
+    pub fn ended(&self, handle: &str) {
+        self.hooks.run(handle);
     }
 
     fn shard_of(handle: &str) -> usize {

@@ -471,6 +471,9 @@ impl RedisStore {
                                             c.verified(at);
                                         }
                                     }
+                                } else if let Some(ended) = payload.strip_prefix('~') {
+                                    c.invalidate(ended);
+                                    c.ended(ended);
                                 } else if !payload.starts_with('!') {
                                     c.invalidate(&payload);
                                 }
@@ -790,7 +793,9 @@ impl RedisStore {
         let k = self.session_key(&r.handle);
         let script = self.scripts.take.clone();
         let channel = self.invalidation_channel().unwrap_or_default();
-        let handle = r.handle.clone();
+        // `~<handle>`: this session *ended* (other instances close its tunnels too), where a
+        // bare handle only says it changed. Handles are base64url: never `~` or `!`.
+        let handle = format!("~{}", r.handle);
         let taken: Option<RawRecord> = self
             .run(move |mut c| {
                 Box::pin(async move {

@@ -595,6 +595,8 @@ pub struct Call {
     pub session: usize,
     /// When it was due, seconds after the run's `start`.
     pub at: f64,
+    /// When it was sent (later than `at` when every connection was busy), likewise.
+    pub sent: f64,
     /// From when it was due to the end of its answer, µs (corrected for coordinated omission).
     pub latency_us: u32,
     /// HTTP status, 0 = I/O error.
@@ -630,6 +632,7 @@ pub async fn paced(
                     let at = interval * j as f64;
                     let due = start + Duration::from_secs_f64(at);
                     tokio::time::sleep_until(due.into()).await;
+                    let sent = start.elapsed().as_secs_f64();
                     let session = j % n;
                     let status = one(&mut send, addr, &path, &cookies[session])
                         .await
@@ -637,6 +640,7 @@ pub async fn paced(
                     calls.push(Call {
                         session,
                         at,
+                        sent,
                         latency_us: micros(due.elapsed()),
                         status,
                     });

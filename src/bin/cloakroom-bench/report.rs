@@ -519,7 +519,8 @@ pub fn markdown(r: &Results) -> String {
     let _ =
         writeln!(
         o,
-        "\nAfterwards one more call per session: {} calls, {verify_failed} failed{}, {} refreshes.",
+        "\nThe upstream received {} calls (aborted calls that Cloakroom still forwarded would make this more than the calls answered). Afterwards one more call per session: {} calls, {verify_failed} failed{}, {} refreshes.",
+        s.scenario.upstream_requests,
         s.verify_calls,
         if verify_failed == 0 { String::new() } else { format!(" {:?}", s.verify_failures) },
         s.verify_refreshes
@@ -559,9 +560,13 @@ fn stall_markdown(o: &mut String, e: &crate::stall::Stall) {
     let _ = writeln!(o, "\n## (e) IdP outage during load\n");
     let _ = writeln!(
         o,
-        "The IdP's token endpoint down for {} s (tests/idp outage mode `{}` on `/token`) while {} sessions with due-but-valid tokens ({:.0}–{:.0} s left at the start, of {} s) and {} with expired ones each call {} times a second; `session.refresh_cooloff` = {} s. Then {} s of recovery.\n",
+        "The IdP's token endpoint down for {} s ({}) while {} sessions with due-but-valid tokens ({:.0}–{:.0} s left at the start, of {} s) and {} with expired ones each call {} times a second; `session.refresh_cooloff` = {} s. Then {} s of recovery.\n",
         e.stall_seconds,
-        e.mode,
+        if e.mode == "hang" {
+            "`hang`: a TCP proxy holds every request to the IdP unanswered".to_string()
+        } else {
+            format!("tests/idp outage mode `{}` on `/token`", e.mode)
+        },
         e.valid_sessions,
         e.valid_left_at_start[0],
         e.valid_left_at_start[1],
@@ -620,9 +625,15 @@ fn stall_markdown(o: &mut String, e: &crate::stall::Stall) {
         e.expired_recovered_within_s,
         if e.not_recovered == 0 { "met" } else { "**not met**" }
     );
+    if let (Some(r), Some(d)) = (e.held_released, e.held_dropped) {
+        let _ = writeln!(
+            o,
+            "\nToken requests the stalled IdP's proxy held: {r} passed on when the outage ended (their client still waiting), {d} dropped (their client had given up and closed the connection)."
+        );
+    }
     let _ = writeln!(
         o,
-        "\n| calls | n | statuses | latency p50 / p99 / p99.9 / max (µs) |\n|---|---:|---|---:|"
+        "\n| calls (by when they were sent) | n | statuses | latency p50 / p99 / p99.9 / max (µs, from when each was due) |\n|---|---:|---|---:|"
     );
     for (name, p) in [
         (
@@ -795,20 +806,25 @@ in the check after), 0 grants revoked and 0 refresh tokens reused (`grants_revok
 
 (e) runs on its own Redis, test IdP and Cloakroom (`src/bin/cloakroom-bench/stall.rs`), started
 at the beginning of the run, because its tokens must live longer than the storm's: with
-`W` = outage + cool-off + ⌈1 ÷ rate⌉ + 4 s (40 s for the defaults), its IdP issues access tokens of
-`2W` s, so they are due in their last `W` s (still under the 60 s skew). Two groups of real
-logins:
+`W` = outage + recovery (cool-off + 2 s) + ⌈1 ÷ rate⌉ + 4 s (42 s for the defaults), its IdP
+issues access tokens of `2W` s, so they are due in their last `W` s (still under the 60 s skew).
+Two groups of real logins:
 
 - **expired**: logged in when the run starts, long expired by the outage;
 - **due but valid**: logged in `W + 1` s before the outage: due when it begins, valid until after
   the recovery. First they make the baseline calls (same rate and connections, IdP healthy, tokens
   not yet due).
 
-The outage is **tests/idp's outage mode** on `/token` (`POST /test/outage?mode=reset&paths=/token`:
-every connection to the token endpoint destroyed unanswered; `--stall-mode 503` answers 503
-instead), not a TCP stall: the bench rig has no proxy that holds connections open, so a refresh
-call fails at once instead of running into `oidc.timeout`. The IdP processes nothing meanwhile,
-so no refresh token is consumed behind Cloakroom's back. For the outage (30 s, `--stall-seconds`)
+The outage is, by default, **tests/idp's outage mode** on `/token`
+(`POST /test/outage?mode=reset&paths=/token`: every connection to the token endpoint destroyed
+unanswered; `--stall-mode 503` answers 503 instead), not a TCP stall: a refresh call fails at
+once instead of running into `oidc.timeout`, and the IdP processes nothing meanwhile, so no
+refresh token is consumed behind Cloakroom's back. `--stall-mode hang` makes it a true stall: a
+small TCP proxy in front of that IdP (`hold.rs`; the IdP's issuer is the proxy) accepts every
+connection but passes nothing on while the outage lasts, so each refresh call hangs until
+`oidc.timeout` (10 s here); what a client sent meanwhile is passed on when the outage ends if
+the client is still waiting, and dropped if it has closed its connection (the proxy counts the
+token requests it sees, since held ones never reach the IdP). For the outage (30 s, `--stall-seconds`)
 and a recovery of cool-off + 2 s after it, every session of both groups calls at `--stall-rate`
 (2 per second) in an open loop (latency from each call's due time). Measured:
 

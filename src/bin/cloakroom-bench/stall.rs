@@ -7,7 +7,7 @@
 //! - **expired**: logged in when the run starts; by the outage their access tokens have long
 //!   expired, so every call of theirs needs a refresh (and waits for it);
 //! - **valid**: logged in `W + 1` s before the outage, with tokens of `2W` s (`W` = outage +
-//!   cool-off + a margin, at most the 60 s refresh skew): at the outage their tokens are due
+//!   recovery + a margin, at most the 60 s refresh skew): at the outage their tokens are due
 //!   (less than half their lifetime left) but stay valid until after the recovery, so Cloakroom
 //!   must forward each of their calls at once while it tries to refresh behind them.
 //!
@@ -318,9 +318,11 @@ impl StallRig {
 
         let stall_end = args.stall_seconds as f64;
         let until = (valid_until - t0).as_secs_f64();
-        let in_stall = |c: &&Call| c.at < stall_end;
-        let in_recovery = |c: &&Call| c.at >= lift_at;
-        let valid_ok = |c: &&Call| c.at < until;
+        // Phases by when a call was sent (with `hang`, calls of the expired group can wait for
+        // a free connection long after they were due).
+        let in_stall = |c: &&Call| c.sent < stall_end;
+        let in_recovery = |c: &&Call| c.sent >= lift_at;
+        let valid_ok = |c: &&Call| c.sent < until;
         let past_expiry = vcalls.iter().filter(|c| !valid_ok(c)).count() as u64;
         let hits = h1 - h0;
         let whole: IdpStats = s2.since(&s0);
@@ -342,9 +344,12 @@ impl StallRig {
             .filter(in_recovery)
             .filter(|c| c.status == 200)
         {
+            // Due time + latency: when the answer came.
+            let t = c.at + f64::from(c.latency_us) / 1e6 - lift_at;
             first_ok
                 .entry(c.session)
-                .or_insert(c.at + f64::from(c.latency_us) / 1e6 - lift_at);
+                .and_modify(|x| *x = x.min(t))
+                .or_insert(t);
         }
         let recovered_within = if first_ok.len() == n {
             first_ok.values().copied().fold(0.0, f64::max)
