@@ -333,13 +333,24 @@ async fn idp_call(
     http: reqwest::Client,
     req: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, IdpHttpError> {
+    idp_call_within(http, req, None).await
+}
+
+/// As [`idp_call`], with a timeout of its own instead of the client's.
+async fn idp_call_within(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+    timeout: Option<Duration>,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
     let (parts, body) = req.into_parts();
-    let mut resp = http
+    let mut builder = http
         .request(parts.method, parts.uri.to_string())
         .headers(parts.headers)
-        .body(body)
-        .send()
-        .await?;
+        .body(body);
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    let mut resp = builder.send().await?;
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_IDP_RESPONSE as u64)
@@ -473,6 +484,22 @@ impl OidcClient {
     > {
         let http = self.http.clone();
         move |r| Box::pin(idp_call(http.clone(), r))
+    }
+
+    /// As [`Self::bounded`], each call given `timeout` instead of `oidc.timeout`.
+    fn bounded_within(
+        &self,
+        timeout: Duration,
+    ) -> impl Fn(
+        openidconnect::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, IdpHttpError>>
+                + Send,
+        >,
+    > {
+        let http = self.http.clone();
+        move |r| Box::pin(idp_call_within(http.clone(), r, Some(timeout)))
     }
 
     /// The shared IdP HTTP client.
@@ -673,7 +700,10 @@ impl OidcClient {
     }
 
     /// The refresh grant itself (RFC 6749 §6): one HTTP call to the token endpoint, bounded by
-    /// `oidc.timeout` (the HTTP client's own timeout, and here a timer around the call). Nothing
+    /// [`refresh_timeout`] — twice `oidc.timeout`: the call runs detached from every browser
+    /// request (only requests whose token has expired wait, and those at most
+    /// `session.refresh_wait`), and a refresh given up on while the IdP is still working on it
+    /// may be answered — and its refresh token rotated — after we stopped listening. Nothing
     /// else is inside that bound, so a slow JWKS re-fetch can never make an answered refresh
     /// look like a failed one.
     ///
@@ -688,11 +718,16 @@ impl OidcClient {
             .client
             .exchange_refresh_token(&rt_oauth)
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        let http = self.bounded();
+        let within = refresh_timeout(self.timeout);
+        let http = self.bounded_within(within);
         let call = request.request_async(&http);
-        let outcome = tokio::time::timeout(self.timeout + Duration::from_millis(250), call)
+        let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
             .await
-            .map_err(|_| RefreshError::Transient("IdP call timed out".into()))?;
+            .map_err(|_| {
+                RefreshError::Transient(
+                    "IdP call timed out (if the IdP still answers and rotates the refresh token, the next refresh is refused)".into(),
+                )
+            })?;
         match outcome {
             Ok(r) => Ok(RefreshResponse(r)),
             Err(e) => {
@@ -882,6 +917,12 @@ fn jwt_lifetime(token: &str) -> Option<i64> {
     let payload = token.split('.').nth(1)?;
     let t: Times = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
     (t.exp > t.iat).then_some(t.exp - t.iat)
+}
+
+/// How long a refresh grant may take: twice `oidc.timeout` (see [`OidcClient::refresh_grant`]).
+#[must_use]
+pub fn refresh_timeout(oidc_timeout: Duration) -> Duration {
+    oidc_timeout * 2
 }
 
 /// What a token-endpoint failure means for the session (SPEC §3).

@@ -159,7 +159,21 @@ impl Forwarder {
 /// The route for a path: longest prefix wins (routes are sorted longest first).
 #[must_use]
 pub fn match_route<'r>(routes: &'r [Route], path: &str) -> Option<&'r Route> {
-    routes.iter().find(|r| path.starts_with(&r.prefix))
+    match_route_index(routes, path).map(|i| &routes[i])
+}
+
+/// As [`match_route`], by position (the router uses it: one matcher, the property-tested one).
+#[must_use]
+pub fn match_route_index(routes: &[Route], path: &str) -> Option<usize> {
+    routes.iter().position(|r| path.starts_with(&r.prefix))
+}
+
+/// The part of `path` under the browser-facing prefix (`/auth`): the prefix itself or
+/// `{prefix}/…`, never a longer segment (`/authors/` is not under `/auth`).
+#[must_use]
+pub fn under_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 /// Paths with dot segments (literal or percent-encoded) are refused, so a prefix like `/api/`

@@ -18,9 +18,11 @@
 //!    until its token is no longer due or the lock frees. A cool-off marker: answer at once.
 //!    With `store.lock_replicas` > 0, `WAIT` until that many replicas have the lock, so a
 //!    failover does not hand it out twice;
-//! 3. re-read once more under the lock, then the refresh grant — the one call bounded by
-//!    `oidc.timeout` — then ID-token checks (which may wait on a JWKS re-fetch, outside that
-//!    bound);
+//! 3. re-read once more under the lock, then the refresh grant — the one call bounded, by
+//!    twice `oidc.timeout` (a refresh abandoned while the IdP still works on it may rotate the
+//!    refresh token behind our back, so it gets longer than other IdP calls; it is detached,
+//!    so only requests with an expired token wait, and only `session.refresh_wait`) — then
+//!    ID-token checks (which may wait on a JWKS re-fetch, outside that bound);
 //! 4. write the new tokens with [`Sessions::write_refresh`]: one Lua step that refuses when the
 //!    record is gone (logged out meanwhile: the new tokens are revoked), when its refresh
 //!    generation moved (another holder wrote: the *fence*), or when another owner holds the
@@ -89,11 +91,15 @@ impl RefreshConfig {
     }
 }
 
-/// The lock lease: the IdP call (bounded by `oidc.timeout`), ID-token checks (one JWKS fetch,
-/// bounded likewise) and the store round trips and write retries, with room to spare.
+/// The lock lease: the refresh call (bounded by twice `oidc.timeout`), ID-token checks (one
+/// JWKS fetch, bounded by `oidc.timeout`) and the store round trips and write retries, with
+/// room to spare.
 #[must_use]
 pub fn lease(oidc_timeout: Duration, store_timeout: Duration) -> Duration {
-    oidc_timeout * 2 + store_timeout * 4 + Duration::from_secs(2)
+    crate::oidc::refresh_timeout(oidc_timeout)
+        + oidc_timeout
+        + store_timeout * 4
+        + Duration::from_secs(2)
 }
 
 /// What a flight ended with; every waiter of that flight gets the same.

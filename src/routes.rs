@@ -122,7 +122,7 @@ async fn handle_inner(
     rid: &HeaderValue,
 ) -> (&'static str, bool, Result<Response<Body>, Error>) {
     let path = req.uri().path();
-    if let Some(rest) = path.strip_prefix(state.config.auth_prefix.as_str()) {
+    if let Some(rest) = proxy::under_prefix(path, &state.config.auth_prefix) {
         if rest == "/backchannel-logout" {
             return if req.method() == Method::POST {
                 (
@@ -162,12 +162,7 @@ async fn handle_inner(
         };
         return (r.0, false, r.1);
     }
-    let Some(idx) = state
-        .config
-        .routes
-        .iter()
-        .position(|r| path.starts_with(&r.prefix))
-    else {
+    let Some(idx) = proxy::match_route_index(&state.config.routes, path) else {
         return ("none", false, Err(Error::NotFound));
     };
     let label = state.route_labels[idx];

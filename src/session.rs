@@ -376,6 +376,18 @@ impl Store {
     pub async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
         dispatch!(self, s => s.unindex(r).await)
     }
+    /// Up to `n` handles of an index, chosen at random (for bounded pruning).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn index_sample(
+        &self,
+        index: Index,
+        hash: &str,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.index_sample(index, hash, n).await)
+    }
     /// Handles in an index (may include handles of expired sessions).
     ///
     /// # Errors
@@ -421,7 +433,10 @@ pub struct Sessions {
 /// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation
 /// channel, on another instance — e.g. to close the WebSocket tunnels opened for it.
 #[derive(Default)]
-pub struct EndedHooks(std::sync::RwLock<Vec<Box<dyn Fn(&str) + Send + Sync>>>);
+pub struct EndedHooks(std::sync::RwLock<Vec<EndedHook>>);
+
+/// One [`EndedHooks`] callback.
+type EndedHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl fmt::Debug for EndedHooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -801,6 +816,35 @@ impl Sessions {
         Ok(self.take(handle, Some(s)).await?.is_some())
     }
 
+    /// Removes handles whose records are gone from the index of `value`, looking at no more
+    /// than `n` random handles per index name: bounded work (a login calls it), whatever the
+    /// number of sessions the user has; repeated calls prune everything stale eventually.
+    /// Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn prune_sample(
+        &self,
+        index: Index,
+        value: &str,
+        n: usize,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for name in self.index_names(index, value) {
+            let mut stale = Vec::new();
+            for h in self.store.index_sample(index, &name, n).await? {
+                if self.store.get_session(&h).await?.is_none() {
+                    stale.push(h);
+                }
+            }
+            if !stale.is_empty() {
+                removed += stale.len();
+                self.store.index_remove(index, &name, &stale).await?;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Sessions in an index (`sub` or `sid`). A handle is pruned from the index only when its
     /// record no longer exists — never because this instance cannot open it (a key rotation in
     /// progress), so every instance keeps finding every session.
@@ -809,12 +853,13 @@ impl Sessions {
     /// [`StoreError`] when the store does not answer.
     pub async fn find(&self, index: Index, value: &str) -> Result<Found, StoreError> {
         let mut found = Found::default();
+        let mut seen = std::collections::HashSet::new();
         // Every key's index name: an entry written by an instance whose ring has other keys
         // (mid-rotation) is found under a key both rings share.
         for name in self.index_names(index, value) {
             let mut stale = Vec::new();
             for h in self.store.index_members(index, &name).await? {
-                if found.live.iter().any(|(l, _)| *l == h) || found.unreadable.contains(&h) {
+                if !seen.insert(h.clone()) {
                     continue;
                 }
                 match self.load_record(&h).await? {

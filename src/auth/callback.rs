@@ -144,7 +144,7 @@ pub(crate) async fn callback<B>(
     // gone (expired, ended elsewhere) while we are here.
     if let Err(e) = state
         .sessions
-        .find(crate::session::Index::Sub, &session.sub)
+        .prune_sample(crate::session::Index::Sub, &session.sub, 16)
         .await
     {
         tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");

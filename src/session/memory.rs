@@ -182,6 +182,17 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub(super) async fn index_sample(
+        &self,
+        index: Index,
+        hash: &str,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut all = self.index_members(index, hash).await?;
+        all.truncate(n);
+        Ok(all)
+    }
+
     pub(super) async fn index_members(
         &self,
         index: Index,

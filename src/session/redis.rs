@@ -832,6 +832,25 @@ impl RedisStore {
         Ok(())
     }
 
+    pub(super) async fn index_sample(
+        &self,
+        index: Index,
+        hash: &str,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let k = self.index_key(index, hash);
+        self.run(move |mut c| {
+            Box::pin(async move {
+                redis::cmd("SRANDMEMBER")
+                    .arg(k)
+                    .arg(n)
+                    .query_async(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
     pub(super) async fn index_members(
         &self,
         index: Index,
