@@ -405,3 +405,33 @@ async fn a_cross_origin_spa_gets_preflights_answered_without_weakening_csrf() {
         .get("access-control-allow-credentials")
         .is_none());
 }
+
+#[tokio::test]
+async fn a_route_whose_prefix_starts_like_the_auth_prefix_is_reachable() {
+    // The upstream's address is only known once the env runs: an extra instance gets it.
+    let env = TestEnv::start().await;
+    let toml = env.toml(1, "").replace(
+        "[[routes]]\nprefix = \"/public/\"",
+        &format!(
+            "[[routes]]\nprefix = \"/authors/\"\nupstream = \"http://{}\"\ntoken = \"none\"\n[[routes]]\nprefix = \"/public/\"",
+            env.upstream.addr
+        ),
+    );
+    let vars = env.env_vars(&env.keys);
+    let mut env = env;
+    let i = env
+        .start_extra_with(
+            move |port| toml.replace("127.0.0.1:1\"", &format!("127.0.0.1:{port}\"")),
+            &vars,
+        )
+        .await;
+    let r = reqwest::get(format!("{}/authors/list", env.base(i)))
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200, "/authors/ is a route, not under /auth");
+    assert_eq!(env.upstream.last()["path"], "/authors/list");
+    let r = reqwest::get(format!("{}/auth/nothing", env.base(i)))
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 404);
+}
