@@ -18,6 +18,7 @@ mod props;
 mod proxying;
 mod refresh;
 mod session_cache;
+mod soak;
 mod store;
 mod tls;
 mod topology;
