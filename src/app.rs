@@ -33,6 +33,9 @@ pub struct AppState {
     pub ender: Ender,
     /// The clock the lifecycle reads.
     pub clock: Clock,
+    /// Live WebSocket tunnels and event streams, by session: `tunnels.close_session(handle)`
+    /// cuts a session's streams on this instance.
+    pub tunnels: crate::tunnels::Tunnels,
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -56,28 +59,56 @@ pub struct RunningApp {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tunnels: crate::tunnels::Tunnels,
+    drain: std::time::Duration,
+    drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl RunningApp {
     /// Stops accepting, drains in-flight requests (bounded), and returns when both listeners
     /// are done.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.trigger();
+        self.join().await;
     }
 
-    /// Waits until the app stops (it only stops through [`RunningApp::shutdown`]).
+    /// Starts the shutdown: both listeners stop accepting and drain, and every tunnel and
+    /// event stream drains, for at most `server.shutdown_drain`.
     pub fn trigger(&self) {
+        let _ = self
+            .drain_deadline
+            .set(tokio::time::Instant::now() + self.drain);
         let _ = self.shutdown.send(true);
+        self.tunnels.begin_drain();
     }
 
-    /// Waits for the listeners to finish (after [`RunningApp::trigger`]).
+    /// Waits for the listeners and the tunnels to finish (after [`RunningApp::trigger`]);
+    /// whatever is left at the end of the drain is closed.
     pub async fn join(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        let deadline = self
+            .drain_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        if tokio::time::timeout_at(deadline, self.tunnels.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tunnels = self.tunnels.live(),
+                "drain time over; closing the remaining tunnels"
+            );
+        }
+        self.tunnels.close_all();
+    }
+
+    /// The registry of live tunnels and event streams.
+    #[must_use]
+    pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
+        &self.tunnels
     }
 }
 
@@ -163,7 +194,8 @@ impl App {
             clock.clone(),
             RefreshConfig::from_config(&config),
         ));
-        let forwarder = Forwarder::new(&config);
+        let tunnels = crate::tunnels::Tunnels::new(config.tunnel_idle_timeout);
+        let forwarder = Forwarder::new(&config, tunnels.clone());
         let tls = match &config.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
@@ -178,12 +210,7 @@ impl App {
             addr: config.admin_listen,
             source,
         })?;
-        let limits = Limits {
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
-            max_connections: config.max_connections,
-            drain: config.shutdown_drain,
-        };
+        let limits = Limits::from_config(&config);
         // Route labels live as long as the process: leaked once per start (a handful of bytes).
         let route_labels = config
             .routes
@@ -199,6 +226,7 @@ impl App {
             refresher,
             ender,
             clock,
+            tunnels: tunnels.clone(),
         });
         let (tx, rx) = watch::channel(false);
         let s1 = state.clone();
@@ -223,6 +251,9 @@ impl App {
             admin_addr,
             shutdown: tx,
             tasks: vec![public_task, admin_task],
+            tunnels,
+            drain: limits.drain,
+            drain_deadline: std::sync::OnceLock::new(),
         })
     }
 }

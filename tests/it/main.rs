@@ -12,6 +12,7 @@ mod demo;
 mod hardening;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod login_flow;
 mod ops;
 mod props;

@@ -100,8 +100,7 @@ async fn rss_stays_bounded_over_hundreds_of_thousands_of_requests_without_a_scra
     let secs = started.elapsed().as_secs_f64();
     let report = format!(
         "served {served} requests in {secs:.0} s (warm-up {WARM_UP} in {warm_up_secs:.0} s); \
-         VmRSS after warm-up {} KiB, at the end {} KiB; samples (requests, KiB): {samples:?}",
-        after_warm_up, after
+         VmRSS after warm-up {after_warm_up} KiB, at the end {after} KiB; samples (requests, KiB): {samples:?}"
     );
     eprintln!("{report}");
     assert!(
