@@ -860,8 +860,8 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
 
     // [server] connection limits
     let at_least_1s = |key: &str, d: Duration, errs: &mut Vec<String>| {
-        if d < Duration::from_secs(1) {
-            errs.push(format!("server.{key}: must be at least 1s"));
+        if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+            errs.push(format!("server.{key}: must be from 1s to 24h"));
         }
         d
     };
@@ -880,6 +880,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
     let http2_keep_alive_interval = server
         .http2_keep_alive_interval
         .unwrap_or(Duration::from_secs(20));
+    if http2_keep_alive_interval > Duration::from_secs(24 * 3600) {
+        errs.push("server.http2_keep_alive_interval: must be at most 24h (0s: no pings)".into());
+    }
     let http2_keep_alive_interval =
         (!http2_keep_alive_interval.is_zero()).then_some(http2_keep_alive_interval);
     let http2_keep_alive_timeout = at_least_1s(
@@ -1007,6 +1010,54 @@ mod tests {
         assert_eq!(c.public_origin, "https://app.example.com");
         assert_eq!(c.routes[0].prefix, "/api/public/", "longest prefix first");
         assert_eq!(c.scopes.join(" "), "openid profile email offline_access");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = Config::from_toml(GOOD, &env()).expect("valid");
+        assert_eq!(c.max_connections_per_ip, 512);
+        assert_eq!(c.http1_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http2_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.http2_keep_alive_interval, Some(Duration::from_secs(20)));
+        assert_eq!(c.http2_keep_alive_timeout, Duration::from_secs(10));
+        assert_eq!(c.http2_max_concurrent_streams, 256);
+        assert_eq!(c.http2_max_header_list_size, 16 * 1024);
+        assert_eq!(c.tunnel_idle_timeout, Duration::from_secs(300));
+        let mut e = env();
+        e.insert(
+            "CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_INTERVAL".into(),
+            "0s".into(),
+        );
+        e.insert("CLOAKROOM_SERVER_MAX_CONNECTIONS_PER_IP".into(), "0".into());
+        let c = Config::from_toml(GOOD, &e).expect("valid");
+        assert_eq!(c.http2_keep_alive_interval, None);
+        assert_eq!(c.max_connections_per_ip, 0);
+        let mut e = env();
+        for (k, v) in [
+            ("CLOAKROOM_SERVER_HTTP1_IDLE_TIMEOUT", "0s"),
+            ("CLOAKROOM_SERVER_HTTP2_IDLE_TIMEOUT", "99999h"),
+            ("CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "10ms"),
+            ("CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "99999h"),
+            ("CLOAKROOM_SERVER_TUNNEL_IDLE_TIMEOUT", "0s"),
+            ("CLOAKROOM_SERVER_HTTP2_MAX_CONCURRENT_STREAMS", "0"),
+            ("CLOAKROOM_SERVER_HTTP2_MAX_HEADER_LIST_SIZE", "10"),
+        ] {
+            e.insert(k.into(), v.into());
+        }
+        let all = Config::from_toml(GOOD, &e)
+            .expect_err("out of bounds")
+            .to_string();
+        for key in [
+            "server.http1_idle_timeout",
+            "server.http2_idle_timeout",
+            "server.http2_keep_alive_timeout",
+            "server.http2_keep_alive_interval",
+            "server.tunnel_idle_timeout",
+            "server.http2_max_concurrent_streams",
+            "server.http2_max_header_list_size",
+        ] {
+            assert!(all.contains(key), "{key} missing from: {all}");
+        }
     }
 
     #[test]

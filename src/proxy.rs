@@ -621,6 +621,81 @@ mod tests {
         }
     }
 
+    fn test_config() -> Config {
+        let mut env = crate::config::Env::new();
+        env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        env.insert(
+            "CLOAKROOM_COOKIE_KEYS".into(),
+            crate::crypto::KeyRing::generate_entry(1),
+        );
+        Config::from_toml(
+            "[server]\npublic_url = \"https://app.example\"\ntrusted_proxies = [\"10.0.0.1\"]\n\
+             [oidc]\nissuer = \"https://idp.example\"\nclient_id = \"spa\"\n",
+            &env,
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn our_cookies_are_dropped_from_responses_and_others_kept() {
+        let ours = OurCookies::new(&test_config());
+        let mut h = HeaderMap::new();
+        for v in [
+            "__Host-cloakroom=x; Path=/",
+            "__secure-CLOAKROOM=x",
+            "cloakroom-login-abc=x",
+            "__Host-cloakroom-login=x",
+            "keep=1",
+            "cloakroom-loginx=1",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        h.append("clear-site-data", HeaderValue::from_static("\"*\""));
+        filter_response(&ours, &mut h, "/t/", true);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["keep=1", "cloakroom-loginx=1"]);
+        assert!(h.get("clear-site-data").is_none());
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        filter_response(&ours, &mut h, "/t/", true);
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        let mut h = HeaderMap::new();
+        filter_response(&ours, &mut h, "/t/", false);
+        assert!(h.get(header::CACHE_CONTROL).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_follow_the_policy() {
+        let policy = ForwardedPolicy::new(&test_config());
+        let spoof = |h: &mut HeaderMap| {
+            for (n, v) in [
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("x-forwarded-proto", "http"),
+                ("x-real-ip", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+                ("true-client-ip", "6.6.6.6"),
+            ] {
+                h.insert(n, HeaderValue::from_static(v));
+            }
+        };
+        let mut h = HeaderMap::new();
+        spoof(&mut h);
+        policy.apply(&mut h, "10.0.0.1:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        for n in ["x-real-ip", "forwarded", "true-client-ip"] {
+            assert!(h.get(n).is_none(), "{n}");
+        }
+        let mut h = HeaderMap::new();
+        spoof(&mut h);
+        policy.apply(&mut h, "192.0.2.7:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+    }
+
     #[test]
     fn connection_named_headers_are_stripped() {
         let mut h = HeaderMap::new();

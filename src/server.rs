@@ -199,7 +199,10 @@ impl Activity {
                 continue;
             }
             let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
-            let deadline = self.base + since + timeout;
+            let Some(deadline) = self.base.checked_add(since + timeout) else {
+                std::future::pending::<()>().await;
+                return;
+            };
             if Instant::now() >= deadline {
                 // Re-check: a request may have begun since.
                 if self.in_flight.load(Ordering::SeqCst) == 0 {

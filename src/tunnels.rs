@@ -278,7 +278,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Side<T> {
 async fn idle(last: &AtomicU64, base: Instant, idle: Duration) {
     loop {
         let since = Duration::from_millis(last.load(Ordering::Relaxed));
-        let deadline = base + since + idle;
+        let Some(deadline) = base.checked_add(since + idle) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }
