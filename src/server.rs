@@ -154,15 +154,36 @@ impl Drop for Slot {
 #[derive(Debug, Clone)]
 pub struct ConnLease(#[allow(dead_code)] Arc<Slot>);
 
-/// What a connection is doing, for its idle timeout: requests in flight (from the request
-/// head to the end of the response body) and when the last one ended.
+/// No request head is being received.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection is doing, for its timeouts: requests in flight (from the request head to
+/// the end of the response body), when the last one ended, and when the bytes of a request
+/// head that is not complete yet started to arrive.
+///
+/// The header-read timeout is kept here rather than by hyper: hyper's HTTP/1 header timer
+/// also runs while a kept-alive connection waits for its next request, which would make
+/// `header_read_timeout` the keep-alive idle time. Here a head's timer starts with the head's
+/// first byte (for the first request: with the connection), and idle time is
+/// `http1_idle_timeout`'s alone.
 #[derive(Debug)]
 struct Activity {
     base: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
-    /// 0 before the first request, then 1 (HTTP/1) or 2 (HTTP/2).
+    /// When the first byte of an incomplete request head arrived, or [`NO_HEAD`].
+    head_since_ms: AtomicU64,
+    /// 0 before the version is known, then 1 (HTTP/1) or 2 (HTTP/2).
     version: AtomicU8,
+}
+
+/// Why a connection's watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Nothing in flight for the idle timeout: shut down gracefully.
+    Idle,
+    /// A request head took longer than the header-read timeout: close.
+    HeadTimeout,
 }
 
 impl Activity {
@@ -171,8 +192,14 @@ impl Activity {
             base: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            // The first request's head is due `header_read_timeout` after the connection.
+            head_since_ms: AtomicU64::new(0),
             version: AtomicU8::new(0),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
     }
 
     fn begin(self: &Arc<Self>, version: http::Version) -> Busy {
@@ -183,34 +210,76 @@ impl Activity {
         };
         self.version.store(v, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_since_ms.store(NO_HEAD, Ordering::SeqCst);
         Busy(self.clone())
     }
 
-    /// Resolves once the connection has had nothing in flight for its idle timeout.
-    async fn idle(&self, limits: &Limits) {
+    /// Bytes arrived from the client.
+    fn on_read(&self, bytes: &[u8]) {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        match self.version.load(Ordering::Relaxed) {
+            2 => {}
+            0 if bytes.len() >= 4
+                && PREFACE.starts_with(&bytes[..bytes.len().min(PREFACE.len())]) =>
+            {
+                // HTTP/2: streams have no head timer of their own (the h2 limits apply).
+                self.version.store(2, Ordering::Relaxed);
+                self.head_since_ms.store(NO_HEAD, Ordering::SeqCst);
+            }
+            _ => {
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    let now = self.now_ms();
+                    let _ = self.head_since_ms.compare_exchange(
+                        NO_HEAD,
+                        now,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Resolves when the connection has had nothing in flight for its idle timeout, or a
+    /// request head has been arriving for longer than the header-read timeout.
+    async fn watch(&self, limits: &Limits) -> Expiry {
         loop {
-            let timeout = match self.version.load(Ordering::Relaxed) {
+            let version = self.version.load(Ordering::Relaxed);
+            let idle = match version {
                 1 => limits.http1_idle_timeout,
                 2 => limits.http2_idle_timeout,
                 _ => limits.http1_idle_timeout.min(limits.http2_idle_timeout),
             };
-            if self.in_flight.load(Ordering::SeqCst) > 0 {
-                tokio::time::sleep(timeout).await;
-                continue;
+            let now = Instant::now();
+            let head = self.head_since_ms.load(Ordering::SeqCst);
+            let head_deadline = (head != NO_HEAD && version != 2)
+                .then(|| {
+                    self.base
+                        .checked_add(Duration::from_millis(head) + limits.header_read_timeout)
+                })
+                .flatten();
+            if head_deadline.is_some_and(|d| now >= d) {
+                return Expiry::HeadTimeout;
             }
-            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
-            let Some(deadline) = self.base.checked_add(since + timeout) else {
-                std::future::pending::<()>().await;
-                return;
+            let idle_deadline = if self.in_flight.load(Ordering::SeqCst) > 0 {
+                None
+            } else {
+                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
+                self.base.checked_add(since + idle)
             };
-            if Instant::now() >= deadline {
-                // Re-check: a request may have begun since.
-                if self.in_flight.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                continue;
+            if idle_deadline.is_some_and(|d| now >= d) {
+                return Expiry::Idle;
             }
-            tokio::time::sleep_until(deadline.into()).await;
+            // Wake at the nearer deadline, or after `idle` to look again while busy.
+            let next = [head_deadline, idle_deadline]
+                .into_iter()
+                .flatten()
+                .min()
+                .or_else(|| now.checked_add(idle));
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending::<()>().await,
+            }
         }
     }
 }
@@ -221,9 +290,62 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(ms, Ordering::SeqCst);
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::SeqCst);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The client side of a connection, reporting what it reads to its [`Activity`].
+struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -302,7 +424,9 @@ pub async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The header-read timeout is ours (`Activity`): hyper's would also cut kept-alive
+        // connections after `header_read_timeout` between requests.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
@@ -360,7 +484,7 @@ pub async fn serve<F, Fut>(
                 tokio::spawn(async move {
                     match tls {
                         None => {
-                            connection(&builder, TokioIo::new(stream), peer, lease, handler, &limits, graceful, kill).await;
+                            connection(&builder, stream, peer, lease, handler, &limits, graceful, kill).await;
                         }
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
@@ -371,7 +495,7 @@ pub async fn serve<F, Fut>(
                                 },
                                 () = graceful.cancelled() => return,
                             };
-                            connection(&builder, TokioIo::new(tls_stream), peer, lease, handler, &limits, graceful, kill).await;
+                            connection(&builder, tls_stream, peer, lease, handler, &limits, graceful, kill).await;
                         }
                     }
                 });
@@ -403,11 +527,15 @@ async fn connection<I, F, Fut>(
     graceful: CancellationToken,
     kill: CancellationToken,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        io,
+        activity: activity.clone(),
+    });
     let svc = {
         let activity = activity.clone();
         service_fn(move |mut req: Request<Incoming>| {
@@ -426,11 +554,18 @@ async fn connection<I, F, Fut>(
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            () = activity.idle(limits), if !closing => {
-                metrics::counter!("cloakroom_connections_idle_closed_total").increment(1);
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
+            expiry = activity.watch(limits), if !closing => match expiry {
+                Expiry::Idle => {
+                    metrics::counter!("cloakroom_connections_closed_total", "reason" => "idle").increment(1);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Expiry::HeadTimeout => {
+                    tracing::debug!(peer = %peer.ip(), "request head not received in time; closing the connection");
+                    metrics::counter!("cloakroom_connections_closed_total", "reason" => "header_timeout").increment(1);
+                    return;
+                }
+            },
             () = graceful.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;

@@ -374,6 +374,50 @@ async fn idle_http1_connections_are_closed_and_busy_ones_are_not() {
     );
 }
 
+/// HTTP/1: the header-read timeout bounds a request head from its first byte, not the time a
+/// kept-alive connection waits between requests, which is `http1_idle_timeout`'s.
+#[tokio::test]
+async fn the_header_read_timeout_bounds_heads_not_keep_alive_idle_time() {
+    let env = TestEnv::start().await;
+    let bin = env
+        .spawn_binary_with_server("header_read_timeout = \"2s\"\nhttp1_idle_timeout = \"6s\"\n")
+        .await;
+    let mut s = TcpStream::connect(bin.addr).await.expect("connect");
+    assert!(keep_alive_get(&mut s, "/public/x")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // Idle for longer than the header-read timeout: still served.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(keep_alive_get(&mut s, "/public/x")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // Then a head that never ends is cut within 2 s (+ margin) of its first byte, long
+    // before the idle timeout.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "a slow head is cut");
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics(bin.admin_addr).await;
+    assert!(
+        text.contains(r#"cloakroom_connections_closed_total{reason="header_timeout"}"#),
+        "{text}"
+    );
+
+    // A connection that never sends a byte is closed too: its first head is due
+    // `header_read_timeout` after the connection opened.
+    let mut quiet = TcpStream::connect(bin.addr).await.expect("connect");
+    let (_, closed) = read_until_closed(&mut quiet, Duration::from_secs(10)).await;
+    assert!(closed, "an idle new connection is closed");
+}
+
 async fn h2_raw(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
