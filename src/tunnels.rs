@@ -229,6 +229,18 @@ struct Side<T> {
     base: Instant,
 }
 
+impl<T> Side<T> {
+    fn new(io: T, guard: &TunnelGuard, last: &Arc<AtomicU64>, base: Instant) -> Self {
+        Self {
+            io,
+            drain: Box::pin(guard.drain()),
+            drained: false,
+            last: last.clone(),
+            base,
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Side<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -297,21 +309,8 @@ where
 {
     let base = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let side = |io| Side {
-        io,
-        drain: Box::pin(guard.drain()),
-        drained: false,
-        last: last.clone(),
-        base,
-    };
-    let mut client = side(client);
-    let mut upstream = Side {
-        io: upstream,
-        drain: Box::pin(guard.drain()),
-        drained: false,
-        last: last.clone(),
-        base,
-    };
+    let mut client = Side::new(client, &guard, &last, base);
+    let mut upstream = Side::new(upstream, &guard, &last, base);
     let ended = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if guard.draining() { Ended::Drained } else { Ended::Closed }

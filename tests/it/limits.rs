@@ -84,6 +84,44 @@ async fn served_from(local: [u8; 4], to: SocketAddr) -> bool {
     String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200")
 }
 
+/// A keep-alive connection that has been served once, so it holds one of the listener's
+/// slots. Retried: right after start-up the slot of `spawn_binary`'s own probe connection may
+/// not be free yet.
+async fn held_connection(addr: SocketAddr) -> TcpStream {
+    held_connection_from([127, 0, 0, 1], addr).await
+}
+
+/// As [`held_connection`], from the loopback address `local`.
+async fn held_connection_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
+    for _ in 0..50 {
+        let mut s = connect_from(local, addr).await;
+        if s.write_all(b"GET /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .is_ok()
+        {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            if head.starts_with("HTTP/1.1 200") {
+                let len: usize = header(&head, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.expect("body");
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no free connection slot");
+}
+
 fn set_cookies(headers: &str) -> Vec<String> {
     headers
         .lines()
@@ -321,11 +359,7 @@ async fn a_per_ip_cap_refuses_one_peer_while_others_are_served() {
         .await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect_from([127, 0, 0, 1], bin.addr).await;
-        assert!(keep_alive_get(&mut s, "/public/x")
-            .await
-            .starts_with("HTTP/1.1 200"));
-        held.push(s);
+        held.push(held_connection_from([127, 0, 0, 1], bin.addr).await);
     }
     assert!(
         !served_from([127, 0, 0, 1], bin.addr).await,
@@ -539,7 +573,7 @@ fn ws_handshake(path: &str, extra: &str) -> String {
 }
 
 async fn open_tunnel(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut s = held_connection(addr).await;
     s.write_all(ws_handshake(path, extra).as_bytes())
         .await
         .expect("write");
@@ -564,10 +598,7 @@ async fn tunnels_count_toward_the_limit_and_close_when_idle() {
         )
         .await;
     let mut tunnel = open_tunnel(bin.addr, "/public/ws", "").await;
-    let mut other = TcpStream::connect(bin.addr).await.expect("connect");
-    assert!(keep_alive_get(&mut other, "/public/x")
-        .await
-        .starts_with("HTTP/1.1 200"));
+    let other = held_connection(bin.addr).await;
     assert!(
         !served_from([127, 0, 0, 1], bin.addr).await,
         "tunnel + connection fill both slots"
@@ -594,27 +625,34 @@ async fn tunnels_count_toward_the_limit_and_close_when_idle() {
     );
 }
 
-/// A server-sent-event response without an event for `tunnel_idle_timeout` is ended cleanly
-/// (the chunked body terminates, so an EventSource reconnects).
+/// A server-sent-event response holds its connection's slot while it streams, and without an
+/// event for `tunnel_idle_timeout` it is ended cleanly (the chunked body terminates, so an
+/// EventSource reconnects).
 #[tokio::test]
 async fn idle_event_streams_end_cleanly() {
     let env = TestEnv::start().await;
     let bin = env
-        .spawn_binary_with_server("tunnel_idle_timeout = \"2s\"\n")
+        .spawn_binary_with_server(
+            "tunnel_idle_timeout = \"4s\"\nmax_connections = 1\nmax_connections_per_ip = 0\n",
+        )
         .await;
-    let mut s = TcpStream::connect(bin.addr).await.expect("connect");
+    let mut s = held_connection(bin.addr).await;
     s.write_all(b"GET /public/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !served_from([127, 0, 0, 1], bin.addr).await,
+        "the open stream holds the only slot"
+    );
     let started = Instant::now();
     let mut body = Vec::new();
     let mut chunk = [0u8; 1024];
     while !body.ends_with(b"0\r\n\r\n") {
         let n = tokio::time::timeout(Duration::from_secs(8), s.read(&mut chunk))
             .await
-            .expect("the idle stream ends within 2 s + margin")
+            .expect("the idle stream ends within 4 s + margin")
             .expect("read");
         assert!(
             n > 0,
