@@ -35,6 +35,9 @@ pub struct AppState {
     pub clock: Clock,
     /// Per-client-IP limit on `/auth/login` and `/auth/callback`.
     pub login_limiter: crate::ratelimit::LoginLimiter,
+    /// Live WebSocket tunnels and event streams, by session: `tunnels.close_session(handle)`
+    /// cuts a session's streams on this instance.
+    pub tunnels: crate::tunnels::Tunnels,
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -58,28 +61,56 @@ pub struct RunningApp {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tunnels: crate::tunnels::Tunnels,
+    drain: std::time::Duration,
+    drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl RunningApp {
     /// Stops accepting, drains in-flight requests (bounded), and returns when both listeners
     /// are done.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.trigger();
+        self.join().await;
     }
 
-    /// Waits until the app stops (it only stops through [`RunningApp::shutdown`]).
+    /// Starts the shutdown: both listeners stop accepting and drain, and every tunnel and
+    /// event stream drains, for at most `server.shutdown_drain`.
     pub fn trigger(&self) {
+        let _ = self
+            .drain_deadline
+            .set(tokio::time::Instant::now() + self.drain);
         let _ = self.shutdown.send(true);
+        self.tunnels.begin_drain();
     }
 
-    /// Waits for the listeners to finish (after [`RunningApp::trigger`]).
+    /// Waits for the listeners and the tunnels to finish (after [`RunningApp::trigger`]);
+    /// whatever is left at the end of the drain is closed.
     pub async fn join(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        let deadline = self
+            .drain_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        if tokio::time::timeout_at(deadline, self.tunnels.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tunnels = self.tunnels.live(),
+                "drain time over; closing the remaining tunnels"
+            );
+        }
+        self.tunnels.close_all();
+    }
+
+    /// The registry of live tunnels and event streams.
+    #[must_use]
+    pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
+        &self.tunnels
     }
 }
 
@@ -165,7 +196,25 @@ impl App {
             clock.clone(),
             RefreshConfig::from_config(&config),
         ));
-        let forwarder = Forwarder::new(&config);
+        let tunnels = crate::tunnels::Tunnels::new(config.tunnel_idle_timeout);
+        // A session that ends — logout, admin, back-channel, re-login, a dead grant, here or
+        // (through the invalidation channel) on another instance — takes its WebSocket tunnels
+        // and event streams with it.
+        sessions.ended_hooks().add({
+            let tunnels = tunnels.clone();
+            move |handle| {
+                let n = tunnels.close_session(handle);
+                if n > 0 {
+                    tracing::info!(
+                        event = "tunnels_closed",
+                        session = %crate::session::short(handle),
+                        count = n,
+                        "the session ended; its tunnels and streams were closed"
+                    );
+                }
+            }
+        });
+        let forwarder = Forwarder::new(&config, tunnels.clone());
         let tls = match &config.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
@@ -180,12 +229,7 @@ impl App {
             addr: config.admin_listen,
             source,
         })?;
-        let limits = Limits {
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
-            max_connections: config.max_connections,
-            drain: config.shutdown_drain,
-        };
+        let limits = Limits::from_config(&config);
         // Route labels live as long as the process: leaked once per start (a handful of bytes).
         let route_labels = config
             .routes
@@ -203,7 +247,9 @@ impl App {
             ender,
             clock,
             login_limiter: crate::ratelimit::LoginLimiter::from_config(&config_for_limits),
+            tunnels: tunnels.clone(),
         });
+        spawn_tunnel_sweep(Arc::downgrade(&state));
         let (tx, rx) = watch::channel(false);
         let s1 = state.clone();
         let public_task = tokio::spawn(server::serve(
@@ -227,6 +273,40 @@ impl App {
             admin_addr,
             shutdown: tx,
             tasks: vec![public_task, admin_task],
+            tunnels,
+            drain: limits.drain,
+            drain_deadline: std::sync::OnceLock::new(),
         })
     }
 }
+
+/// A session that just expires (idle or absolute timeout: Redis removes it, nobody ends it) or
+/// is ended where no invalidation message reaches this instance (Sentinel, Cluster) is noticed
+/// here: every [`TUNNEL_SWEEP`], each session with open streams is looked up, and the streams
+/// of a missing one are cut. Runs until the app is dropped.
+fn spawn_tunnel_sweep(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TUNNEL_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            for handle in state.tunnels.sessions() {
+                if let Ok(crate::session::Loaded::Missing) =
+                    state.sessions.load_record(&handle).await
+                {
+                    let n = state.tunnels.close_session(&handle);
+                    tracing::info!(
+                        event = "tunnels_closed",
+                        session = %crate::session::short(&handle),
+                        count = n,
+                        "the session is gone; its tunnels and streams were closed"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// How often sessions with open tunnels are checked (see [`spawn_tunnel_sweep`]).
+pub const TUNNEL_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);

@@ -37,6 +37,19 @@ struct RawServer {
     max_connections: Option<usize>,
     #[serde(with = "humantime_serde")]
     shutdown_drain: Option<Duration>,
+    max_connections_per_ip: Option<usize>,
+    #[serde(with = "humantime_serde")]
+    http1_idle_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    http2_idle_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    http2_keep_alive_interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    http2_keep_alive_timeout: Option<Duration>,
+    http2_max_concurrent_streams: Option<u32>,
+    http2_max_header_list_size: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    tunnel_idle_timeout: Option<Duration>,
     tls: Option<RawTls>,
     login_rate_limit: Option<u32>,
     login_rate_burst: Option<u32>,
@@ -229,6 +242,24 @@ pub struct Config {
     pub login_rate_limit: u32,
     /// How many of those may come at once.
     pub login_rate_burst: u32,
+    /// Concurrent connections per peer IP per listener (0: no cap). Behind a load balancer the
+    /// peer is the load balancer.
+    pub max_connections_per_ip: usize,
+    /// How long an HTTP/1 connection may sit idle between requests.
+    pub http1_idle_timeout: Duration,
+    /// How long an HTTP/2 connection may have no open stream.
+    pub http2_idle_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval (None: no pings).
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long an HTTP/2 keep-alive ping may go unanswered before the connection is closed.
+    pub http2_keep_alive_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list (bytes, as HPACK-decoded).
+    pub http2_max_header_list_size: u32,
+    /// Upgraded tunnels (WebSocket) and server-sent-event streams with no bytes either way for
+    /// this long are closed.
+    pub tunnel_idle_timeout: Duration,
     /// TLS on the public listener: PEM certificate chain and key files.
     pub tls: Option<(String, String)>,
     /// Admin listener.
@@ -898,6 +929,58 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         errs.push("server.max_header_bytes: must be at least 1024".into());
     }
 
+    // [server] connection limits
+    let at_least_1s = |key: &str, d: Duration, errs: &mut Vec<String>| {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+            errs.push(format!("server.{key}: must be from 1s to 24h"));
+        }
+        d
+    };
+    let http1_idle_timeout = at_least_1s(
+        "http1_idle_timeout",
+        server.http1_idle_timeout.unwrap_or(Duration::from_secs(60)),
+        errs,
+    );
+    let http2_idle_timeout = at_least_1s(
+        "http2_idle_timeout",
+        server
+            .http2_idle_timeout
+            .unwrap_or(Duration::from_secs(120)),
+        errs,
+    );
+    let http2_keep_alive_interval = server
+        .http2_keep_alive_interval
+        .unwrap_or(Duration::from_secs(20));
+    if http2_keep_alive_interval > Duration::from_secs(24 * 3600) {
+        errs.push("server.http2_keep_alive_interval: must be at most 24h (0s: no pings)".into());
+    }
+    let http2_keep_alive_interval =
+        (!http2_keep_alive_interval.is_zero()).then_some(http2_keep_alive_interval);
+    let http2_keep_alive_timeout = at_least_1s(
+        "http2_keep_alive_timeout",
+        server
+            .http2_keep_alive_timeout
+            .unwrap_or(Duration::from_secs(10)),
+        errs,
+    );
+    let tunnel_idle_timeout = at_least_1s(
+        "tunnel_idle_timeout",
+        server
+            .tunnel_idle_timeout
+            .unwrap_or(Duration::from_secs(300)),
+        errs,
+    );
+    let http2_max_concurrent_streams = server.http2_max_concurrent_streams.unwrap_or(256);
+    if !(1..=10_000).contains(&http2_max_concurrent_streams) {
+        errs.push("server.http2_max_concurrent_streams: must be from 1 to 10000".into());
+    }
+    let http2_max_header_list_size = server
+        .http2_max_header_list_size
+        .unwrap_or_else(|| u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    if http2_max_header_list_size < 1024 {
+        errs.push("server.http2_max_header_list_size: must be at least 1024".into());
+    }
+
     let oidc_timeout = oidc.timeout.unwrap_or(Duration::from_secs(10));
     let refresh_wait = session
         .refresh_wait
@@ -920,6 +1003,14 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Vec<String>) -> Option<Con
         shutdown_drain: server.shutdown_drain.unwrap_or(Duration::from_secs(20)),
         login_rate_limit: server.login_rate_limit.unwrap_or(60),
         login_rate_burst: server.login_rate_burst.unwrap_or(20),
+        max_connections_per_ip: server.max_connections_per_ip.unwrap_or(512),
+        http1_idle_timeout,
+        http2_idle_timeout,
+        http2_keep_alive_interval,
+        http2_keep_alive_timeout,
+        http2_max_concurrent_streams,
+        http2_max_header_list_size,
+        tunnel_idle_timeout,
         tls: server.tls.map(|t| (t.cert_file, t.key_file)),
         admin_listen,
         admin_token,
@@ -1000,6 +1091,54 @@ mod tests {
         assert_eq!(c.public_origin, "https://app.example.com");
         assert_eq!(c.routes[0].prefix, "/api/public/", "longest prefix first");
         assert_eq!(c.scopes.join(" "), "openid profile email offline_access");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = Config::from_toml(GOOD, &env()).expect("valid");
+        assert_eq!(c.max_connections_per_ip, 512);
+        assert_eq!(c.http1_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http2_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.http2_keep_alive_interval, Some(Duration::from_secs(20)));
+        assert_eq!(c.http2_keep_alive_timeout, Duration::from_secs(10));
+        assert_eq!(c.http2_max_concurrent_streams, 256);
+        assert_eq!(c.http2_max_header_list_size, 16 * 1024);
+        assert_eq!(c.tunnel_idle_timeout, Duration::from_secs(300));
+        let mut e = env();
+        e.insert(
+            "CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_INTERVAL".into(),
+            "0s".into(),
+        );
+        e.insert("CLOAKROOM_SERVER_MAX_CONNECTIONS_PER_IP".into(), "0".into());
+        let c = Config::from_toml(GOOD, &e).expect("valid");
+        assert_eq!(c.http2_keep_alive_interval, None);
+        assert_eq!(c.max_connections_per_ip, 0);
+        let mut e = env();
+        for (k, v) in [
+            ("CLOAKROOM_SERVER_HTTP1_IDLE_TIMEOUT", "0s"),
+            ("CLOAKROOM_SERVER_HTTP2_IDLE_TIMEOUT", "99999h"),
+            ("CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "10ms"),
+            ("CLOAKROOM_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "99999h"),
+            ("CLOAKROOM_SERVER_TUNNEL_IDLE_TIMEOUT", "0s"),
+            ("CLOAKROOM_SERVER_HTTP2_MAX_CONCURRENT_STREAMS", "0"),
+            ("CLOAKROOM_SERVER_HTTP2_MAX_HEADER_LIST_SIZE", "10"),
+        ] {
+            e.insert(k.into(), v.into());
+        }
+        let all = Config::from_toml(GOOD, &e)
+            .expect_err("out of bounds")
+            .to_string();
+        for key in [
+            "server.http1_idle_timeout",
+            "server.http2_idle_timeout",
+            "server.http2_keep_alive_timeout",
+            "server.http2_keep_alive_interval",
+            "server.tunnel_idle_timeout",
+            "server.http2_max_concurrent_streams",
+            "server.http2_max_header_list_size",
+        ] {
+            assert!(all.contains(key), "{key} missing from: {all}");
+        }
     }
 
     #[test]

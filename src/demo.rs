@@ -393,6 +393,7 @@ impl LocalServer {
             max_header_bytes: 16 * 1024,
             max_connections: 256,
             drain: Duration::from_secs(1),
+            ..Limits::default()
         };
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, limits, None, handler, rx));

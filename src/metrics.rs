@@ -77,6 +77,13 @@ pub fn upstream(route: &'static str, elapsed: Duration) {
     });
 }
 
+/// An upstream response header was dropped (`set-cookie` naming our cookies,
+/// `clear-site-data`).
+pub fn upstream_header_dropped(route: &'static str, header: &'static str) {
+    metrics::counter!("cloakroom_upstream_headers_dropped_total", "route" => route, "header" => header)
+        .increment(1);
+}
+
 /// A login was started.
 pub fn login_started() {
     metrics::counter!("cloakroom_logins_started_total").increment(1);

@@ -1,14 +1,20 @@
 //! API proxying (SPEC §2): route matching, the upstream request's header policy, one shared
 //! pooled upstream client, streaming bodies both ways, WebSocket upgrades.
 //!
-//! Header policy, in order (RFC 9110 §7.6.1 for hop-by-hop):
+//! Request header policy, in order (RFC 9110 §7.6.1 for hop-by-hop):
 //! 1. drop every header named in `Connection`, then the fixed hop-by-hop list;
-//! 2. drop the browser's `Authorization`, the whole `Cookie` header, the CSRF header, `Host`
-//!    and `Forwarded`;
-//! 3. set `X-Forwarded-For/-Proto/-Host` (appending to a trusted proxy's, replacing anyone else's);
+//! 2. drop the browser's `Authorization`, the whole `Cookie` header, the CSRF header and `Host`;
+//! 3. [`ForwardedPolicy`]: drop every forwarding header ([`REMOVED_FORWARDING`]) whatever the
+//!    peer; `X-Forwarded-Host/-Proto` from `server.public_url`; `X-Forwarded-For` appended to
+//!    for a trusted proxy, replaced for anyone else;
 //! 4. add `Authorization: Bearer <access token>` when the route and the session give one.
 //!
 //! Because step 4 comes after step 1, `Connection: authorization` cannot strip our bearer.
+//!
+//! Response policy ([`filter_response`]), on every route and on `101`: `Set-Cookie` naming our
+//! cookies and `Clear-Site-Data` are dropped; token routes get `Cache-Control: private` when
+//! the upstream sent none. WebSocket tunnels and event streams are registered with their
+//! session in [`crate::tunnels::Tunnels`].
 
 use crate::body::{empty, Body};
 use crate::config::{Config, Route};
@@ -40,6 +46,9 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     client: Client<CountingConnector, Incoming>,
+    forwarded: ForwardedPolicy,
+    ours: OurCookies,
+    tunnels: crate::tunnels::Tunnels,
 }
 
 /// Wraps the HTTP connector so every upstream connection is counted while it lives
@@ -136,9 +145,10 @@ impl<T: hyper_util::client::legacy::connect::Connection>
 }
 
 impl Forwarder {
-    /// Builds the pooled client from the `[upstream]` settings.
+    /// Builds the pooled client from the `[upstream]` settings; upgraded tunnels and event
+    /// streams are registered in `tunnels`.
     #[must_use]
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, tunnels: crate::tunnels::Tunnels) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
@@ -152,7 +162,12 @@ impl Forwarder {
             // whatever its method.
             .retry_canceled_requests(true)
             .build(CountingConnector(connector));
-        Self { client }
+        Self {
+            client,
+            forwarded: ForwardedPolicy::new(config),
+            ours: OurCookies::new(config),
+            tunnels,
+        }
     }
 }
 
@@ -247,82 +262,196 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwarding headers a client could use to lie about itself; from an untrusted peer they are
-/// all removed before ours are set.
-const SPOOFABLE: [&str; 8] = [
+/// Forwarding headers that are removed from every request, whatever the peer (SPEC §2 [v2]):
+/// frameworks and proxies believe them (Spring's `ForwardedHeaderFilter`, nginx `real_ip`,
+/// Rails, Express `trust proxy`, IIS/Symfony URL rewrites), and Cloakroom does not vouch for
+/// them. `X-Forwarded-For`, `-Host` and `-Proto` are removed too, then set by Cloakroom.
+pub const REMOVED_FORWARDING: [&str; 21] = [
+    "forwarded",
     "x-forwarded-for",
-    "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-proto",
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded",
+    "forwarded-for",
     "x-real-ip",
     "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
 ];
 
-/// Sets `X-Forwarded-For/-Proto/-Host` (SPEC §2).
+/// The upstream request's forwarding headers, from configuration (SPEC §2 [v2]):
+/// - `X-Forwarded-Host` and `X-Forwarded-Proto` always come from `server.public_url`;
+/// - `X-Forwarded-For` is the client's chain with the peer appended when the peer is in
+///   `server.trusted_proxies`, else the peer alone;
+/// - every other header in [`REMOVED_FORWARDING`] is removed, whatever the peer.
 ///
-/// From a trusted proxy, its values are kept (`X-Forwarded-For` gets the peer appended). From
-/// anyone else, every forwarding header in [`SPOOFABLE`] is removed, and ours are the peer's
-/// address, the public URL's scheme and the public URL's host: a client's `Host` header never
-/// reaches the upstream as `X-Forwarded-Host` (host-header poisoning, ASVS 5.0 4.1.3).
-pub fn set_forwarded(
-    config: &Config,
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    host: Option<&str>,
-) {
-    let trusted = config.trusted_proxies.contains(&peer.ip());
-    let public_host = || {
-        config
-            .public_url
-            .host_str()
-            .map(|h| match config.public_url.port() {
+/// The constant values are computed once, at start-up.
+#[derive(Debug, Clone)]
+pub struct ForwardedPolicy {
+    host: Option<HeaderValue>,
+    proto: HeaderValue,
+    trusted: Vec<IpAddr>,
+}
+
+impl ForwardedPolicy {
+    /// Precomputes the header values from `server.public_url` and `server.trusted_proxies`.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        let host = config.public_url.host_str().and_then(|h| {
+            let v = match config.public_url.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_string(),
-            })
-    };
-    let (xff, proto, fwd_host) = if trusted {
-        let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let xff = if prior.is_empty() {
-            peer.ip().to_string()
+            };
+            HeaderValue::from_str(&v).ok()
+        });
+        let proto = HeaderValue::from_str(config.public_url.scheme())
+            .unwrap_or_else(|_| HeaderValue::from_static("https"));
+        Self {
+            host,
+            proto,
+            trusted: config.trusted_proxies.clone(),
+        }
+    }
+
+    /// Applies the policy to an upstream request's headers.
+    pub fn apply(&self, headers: &mut HeaderMap, peer: SocketAddr) {
+        let ip = peer.ip();
+        let xff = if self.trusted.contains(&ip) {
+            let prior: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            if prior.is_empty() {
+                ip.to_string()
+            } else {
+                format!("{}, {ip}", prior.join(", "))
+            }
         } else {
-            format!("{}, {}", prior.join(", "), peer.ip())
+            ip.to_string()
         };
-        let proto = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(|| config.public_url.scheme().to_string(), String::from);
-        let fwd_host = headers
-            .get("x-forwarded-host")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .or_else(|| host.map(String::from))
-            .or_else(public_host);
-        (xff, proto, fwd_host)
-    } else {
-        for name in SPOOFABLE {
+        for name in REMOVED_FORWARDING {
             headers.remove(name);
         }
-        (
-            peer.ip().to_string(),
-            config.public_url.scheme().to_string(),
-            public_host(),
-        )
-    };
-    for (name, value) in [
-        ("x-forwarded-for", Some(xff)),
-        ("x-forwarded-proto", Some(proto)),
-        ("x-forwarded-host", fwd_host),
-    ] {
-        headers.remove(name);
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            headers.insert(HeaderName::from_static(name), v);
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            self.proto.clone(),
+        );
+        if let Some(h) = &self.host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+        }
+    }
+}
+
+/// Which of Cloakroom's cookies a `Set-Cookie` value names, if any: the session cookie or a
+/// login cookie (`<login name>` or `<login name>-<anything>`), in any prefix variant (none,
+/// `__Host-`, `__Secure-`), names and prefixes compared case-insensitively.
+#[derive(Debug, Clone)]
+pub struct OurCookies {
+    session: String,
+    login: String,
+    login_dash: String,
+}
+
+/// A cookie name without its `__Host-` / `__Secure-` prefix (matched case-insensitively).
+fn unprefixed(name: &[u8]) -> &[u8] {
+    for p in [b"__host-".as_slice(), b"__secure-".as_slice()] {
+        if name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p) {
+            return &name[p.len()..];
+        }
+    }
+    name
+}
+
+impl OurCookies {
+    /// From `cookie.name` and `cookie.login_name`.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        let base = |n: &str| String::from_utf8_lossy(unprefixed(n.as_bytes())).to_ascii_lowercase();
+        let login = base(&config.login_cookie_name);
+        Self {
+            session: base(&config.cookie_name),
+            login_dash: format!("{login}-"),
+            login,
+        }
+    }
+
+    /// `Some("session")` or `Some("login")` when `set_cookie` (a `Set-Cookie` field value)
+    /// would set or clear one of ours. A value without `=` sets a cookie with an empty name
+    /// whose value some servers read as a name, so the whole pair counts as the name then.
+    #[must_use]
+    pub fn names(&self, set_cookie: &[u8]) -> Option<&'static str> {
+        let pair = set_cookie.split(|b| *b == b';').next().unwrap_or_default();
+        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        let base = unprefixed(name);
+        if base.eq_ignore_ascii_case(self.session.as_bytes()) {
+            Some("session")
+        } else if base.eq_ignore_ascii_case(self.login.as_bytes())
+            || (base.len() > self.login_dash.len()
+                && base[..self.login_dash.len()].eq_ignore_ascii_case(self.login_dash.as_bytes()))
+        {
+            Some("login")
+        } else {
+            None
+        }
+    }
+}
+
+/// The response-side policy (SPEC §2 [v2]), on every route and on `101`:
+/// `Set-Cookie` fields naming our cookies and `Clear-Site-Data` are dropped (logged and
+/// counted, never with a value); on token routes a response without `Cache-Control` gets
+/// `Cache-Control: private`.
+pub fn filter_response(
+    ours: &OurCookies,
+    headers: &mut HeaderMap,
+    route_label: &'static str,
+    token_route: bool,
+) {
+    if headers.contains_key(header::SET_COOKIE) {
+        let all: Vec<HeaderValue> = match headers.entry(header::SET_COOKIE) {
+            header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+            header::Entry::Vacant(_) => Vec::new(),
+        };
+        for v in all {
+            if let Some(which) = ours.names(v.as_bytes()) {
+                tracing::warn!(
+                    route = route_label,
+                    cookie = which,
+                    "dropped an upstream Set-Cookie naming a Cloakroom cookie"
+                );
+                crate::metrics::upstream_header_dropped(route_label, "set-cookie");
+            } else {
+                headers.append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    // `remove` takes every field of the name.
+    if headers.remove("clear-site-data").is_some() {
+        tracing::warn!(
+            route = route_label,
+            "dropped an upstream Clear-Site-Data header"
+        );
+        crate::metrics::upstream_header_dropped(route_label, "clear-site-data");
+    }
+    if token_route && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
 }
 
@@ -376,6 +505,9 @@ pub struct ForwardCtx<'a> {
     pub bearer: Option<&'a Secret>,
     /// The request id, passed upstream as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
+    /// The session's handle, when there is a session: tunnels and event streams opened by
+    /// this request are registered with it ([`crate::tunnels::Tunnels::close_session`]).
+    pub session: Option<&'a str>,
 }
 
 /// Forwards one request to `route`'s upstream and streams the answer back.
@@ -393,12 +525,7 @@ pub async fn forward(
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upgrade_proto = req.headers().get(header::UPGRADE).cloned();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let lease = req.extensions().get::<crate::server::ConnLease>().cloned();
 
     let uri = upstream_uri(route, req.uri())?;
     *req.uri_mut() = uri;
@@ -409,9 +536,8 @@ pub async fn forward(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::COOKIE);
     headers.remove(header::HOST);
-    headers.remove("forwarded");
     headers.remove(&config.csrf_header);
-    set_forwarded(config, headers, ctx.peer, host.as_deref());
+    forwarder.forwarded.apply(headers, ctx.peer);
     headers.insert(
         HeaderName::from_static("x-request-id"),
         ctx.request_id.clone(),
@@ -435,27 +561,50 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
     crate::metrics::upstream(route_label, started.elapsed());
+    let token_route = route.token != crate::config::TokenPolicy::None;
 
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
+            // Registered now, so the tunnel counts (and can be closed) from the 101 on.
+            let guard = forwarder.tunnels.register(ctx.session, lease);
             tokio::spawn(async move {
                 let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
                 else {
                     return;
                 };
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                crate::tunnels::pump(TokioIo::new(client), TokioIo::new(upstream), guard).await;
             });
         }
-        let (parts, _) = resp.into_parts();
+        let (mut parts, _) = resp.into_parts();
+        filter_response(&forwarder.ours, &mut parts.headers, route_label, false);
         return Ok(Response::from_parts(parts, empty()));
     }
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    filter_response(
+        &forwarder.ours,
+        &mut parts.headers,
+        route_label,
+        token_route,
+    );
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        });
+    let body = if event_stream {
+        let guard = forwarder.tunnels.register(ctx.session, lease);
+        crate::tunnels::GuardedStream::new(body, guard).boxed()
+    } else {
+        body.boxed()
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 #[cfg(test)]
@@ -484,6 +633,81 @@ mod tests {
         for ok in ["/api/x", "/api/a.b/c..d", "/api/...", "/api/%2e%2e%2e"] {
             assert!(!has_dot_segment(ok), "{ok}");
         }
+    }
+
+    fn test_config() -> Config {
+        let mut env = crate::config::Env::new();
+        env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        env.insert(
+            "CLOAKROOM_COOKIE_KEYS".into(),
+            crate::crypto::KeyRing::generate_entry(1),
+        );
+        Config::from_toml(
+            "[server]\npublic_url = \"https://app.example\"\ntrusted_proxies = [\"10.0.0.1\"]\n\
+             [oidc]\nissuer = \"https://idp.example\"\nclient_id = \"spa\"\n",
+            &env,
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn our_cookies_are_dropped_from_responses_and_others_kept() {
+        let ours = OurCookies::new(&test_config());
+        let mut h = HeaderMap::new();
+        for v in [
+            "__Host-cloakroom=x; Path=/",
+            "__secure-CLOAKROOM=x",
+            "cloakroom-login-abc=x",
+            "__Host-cloakroom-login=x",
+            "keep=1",
+            "cloakroom-loginx=1",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        h.append("clear-site-data", HeaderValue::from_static("\"*\""));
+        filter_response(&ours, &mut h, "/t/", true);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["keep=1", "cloakroom-loginx=1"]);
+        assert!(h.get("clear-site-data").is_none());
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        filter_response(&ours, &mut h, "/t/", true);
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        let mut h = HeaderMap::new();
+        filter_response(&ours, &mut h, "/t/", false);
+        assert!(h.get(header::CACHE_CONTROL).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_follow_the_policy() {
+        let policy = ForwardedPolicy::new(&test_config());
+        let spoof = |h: &mut HeaderMap| {
+            for (n, v) in [
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("x-forwarded-proto", "http"),
+                ("x-real-ip", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+                ("true-client-ip", "6.6.6.6"),
+            ] {
+                h.insert(n, HeaderValue::from_static(v));
+            }
+        };
+        let mut h = HeaderMap::new();
+        spoof(&mut h);
+        policy.apply(&mut h, "10.0.0.1:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        for n in ["x-real-ip", "forwarded", "true-client-ip"] {
+            assert!(h.get(n).is_none(), "{n}");
+        }
+        let mut h = HeaderMap::new();
+        spoof(&mut h);
+        policy.apply(&mut h, "192.0.2.7:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-host"], "app.example");
     }
 
     #[test]

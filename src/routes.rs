@@ -199,7 +199,9 @@ async fn proxy_request(
             auth::check_csrf(state, req.headers(), proxy::is_upgrade(req.headers()))?;
             let s = auth::current_session_shared(state, req.headers(), true).await?;
             let s = match s {
-                Some((handle, s)) => Some(state.refresher.ensure_fresh(&handle, s).await?),
+                Some((handle, s)) => {
+                    Some((state.refresher.ensure_fresh(&handle, s).await?, handle))
+                }
                 None => None,
             };
             if s.is_none() && route.token == TokenPolicy::Required {
@@ -208,11 +210,11 @@ async fn proxy_request(
             s
         }
     };
-    let bearer = session.as_ref().map(|s| &s.tokens.access_token);
     let ctx = proxy::ForwardCtx {
         peer,
-        bearer,
+        bearer: session.as_ref().map(|(s, _)| &s.tokens.access_token),
         request_id: rid,
+        session: session.as_ref().map(|(_, h)| h.as_str()),
     };
     proxy::forward(&state.forwarder, &state.config, route, label, req, &ctx).await
 }

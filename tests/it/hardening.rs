@@ -779,9 +779,9 @@ async fn spoofed_host_does_not_steer_login_or_the_origin_check() {
 /// ForwardedHeaderFilter, nginx `real_ip`, Rails, Express `trust proxy`) believe, are not
 /// passed through with the client's value.
 ///
-/// KNOWN WEAKNESS (issue #7 report): `proxy::set_forwarded` copies the request's `Host` into
-/// `X-Forwarded-Host` for untrusted peers, and only `X-Forwarded-For/-Proto/-Host` and
-/// `Forwarded` are replaced or dropped.
+/// Found in the issue #7 report (then `proxy::set_forwarded` copied the request's `Host` into
+/// `X-Forwarded-Host`); fixed. Since issue #11 the same holds for trusted peers too
+/// (`limits::forwarded_headers_come_from_config_whatever_the_peer`).
 #[tokio::test]
 async fn untrusted_peer_cannot_spoof_host_port_prefix_or_real_ip_upstream() {
     let env = TestEnv::start().await;

@@ -1,5 +1,7 @@
 //! Issue #7, property tests (proptest, stable) against the public API: cookie decoding and the
-//! key ring, `return_to` validation, route matching and dot-segment refusal, config parsing.
+//! key ring, `return_to` validation, route matching and dot-segment refusal, config parsing,
+//! the forwarding-header policy and the recognition of our cookie names in upstream
+//! `Set-Cookie` (issue #11).
 //!
 //! Case counts are modest so the module runs in seconds; failures are not persisted to files.
 //! A failing case is printed minimised: add it to the unit tests of the module it breaks.
@@ -500,6 +502,14 @@ const KEYS: &[&str] = &[
     "max_header_bytes",
     "max_connections",
     "shutdown_drain",
+    "max_connections_per_ip",
+    "http1_idle_timeout",
+    "http2_idle_timeout",
+    "http2_keep_alive_interval",
+    "http2_keep_alive_timeout",
+    "http2_max_concurrent_streams",
+    "http2_max_header_list_size",
+    "tunnel_idle_timeout",
     "issuer",
     "client_id",
     "scopes",
@@ -810,5 +820,189 @@ proptest! {
             Ok(c) => check_accepted(&c)?,
             Err(e) => prop_assert!(!e.0.is_empty()),
         }
+    }
+}
+
+// ------------------------------------------------------------------ forwarded headers (issue #11)
+
+const FORWARDING_TOML: &str = r#"
+[server]
+public_url = "https://app.example:8443"
+trusted_proxies = ["10.0.0.1", "10.0.0.2", "::1"]
+[oidc]
+issuer = "https://idp.example"
+client_id = "spa"
+[[routes]]
+prefix = "/api/"
+upstream = "http://127.0.0.1:9000"
+"#;
+
+fn forwarding_config() -> &'static Config {
+    static C: OnceLock<Config> = OnceLock::new();
+    C.get_or_init(|| {
+        Config::from_toml(FORWARDING_TOML, &secrets()).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// A header name: a forwarding header or a harmless one, in any letter case.
+fn forwarding_name() -> impl Strategy<Value = String> {
+    let names: Vec<&'static str> = cloakroom::proxy::REMOVED_FORWARDING
+        .iter()
+        .copied()
+        .chain(["x-keep", "accept", "x-forwarded", "x-request-thing"])
+        .collect();
+    (proptest::sample::select(names), any::<u64>()).prop_map(|(n, bits)| {
+        n.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if bits >> (i % 64) & 1 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    })
+}
+
+/// A header value: address lists, arbitrary visible ASCII, or bytes that are not visible ASCII.
+fn forwarding_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        "[0-9., :a-f]{0,40}".prop_map(String::into_bytes),
+        "[ -~]{0,40}".prop_map(String::into_bytes),
+        proptest::collection::vec(prop_oneof![32u8..127, 128u8..=255], 0..20),
+    ]
+}
+
+fn peer() -> impl Strategy<Value = std::net::SocketAddr> {
+    let ip = prop_oneof![
+        Just("10.0.0.1".parse::<std::net::IpAddr>().expect("ip")),
+        Just("10.0.0.2".parse().expect("ip")),
+        Just("::1".parse().expect("ip")),
+        any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+        any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
+    ];
+    (ip, any::<u16>()).prop_map(|(ip, port)| std::net::SocketAddr::new(ip, port))
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// Whatever forwarding headers a client sends and whoever the peer is, the upstream sees
+    /// exactly the policy of SPEC §2: `X-Forwarded-Host`/`-Proto` from `public_url`, once;
+    /// `X-Forwarded-For` the client's chain plus the peer for a trusted peer, else the peer
+    /// alone, once; no other forwarding header; every other header untouched.
+    #[test]
+    fn the_upstream_sees_exactly_the_forwarding_policy(
+        sent in proptest::collection::vec((forwarding_name(), forwarding_value()), 0..12),
+        peer in peer(),
+    ) {
+        let c = forwarding_config();
+        let mut headers = HeaderMap::new();
+        for (n, v) in &sent {
+            let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_bytes(v)) else {
+                continue;
+            };
+            headers.append(n, v);
+        }
+        let before = headers.clone();
+        cloakroom::proxy::ForwardedPolicy::new(c).apply(&mut headers, peer);
+
+        let one = |name: &str| -> Result<String, TestCaseError> {
+            let all: Vec<_> = headers.get_all(name).iter().collect();
+            prop_assert_eq!(all.len(), 1, "{} once", name);
+            Ok(all[0].to_str().unwrap_or("<binary>").to_string())
+        };
+        prop_assert_eq!(one("x-forwarded-host")?, "app.example:8443");
+        prop_assert_eq!(one("x-forwarded-proto")?, "https");
+        let trusted = c.trusted_proxies.contains(&peer.ip());
+        let chain: Vec<&str> = before
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let expected = if trusted && !chain.is_empty() {
+            format!("{}, {}", chain.join(", "), peer.ip())
+        } else {
+            peer.ip().to_string()
+        };
+        prop_assert_eq!(one("x-forwarded-for")?, expected);
+        for name in cloakroom::proxy::REMOVED_FORWARDING {
+            if !matches!(name, "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto") {
+                prop_assert!(headers.get(name).is_none(), "{} reached the upstream", name);
+            }
+        }
+        for (name, _) in &before {
+            if cloakroom::proxy::REMOVED_FORWARDING.contains(&name.as_str()) {
+                continue;
+            }
+            let a: Vec<_> = before.get_all(name).iter().collect();
+            let b: Vec<_> = headers.get_all(name).iter().collect();
+            prop_assert_eq!(a, b, "{} changed", name);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ upstream Set-Cookie (issue #11)
+
+/// `s` with the letter case of each character chosen by `bits`.
+fn recase(s: &str, bits: u64) -> String {
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if bits >> (i % 64) & 1 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// Every spelling of our cookie names that a browser would store under our name (any
+    /// prefix variant, any case, whitespace around the name, any attributes, any login tag) is
+    /// recognised, so an upstream cannot set or clear our cookies with it.
+    #[test]
+    fn every_variant_of_our_cookie_names_is_recognised(
+        prefix in prop_oneof![Just(""), Just("__Host-"), Just("__Secure-")],
+        login in any::<bool>(),
+        tag in prop_oneof![Just(String::new()), "[A-Za-z0-9_.-]{1,16}".prop_map(|t| format!("-{t}"))],
+        bits in any::<u64>(),
+        pad in "[ \t]{0,2}",
+        value in "[!-~&&[^;]]{0,30}",
+        attrs in "(; [A-Za-z-]{1,10}(=[ -:<-~]{0,10})?){0,3}",
+    ) {
+        let ours = cloakroom::proxy::OurCookies::new(config());
+        let base = if login { "cloakroom-login" } else { "cloakroom" };
+        let tag = if login { tag } else { String::new() };
+        let name = recase(&format!("{prefix}{base}{tag}"), bits);
+        let header = format!("{pad}{name}{pad}={value}{attrs}");
+        prop_assert_eq!(
+            ours.names(header.as_bytes()),
+            Some(if login { "login" } else { "session" }),
+            "{}", header
+        );
+    }
+
+    /// A cookie that is not ours under any spelling passes.
+    #[test]
+    fn other_cookie_names_pass(name in "[A-Za-z0-9_.-]{1,24}", value in "[!-~&&[^;]]{0,20}") {
+        let ours = cloakroom::proxy::OurCookies::new(config());
+        let lower = name.to_ascii_lowercase();
+        let base = lower
+            .strip_prefix("__host-")
+            .or_else(|| lower.strip_prefix("__secure-"))
+            .unwrap_or(&lower);
+        let is_ours = base == "cloakroom"
+            || base == "cloakroom-login"
+            || (base.starts_with("cloakroom-login-") && base.len() > "cloakroom-login-".len());
+        prop_assume!(!is_ours);
+        let header = format!("{name}={value}; Path=/");
+        prop_assert_eq!(ours.names(header.as_bytes()), None, "{}", header);
     }
 }

@@ -514,7 +514,10 @@ impl TestEnv {
         let config = dir.join("config.toml");
         std::fs::write(&config, text).expect("config");
         let stderr_path = dir.join("stderr.log");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloakroom"));
+        // CLOAKROOM_IT_BINARY runs another build instead (a baseline, for a measurement).
+        let exe = std::env::var_os("CLOAKROOM_IT_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cloakroom").into());
+        let mut cmd = std::process::Command::new(exe);
         cmd.args(["run", "--config"]).arg(&config);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());

@@ -1,6 +1,8 @@
 //! An echo upstream: answers with what it received (method, path, headers), and a few special
 //! paths: `/slow/*` (waits 3 s), `/download/<bytes>` (streams a deterministic body),
-//! `/upload` (hashes the streamed body). Counts every request.
+//! `/upload` (hashes the streamed body), `/setcookie/*` (answers with [`SET_COOKIES`] and
+//! `Clear-Site-Data`, on a WebSocket `101` too), `/cached/*` (its own `Cache-Control`),
+//! `/sse/*` (one server-sent event, then silence). Counts every request.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,6 +24,27 @@ pub struct Seen {
     /// Every `Authorization` value received, in order (the last 10,000).
     pub authorizations: Mutex<Vec<String>>,
 }
+
+/// What `/setcookie/*` answers with, and whether Cloakroom must pass each on (the test
+/// config's cookie names are `__Host-cloakroom` and `__Host-cloakroom-login`).
+pub const SET_COOKIES: [(&str, bool); 16] = [
+    ("__Host-cloakroom=evil1; Path=/; Secure; HttpOnly", false),
+    ("__Secure-cloakroom=evil2; Path=/; Secure", false),
+    ("cloakroom=evil3; Path=/", false),
+    ("__HOST-CloakRoom=evil4; Path=/; Secure", false),
+    ("  __host-cloakroom  =evil5", false),
+    ("__Host-cloakroom=; Max-Age=0; Path=/; Secure", false),
+    ("__Host-cloakroom", false),
+    ("__Host-cloakroom-login=evil6; Path=/; Secure", false),
+    ("__Host-cloakroom-login-3fa9c1=evil7; Path=/; Secure", false),
+    ("cloakroom-LOGIN-x=evil8", false),
+    ("__secure-cloakroom-login-y=evil9", false),
+    ("app=1; Path=/", true),
+    ("cloakroomx=2; Path=/", true),
+    ("__Host-cloakroom-loginx=3; Path=/; Secure", true),
+    ("cloakroom-other=4", true),
+    ("__Host-app-cloakroom=5; Path=/; Secure", true),
+];
 
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -119,6 +142,9 @@ async fn handle(
             }
         });
         let mut resp = hyper::Response::new(full(""));
+        if req.uri().path().contains("/setcookie") {
+            add_set_cookies(resp.headers_mut());
+        }
         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut()
             .insert("upgrade", "websocket".parse().expect("static"));
@@ -155,6 +181,21 @@ async fn handle(
         }
     }
 
+    if path.contains("/sse") {
+        // One event, then nothing: the stream stays open until the proxy ends it.
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"data: hello\n\n")))
+        });
+        let body = BodyExt::boxed(StreamBody::new(
+            first.chain(futures_util::stream::pending()),
+        ));
+        let mut resp = hyper::Response::new(body);
+        resp.headers_mut().insert(
+            "content-type",
+            "text/event-stream; charset=utf-8".parse().expect("static"),
+        );
+        return Ok(resp);
+    }
     if path.contains("/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }
@@ -196,7 +237,24 @@ async fn handle(
     let mut resp = hyper::Response::new(full(echoed.to_string()));
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("static"));
+    if path.contains("/setcookie") {
+        add_set_cookies(resp.headers_mut());
+    }
+    if path.contains("/cached") {
+        resp.headers_mut().insert(
+            "cache-control",
+            "public, max-age=60".parse().expect("static"),
+        );
+    }
     Ok(resp)
+}
+
+fn add_set_cookies(h: &mut hyper::HeaderMap) {
+    for (c, _) in SET_COOKIES {
+        h.append("set-cookie", c.parse().expect("static"));
+    }
+    h.append("clear-site-data", "\"cookies\"".parse().expect("static"));
+    h.append("clear-site-data", "\"*\"".parse().expect("static"));
 }
 
 pub fn hex(b: &[u8]) -> String {
