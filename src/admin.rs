@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the store answers and IdP metadata is loaded; else 503 `{"error": reason}` |
+//! | `GET /readyz` | 200 when the store answers and IdP metadata is loaded; else 503 `{"error": "store_unavailable", "reason": …}` |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! With `CLOAKROOM_ADMIN_TOKEN` set, and `Authorization: Bearer <token>` on the request

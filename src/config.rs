@@ -2,7 +2,7 @@
 //!
 //! Owns: parsing, overrides, secrets from the environment or `*_FILE` paths, validation that
 //! reports every problem at once with the key's name. Never does network I/O; the only file
-//! reads are the config file and `*_FILE` secrets.
+//! reads are the config file, `*_FILE` secrets and `store.tls_ca_file`.
 
 use crate::crypto::KeyRing;
 pub use crate::secret::Secret;

@@ -1,5 +1,6 @@
-//! `POST /auth/logout`: revoke tokens at the IdP (RFC 7009), delete the session and its index
-//! entries, expire the cookie, return the end_session URL (SPEC §1). Idempotent.
+//! `POST /auth/logout`: read and delete the session and its index entries in one step, revoke
+//! the tokens the deleted record held at the IdP (RFC 7009, after the answer), expire the
+//! cookie, return the end_session URL (SPEC §1). Idempotent.
 
 use super::{check_csrf, current_session};
 use crate::app::AppState;

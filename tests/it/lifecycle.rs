@@ -328,6 +328,10 @@ async fn logout_revokes_tokens_at_the_idp() {
         .set_cookie("__Host-cloakroom")
         .unwrap()
         .contains("Max-Age=0"));
+    // Revocation runs after the answer: wait for it before trying the refresh token.
+    env.idp
+        .wait_inactive(CLIENT_ID, CLIENT_SECRET, rt.expose(), "the refresh token")
+        .await;
     let (status, body) = env
         .idp
         .try_refresh(CLIENT_ID, CLIENT_SECRET, rt.expose())
@@ -691,6 +695,15 @@ async fn admin_lists_and_ends_sessions() {
         401
     );
     for rt in &rts {
+        // Revocation runs after the admin's answer.
+        env.idp
+            .wait_inactive(
+                CLIENT_ID,
+                CLIENT_SECRET,
+                rt.expose(),
+                "an ended session's refresh token",
+            )
+            .await;
         let (status, _) = env
             .idp
             .try_refresh(CLIENT_ID, CLIENT_SECRET, rt.expose())

@@ -234,9 +234,7 @@ proptest! {
 /// subdomain set, raw) must not hide the session cookie in the same `Cookie` header: otherwise
 /// anyone who can set one such cookie for the domain logs the user out for as long as it lives
 /// (cookie tossing that the `__Host-` prefix does not stop).
-///
-/// KNOWN WEAKNESS (issue #7 report): `cookies::request_cookies` skips a whole `Cookie` header
-/// whose bytes are not visible ASCII (`HeaderValue::to_str`), so the session is not found.
+/// (`cookies::request_cookies` works on raw bytes, pair by pair, for this.)
 #[test]
 fn non_ascii_sibling_cookie_does_not_hide_the_session_cookie() {
     let c = config();

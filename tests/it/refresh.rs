@@ -421,22 +421,14 @@ async fn re_login_ends_the_previous_session_without_its_cookie_on_the_callback()
         stale.xhr(Method::GET, &env.url("/auth/user")).await.status,
         401
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let active = env
-            .idp
-            .introspect(CLIENT_ID, CLIENT_SECRET, old_rt.expose())
-            .await["active"]
-            == true;
-        if !active {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replaced session's refresh token is still active"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.idp
+        .wait_inactive(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            old_rt.expose(),
+            "the replaced session's refresh token",
+        )
+        .await;
     // Bob's session works.
     assert_eq!(
         b.xhr(Method::GET, &env.url("/auth/user")).await.json()["sub"],
@@ -522,19 +514,9 @@ async fn ending_a_session_revokes_the_tokens_of_a_refresh_that_landed_after_it_w
                 assert_eq!(r.status(), 200);
             }
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while env
-            .idp
-            .introspect(CLIENT_ID, CLIENT_SECRET, rt.expose())
-            .await["active"]
-            == true
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{how}: the refreshed refresh token was not revoked"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        env.idp
+            .wait_inactive(CLIENT_ID, CLIENT_SECRET, rt.expose(), how)
+            .await;
         assert!(env.session_of(&b).await.is_none(), "{how}");
     }
 }
@@ -550,28 +532,9 @@ async fn backchannel_logout_after_a_store_failure_is_accepted_on_the_idps_retry(
     let mut b = Browser::new();
     env.login(&mut b).await;
     let s = env.session_of(&b).await.expect("session");
-    let now = cloakroom::session::now_unix();
-    let token = env
-        .idp
-        .sign(
-            &serde_json::json!({
-                "iss": env.idp.issuer, "aud": CLIENT_ID, "iat": now,
-                "jti": cloakroom::crypto::random_token(),
-                "sub": s.sub, "sid": s.sid,
-                "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-            }),
-            &serde_json::json!({}),
-        )
-        .await;
-    let post = || {
-        reqwest::Client::new()
-            .post(env.url("/auth/backchannel-logout"))
-            .form(&[("logout_token", token.as_str())])
-            .send()
-    };
     redis.set(Fault::Drop);
-    let r = post().await.expect("post");
-    assert_eq!(r.status(), 503, "the store is away: the IdP should retry");
+    let (token, status) = env.backchannel_logout(Some(&s.sub), s.sid.as_deref()).await;
+    assert_eq!(status, 503, "the store is away: the IdP should retry");
     redis.set(Fault::Pass);
     // A failure half way: the lookups work, ending the session (a script) does not.
     assert_eq!(
@@ -580,9 +543,8 @@ async fn backchannel_logout_after_a_store_failure_is_accepted_on_the_idps_retry(
             .trim(),
         "OK"
     );
-    let r = post().await.expect("post");
     assert_eq!(
-        r.status(),
+        env.post_logout_token(&token).await,
         503,
         "the session could not be ended: the IdP should retry"
     );
@@ -593,11 +555,17 @@ async fn backchannel_logout_after_a_store_failure_is_accepted_on_the_idps_retry(
             .trim(),
         "OK"
     );
-    let r = post().await.expect("post");
-    assert_eq!(r.status(), 200, "the retry is not a replay");
+    assert_eq!(
+        env.post_logout_token(&token).await,
+        200,
+        "the retry is not a replay"
+    );
     assert!(env.session_of(&b).await.is_none(), "the session ended");
-    let r = post().await.expect("post");
-    assert_eq!(r.status(), 400, "now it is a replay");
+    assert_eq!(
+        env.post_logout_token(&token).await,
+        400,
+        "now it is a replay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,25 +607,7 @@ async fn key_rotation_on_two_instances_keeps_every_session_findable() {
         // "Log out everywhere" through instance 0 ends both.
         match how {
             "backchannel" => {
-                let now = cloakroom::session::now_unix();
-                let token = env
-                    .idp
-                    .sign(
-                        &serde_json::json!({
-                            "iss": env.idp.issuer, "aud": CLIENT_ID, "iat": now,
-                            "jti": cloakroom::crypto::random_token(), "sub": "alice",
-                            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-                        }),
-                        &serde_json::json!({}),
-                    )
-                    .await;
-                let r = reqwest::Client::new()
-                    .post(env.url("/auth/backchannel-logout"))
-                    .form(&[("logout_token", token.as_str())])
-                    .send()
-                    .await
-                    .expect("post");
-                assert_eq!(r.status(), 200);
+                assert_eq!(env.backchannel_logout(Some("alice"), None).await.1, 200);
             }
             _ => {
                 let r = reqwest::Client::new()

@@ -236,6 +236,16 @@ impl Idp {
         }
     }
 
+    /// Waits (at most 10 s) until `token` introspects as inactive — revocation runs after the
+    /// response that ended its session. Panics with `what` if it stays active.
+    pub async fn wait_inactive(&self, client_id: &str, secret: &str, token: &str, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.introspect(client_id, secret, token).await["active"] == true {
+            assert!(std::time::Instant::now() < deadline, "{what}: still active");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// `none`, `503` or `reset` (see tests/idp/README.md).
     pub async fn outage(&self, mode: &str) {
         let r = reqwest::Client::new()

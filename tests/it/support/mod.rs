@@ -415,6 +415,38 @@ strip_prefix = true
         sessions.load(&id.handle()).await.ok()?
     }
 
+    /// A back-channel logout as the IdP sends it: a logout token for `sub` and/or `sid`, signed
+    /// by the real IdP's key, posted to instance 0. Returns the token (to post again) and the
+    /// status.
+    pub async fn backchannel_logout(&self, sub: Option<&str>, sid: Option<&str>) -> (String, u16) {
+        let mut claims = serde_json::json!({
+            "iss": self.idp.issuer, "aud": CLIENT_ID, "iat": cloakroom::session::now_unix(),
+            "jti": cloakroom::crypto::random_token(),
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        });
+        if let Some(sub) = sub {
+            claims["sub"] = sub.into();
+        }
+        if let Some(sid) = sid {
+            claims["sid"] = sid.into();
+        }
+        let token = self.idp.sign(&claims, &serde_json::json!({})).await;
+        let status = self.post_logout_token(&token).await;
+        (token, status)
+    }
+
+    /// Posts a logout token to instance 0's back-channel endpoint; returns the status.
+    pub async fn post_logout_token(&self, token: &str) -> u16 {
+        reqwest::Client::new()
+            .post(self.url("/auth/backchannel-logout"))
+            .form(&[("logout_token", token)])
+            .send()
+            .await
+            .expect("back-channel logout")
+            .status()
+            .as_u16()
+    }
+
     fn cookie_header(&self, browser: &Browser) -> Option<String> {
         browser
             .jar
