@@ -122,11 +122,11 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), Error> {
     }
 }
 
+/// A percent-encoded path segment, decoded (`+` stays `+`: this is a path, not a form).
 fn decode(segment: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, Error> {

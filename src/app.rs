@@ -308,5 +308,5 @@ fn spawn_tunnel_sweep(state: std::sync::Weak<AppState>) {
     });
 }
 
-/// How often sessions with open tunnels are checked (see [`spawn_tunnel_sweep`]).
+/// How often sessions with open tunnels are checked (see `spawn_tunnel_sweep`).
 pub const TUNNEL_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);

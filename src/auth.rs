@@ -55,7 +55,7 @@ pub(crate) fn check_csrf(
     }
 }
 
-/// Longest `return_to` accepted (SPEC §1 [v2]).
+/// Longest `return_to` accepted (SPEC §1 v2).
 pub const MAX_RETURN_TO: usize = 512;
 
 /// SPEC §1: `return_to` must be a same-origin relative path: starts with `/`, not `//` or `/\`,

@@ -2,8 +2,8 @@
 //!
 //! The browser talks only to Cloakroom, holding an opaque encrypted cookie. Cloakroom runs the
 //! OIDC code flow, keeps tokens server-side (sealed) in Redis, attaches `Authorization: Bearer`
-//! to the API calls it proxies, and ends sessions at logout. See README → Architecture for the
-//! code map and invariants (and ARCHITECTURE.md for the full one); the most important one: **no token ever reaches the browser**.
+//! to the API calls it proxies, and ends sessions at logout. See ARCHITECTURE.md for the code
+//! map and invariants; the most important one: **no token ever reaches the browser**.
 
 pub mod admin;
 pub mod app;

@@ -262,7 +262,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwarding headers that are removed from every request, whatever the peer (SPEC §2 [v2]):
+/// Forwarding headers that are removed from every request, whatever the peer (SPEC §2 v2):
 /// frameworks and proxies believe them (Spring's `ForwardedHeaderFilter`, nginx `real_ip`,
 /// Rails, Express `trust proxy`, IIS/Symfony URL rewrites), and Cloakroom does not vouch for
 /// them. `X-Forwarded-For`, `-Host` and `-Proto` are removed too, then set by Cloakroom.
@@ -290,7 +290,7 @@ pub const REMOVED_FORWARDING: [&str; 21] = [
     "x-original-host",
 ];
 
-/// The upstream request's forwarding headers, from configuration (SPEC §2 [v2]):
+/// The upstream request's forwarding headers, from configuration (SPEC §2 v2):
 /// - `X-Forwarded-Host` and `X-Forwarded-Proto` always come from `server.public_url`;
 /// - `X-Forwarded-For` is the client's chain with the peer appended when the peer is in
 ///   `server.trusted_proxies`, else the peer alone;
@@ -414,7 +414,7 @@ impl OurCookies {
     }
 }
 
-/// The response-side policy (SPEC §2 [v2]), on every route and on `101`:
+/// The response-side policy (SPEC §2 v2), on every route and on `101`:
 /// `Set-Cookie` fields naming our cookies and `Clear-Site-Data` are dropped (logged and
 /// counted, never with a value); on token routes a response without `Cache-Control` gets
 /// `Cache-Control: private`.

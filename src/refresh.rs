@@ -2,7 +2,7 @@
 //! due token, across all instances, and no refresh token the IdP has rotated ever lost.
 //!
 //! **Due.** A token is due when less than `min(refresh_skew, ½ × its issued lifetime)` is left
-//! ([`Tokens::refresh_due`]): a token is never refreshed on every request, whatever the IdP's
+//! ([`crate::session::Tokens::refresh_due`]): a token is never refreshed on every request, whatever the IdP's
 //! lifetimes.
 //!
 //! **One flight per session.** The first request that finds its token due starts a *flight*: a
@@ -27,7 +27,7 @@
 //!    record is gone (logged out meanwhile: the new tokens are revoked), when its refresh
 //!    generation moved (another holder wrote: the *fence*), or when another owner holds the
 //!    lock. A store failure is retried until the lease is nearly over;
-//! 5. release the lock ([`LockGuard`], on every path).
+//! 5. release the lock (`LockGuard`, on every path).
 //!
 //! **Failure classes.** `invalid_grant` ends the session (deleted, its tokens revoked; 401).
 //! `invalid_client`/`unauthorized_client` (a client-secret rollover), 5xx, timeouts,

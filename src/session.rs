@@ -128,7 +128,7 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// A login in progress. It travels sealed in a login cookie of its own (`cookies::set_pending`),
-/// never in the store: `/auth/login` writes nothing (SPEC §1 [v2]).
+/// never in the store: `/auth/login` writes nothing (SPEC §1 v2).
 #[derive(Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The nonce sent in the authorization request.

@@ -29,7 +29,7 @@ fn wait_listening(port: u16, what: &str, log: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Clock ticks per second for /proc/<pid>/stat (`getconf CLK_TCK`, usually 100).
+/// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, usually 100).
 pub fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
