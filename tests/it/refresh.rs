@@ -127,21 +127,50 @@ async fn short_tokens_are_refreshed_at_half_life_never_on_every_request() {
     no_grant_lost(&env).await;
 }
 
-/// Sends a request for `path` with `cookie` over HTTP/1 and closes the connection after
-/// `after`, without reading the answer.
-async fn abort_http1(addr: std::net::SocketAddr, path: &str, cookie: &str, after: Duration) {
+/// Waits (at most 15 s) until the refresh lock of the session behind `browser` is held: its
+/// refresh is under way.
+async fn refresh_under_way(env: &TestEnv, browser: &Browser) {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::COOKIE,
+        cookie_of(browser).parse().expect("cookie"),
+    );
+    let handle = cloakroom::cookies::session_id(&headers, &env.config(1, &env.keys, ""))
+        .expect("session id")
+        .handle();
+    let key = format!("cloakroom:lock:{{{handle}}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !env.redis.cli(&["EXISTS", &key]).contains('1') {
+        assert!(std::time::Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends a request for `path` with `cookie` over HTTP/1 and closes the connection once
+/// `ready` resolves, without reading the answer.
+async fn abort_http1(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: &str,
+    ready: impl std::future::Future<Output = ()>,
+) {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-csrf: 1\r\ncookie: {cookie}\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
-    tokio::time::sleep(after).await;
+    ready.await;
     drop(s);
 }
 
-/// The same over HTTP/2 (prior knowledge): the stream is cancelled with `RST_STREAM` after
-/// `after`, the connection stays up.
-async fn abort_http2(addr: std::net::SocketAddr, path: &str, cookie: &str, after: Duration) {
+/// The same over HTTP/2 (prior knowledge): the stream is cancelled with `RST_STREAM` once
+/// `ready` resolves; the connection stays up.
+async fn abort_http2(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: &str,
+    ready: impl std::future::Future<Output = ()>,
+) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let conn = tokio::spawn(conn);
@@ -152,7 +181,7 @@ async fn abort_http2(addr: std::net::SocketAddr, path: &str, cookie: &str, after
         .body(())
         .expect("request");
     let (resp, mut stream) = send.send_request(req, true).expect("send");
-    tokio::time::sleep(after).await;
+    ready.await;
     stream.send_reset(h2::Reason::CANCEL);
     drop(resp);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -176,17 +205,25 @@ async fn a_client_abort_mid_refresh_loses_no_rotated_refresh_token() {
 
     for (round, http2) in [(1, false), (2, true)] {
         let before = env.session_of(&b).await.expect("session");
-        // Expired: the request waits for the refresh; the IdP answers slowly, and the browser
-        // gives up while the refresh is in flight.
+        // Expired: the request waits for the refresh; the IdP holds the refresh request, and
+        // the browser gives up while the refresh is in flight. Then the IdP answers (and
+        // rotates the refresh token) with nobody waiting.
         env.advance(Duration::from_secs(61));
-        idp.set(Fault::Delay(Duration::from_millis(400)));
+        idp.set(Fault::Stall);
+        let ready = refresh_under_way(&env, &b);
         if http2 {
-            abort_http2(addr, "/api/abort", &cookie, Duration::from_millis(100)).await;
+            abort_http2(addr, "/api/abort", &cookie, ready).await;
         } else {
-            abort_http1(addr, "/api/abort", &cookie, Duration::from_millis(100)).await;
+            abort_http1(addr, "/api/abort", &cookie, ready).await;
         }
-        assert_eq!(refreshes_reach(&env, round).await, round, "round {round}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // the abort reaches Cloakroom
+        assert_eq!(
+            refreshes(&env).await,
+            round - 1,
+            "round {round}: held at the IdP"
+        );
         idp.set(Fault::Pass);
+        assert_eq!(refreshes_reach(&env, round).await, round, "round {round}");
         // The refresh went on without the browser and stored the rotated refresh token.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let after = loop {
@@ -250,8 +287,9 @@ async fn a_store_write_that_fails_after_the_idp_answered_is_retried_within_the_l
                 .map(|r| r.status().as_u16())
         })
     };
-    // Wait until the refresh request is held at the IdP proxy (its bytes arrived there).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the refresh has taken its lock (it has read the session and is at the IdP).
+    refresh_under_way(&env, &b).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(refreshes(&env).await, 0, "held at the proxy");
     redis.set(Fault::Drop);
     idp.set(Fault::Pass);
