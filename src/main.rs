@@ -135,7 +135,8 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    cloakroom::telemetry::init(&config);
+    // Flushes the log queue when `run` returns.
+    let _log = cloakroom::telemetry::init(&config);
     let app = match cloakroom::App::start(config).await {
         Ok(a) => a,
         Err(e) => {
