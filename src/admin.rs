@@ -85,8 +85,6 @@ pub(crate) async fn handle(
             ),
         },
         (&Method::GET, "/metrics") => {
-            metrics::counter!("cloakroom_log_lines_dropped_total")
-                .absolute(u64::try_from(crate::telemetry::dropped_lines()).unwrap_or(u64::MAX));
             let text = prometheus()
                 .map(PrometheusHandle::render)
                 .unwrap_or_default();

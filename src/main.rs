@@ -135,8 +135,7 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    // Flushes the log queue when `run` returns.
-    let _log = cloakroom::telemetry::init(&config);
+    cloakroom::telemetry::init(&config);
     let app = match cloakroom::App::start(config).await {
         Ok(a) => a,
         Err(e) => {
