@@ -910,6 +910,16 @@ not work here):
   more syscalls, cross-thread wake-ups of the multiplexed connection, decrypting and parsing the
   record), and (c) ran at 0.58× (b).
 
+**Tried and not kept: a non-blocking access-log writer.** `tracing-appender`'s lossy
+non-blocking writer (a thread of its own, a bounded queue) instead of the synchronous
+`write(2)` per line, measured interleaved on 2026-12-01 (release builds, (b) and (c) only,
+8 s each, four alternating runs, log to a file as in this benchmark): synchronous
+35.7–37.7 µs / 32.5k–34.1k req/s for (b) and 39.3–40.9 µs / 30.3k–31.3k req/s for (c);
+non-blocking 40.9–44.3 µs / 26.7k–29.2k req/s for (b) and 44.6–45.5 µs / 26.5k–27.3k req/s
+for (c). The hand-off to the writer thread (a channel send and a wake-up per line, on 2 cores)
+costs more than the `write(2)` to a file it saves, so the synchronous writer stays. A writer
+that batches lines per worker would be the next thing to try.
+
 ### The session cache, and why a logout still takes effect
 
 (c) reads Redis about once per session per 10 s instead of once per request: Cloakroom keeps
