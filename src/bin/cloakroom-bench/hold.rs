@@ -16,7 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub struct Hold {
+pub(crate) struct Hold {
     pub addr: SocketAddr,
     held: watch::Sender<bool>,
     counts: Arc<Counts>,
@@ -25,7 +25,7 @@ pub struct Hold {
 
 /// Token requests the proxy saw.
 #[derive(Debug, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// All of them, passed on or not.
     pub seen: AtomicU64,
     /// Sent while held, passed on when the hold ended (their client still waiting).
@@ -36,7 +36,7 @@ pub struct Counts {
 
 impl Hold {
     /// Listens on a free loopback port and forwards every connection to `target`.
-    pub async fn start(target: SocketAddr) -> Result<Self, String> {
+    pub(crate) async fn start(target: SocketAddr) -> Result<Self, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("hold proxy: {e}"))?;
@@ -71,17 +71,17 @@ impl Hold {
     }
 
     /// Holds (`true`) or releases (`false`) everything clients send.
-    pub fn set(&self, held: bool) {
+    pub(crate) fn set(&self, held: bool) {
         self.held.send_replace(held);
     }
 
     /// Token requests seen so far, passed on or not.
-    pub fn token_requests(&self) -> u64 {
+    pub(crate) fn token_requests(&self) -> u64 {
         self.counts.seen.load(Ordering::Relaxed)
     }
 
     /// Token requests held so far: (passed on when the hold ended, dropped).
-    pub fn held_requests(&self) -> (u64, u64) {
+    pub(crate) fn held_requests(&self) -> (u64, u64) {
         (
             self.counts.released.load(Ordering::Relaxed),
             self.counts.dropped.load(Ordering::Relaxed),

@@ -60,7 +60,7 @@ end
 "#;
 
 /// `wrk -t<threads> -c<conns> -d<secs>` against `url`, one request per line of `cookie_file`.
-pub fn wrk(
+pub(crate) fn wrk(
     dir: &Path,
     url: &str,
     threads: usize,
@@ -111,7 +111,7 @@ pub fn wrk(
 }
 
 /// `oha` at a fixed rate with latency correction (open loop).
-pub fn oha(
+pub(crate) fn oha(
     oha_bin: &Path,
     url: &str,
     conns: usize,
@@ -246,7 +246,7 @@ fn micros(d: Duration) -> u32 {
 }
 
 /// Closed loop: `conns` connections, each sending back to back for `secs`, rotating `cookies`.
-pub async fn closed_loop(
+pub(crate) async fn closed_loop(
     addr: SocketAddr,
     path: &str,
     cookies: Arc<Vec<String>>,
@@ -295,7 +295,7 @@ pub async fn closed_loop(
 
 /// Open loop at `rate` requests/s over `conns` connections for `secs`; each latency counts from
 /// the request's scheduled send time (corrected for coordinated omission).
-pub async fn fixed_rate(
+pub(crate) async fn fixed_rate(
     addr: SocketAddr,
     path: &str,
     cookie: &str,
@@ -373,7 +373,7 @@ fn abort_kind(k: usize) -> Abort {
 
 /// What the storm measured.
 #[derive(Debug, Default)]
-pub struct StormRun {
+pub(crate) struct StormRun {
     /// Every call made, aborted ones included (`requests`); `errors` and the latencies are those
     /// of the calls that were answered.
     pub load: Load,
@@ -492,7 +492,7 @@ async fn abort_h2(
 /// taken by `conns` connections, so each session's calls are in flight at the same time.
 /// `abort_pct` % of the calls are abandoned by the client a few ms after sending (see
 /// [`aborts`], [`abort_kind`]).
-pub async fn storm(
+pub(crate) async fn storm(
     addr: SocketAddr,
     path: &str,
     cookies: &[String],
@@ -590,7 +590,7 @@ pub async fn storm(
 
 /// One call of a paced run.
 #[derive(Debug, Clone, Copy)]
-pub struct Call {
+pub(crate) struct Call {
     /// Index of the cookie (session) it used.
     pub session: usize,
     /// When it was due, seconds after the run's `start`.
@@ -605,7 +605,7 @@ pub struct Call {
 
 /// Open loop: every cookie is called once per `period`, the sessions' calls spread evenly over
 /// it, from `start` for `secs`, over at most `conns` connections at a time. Returns every call.
-pub async fn paced(
+pub(crate) async fn paced(
     addr: SocketAddr,
     path: &str,
     cookies: Arc<Vec<String>>,
@@ -660,7 +660,7 @@ pub async fn paced(
 }
 
 /// Latency percentiles of `lat` (µs): p50, p99, p99.9, max.
-pub fn percentiles(mut lat: Vec<u32>) -> [f64; 4] {
+pub(crate) fn percentiles(mut lat: Vec<u32>) -> [f64; 4] {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -30,7 +30,7 @@ fn wait_listening(port: u16, what: &str, log: &Path) -> Result<(), String> {
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, usually 100).
-pub fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -40,7 +40,7 @@ pub fn clk_tck() -> f64 {
 }
 
 /// utime + stime of a whole process (all threads), in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -50,7 +50,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Whole-machine CPU counters from `/proc/stat`: (busy, steal, total) in ticks.
-pub fn machine_ticks() -> Option<(u64, u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -64,7 +64,7 @@ pub fn machine_ticks() -> Option<(u64, u64, u64)> {
 }
 
 /// A `/proc/<pid>/status` value in KiB (`VmHWM`, `VmRSS`).
-pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(&format!("{field}:")))
@@ -73,7 +73,7 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Resets the peak RSS (`VmHWM`) of a process to its current RSS (`echo 5 > clear_refs`).
-pub fn reset_peak_rss(pid: u32) -> bool {
+pub(crate) fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
@@ -86,13 +86,13 @@ fn kill(child: &mut Option<Child>) {
 
 // ---------------------------------------------------------------------------------------------
 
-pub struct Redis {
+pub(crate) struct Redis {
     pub port: u16,
     child: Option<Child>,
 }
 
 impl Redis {
-    pub fn start(dir: &Path) -> Result<Self, String> {
+    pub(crate) fn start(dir: &Path) -> Result<Self, String> {
         let port = free_port();
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -128,12 +128,12 @@ impl Redis {
         Ok(r)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// One command over a plain RESP connection; the raw reply (bulk replies read to the end).
-    pub fn cmd(&self, args: &[&str]) -> String {
+    pub(crate) fn cmd(&self, args: &[&str]) -> String {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
         };
@@ -169,7 +169,7 @@ impl Redis {
     }
 
     /// `INFO <section>` as key → value.
-    pub fn info(&self, section: &str) -> BTreeMap<String, String> {
+    pub(crate) fn info(&self, section: &str) -> BTreeMap<String, String> {
         self.cmd(&["INFO", section])
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -178,7 +178,7 @@ impl Redis {
     }
 
     /// Calls per command since start (`INFO commandstats`), without the benchmark's own INFO.
-    pub fn command_calls(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn command_calls(&self) -> BTreeMap<String, u64> {
         self.info("commandstats")
             .into_iter()
             .filter_map(|(k, v)| {
@@ -194,13 +194,13 @@ impl Redis {
     }
 
     /// Redis' own CPU time (user + sys), seconds.
-    pub fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         let i = self.info("cpu");
         let g = |k: &str| i.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         g("used_cpu_user") + g("used_cpu_sys")
     }
 
-    pub fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         self.info("server")
             .get("redis_version")
             .cloned()
@@ -216,7 +216,7 @@ impl Drop for Redis {
 
 // ---------------------------------------------------------------------------------------------
 
-pub struct Idp {
+pub(crate) struct Idp {
     pub issuer: String,
     /// Where the `/test/*` controls are: the issuer, or the IdP itself when `config` names its
     /// `port` and an `issuer` in front of it (a proxy).
@@ -226,7 +226,11 @@ pub struct Idp {
 
 impl Idp {
     /// Starts `tests/idp/server.js` (running `npm ci` there first when needed).
-    pub fn start(repo: &Path, dir: &Path, config: &serde_json::Value) -> Result<Self, String> {
+    pub(crate) fn start(
+        repo: &Path,
+        dir: &Path,
+        config: &serde_json::Value,
+    ) -> Result<Self, String> {
         let idp_dir = repo.join("tests/idp");
         if !idp_dir.join("node_modules/oidc-provider").exists() {
             let ok = Command::new("npm")
@@ -282,7 +286,7 @@ impl Idp {
     }
 
     /// The IdP's counters so far (`GET /test/stats`).
-    pub async fn stats(&self, client: &reqwest::Client) -> Result<IdpStats, String> {
+    pub(crate) async fn stats(&self, client: &reqwest::Client) -> Result<IdpStats, String> {
         let v: serde_json::Value = client
             .get(format!("{}/test/stats", self.control))
             .send()
@@ -313,7 +317,7 @@ impl Idp {
 
     /// Starts (`mode` = `reset` or `503`) or ends (`none`) a simulated outage of the OIDC paths
     /// starting with `paths` (`POST /test/outage`; tests/idp/server.js).
-    pub async fn outage(
+    pub(crate) async fn outage(
         &self,
         client: &reqwest::Client,
         mode: &str,
@@ -337,7 +341,7 @@ impl Idp {
 
 /// The test IdP's counters (`GET /test/stats`), or a difference of two readings.
 #[derive(Debug, Clone, Default)]
-pub struct IdpStats {
+pub(crate) struct IdpStats {
     /// Successful refresh-token grants.
     pub refreshes: u64,
     /// Every HTTP request to the token endpoint, answered or not (counted before the outage check).
@@ -352,7 +356,7 @@ pub struct IdpStats {
 
 impl IdpStats {
     /// What happened between `before` and this reading.
-    pub fn since(&self, before: &IdpStats) -> IdpStats {
+    pub(crate) fn since(&self, before: &IdpStats) -> IdpStats {
         let mut grant_errors = BTreeMap::new();
         for (k, v) in &self.grant_errors {
             let d = v.saturating_sub(before.grant_errors.get(k).copied().unwrap_or(0));
@@ -417,7 +421,7 @@ impl Drop for Idp {
 
 // ---------------------------------------------------------------------------------------------
 
-pub struct Cloakroom {
+pub(crate) struct Cloakroom {
     pub port: u16,
     pub admin_port: u16,
     child: Option<Child>,
@@ -428,7 +432,7 @@ impl Cloakroom {
     /// Runs `<bin> run --config <dir>/config.toml` with only `PATH` and `env` in its environment.
     /// Its stdout (the logs, access log included) goes to `<dir>/cloakroom.log` with `keep_log`,
     /// else nowhere.
-    pub fn spawn(
+    pub(crate) fn spawn(
         bin: &Path,
         dir: &Path,
         port: u16,
@@ -472,22 +476,22 @@ impl Cloakroom {
         Ok(c)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    pub fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A counter or gauge from the admin `/metrics` (summed over its label sets).
-    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
         self.metric_where(client, name, "").await
     }
 
     /// Like [`Cloakroom::metric`], over the label sets that contain `label` (e.g.
     /// `outcome="transient"`; empty: all of them).
-    pub async fn metric_where(
+    pub(crate) async fn metric_where(
         &self,
         client: &reqwest::Client,
         name: &str,
@@ -519,7 +523,7 @@ impl Cloakroom {
         Some(found.unwrap_or(0.0))
     }
 
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
@@ -533,10 +537,10 @@ impl Drop for Cloakroom {
 }
 
 /// Any child process listening on `port`, killed on drop.
-pub struct Reference(Option<std::process::Child>);
+pub(crate) struct Reference(Option<std::process::Child>);
 
 impl Reference {
-    pub fn spawn(cmd: &mut Command, port: u16) -> Result<Self, String> {
+    pub(crate) fn spawn(cmd: &mut Command, port: u16) -> Result<Self, String> {
         let c = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -547,11 +551,11 @@ impl Reference {
         Ok(c)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.as_ref().map_or(0, std::process::Child::id)
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         kill(&mut self.0);
     }
 }

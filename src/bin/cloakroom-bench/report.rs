@@ -35,11 +35,11 @@ fn cmd_out(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "not found".into())
 }
 
-pub fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
 }
 
-pub fn machine(
+pub(crate) fn machine(
     redis: &crate::procs::Redis,
     oha: Option<&Path>,
     builtin: bool,
@@ -93,7 +93,7 @@ pub fn machine(
     m
 }
 
-pub fn settings(a: &Args) -> BTreeMap<String, String> {
+pub(crate) fn settings(a: &Args) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         m.insert(k.to_string(), v);
@@ -149,7 +149,7 @@ fn f(v: Option<f64>, digits: usize) -> String {
 }
 
 /// The mean p99 of every run of `id` (the latency runs of (b) and (c) are repeated).
-pub fn mean_p99(list: &[Scenario], id: &str) -> Option<f64> {
+pub(crate) fn mean_p99(list: &[Scenario], id: &str) -> Option<f64> {
     let v: Vec<f64> = list
         .iter()
         .filter(|s| s.id == id)
@@ -168,7 +168,7 @@ fn mean(list: &[Scenario], id: &str, get: impl Fn(&Scenario) -> Option<f64>) -> 
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-pub fn targets(r: &Results) -> Vec<Target> {
+pub(crate) fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     let tp = &r.throughput;
     let ratio = mean(tp, "c", |s| Some(s.load.rps))
@@ -280,7 +280,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
 }
 
 /// Figures that were not collected (the benchmark itself is broken when this is not empty).
-pub fn missing(r: &Results) -> Vec<String> {
+pub(crate) fn missing(r: &Results) -> Vec<String> {
     fn check(m: &mut Vec<String>, s: &Scenario, cloak: bool) {
         let l = &s.load;
         if l.requests == 0 || l.rps.is_nan() || l.rps <= 0.0 {
@@ -387,7 +387,7 @@ fn row(s: &Scenario) -> String {
 
 const HEADER: &str = "| scenario | req/s | latency p50 / p99 / p99.9 (µs) | errors | Cloakroom CPU µs/req | Redis cmds/req | upstream conns opened (reuse) | Redis CPU µs/req | peak RSS MiB | machine busy (steal) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
-pub fn markdown(r: &Results) -> String {
+pub(crate) fn markdown(r: &Results) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Benchmarks\n");
     let _ = writeln!(
@@ -571,7 +571,7 @@ fn phase_row(name: &str, p: &crate::stall::Phase) -> String {
 
 /// The counts (e) is checked on (not timings; listed with the targets, kept out of `targets`,
 /// whose list is that of issue #6 plus the storm).
-pub fn stall_checks(e: &crate::stall::Stall) -> Vec<Target> {
+pub(crate) fn stall_checks(e: &crate::stall::Stall) -> Vec<Target> {
     let sessions = (e.valid_sessions + e.expired_sessions) as u64;
     let valid_failed = e.valid_before.failed() + e.valid_stall.failed() + e.valid_recovery.failed();
     vec![
@@ -711,7 +711,7 @@ fn cmd_list(m: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-pub fn summary(r: &Results) -> String {
+pub(crate) fn summary(r: &Results) -> String {
     let mut o = String::new();
     for s in r
         .throughput

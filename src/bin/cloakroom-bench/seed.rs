@@ -31,7 +31,11 @@ fn fake_jwt(len: usize, i: usize) -> String {
 }
 
 /// Writes `count` sessions (ids `first..first+count`) and returns their `Cookie` pairs.
-pub async fn seed(config: &Config, first: usize, count: usize) -> Result<Vec<String>, String> {
+pub(crate) async fn seed(
+    config: &Config,
+    first: usize,
+    count: usize,
+) -> Result<Vec<String>, String> {
     let store = cloakroom::app::connect_store(config)
         .await
         .map_err(|e| format!("seeding: {e}"))?;
@@ -159,7 +163,11 @@ async fn get(
 }
 
 /// One real login as alice through Cloakroom at `base`; returns the session `Cookie` pair.
-pub async fn login(client: &reqwest::Client, base: &str, issuer: &str) -> Result<String, String> {
+pub(crate) async fn login(
+    client: &reqwest::Client,
+    base: &str,
+    issuer: &str,
+) -> Result<String, String> {
     let mut jar = Jar::default();
     let r = get(
         client,
@@ -200,7 +208,7 @@ pub async fn login(client: &reqwest::Client, base: &str, issuer: &str) -> Result
 }
 
 /// `n` real logins through Cloakroom at `base`, 16 at a time; their session `Cookie` pairs.
-pub async fn login_many(
+pub(crate) async fn login_many(
     client: &reqwest::Client,
     base: &str,
     issuer: &str,

@@ -146,7 +146,7 @@ fn recovery(args: &Args) -> u64 {
 
 /// The processes and the expired group of (e).
 /// Dropped in field order: Cloakroom first, its IdP and Redis after it.
-pub struct StallRig {
+pub(crate) struct StallRig {
     pub cloak: Cloakroom,
     hold: Option<Hold>,
     idp: Idp,
@@ -159,7 +159,7 @@ pub struct StallRig {
 impl StallRig {
     /// Starts (e)'s Redis, IdP (tokens of `2W` s) and Cloakroom (the run's cool-off), and logs
     /// the expired group in.
-    pub async fn start(
+    pub(crate) async fn start(
         args: &Args,
         repo: &Path,
         bin: &Path,
@@ -236,7 +236,7 @@ impl StallRig {
     }
 
     /// Runs (e) (see the module documentation).
-    pub async fn run(&self, args: &Args, http: &reqwest::Client) -> Result<Stall, String> {
+    pub(crate) async fn run(&self, args: &Args, http: &reqwest::Client) -> Result<Stall, String> {
         let w = self.window;
         let ttl = 2 * w;
         let n = args.stall_sessions;

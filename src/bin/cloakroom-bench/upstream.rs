@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What the upstream answers: a small JSON document, as a typical API call would get.
-pub const BODY: &[u8] = br#"{"id":42,"name":"cloakroom-bench","items":[1,2,3],"ok":true}"#;
+pub(crate) const BODY: &[u8] = br#"{"id":42,"name":"cloakroom-bench","items":[1,2,3],"ok":true}"#;
 
 #[derive(Default, Debug)]
 struct Counters {
@@ -18,14 +18,14 @@ struct Counters {
     requests: AtomicU64,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the upstream");
@@ -67,7 +67,7 @@ impl Upstream {
     }
 
     /// Connections accepted and requests answered so far.
-    pub fn counts(&self) -> (u64, u64) {
+    pub(crate) fn counts(&self) -> (u64, u64) {
         (
             self.counters.connections.load(Ordering::Relaxed),
             self.counters.requests.load(Ordering::Relaxed),
@@ -85,7 +85,7 @@ impl Drop for Upstream {
 /// `TCP_NODELAY` client, the request streamed to the upstream and the answer streamed back; no
 /// logging, metrics, auth or header policy). Run as its own process by the benchmark
 /// (`--minimal-proxy-listen`), so that its CPU per request can be measured like Cloakroom's.
-pub fn run_minimal_proxy(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
+pub(crate) fn run_minimal_proxy(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioTimer};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-pub struct Browser {
+pub(crate) struct Browser {
     client: reqwest::Client,
     pub jar: BTreeMap<String, String>,
     /// Every status line, header and body this browser received.
@@ -13,39 +13,39 @@ pub struct Browser {
     pub user_agent: String,
 }
 
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
 impl Resp {
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         self.headers
             .get("location")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_else(|| panic!("no Location in a {} response: {}", self.status, self.body))
             .to_string()
     }
-    pub fn set_cookies(&self) -> Vec<String> {
+    pub(crate) fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok().map(String::from))
             .collect()
     }
-    pub fn set_cookie(&self, name: &str) -> Option<String> {
+    pub(crate) fn set_cookie(&self, name: &str) -> Option<String> {
         self.set_cookies()
             .into_iter()
             .find(|c| c.starts_with(&format!("{name}=")))
     }
     /// The `Set-Cookie` of a pending-login cookie (`__Host-cloakroom-login-<tag>`), if any.
-    pub fn set_login_cookie(&self) -> Option<String> {
+    pub(crate) fn set_login_cookie(&self) -> Option<String> {
         self.set_cookies()
             .into_iter()
             .find(|c| c.starts_with("__Host-cloakroom-login-"))
     }
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 }
@@ -57,7 +57,7 @@ impl Default for Browser {
 }
 
 impl Browser {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -70,7 +70,7 @@ impl Browser {
     }
 
     /// The pending-login cookies in the jar: (name, value).
-    pub fn login_cookies(&self) -> Vec<(String, String)> {
+    pub(crate) fn login_cookies(&self) -> Vec<(String, String)> {
         self.jar
             .iter()
             .filter(|(k, _)| k.starts_with("__Host-cloakroom-login-"))
@@ -114,7 +114,7 @@ impl Browser {
         }
     }
 
-    pub async fn send(&mut self, req: reqwest::RequestBuilder) -> Resp {
+    pub(crate) async fn send(&mut self, req: reqwest::RequestBuilder) -> Resp {
         let mut req = req.header("user-agent", &self.user_agent);
         if let Some(c) = self.cookie_header() {
             req = req.header("cookie", c);
@@ -129,23 +129,23 @@ impl Browser {
         r
     }
 
-    pub async fn get(&mut self, url: &str) -> Resp {
+    pub(crate) async fn get(&mut self, url: &str) -> Resp {
         let req = self.client.get(url);
         self.send(req).await
     }
 
     /// An XHR from the SPA: with the CSRF header.
-    pub async fn xhr(&mut self, method: reqwest::Method, url: &str) -> Resp {
+    pub(crate) async fn xhr(&mut self, method: reqwest::Method, url: &str) -> Resp {
         let req = self.client.request(method, url).header("x-csrf", "1");
         self.send(req).await
     }
 
-    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Resp {
         let req = self.client.post(url).form(form);
         self.send(req).await
     }
 
-    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         self.client.request(method, url)
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 /// What the proxy does to the bytes and connections passing through it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Forward everything as it comes.
     Pass,
     /// Hold each chunk read in either direction this long before forwarding it.
@@ -87,7 +87,7 @@ impl Drop for OpenGuard {
 
 /// A TCP proxy in front of `target` whose behaviour a test switches with [`FaultProxy::set`].
 #[derive(Debug)]
-pub struct FaultProxy {
+pub(crate) struct FaultProxy {
     addr: SocketAddr,
     state: watch::Sender<State>,
     counts: Arc<Counts>,
@@ -101,7 +101,7 @@ impl FaultProxy {
     /// # Panics
     ///
     /// If no loopback port can be bound.
-    pub async fn start(target: SocketAddr) -> Self {
+    pub(crate) async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fault proxy");
@@ -123,18 +123,18 @@ impl FaultProxy {
 
     /// The proxy's listening address.
     #[must_use]
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `<scheme>://127.0.0.1:<port>`, e.g. `redis://127.0.0.1:40123` or `http://127.0.0.1:40123`.
     #[must_use]
-    pub fn url(&self, scheme: &str) -> String {
+    pub(crate) fn url(&self, scheme: &str) -> String {
         format!("{scheme}://{}", self.addr)
     }
 
     /// Switches the mode; open connections follow at once.
-    pub fn set(&self, mode: Fault) {
+    pub(crate) fn set(&self, mode: Fault) {
         self.state.send_modify(|state| {
             state.mode = mode;
             let kill = match mode {
@@ -149,19 +149,19 @@ impl FaultProxy {
 
     /// The current mode.
     #[must_use]
-    pub fn mode(&self) -> Fault {
+    pub(crate) fn mode(&self) -> Fault {
         self.state.borrow().mode
     }
 
     /// Connections accepted so far (including those closed or reset at once).
     #[must_use]
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.counts.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections currently proxied (accepted and not yet closed by either side or a fault).
     #[must_use]
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.counts.open.load(Ordering::SeqCst)
     }
 }

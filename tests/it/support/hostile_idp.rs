@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// What `/token` answers next.
 #[derive(Clone)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Status and JSON body.
     Json(u16, serde_json::Value),
     /// Status and raw bytes (malformed or oversized bodies).
@@ -23,20 +23,20 @@ pub enum Reply {
     Slow(Duration, serde_json::Value),
 }
 
-pub struct Key {
+pub(crate) struct Key {
     pub kid: String,
     pub pair: KeyPair,
 }
 
 impl Key {
-    pub fn new(kid: &str) -> Self {
+    pub(crate) fn new(kid: &str) -> Self {
         Self {
             kid: kid.into(),
             pair: KeyPair::generate().expect("P-256 key"),
         }
     }
 
-    pub fn jwk(&self) -> serde_json::Value {
+    pub(crate) fn jwk(&self) -> serde_json::Value {
         let raw = self.pair.public_key_raw();
         serde_json::json!({
             "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
@@ -46,11 +46,11 @@ impl Key {
     }
 
     /// An ES256 JWT of `claims` signed by this key, with `kid` in the header.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
+    pub(crate) fn sign(&self, claims: &serde_json::Value) -> String {
         self.sign_as(claims, &self.kid)
     }
 
-    pub fn sign_as(&self, claims: &serde_json::Value, kid: &str) -> String {
+    pub(crate) fn sign_as(&self, claims: &serde_json::Value, kid: &str) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(kid.into());
         let key = jsonwebtoken::EncodingKey::from_ec_der(&self.pair.serialize_der());
@@ -59,7 +59,7 @@ impl Key {
 }
 
 /// An HS256 JWT keyed with `secret` (the classic algorithm-confusion forgeries).
-pub fn sign_hs256(claims: &serde_json::Value, secret: &[u8], kid: Option<&str>) -> String {
+pub(crate) fn sign_hs256(claims: &serde_json::Value, secret: &[u8], kid: Option<&str>) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = kid.map(String::from);
     jsonwebtoken::encode(
@@ -71,12 +71,12 @@ pub fn sign_hs256(claims: &serde_json::Value, secret: &[u8], kid: Option<&str>) 
 }
 
 /// An unsigned JWT (`alg: none`).
-pub fn unsigned(claims: &serde_json::Value) -> String {
+pub(crate) fn unsigned(claims: &serde_json::Value) -> String {
     let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     format!("{h}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
-pub struct State {
+pub(crate) struct State {
     /// Keys published at `/jwks`.
     pub published: Vec<serde_json::Value>,
     pub reply: Reply,
@@ -87,7 +87,7 @@ pub struct State {
     pub jwks_delay: Duration,
 }
 
-pub struct HostileIdp {
+pub(crate) struct HostileIdp {
     pub issuer: String,
     pub state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
@@ -102,13 +102,13 @@ impl Drop for HostileIdp {
 type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 impl HostileIdp {
-    pub async fn start(keys: &[&Key], promise_iss: bool) -> Self {
+    pub(crate) async fn start(keys: &[&Key], promise_iss: bool) -> Self {
         Self::start_with(keys, promise_iss, false).await
     }
 
     /// With `trailing_slash`, the issuer identifier ends in `/` (Auth0 style); the endpoints
     /// stay at the root.
-    pub async fn start_with(keys: &[&Key], promise_iss: bool, trailing_slash: bool) -> Self {
+    pub(crate) async fn start_with(keys: &[&Key], promise_iss: bool, trailing_slash: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -148,19 +148,19 @@ impl HostileIdp {
         }
     }
 
-    pub fn set_reply(&self, r: Reply) {
+    pub(crate) fn set_reply(&self, r: Reply) {
         self.state.lock().expect("lock").reply = r;
     }
 
-    pub fn publish(&self, keys: &[&Key]) {
+    pub(crate) fn publish(&self, keys: &[&Key]) {
         self.state.lock().expect("lock").published = keys.iter().map(|k| k.jwk()).collect();
     }
 
-    pub fn jwks_fetches(&self) -> usize {
+    pub(crate) fn jwks_fetches(&self) -> usize {
         self.state.lock().expect("lock").jwks_fetches
     }
 
-    pub fn token_requests(&self) -> usize {
+    pub(crate) fn token_requests(&self) -> usize {
         self.state.lock().expect("lock").token_requests
     }
 }

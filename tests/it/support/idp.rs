@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-pub struct Idp {
+pub(crate) struct Idp {
     pub issuer: String,
     /// The IdP's own address, for the `/test/*` controls and direct token calls, even when the
     /// issuer is a fault proxy in front of it.
@@ -45,7 +45,7 @@ impl Idp {
     ///
     /// Node has been seen (rarely, under load) to hang at start-up in a futex before writing its
     /// READY line; a start that says nothing within 30 s is killed and tried again, twice at most.
-    pub fn start(config: &serde_json::Value) -> Self {
+    pub(crate) fn start(config: &serde_json::Value) -> Self {
         ensure_installed();
         let mut last = String::new();
         for _ in 0..3 {
@@ -114,13 +114,13 @@ impl Idp {
     }
 
     /// A URL on the IdP itself (never through a fault proxy).
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.direct)
     }
 
     /// Follows the IdP's login from the authorization URL to our callback URL, logging in as
     /// `user`/`password`. Returns the callback URL the IdP redirected to.
-    pub async fn login(
+    pub(crate) async fn login(
         &self,
         browser: &mut Browser,
         authorize_url: &str,
@@ -158,7 +158,7 @@ impl Idp {
     }
 
     /// Drives an RP-initiated logout at `end_session_url` to the end (confirming at the IdP).
-    pub async fn end_session(&self, browser: &mut Browser, end_session_url: &str) -> String {
+    pub(crate) async fn end_session(&self, browser: &mut Browser, end_session_url: &str) -> String {
         let r = browser.get(end_session_url).await;
         assert_eq!(r.status, 200, "end_session: {}", r.body);
         let form: serde_json::Value = serde_json::from_str(&r.body).expect("logout form JSON");
@@ -178,7 +178,7 @@ impl Idp {
         r.location()
     }
 
-    pub fn absolute(&self, loc: &str) -> String {
+    pub(crate) fn absolute(&self, loc: &str) -> String {
         if loc.starts_with('/') {
             format!("{}{loc}", self.issuer)
         } else {
@@ -186,7 +186,7 @@ impl Idp {
         }
     }
 
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         reqwest::get(self.url("/test/stats"))
             .await
             .expect("stats")
@@ -196,7 +196,7 @@ impl Idp {
     }
 
     /// RFC 7662 introspection with the client's credentials.
-    pub async fn introspect(
+    pub(crate) async fn introspect(
         &self,
         client_id: &str,
         secret: &str,
@@ -215,7 +215,7 @@ impl Idp {
     }
 
     /// One counter of `/test/stats`, by path (e.g. `["token_requests", "refresh_token"]`).
-    pub async fn stat(&self, path: &[&str]) -> u64 {
+    pub(crate) async fn stat(&self, path: &[&str]) -> u64 {
         let mut v = self.stats().await;
         for p in path {
             v = v[*p].take();
@@ -225,7 +225,7 @@ impl Idp {
 
     /// Waits (at most 15 s) until counter `path` is at least `at_least`; returns its value.
     /// For effects that happen after a response (a background refresh or revocation).
-    pub async fn wait_stat(&self, path: &[&str], at_least: u64) -> u64 {
+    pub(crate) async fn wait_stat(&self, path: &[&str], at_least: u64) -> u64 {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
             let n = self.stat(path).await;
@@ -238,7 +238,13 @@ impl Idp {
 
     /// Waits (at most 10 s) until `token` introspects as inactive — revocation runs after the
     /// response that ended its session. Panics with `what` if it stays active.
-    pub async fn wait_inactive(&self, client_id: &str, secret: &str, token: &str, what: &str) {
+    pub(crate) async fn wait_inactive(
+        &self,
+        client_id: &str,
+        secret: &str,
+        token: &str,
+        what: &str,
+    ) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while self.introspect(client_id, secret, token).await["active"] == true {
             assert!(std::time::Instant::now() < deadline, "{what}: still active");
@@ -247,7 +253,7 @@ impl Idp {
     }
 
     /// `none`, `503` or `reset` (see tests/idp/README.md).
-    pub async fn outage(&self, mode: &str) {
+    pub(crate) async fn outage(&self, mode: &str) {
         let r = reqwest::Client::new()
             .post(self.url(&format!("/test/outage?mode={mode}")))
             .send()
@@ -257,7 +263,11 @@ impl Idp {
     }
 
     /// Signs `payload` with the IdP's own key (header overrides merged in).
-    pub async fn sign(&self, payload: &serde_json::Value, header: &serde_json::Value) -> String {
+    pub(crate) async fn sign(
+        &self,
+        payload: &serde_json::Value,
+        header: &serde_json::Value,
+    ) -> String {
         let v: serde_json::Value = reqwest::Client::new()
             .post(self.url("/test/sign"))
             .json(&serde_json::json!({"payload": payload, "header": header}))
@@ -271,7 +281,7 @@ impl Idp {
     }
 
     /// Tries a refresh-token grant directly at the IdP; returns (status, body).
-    pub async fn try_refresh(
+    pub(crate) async fn try_refresh(
         &self,
         client_id: &str,
         secret: &str,
@@ -289,7 +299,7 @@ impl Idp {
     }
 
     /// Revokes a token at the IdP (RFC 7009).
-    pub async fn revoke(&self, client_id: &str, secret: &str, token: &str) {
+    pub(crate) async fn revoke(&self, client_id: &str, secret: &str, token: &str) {
         let r = reqwest::Client::new()
             .post(self.url("/token/revocation"))
             .basic_auth(client_id, Some(secret))
@@ -300,7 +310,7 @@ impl Idp {
         assert!(r.status().is_success());
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

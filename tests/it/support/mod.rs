@@ -2,12 +2,12 @@
 // Helpers serve different test modules; not every one is used by every build of the suite.
 #![allow(dead_code)]
 
-pub mod browser;
-pub mod fault;
-pub mod hostile_idp;
-pub mod idp;
-pub mod redis;
-pub mod upstream;
+pub(crate) mod browser;
+pub(crate) mod fault;
+pub(crate) mod hostile_idp;
+pub(crate) mod idp;
+pub(crate) mod redis;
+pub(crate) mod upstream;
 
 use browser::Browser;
 use cloakroom::config::{Config, Env};
@@ -18,11 +18,11 @@ use redis::RedisServer;
 use std::sync::{Arc, Mutex, OnceLock};
 use upstream::Upstream;
 
-pub const CLIENT_ID: &str = "cloakroom";
-pub const CLIENT_SECRET: &str = "test-client-secret-0123456789";
+pub(crate) const CLIENT_ID: &str = "cloakroom";
+pub(crate) const CLIENT_SECRET: &str = "test-client-secret-0123456789";
 
 /// Everything Cloakroom logged in this test process (at debug level), for leak scans.
-pub fn logs() -> String {
+pub(crate) fn logs() -> String {
     String::from_utf8_lossy(&log_buffer().lock().expect("log lock")).to_string()
 }
 
@@ -55,7 +55,7 @@ fn init_logs() {
 }
 
 #[derive(Clone)]
-pub struct Opts {
+pub(crate) struct Opts {
     pub instances: usize,
     pub access_token_ttl: u64,
     pub idle_timeout: &'static str,
@@ -109,7 +109,7 @@ impl Default for Opts {
     }
 }
 
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     pub binary_port: Option<u16>,
     pub redis: RedisServer,
     pub idp: Idp,
@@ -125,16 +125,16 @@ pub struct TestEnv {
     pub opts: Opts,
 }
 
-pub fn bind0() -> std::net::TcpListener {
+pub(crate) fn bind0() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
 
 impl TestEnv {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(Opts::default()).await
     }
 
-    pub async fn start_with(opts: Opts) -> Self {
+    pub(crate) async fn start_with(opts: Opts) -> Self {
         init_logs();
         let redis = RedisServer::start_with(&opts.redis_args);
         let upstream = Upstream::start().await;
@@ -231,14 +231,14 @@ impl TestEnv {
 
     /// Moves every instance's clock forward (tokens and sessions age without sleeping; the IdP
     /// and Redis keep real time).
-    pub fn advance(&self, d: std::time::Duration) {
+    pub(crate) fn advance(&self, d: std::time::Duration) {
         for c in &self.clocks {
             c.advance(d);
         }
     }
 
     /// The TOML config of an instance listening on `port`.
-    pub fn toml(&self, port: u16, extra: &str) -> String {
+    pub(crate) fn toml(&self, port: u16, extra: &str) -> String {
         let up = self.upstream.addr;
         let closed = upstream_closed_port();
         format!(
@@ -310,13 +310,13 @@ strip_prefix = true
     }
 
     /// Where Cloakroom finds Redis: through the fault proxy when there is one.
-    pub fn store_url(&self) -> String {
+    pub(crate) fn store_url(&self) -> String {
         self.redis_fault
             .as_ref()
             .map_or_else(|| self.redis.url(), |f| f.url("redis"))
     }
 
-    pub fn env_vars(&self, keys: &str) -> Env {
+    pub(crate) fn env_vars(&self, keys: &str) -> Env {
         let mut e = Env::new();
         e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into());
         e.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
@@ -324,26 +324,26 @@ strip_prefix = true
         e
     }
 
-    pub fn config(&self, port: u16, keys: &str, extra: &str) -> Config {
+    pub(crate) fn config(&self, port: u16, keys: &str, extra: &str) -> Config {
         Config::from_toml(&self.toml(port, extra), &self.env_vars(keys))
             .unwrap_or_else(|e| panic!("test config: {e}"))
     }
 
-    pub fn base(&self, i: usize) -> String {
+    pub(crate) fn base(&self, i: usize) -> String {
         format!("http://{}", self.apps[i].public_addr)
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base(0))
     }
 
-    pub fn admin_url(&self, i: usize, path: &str) -> String {
+    pub(crate) fn admin_url(&self, i: usize, path: &str) -> String {
         format!("http://{}{path}", self.apps[i].admin_addr)
     }
 
     /// Starts one more instance on a fresh port, sharing Redis and the IdP.
     /// (Its callback URL is not registered at the IdP: use it for API calls, not logins.)
-    pub async fn start_extra(&mut self, keys: &str) -> usize {
+    pub(crate) async fn start_extra(&mut self, keys: &str) -> usize {
         let public = bind0();
         let port = public.local_addr().expect("addr").port();
         let config = self.config(port, keys, &self.opts.extra_toml.clone());
@@ -352,7 +352,11 @@ strip_prefix = true
 
     /// As [`TestEnv::start_extra`] with a whole config of the caller's (e.g. another client
     /// secret, another store URL); `toml(port)` gets the new instance's port.
-    pub async fn start_extra_with(&mut self, toml: impl Fn(u16) -> String, env: &Env) -> usize {
+    pub(crate) async fn start_extra_with(
+        &mut self,
+        toml: impl Fn(u16) -> String,
+        env: &Env,
+    ) -> usize {
         let public = bind0();
         let port = public.local_addr().expect("addr").port();
         let config =
@@ -361,7 +365,7 @@ strip_prefix = true
     }
 
     /// A full login as `user` in `browser` through instance `i`; returns the callback response.
-    pub async fn login_as(
+    pub(crate) async fn login_as(
         &self,
         browser: &mut Browser,
         i: usize,
@@ -379,17 +383,20 @@ strip_prefix = true
         r
     }
 
-    pub async fn login(&self, browser: &mut Browser) -> browser::Resp {
+    pub(crate) async fn login(&self, browser: &mut Browser) -> browser::Resp {
         self.login_as(browser, 0, "alice", "wonderland").await
     }
 
     /// The session (with its tokens) behind a browser's cookie, read the way Cloakroom does.
-    pub async fn session_of(&self, browser: &Browser) -> Option<cloakroom::session::Session> {
+    pub(crate) async fn session_of(
+        &self,
+        browser: &Browser,
+    ) -> Option<cloakroom::session::Session> {
         self.session_of_with(browser, &self.keys).await
     }
 
     /// As [`TestEnv::session_of`], opening records and cookies with the key ring `keys`.
-    pub async fn session_of_with(
+    pub(crate) async fn session_of_with(
         &self,
         browser: &Browser,
         keys: &str,
@@ -418,7 +425,11 @@ strip_prefix = true
     /// A back-channel logout as the IdP sends it: a logout token for `sub` and/or `sid`, signed
     /// by the real IdP's key, posted to instance 0. Returns the token (to post again) and the
     /// status.
-    pub async fn backchannel_logout(&self, sub: Option<&str>, sid: Option<&str>) -> (String, u16) {
+    pub(crate) async fn backchannel_logout(
+        &self,
+        sub: Option<&str>,
+        sid: Option<&str>,
+    ) -> (String, u16) {
         let mut claims = serde_json::json!({
             "iss": self.idp.issuer, "aud": CLIENT_ID, "iat": cloakroom::session::now_unix(),
             "jti": cloakroom::crypto::random_token(),
@@ -436,7 +447,7 @@ strip_prefix = true
     }
 
     /// Posts a logout token to instance 0's back-channel endpoint; returns the status.
-    pub async fn post_logout_token(&self, token: &str) -> u16 {
+    pub(crate) async fn post_logout_token(&self, token: &str) -> u16 {
         reqwest::Client::new()
             .post(self.url("/auth/backchannel-logout"))
             .form(&[("logout_token", token)])
@@ -455,7 +466,7 @@ strip_prefix = true
     }
 }
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 fn upstream_closed_port() -> u16 {
     // A port nobody listens on: bind, read, close.
@@ -464,7 +475,7 @@ fn upstream_closed_port() -> u16 {
 
 /// Sends raw bytes to `addr` and returns the raw response (for requests a client library would
 /// normalise: dot segments, smuggling attempts).
-pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+pub(crate) async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
@@ -475,7 +486,7 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
 
 /// The real `cloakroom` binary, run as its own process (for per-process measurements and
 /// signals). Killed on drop.
-pub struct Binary {
+pub(crate) struct Binary {
     pub addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     pub child: std::process::Child,
@@ -483,12 +494,12 @@ pub struct Binary {
 }
 
 impl Binary {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// A line of /proc/<pid>/status in KiB (e.g. `VmRSS`, `VmHWM`).
-    pub fn status_kib(&self, field: &str) -> u64 {
+    pub(crate) fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
             .and_then(|s| {
@@ -512,12 +523,12 @@ impl TestEnv {
     /// Starts the `cloakroom` binary with this environment's config on a free port, sharing
     /// Redis and the IdP. (Its callback URL is not registered: log in through an in-process
     /// instance and use the cookie here.)
-    pub async fn spawn_binary(&self, extra: &str) -> Binary {
+    pub(crate) async fn spawn_binary(&self, extra: &str) -> Binary {
         self.spawn_binary_logging(extra, "level = \"info\"").await
     }
 
     /// As [`TestEnv::spawn_binary`], with extra `[server]` keys (given as a `[server]` block).
-    pub async fn spawn_binary_with_server(&self, server: &str) -> Binary {
+    pub(crate) async fn spawn_binary_with_server(&self, server: &str) -> Binary {
         let extra_server = server.trim_start_matches("[server]\n");
         let port = self.binary_port.unwrap_or_else(redis::free_port);
         let text = self
@@ -528,7 +539,7 @@ impl TestEnv {
     }
 
     /// As [`TestEnv::spawn_binary`], with `log` as the body of the `[log]` section.
-    pub async fn spawn_binary_logging(&self, extra: &str, log: &str) -> Binary {
+    pub(crate) async fn spawn_binary_logging(&self, extra: &str, log: &str) -> Binary {
         let port = self.binary_port.unwrap_or_else(redis::free_port);
         let text = self.toml(port, extra).replace("level = \"debug\"", log);
         self.spawn_config(port, text).await

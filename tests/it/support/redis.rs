@@ -3,14 +3,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: std::path::PathBuf,
     extra: Vec<String>,
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -22,13 +22,13 @@ fn redis_bin() -> String {
 }
 
 impl RedisServer {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// Starts with extra `redis-server` arguments (e.g. `--appendonly yes`,
     /// `--cluster-enabled yes`, `--replicaof 127.0.0.1 6379`).
-    pub fn start_with(extra: &[&str]) -> Self {
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("cloakroom-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -44,7 +44,7 @@ impl RedisServer {
     }
 
     /// A TLS-only server on `port` (readiness is checked by connecting, since PING needs TLS).
-    pub fn start_tls(port: u16, args: &[&str]) -> Self {
+    pub(crate) fn start_tls(port: u16, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("cloakroom-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis dir");
@@ -81,7 +81,7 @@ impl RedisServer {
     }
 
     /// A sentinel monitoring `master_port` as `mymaster` (quorum 2).
-    pub fn sentinel(master_port: u16) -> Self {
+    pub(crate) fn sentinel(master_port: u16) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("cloakroom-sentinel-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -108,7 +108,7 @@ impl RedisServer {
         s
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -165,7 +165,7 @@ impl RedisServer {
     }
 
     /// Runs a command through a plain RESP connection (no redis-cli needed); returns the raw reply.
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
@@ -184,14 +184,14 @@ impl RedisServer {
         text.trim_start_matches('+').to_string()
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.spawn();
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 #[derive(Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub count: AtomicUsize,
     pub last: Mutex<Option<serde_json::Value>>,
     /// Every `Authorization` value received, in order (the last 10,000).
@@ -27,7 +27,7 @@ pub struct Seen {
 
 /// What `/setcookie/*` answers with, and whether Cloakroom must pass each on (the test
 /// config's cookie names are `__Host-cloakroom` and `__Host-cloakroom-login`).
-pub const SET_COOKIES: [(&str, bool); 16] = [
+pub(crate) const SET_COOKIES: [(&str, bool); 16] = [
     ("__Host-cloakroom=evil1; Path=/; Secure; HttpOnly", false),
     ("__Secure-cloakroom=evil2; Path=/; Secure", false),
     ("cloakroom=evil3; Path=/", false),
@@ -46,19 +46,19 @@ pub const SET_COOKIES: [(&str, bool); 16] = [
     ("__Host-app-cloakroom=5; Path=/; Secure", true),
 ];
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// The deterministic byte at offset `i` of a download.
-pub fn pattern(i: u64) -> u8 {
+pub(crate) fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(31).wrapping_add(i >> 13) % 251) as u8
 }
 
 impl Upstream {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -82,22 +82,22 @@ impl Upstream {
         Self { addr, seen, task }
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.count.load(Ordering::SeqCst)
     }
 
     /// Every `Authorization` value received since `from` (an index into the history).
-    pub fn authorizations_since(&self, from: usize) -> Vec<String> {
+    pub(crate) fn authorizations_since(&self, from: usize) -> Vec<String> {
         let a = self.seen.authorizations.lock().expect("lock");
         a.get(from..).map(<[String]>::to_vec).unwrap_or_default()
     }
 
     /// How many `Authorization` values were received so far.
-    pub fn authorizations_seen(&self) -> usize {
+    pub(crate) fn authorizations_seen(&self) -> usize {
         self.seen.authorizations.lock().expect("lock").len()
     }
 
-    pub fn last(&self) -> serde_json::Value {
+    pub(crate) fn last(&self) -> serde_json::Value {
         self.seen
             .last
             .lock()
@@ -257,6 +257,6 @@ fn add_set_cookies(h: &mut hyper::HeaderMap) {
     h.append("clear-site-data", "\"*\"".parse().expect("static"));
 }
 
-pub fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
