@@ -476,8 +476,10 @@ fn cloakroom_toml(
         r#"[server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-# Every login of the benchmark (the storm's, the outage's) comes from 127.0.0.1.
+# Every login and every connection of the benchmark comes from 127.0.0.1: no per-IP limits
+# (the storm alone opens 400 connections plus one per aborted HTTP/1 call).
 login_rate_limit = 0
+max_connections_per_ip = 0
 [admin]
 listen = "127.0.0.1:{admin}"
 [oidc]
