@@ -65,10 +65,12 @@ pub fn single_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
     SessionCookie::One(first.to_string())
 }
 
-/// Whether the request carries more than one distinct value for the session cookie's name.
+/// Whether the request carries more than one distinct value for the session cookie's name
+/// (every request asks: no allocation).
 #[must_use]
 pub fn ambiguous_session(headers: &HeaderMap, config: &Config) -> bool {
-    single_cookie(headers, &config.cookie_name) == SessionCookie::Ambiguous
+    let mut it = request_cookies(headers, &config.cookie_name);
+    it.next().is_some_and(|first| it.any(|v| v != first))
 }
 
 /// The session id in the request's session cookie, if exactly one value is sent and it opens

@@ -482,14 +482,13 @@ impl OidcClient {
                 + Send,
         >,
     > {
-        let http = self.http.clone();
-        move |r| Box::pin(idp_call(http.clone(), r))
+        self.bounded_with(None)
     }
 
-    /// As [`Self::bounded`], each call given `timeout` instead of `oidc.timeout`.
-    fn bounded_within(
+    /// As [`Self::bounded`], each call given `timeout` (when set) instead of `oidc.timeout`.
+    fn bounded_with(
         &self,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> impl Fn(
         openidconnect::HttpRequest,
     ) -> std::pin::Pin<
@@ -499,7 +498,7 @@ impl OidcClient {
         >,
     > {
         let http = self.http.clone();
-        move |r| Box::pin(idp_call_within(http.clone(), r, Some(timeout)))
+        move |r| Box::pin(idp_call_within(http.clone(), r, timeout))
     }
 
     /// The shared IdP HTTP client.
@@ -719,7 +718,7 @@ impl OidcClient {
             .exchange_refresh_token(&rt_oauth)
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
         let within = refresh_timeout(self.timeout);
-        let http = self.bounded_within(within);
+        let http = self.bounded_with(Some(within));
         let call = request.request_async(&http);
         let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
             .await
