@@ -21,6 +21,11 @@ use upstream::Upstream;
 pub(crate) const CLIENT_ID: &str = "cloakroom";
 pub(crate) const CLIENT_SECRET: &str = "test-client-secret-0123456789";
 
+/// The repository's root (for `tests/idp`, `target/`, …).
+pub(crate) fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// Everything Cloakroom logged in this test process (at debug level), for leak scans.
 pub(crate) fn logs() -> String {
     String::from_utf8_lossy(&log_buffer().lock().expect("log lock")).to_string()

@@ -3,11 +3,7 @@
 
 mod support;
 
-#[cfg(feature = "bench")]
-mod bench_smoke;
-#[cfg(feature = "demo")]
 mod browser;
-#[cfg(feature = "demo")]
 mod demo;
 mod hardening;
 mod hostile;

@@ -822,7 +822,7 @@ async fn untrusted_peer_cannot_spoof_host_port_prefix_or_real_ip_upstream() {
 /// pending-accept reset limit) and the CONTINUATION flood (0.3.26 / 0.4.4).
 #[test]
 fn locked_h2_has_the_rapid_reset_and_continuation_flood_fixes() {
-    let lock = include_str!("../../Cargo.lock");
+    let lock = include_str!("../../../../Cargo.lock");
     let versions: Vec<(u64, u64, u64)> = lock
         .split("[[package]]")
         .filter(|p| p.lines().any(|l| l.trim() == r#"name = "h2""#))

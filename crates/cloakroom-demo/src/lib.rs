@@ -1,10 +1,10 @@
-//! `cloakroom demo`: the whole story on one machine, with nothing installed but Rust.
+//! `cloakroom-demo`: the whole story on one machine, with nothing installed but Rust.
 //!
 //! [`start`] runs, on loopback only:
 //! - [`idp::DevIdp`], a development OpenID provider (code flow with PKCE, refresh-token
 //!   rotation, revocation, end_session), clearly labelled as such;
 //! - [`api::DemoApi`], an API that verifies the bearer token and says what it learned from it;
-//! - a static server for the demo SPA (`demo/spa.html`);
+//! - a static server for the demo SPA (`spa.html`);
 //! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`) and `/` → the
 //!   SPA (`token = "none"`), the memory store (or Redis with `--redis`), a fresh key ring and
 //!   client secret on every run.
@@ -13,21 +13,21 @@
 //! and therefore cannot carry the `__Host-` prefix: they are `cloakroom-demo` and
 //! `cloakroom-demo-login`. Config validation allows that only for an http `public_url`.
 //!
-//! The whole module is behind the `demo` cargo feature (on by default); production images build
-//! with `--no-default-features` and contain none of it.
+//! This crate is not a dependency of the `cloakroom` binary: production builds
+//! (`cargo build -p cloakroom`, the Dockerfile) contain none of it.
 
 pub mod api;
 pub mod idp;
 
-use crate::body::{full, Body};
-use crate::config::{Config, ConfigErrors, Env};
-use crate::crypto::KeyRing;
-use crate::error::StartupError;
-use crate::server::{serve, Limits};
-use crate::{App, Listeners, RunningApp};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
+use cloakroom::body::{full, Body};
+use cloakroom::config::{Config, ConfigErrors, Env};
+use cloakroom::crypto::KeyRing;
+use cloakroom::error::StartupError;
+use cloakroom::server::{serve, Limits};
+use cloakroom::{App, Listeners, RunningApp};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -52,9 +52,9 @@ pub const IDLE_TIMEOUT: &str = "5m";
 /// refreshes happen during the demo.
 pub const REFRESH_SKEW: &str = "20s";
 
-const SPA_HTML: &str = include_str!("demo/spa.html");
+const SPA_HTML: &str = include_str!("spa.html");
 
-/// What `cloakroom demo` accepts.
+/// What `cloakroom-demo` accepts.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Cloakroom's public port on 127.0.0.1 (the URL to open is `http://localhost:<port>/`);
@@ -147,7 +147,7 @@ impl DemoHandle {
     }
 }
 
-/// Pretty logs at `info` (or `RUST_LOG`), for the `demo` command.
+/// Pretty logs at `info` (or `RUST_LOG`), for the `cloakroom-demo` binary.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -178,13 +178,13 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
     // localhost, not 127.0.0.1: browsers treat it as a secure context.
     let public_url = format!("http://localhost:{port}");
 
-    let client_secret = crate::crypto::random_token();
+    let client_secret = cloakroom::crypto::random_token();
     let idp = idp::DevIdp::start(
         loopback(0),
         idp::IdpOptions {
             client: idp::ClientRegistration {
                 client_id: CLIENT_ID.into(),
-                client_secret: crate::secret::Secret::new(client_secret.clone()),
+                client_secret: cloakroom::secret::Secret::new(client_secret.clone()),
                 redirect_uri: format!("{public_url}/auth/callback"),
                 post_logout_redirect_uri: format!("{public_url}/"),
             },
@@ -476,7 +476,7 @@ pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// A redirect to `location` (never cached).
 pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
-    let mut resp = Response::new(crate::body::empty());
+    let mut resp = Response::new(cloakroom::body::empty());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(c.public_origin, "http://localhost:8080");
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].prefix, "/api/");
-        assert!(matches!(c.store, crate::config::StoreKind::Redis(_)));
+        assert!(matches!(c.store, cloakroom::config::StoreKind::Redis(_)));
     }
 
     #[test]

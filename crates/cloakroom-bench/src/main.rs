@@ -514,7 +514,7 @@ async fn run(args: Args) -> Result<Results, String> {
     let repo = args
         .repo
         .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let bin = match &args.cloakroom {
         Some(b) => b.clone(),
         None => std::env::current_exe()

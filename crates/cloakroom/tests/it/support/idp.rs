@@ -18,7 +18,7 @@ pub(crate) struct Idp {
 }
 
 fn idp_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
+    super::repo_root().join("tests/idp")
 }
 
 /// `npm ci` once per test process when `node_modules` is missing.

@@ -1308,7 +1308,7 @@ mod shipped_config {
         let mut e = Env::new();
         e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
         e.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../../config.toml");
         let c = Config::from_toml(text, &e).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.routes.len(), 1);
     }

@@ -7,9 +7,9 @@
 
 use super::idp::AccessTokenVerifier;
 use super::{DemoError, LocalServer};
-use crate::body::Body;
-use crate::error::json_response;
-use crate::session::now_unix;
+use cloakroom::body::Body;
+use cloakroom::error::json_response;
+use cloakroom::session::now_unix;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::net::SocketAddr;

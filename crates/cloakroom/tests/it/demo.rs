@@ -4,9 +4,9 @@
 use crate::support::browser::{Browser, Resp};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use cloakroom::demo::idp::{ClientRegistration, DevIdp, IdpOptions};
-use cloakroom::demo::{self, DemoError, DemoHandle, DemoOptions};
 use cloakroom::secret::Secret;
+use cloakroom_demo::idp::{ClientRegistration, DevIdp, IdpOptions};
+use cloakroom_demo::{self as demo, DemoError, DemoHandle, DemoOptions};
 use reqwest::Method;
 use sha2::Digest;
 use std::collections::BTreeMap;

@@ -14,8 +14,6 @@ pub mod config;
 pub mod cookies;
 pub mod cors;
 pub mod crypto;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod end;
 pub mod error;
 pub mod metrics;

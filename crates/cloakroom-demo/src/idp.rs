@@ -21,13 +21,13 @@ use super::{
     csp_hash_of_element, escape_html, html, parse_pairs, read_form, redirect, single, DemoError,
     LocalServer,
 };
-use crate::body::Body;
-use crate::crypto::random_token;
-use crate::error::json_response;
-use crate::secret::{constant_time_eq, Secret};
-use crate::session::now_unix;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use cloakroom::body::Body;
+use cloakroom::crypto::random_token;
+use cloakroom::error::json_response;
+use cloakroom::secret::{constant_time_eq, Secret};
+use cloakroom::session::now_unix;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -711,7 +711,7 @@ impl Shared {
     }
 
     fn current_session(&self, st: &State, headers: &HeaderMap) -> Option<(String, IdpSession)> {
-        crate::cookies::request_cookies(headers, SESSION_COOKIE)
+        cloakroom::cookies::request_cookies(headers, SESSION_COOKIE)
             .find_map(|v| st.sessions.get(v).map(|s| (v.to_string(), s.clone())))
     }
 
@@ -1137,7 +1137,7 @@ impl Shared {
             self.revoked.revoke(c.jti, c.exp);
             tracing::info!("dev-idp: access token revoked");
         }
-        let mut resp = Response::new(crate::body::empty());
+        let mut resp = Response::new(cloakroom::body::empty());
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp

@@ -13,7 +13,7 @@
 use crate::support::browser::Browser as TestJar;
 use crate::support::{Opts, TestEnv};
 use bytes::Bytes;
-use cloakroom::demo::{self, DemoOptions};
+use cloakroom_demo::{self as demo, DemoOptions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// How long any one thing may take to appear in the page (a bound, not an expectation).
 const WAIT: Duration = Duration::from_secs(20);
 /// The demo SPA, served at `/` of the integration setup by a tiny static server below.
-const SPA_HTML: &str = include_str!("../../src/demo/spa.html");
+const SPA_HTML: &str = include_str!("../../../cloakroom-demo/src/spa.html");
 
 /// The SPA without the demo's canonical host: this setup runs on 127.0.0.1 (the IdP's
 /// registered redirect URI), where the demo's page would move itself to localhost.
@@ -61,7 +61,7 @@ fn manifest_path(p: &str) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+        crate::support::repo_root().join(p)
     }
 }
 

@@ -37,16 +37,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         id: u8,
     },
-    /// Run the whole story on localhost: a development IdP, a demo API and SPA, and Cloakroom.
-    #[cfg(feature = "demo")]
-    Demo {
-        /// Cloakroom's port; open http://localhost:PORT/.
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Keep sessions in this Redis (redis://…) instead of memory.
-        #[arg(long)]
-        redis: Option<String>,
-    },
 }
 
 fn env() -> Env {
@@ -83,8 +73,6 @@ fn main() -> ExitCode {
             Err(code) => code,
             Ok(c) => runtime().block_on(run(c)),
         },
-        #[cfg(feature = "demo")]
-        Command::Demo { port, redis } => runtime().block_on(demo(port, redis)),
     }
 }
 
@@ -144,53 +132,9 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    wait_for_signal().await;
+    cloakroom::server::wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-#[cfg(feature = "demo")]
-async fn demo(port: u16, redis: Option<String>) -> ExitCode {
-    cloakroom::demo::init_logging();
-    let opts = cloakroom::demo::DemoOptions {
-        port,
-        redis,
-        ..Default::default()
-    };
-    let demo = match cloakroom::demo::start(opts).await {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("the demo did not start: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    println!("{}", demo.banner());
-    wait_for_signal().await;
-    tracing::info!("shutting down the demo");
-    demo.shutdown().await;
-    ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
