@@ -42,11 +42,11 @@ pub(crate) async fn seed(
     let sessions = Sessions::new(
         store,
         config.keys.clone(),
-        config.idle_timeout,
-        config.absolute_timeout,
+        config.session.idle_timeout,
+        config.session.absolute_timeout,
     );
     let now = now_unix();
-    let absolute = i64::try_from(config.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+    let absolute = i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
     let results: Vec<Result<String, String>> = futures_util::stream::iter(first..first + count)
         .map(|i| {
             let sessions = sessions.clone();

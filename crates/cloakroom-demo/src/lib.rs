@@ -535,12 +535,15 @@ mod tests {
         env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
         env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
         let c = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!c.cookie_secure);
-        assert_eq!(c.cookie_name, COOKIE_NAME);
-        assert_eq!(c.public_origin, "http://localhost:8080");
+        assert!(!c.cookie.secure);
+        assert_eq!(c.cookie.name, COOKIE_NAME);
+        assert_eq!(c.server.public_origin, "http://localhost:8080");
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].prefix, "/api/");
-        assert!(matches!(c.store, cloakroom::config::StoreKind::Redis(_)));
+        assert!(matches!(
+            c.store.kind,
+            cloakroom::config::StoreKind::Redis(_)
+        ));
     }
 
     #[test]

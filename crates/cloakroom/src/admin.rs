@@ -105,7 +105,7 @@ pub(crate) async fn handle(
 }
 
 fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), Error> {
-    let Some(expected) = &state.config.admin_token else {
+    let Some(expected) = &state.config.admin.token else {
         return Err(Error::NotFound);
     };
     let given = req

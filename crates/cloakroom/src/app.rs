@@ -123,14 +123,14 @@ pub struct App;
 /// # Errors
 /// [`StartupError::Store`] when Redis cannot be reached.
 pub async fn connect_store(config: &Config) -> Result<Store, StartupError> {
-    Ok(match &config.store {
+    Ok(match &config.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new()),
         StoreKind::Redis(topology) => Store::Redis(
             RedisStore::connect_to(
                 topology,
-                config.store_tls_ca.as_deref(),
-                &config.key_prefix,
-                config.store_timeout,
+                config.store.tls_ca.as_deref(),
+                &config.store.key_prefix,
+                config.store.timeout,
             )
             .await
             .map_err(|e| StartupError::Store(e.0))?,
@@ -183,8 +183,8 @@ impl App {
         let sessions = Sessions::new(
             store,
             config.keys.clone(),
-            config.idle_timeout,
-            config.absolute_timeout,
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
         )
         .with_clock(clock.clone())
         .with_local_cache();
@@ -196,7 +196,7 @@ impl App {
             clock.clone(),
             RefreshConfig::from_config(&config),
         ));
-        let tunnels = crate::tunnels::Tunnels::new(config.tunnel_idle_timeout);
+        let tunnels = crate::tunnels::Tunnels::new(config.server.tunnel_idle_timeout);
         // A session that ends — logout, admin, back-channel, re-login, a dead grant, here or
         // (through the invalidation channel) on another instance — takes its WebSocket tunnels
         // and event streams with it.
@@ -215,18 +215,18 @@ impl App {
             }
         });
         let forwarder = Forwarder::new(&config, tunnels.clone());
-        let tls = match &config.tls {
+        let tls = match &config.server.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
         };
-        let public = bind(listeners.public, config.listen)?;
-        let admin = bind(listeners.admin, config.admin_listen)?;
+        let public = bind(listeners.public, config.server.listen)?;
+        let admin = bind(listeners.admin, config.admin.listen)?;
         let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.listen,
+            addr: config.server.listen,
             source,
         })?;
         let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.admin_listen,
+            addr: config.admin.listen,
             source,
         })?;
         let limits = Limits::from_config(&config);

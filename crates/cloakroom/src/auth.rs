@@ -36,7 +36,8 @@ pub(crate) fn check_csrf(
     let origin = headers.get(header::ORIGIN);
     if let Some(o) = origin {
         let ok = o.to_str().is_ok_and(|o| {
-            o == state.config.public_origin || state.config.allowed_origins.iter().any(|a| a == o)
+            o == state.config.server.public_origin
+                || state.config.csrf.allowed_origins.iter().any(|a| a == o)
         });
         if !ok {
             return Err(Error::Origin);
@@ -49,7 +50,7 @@ pub(crate) fn check_csrf(
             Err(Error::Origin)
         };
     }
-    match headers.get(&state.config.csrf_header) {
+    match headers.get(&state.config.csrf.header) {
         Some(v) if v.as_bytes() == b"1" => Ok(()),
         _ => Err(Error::Csrf),
     }
@@ -126,7 +127,7 @@ pub(crate) async fn current_session_shared(
 /// and 60 s. The idle expiry is therefore exact to within that interval, and a busy session
 /// costs one store write per interval instead of one per request.
 pub(crate) fn slide_interval(state: &AppState) -> i64 {
-    let idle = i64::try_from(state.config.idle_timeout.as_secs()).unwrap_or(i64::MAX);
+    let idle = i64::try_from(state.config.session.idle_timeout.as_secs()).unwrap_or(i64::MAX);
     (idle / 10).clamp(1, 60)
 }
 

@@ -69,7 +69,7 @@ pub fn single_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
 /// (every request asks: no allocation).
 #[must_use]
 pub fn ambiguous_session(headers: &HeaderMap, config: &Config) -> bool {
-    let mut it = request_cookies(headers, &config.cookie_name);
+    let mut it = request_cookies(headers, &config.cookie.name);
     it.next().is_some_and(|first| it.any(|v| v != first))
 }
 
@@ -77,12 +77,12 @@ pub fn ambiguous_session(headers: &HeaderMap, config: &Config) -> bool {
 /// under the key ring.
 #[must_use]
 pub fn session_id(headers: &HeaderMap, config: &Config) -> Option<SessionId> {
-    let SessionCookie::One(v) = single_cookie(headers, &config.cookie_name) else {
+    let SessionCookie::One(v) = single_cookie(headers, &config.cookie.name) else {
         return None;
     };
     let raw = config
         .keys
-        .open_text(config.cookie_name.as_bytes(), &v, MAX_SESSION_COOKIE)?;
+        .open_text(config.cookie.name.as_bytes(), &v, MAX_SESSION_COOKIE)?;
     if raw.len() != 32 {
         return None;
     }
@@ -94,7 +94,7 @@ pub fn session_id(headers: &HeaderMap, config: &Config) -> Option<SessionId> {
 fn base<'c>(config: &Config, name: String, value: String, same_site: SameSite) -> Cookie<'c> {
     let mut c = Cookie::new(name, value);
     c.set_http_only(true);
-    c.set_secure(config.cookie_secure);
+    c.set_secure(config.cookie.secure);
     c.set_same_site(same_site);
     c.set_path("/");
     c
@@ -109,11 +109,11 @@ fn to_header(c: &Cookie<'_>) -> HeaderValue {
 #[must_use]
 pub fn set_session(config: &Config, id: &SessionId) -> HeaderValue {
     let raw = URL_SAFE_NO_PAD.decode(id.expose()).unwrap_or_default();
-    let value = config.keys.seal_text(config.cookie_name.as_bytes(), &raw);
-    let mut c = base(config, config.cookie_name.clone(), value, SameSite::Strict);
-    if config.cookie_persistent {
+    let value = config.keys.seal_text(config.cookie.name.as_bytes(), &raw);
+    let mut c = base(config, config.cookie.name.clone(), value, SameSite::Strict);
+    if config.cookie.persistent {
         c.set_max_age(cookie::time::Duration::seconds(
-            i64::try_from(config.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
+            i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
         ));
     }
     to_header(&c)
@@ -122,7 +122,7 @@ pub fn set_session(config: &Config, id: &SessionId) -> HeaderValue {
 /// `Set-Cookie` that removes the session cookie.
 #[must_use]
 pub fn expire_session(config: &Config) -> HeaderValue {
-    expire(config, &config.cookie_name, SameSite::Strict)
+    expire(config, &config.cookie.name, SameSite::Strict)
 }
 
 fn expire(config: &Config, name: &str, same_site: SameSite) -> HeaderValue {
@@ -136,7 +136,7 @@ fn expire(config: &Config, name: &str, same_site: SameSite) -> HeaderValue {
 /// `<cookie.login_name>-<tag>`, the tag a short hash of the state (SPEC §1).
 #[must_use]
 pub fn login_cookie_name(config: &Config, state: &str) -> String {
-    format!("{}-{}", config.login_cookie_name, login_tag(state))
+    format!("{}-{}", config.cookie.login_name, login_tag(state))
 }
 
 fn login_tag(state: &str) -> String {
@@ -203,7 +203,7 @@ pub fn expire_pending(config: &Config, state: &str) -> HeaderValue {
 /// time its value starts with (0 when unreadable), oldest first.
 #[must_use]
 pub fn pending_cookies(headers: &HeaderMap, config: &Config) -> Vec<(String, i64)> {
-    let prefix = format!("{}-", config.login_cookie_name);
+    let prefix = format!("{}-", config.cookie.login_name);
     let mut found: Vec<(String, i64)> = headers
         .get_all(header::COOKIE)
         .iter()

@@ -18,7 +18,12 @@ pub(crate) fn allowed_cross_origin<'a>(
 ) -> Option<&'a HeaderValue> {
     let o = headers.get(header::ORIGIN)?;
     let s = o.to_str().ok()?;
-    config.allowed_origins.iter().any(|a| a == s).then_some(o)
+    config
+        .csrf
+        .allowed_origins
+        .iter()
+        .any(|a| a == s)
+        .then_some(o)
 }
 
 /// Whether this is a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`).
@@ -43,11 +48,11 @@ pub(crate) fn preflight(config: &Config, headers: &HeaderMap) -> Result<Response
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        config.cors_allow_methods.clone(),
+        config.csrf.cors_allow_methods.clone(),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        config.cors_allow_headers.clone(),
+        config.csrf.cors_allow_headers.clone(),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,

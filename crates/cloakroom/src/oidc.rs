@@ -392,13 +392,13 @@ impl OidcClient {
     /// [`StartupError::Discovery`] when the IdP cannot be reached or its metadata is unusable.
     pub async fn discover(config: &Config) -> Result<Self, StartupError> {
         let fail = |reason: String| StartupError::Discovery {
-            issuer: config.issuer.to_string(),
+            issuer: config.oidc.issuer.to_string(),
             reason,
         };
-        let http = http_client(config.oidc_timeout).map_err(|e| fail(e.to_string()))?;
+        let http = http_client(config.oidc.timeout).map_err(|e| fail(e.to_string()))?;
         // Exactly as configured: an issuer with a trailing slash (Auth0) keeps it, one without
         // gets none (OIDC Discovery §4.3 compares them as strings).
-        let issuer_str = config.issuer_id.clone();
+        let issuer_str = config.oidc.issuer_id.clone();
         let issuer = IssuerUrl::new(issuer_str.clone()).map_err(|e| fail(e.to_string()))?;
         let bounded = {
             let http = http.clone();
@@ -414,17 +414,20 @@ impl OidcClient {
             metadata.jwks().clone(),
         );
         let redirect = config
+            .server
             .public_url
-            .join(&format!("{}/callback", config.auth_prefix))
+            .join(&format!("{}/callback", config.server.auth_prefix))
             .map_err(|e| fail(e.to_string()))?;
         let redirect = RedirectUrl::from_url(redirect);
         let client: Client = CoreClient::from_provider_metadata(
             metadata,
-            ClientId::new(config.client_id.clone()),
-            Some(ClientSecret::new(config.client_secret.expose().to_string())),
+            ClientId::new(config.oidc.client_id.clone()),
+            Some(ClientSecret::new(
+                config.oidc.client_secret.expose().to_string(),
+            )),
         )
         .set_redirect_uri(redirect)
-        .set_auth_type(match config.client_auth {
+        .set_auth_type(match config.oidc.client_auth {
             ClientAuth::Basic => AuthType::BasicAuth,
             ClientAuth::Post => AuthType::RequestBody,
         });
@@ -435,19 +438,20 @@ impl OidcClient {
             end_session: extra.end_session_endpoint,
             revocation: extra.revocation_endpoint,
             issuer: issuer_str,
-            client_id: config.client_id.clone(),
-            scopes: config.scopes.clone(),
+            client_id: config.oidc.client_id.clone(),
+            scopes: config.oidc.scopes.clone(),
             extra_params: config
+                .oidc
                 .extra_auth_params
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            post_logout_redirect_uri: config.post_logout_redirect_uri.clone(),
-            clock_skew: config.clock_skew,
+            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.clone(),
+            clock_skew: config.oidc.clock_skew,
             promises_iss: extra.authorization_response_iss_parameter_supported,
-            client_auth: config.client_auth,
-            client_secret: config.client_secret.clone(),
-            timeout: config.oidc_timeout,
+            client_auth: config.oidc.client_auth,
+            client_secret: config.oidc.client_secret.clone(),
+            timeout: config.oidc.timeout,
             clock: Clock::system(),
         })
     }

@@ -151,10 +151,10 @@ impl Forwarder {
     pub fn new(config: &Config, tunnels: crate::tunnels::Tunnels) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_pool_idle_timeout)
+            .pool_idle_timeout(config.upstream.pool_idle_timeout)
             .pool_max_idle_per_host(1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             // hyper retries only a request it never started writing (a pooled connection that
@@ -228,7 +228,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `X-Forwarded-For`.
 #[must_use]
 pub fn client_ip(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if !config.trusted_proxies.contains(&peer.ip()) {
+    if !config.server.trusted_proxies.contains(&peer.ip()) {
         return peer.ip();
     }
     let hops: Vec<IpAddr> = headers
@@ -240,7 +240,7 @@ pub fn client_ip(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> IpAd
         .collect();
     hops.iter()
         .rev()
-        .find(|ip| !config.trusted_proxies.contains(ip))
+        .find(|ip| !config.server.trusted_proxies.contains(ip))
         .copied()
         .unwrap_or(peer.ip())
 }
@@ -308,19 +308,19 @@ impl ForwardedPolicy {
     /// Precomputes the header values from `server.public_url` and `server.trusted_proxies`.
     #[must_use]
     pub fn new(config: &Config) -> Self {
-        let host = config.public_url.host_str().and_then(|h| {
-            let v = match config.public_url.port() {
+        let host = config.server.public_url.host_str().and_then(|h| {
+            let v = match config.server.public_url.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_string(),
             };
             HeaderValue::from_str(&v).ok()
         });
-        let proto = HeaderValue::from_str(config.public_url.scheme())
+        let proto = HeaderValue::from_str(config.server.public_url.scheme())
             .unwrap_or_else(|_| HeaderValue::from_static("https"));
         Self {
             host,
             proto,
-            trusted: config.trusted_proxies.clone(),
+            trusted: config.server.trusted_proxies.clone(),
         }
     }
 
@@ -384,9 +384,9 @@ impl OurCookies {
     #[must_use]
     pub fn new(config: &Config) -> Self {
         let base = |n: &str| String::from_utf8_lossy(unprefixed(n.as_bytes())).to_ascii_lowercase();
-        let login = base(&config.login_cookie_name);
+        let login = base(&config.cookie.login_name);
         Self {
-            session: base(&config.cookie_name),
+            session: base(&config.cookie.name),
             login_dash: format!("{login}-"),
             login,
         }
@@ -536,7 +536,7 @@ pub async fn forward(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::COOKIE);
     headers.remove(header::HOST);
-    headers.remove(&config.csrf_header);
+    headers.remove(&config.csrf.header);
     forwarder.forwarded.apply(headers, ctx.peer);
     headers.insert(
         HeaderName::from_static("x-request-id"),

@@ -25,8 +25,8 @@ impl LoginLimiter {
     #[must_use]
     pub fn from_config(c: &Config) -> Self {
         let (Some(per_minute), Some(burst)) = (
-            NonZeroU32::new(c.login_rate_limit),
-            NonZeroU32::new(c.login_rate_burst.max(1)),
+            NonZeroU32::new(c.server.login_rate_limit),
+            NonZeroU32::new(c.server.login_rate_burst.max(1)),
         ) else {
             return Self(None);
         };

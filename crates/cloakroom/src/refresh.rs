@@ -81,12 +81,12 @@ impl RefreshConfig {
     #[must_use]
     pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
-            skew: c.refresh_skew,
-            cooloff: c.refresh_cooloff,
-            wait: c.refresh_wait,
-            lease: lease(c.oidc_timeout, c.store_timeout),
-            store_timeout: c.store_timeout,
-            lock_replicas: c.lock_replicas,
+            skew: c.session.refresh_skew,
+            cooloff: c.session.refresh_cooloff,
+            wait: c.session.refresh_wait,
+            lease: lease(c.oidc.timeout, c.store.timeout),
+            store_timeout: c.store.timeout,
+            lock_replicas: c.store.lock_replicas,
         }
     }
 }

@@ -122,7 +122,7 @@ async fn handle_inner(
     rid: &HeaderValue,
 ) -> (&'static str, bool, Result<Response<Body>, Error>) {
     let path = req.uri().path();
-    if let Some(rest) = proxy::under_prefix(path, &state.config.auth_prefix) {
+    if let Some(rest) = proxy::under_prefix(path, &state.config.server.auth_prefix) {
         if rest == "/backchannel-logout" {
             return if req.method() == Method::POST {
                 (

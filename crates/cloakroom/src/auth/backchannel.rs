@@ -54,7 +54,7 @@ pub(crate) async fn backchannel_logout(
         .validate_logout_token(token)
         .await
         .map_err(|why| bad(&why))?;
-    let skew = i64::try_from(state.config.clock_skew.as_secs()).unwrap_or(60);
+    let skew = i64::try_from(state.config.oidc.clock_skew.as_secs()).unwrap_or(60);
     let remember =
         Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
     let jti_key = crypto::hash(&format!("jti:{}:{}", state.oidc.issuer(), claims.jti));

@@ -130,7 +130,8 @@ pub(crate) async fn callback<B>(
         created_at: now,
         last_seen: now,
         absolute_expires_at: now
-            + i64::try_from(state.config.absolute_timeout.as_secs()).unwrap_or(i64::MAX / 2),
+            + i64::try_from(state.config.session.absolute_timeout.as_secs())
+                .unwrap_or(i64::MAX / 2),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)

@@ -36,21 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Where Redis is: one server, a cluster, or a master found through Sentinel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Topology {
-    /// One server (or a proxy in front of several): `redis://` or `rediss://`.
-    Single(String),
-    /// Redis Cluster seed nodes.
-    Cluster(Vec<String>),
-    /// Sentinels and the monitored master's name.
-    Sentinel {
-        /// Sentinel addresses.
-        sentinels: Vec<String>,
-        /// The master group name.
-        master: String,
-    },
-}
+/// How Redis is deployed (defined with the config, which names it).
+pub use crate::config::Topology;
 
 /// The Redis store. Clones share the connections.
 #[derive(Clone)]

@@ -66,7 +66,7 @@ fn cookie_headers(values: &[String]) -> HeaderMap {
 fn with_session_cookie(noise: &[(String, String)], at: usize, value: &str) -> String {
     let mut pairs: Vec<String> = noise.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let at = at.min(pairs.len());
-    pairs.insert(at, format!("{}={value}", config().cookie_name));
+    pairs.insert(at, format!("{}={value}", config().cookie.name));
     pairs.join("; ")
 }
 
@@ -206,7 +206,7 @@ proptest! {
         // One session cookie or none (SPEC §1 [v2]): another value under our name among the
         // noise makes the credentials ambiguous, and nothing authenticates.
         let rival = noise.iter().any(|(k, v)| {
-            *k == c.cookie_name && v.split(';').next().unwrap_or("").trim() != value
+            *k == c.cookie.name && v.split(';').next().unwrap_or("").trim() != value
         });
         if rival {
             prop_assert!(got.is_none());
@@ -221,8 +221,8 @@ proptest! {
         prop_assert_eq!(again.as_ref().map(SessionId::expose), Some(id.expose()));
 
         let raw = URL_SAFE_NO_PAD.decode(id.expose()).expect("base64url id");
-        let wrong_aad = c.keys.seal_text(c.login_cookie_name.as_bytes(), &raw);
-        let wrong_size = c.keys.seal_text(c.cookie_name.as_bytes(), &vec![7u8; wrong_len]);
+        let wrong_aad = c.keys.seal_text(c.cookie.login_name.as_bytes(), &raw);
+        let wrong_size = c.keys.seal_text(c.cookie.name.as_bytes(), &vec![7u8; wrong_len]);
         for bad in [wrong_aad, wrong_size] {
             let h = cookie_headers(&[with_session_cookie(&noise, at, &bad)]);
             prop_assert!(cookies::session_id(&h, c).is_none());
@@ -250,7 +250,7 @@ fn non_ascii_sibling_cookie_does_not_hide_the_session_cookie() {
         .expect("name=value");
     let mut bytes = b"theme=".to_vec();
     bytes.extend_from_slice("café".as_bytes());
-    bytes.extend_from_slice(format!("; {}={value}", c.cookie_name).as_bytes());
+    bytes.extend_from_slice(format!("; {}={value}", c.cookie.name).as_bytes());
     let mut h = HeaderMap::new();
     h.insert(
         COOKIE,
@@ -733,25 +733,26 @@ fn check_accepted(c: &Config) -> Result<(), TestCaseError> {
         .all(|w| w[0].prefix.len() >= w[1].prefix.len()));
     for r in &c.routes {
         prop_assert!(r.prefix.starts_with('/'), "{}", r.prefix);
-        let under_auth = format!("{}/", c.auth_prefix);
+        let under_auth = format!("{}/", c.server.auth_prefix);
         prop_assert!(
-            r.prefix != c.auth_prefix && !r.prefix.starts_with(&under_auth),
+            r.prefix != c.server.auth_prefix && !r.prefix.starts_with(&under_auth),
             "{:?} overlaps {:?}",
             r.prefix,
-            c.auth_prefix
+            c.server.auth_prefix
         );
         prop_assert_eq!(r.upstream.scheme(), "http");
     }
-    prop_assert!(c.cookie_secure || c.public_url.scheme() == "http");
-    prop_assert!(c.cookie_name != c.login_cookie_name);
+    prop_assert!(c.cookie.secure || c.server.public_url.scheme() == "http");
+    prop_assert!(c.cookie.name != c.cookie.login_name);
     prop_assert!(c
-        .admin_token
+        .admin
+        .token
         .as_ref()
         .is_none_or(|t| t.expose().len() >= 16));
-    prop_assert!(!c.client_secret.expose().is_empty());
-    prop_assert!(c.scopes.iter().any(|s| s == "openid"));
-    prop_assert!(c.max_header_bytes >= 1024);
-    prop_assert!(c.refresh_skew < c.absolute_timeout);
+    prop_assert!(!c.oidc.client_secret.expose().is_empty());
+    prop_assert!(c.oidc.scopes.iter().any(|s| s == "openid"));
+    prop_assert!(c.server.max_header_bytes >= 1024);
+    prop_assert!(c.session.refresh_skew < c.session.absolute_timeout);
     Ok(())
 }
 
@@ -913,7 +914,7 @@ proptest! {
         };
         prop_assert_eq!(one("x-forwarded-host")?, "app.example:8443");
         prop_assert_eq!(one("x-forwarded-proto")?, "https");
-        let trusted = c.trusted_proxies.contains(&peer.ip());
+        let trusted = c.server.trusted_proxies.contains(&peer.ip());
         let chain: Vec<&str> = before
             .get_all("x-forwarded-for")
             .iter()

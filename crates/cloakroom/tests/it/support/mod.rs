@@ -409,7 +409,7 @@ strip_prefix = true
         let mut config = self.config(1, keys, "");
         if self.opts.store_toml.is_none() {
             // Straight to Redis, past any fault proxy.
-            config.store = cloakroom::config::StoreKind::Redis(
+            config.store.kind = cloakroom::config::StoreKind::Redis(
                 cloakroom::session::redis::Topology::Single(self.redis.url()),
             );
         }
@@ -421,8 +421,8 @@ strip_prefix = true
         let sessions = cloakroom::session::Sessions::new(
             store,
             config.keys.clone(),
-            config.idle_timeout,
-            config.absolute_timeout,
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
         );
         sessions.load(&id.handle()).await.ok()?
     }

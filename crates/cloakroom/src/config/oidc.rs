@@ -1,0 +1,142 @@
+//! `[oidc]` and `CLOAKROOM_OIDC_CLIENT_SECRET`: the relying party's registration at the IdP.
+
+use super::{http_url, placeholder_url, read_secret, Env, Problems, Secret};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOidc {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    extra_auth_params: BTreeMap<String, String>,
+    client_auth_method: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    #[serde(with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    clock_skew: Option<Duration>,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (RFC 6749 §2.3.1), the default.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `[oidc]`, validated.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).
+    pub issuer: Url,
+    /// The issuer identifier exactly as configured (a URL parser would add or keep a trailing
+    /// slash): compared as is with the discovered `issuer`, `iss` claims and RFC 9207 `iss`.
+    pub issuer_id: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: Secret,
+    /// Token endpoint authentication.
+    pub client_auth: ClientAuth,
+    /// Scopes requested at login.
+    pub scopes: Vec<String>,
+    /// Extra authorization request parameters (e.g. `audience`, `resource`).
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// Where the IdP sends the browser after end_session.
+    pub post_logout_redirect_uri: Url,
+    /// Timeout of every IdP call.
+    pub timeout: Duration,
+    /// Clock skew tolerated on ID token `iat`/`exp`.
+    pub clock_skew: Duration,
+}
+
+/// Authorization request parameters Cloakroom sets itself.
+const RESERVED: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+];
+
+impl OidcConfig {
+    /// `public_url` gives the default `post_logout_redirect_uri` (its root).
+    pub(super) fn build(raw: RawOidc, public_url: &Url, env: &Env, errs: &mut Problems) -> Self {
+        let issuer = match raw.issuer.as_deref() {
+            None => {
+                errs.push("oidc.issuer: required".into());
+                placeholder_url()
+            }
+            Some(s) => http_url("oidc.issuer", s, errs).unwrap_or_else(placeholder_url),
+        };
+        let client_id = raw.client_id.unwrap_or_default();
+        if client_id.is_empty() {
+            errs.push("oidc.client_id: required".into());
+        }
+        let client_secret = read_secret(env, "CLOAKROOM_OIDC_CLIENT_SECRET", errs);
+        if client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+            errs.push(
+                "CLOAKROOM_OIDC_CLIENT_SECRET: required (set it, or CLOAKROOM_OIDC_CLIENT_SECRET_FILE)"
+                    .into(),
+            );
+        }
+        let client_auth = match raw.client_auth_method.as_deref() {
+            None | Some("client_secret_basic") => ClientAuth::Basic,
+            Some("client_secret_post") => ClientAuth::Post,
+            Some(o) => {
+                errs.push(format!(
+                    "oidc.client_auth_method: `{o}` must be client_secret_basic or client_secret_post"
+                ));
+                ClientAuth::Basic
+            }
+        };
+        let scopes = raw.scopes.unwrap_or_else(|| {
+            ["openid", "profile", "email", "offline_access"]
+                .map(String::from)
+                .to_vec()
+        });
+        if !scopes.iter().any(|s| s == "openid") {
+            errs.push("oidc.scopes: must include `openid`".into());
+        }
+        for k in raw.extra_auth_params.keys() {
+            if RESERVED.contains(&k.as_str()) {
+                errs.push(format!(
+                    "oidc.extra_auth_params.{k}: set by Cloakroom itself, cannot be overridden"
+                ));
+            }
+        }
+        let post_logout_redirect_uri = match raw.post_logout_redirect_uri.as_deref() {
+            None => public_url.join("/").unwrap_or_else(|_| public_url.clone()),
+            Some(s) => {
+                http_url("oidc.post_logout_redirect_uri", s, errs).unwrap_or_else(placeholder_url)
+            }
+        };
+        Self {
+            issuer_id: raw
+                .issuer
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string(),
+            issuer,
+            client_id,
+            client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
+            client_auth,
+            scopes,
+            extra_auth_params: raw.extra_auth_params,
+            post_logout_redirect_uri,
+            timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
+            clock_skew: raw.clock_skew.unwrap_or(Duration::from_secs(60)),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `[upstream]` and `[[routes]]`: where API calls go and with which token policy.
+
+use super::Problems;
+use serde::Deserialize;
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawUpstream {
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pool_idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    prefix: String,
+    upstream: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+/// `[upstream]`, validated: the shared upstream client's settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Default upstream response timeout (each route may set its own).
+    pub timeout: Duration,
+    /// How long idle upstream connections stay pooled.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Token policy of a route (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPolicy {
+    /// A session is needed; the bearer is attached.
+    Required,
+    /// The bearer is attached when there is a session.
+    Optional,
+    /// Plain pass-through: no session lookup, no CSRF check.
+    None,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path prefix, longest wins.
+    pub prefix: String,
+    /// Upstream base URL (`http://host:port`, optionally with a base path).
+    pub upstream: Url,
+    /// Token policy.
+    pub token: TokenPolicy,
+    /// Remove `prefix` from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Upstream response timeout for this route.
+    pub timeout: Duration,
+}
+
+impl UpstreamConfig {
+    pub(super) fn build(raw: RawUpstream) -> Self {
+        Self {
+            connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            timeout: raw.timeout.unwrap_or(Duration::from_secs(30)),
+            pool_idle_timeout: raw.pool_idle_timeout.unwrap_or(Duration::from_secs(90)),
+        }
+    }
+}
+
+/// Validates `[[routes]]`: sorted longest prefix first. `auth_prefix` is reserved for the
+/// browser-facing endpoints; `upstream` gives the default timeout.
+pub(super) fn build(
+    raw: Vec<RawRoute>,
+    auth_prefix: &str,
+    upstream: &UpstreamConfig,
+    errs: &mut Problems,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !r.prefix.starts_with('/') {
+            errs.push(format!("{key}.prefix: `{}` must start with `/`", r.prefix));
+        }
+        if r.prefix == auth_prefix || r.prefix.starts_with(&format!("{auth_prefix}/")) {
+            errs.push(format!(
+                "{key}.prefix: `{}` overlaps server.auth_prefix `{auth_prefix}`",
+                r.prefix
+            ));
+        }
+        let token = match r.token.as_deref().unwrap_or("required") {
+            "required" => TokenPolicy::Required,
+            "optional" => TokenPolicy::Optional,
+            "none" => TokenPolicy::None,
+            o => {
+                errs.push(format!(
+                    "{key}.token: `{o}` must be required, optional or none"
+                ));
+                TokenPolicy::Required
+            }
+        };
+        let upstream_url = match Url::parse(&r.upstream) {
+            Ok(u) if u.scheme() == "http" && u.host().is_some() && u.query().is_none() => u,
+            Ok(_) => {
+                errs.push(format!(
+                    "{key}.upstream: `{}` must be an http:// URL with a host and no query",
+                    r.upstream
+                ));
+                continue;
+            }
+            Err(e) => {
+                errs.push(format!(
+                    "{key}.upstream: `{}` is not a URL ({e})",
+                    r.upstream
+                ));
+                continue;
+            }
+        };
+        if routes.iter().any(|x: &Route| x.prefix == r.prefix) {
+            errs.push(format!("{key}.prefix: `{}` is given twice", r.prefix));
+        }
+        routes.push(Route {
+            prefix: r.prefix,
+            upstream: upstream_url,
+            token,
+            strip_prefix: r.strip_prefix,
+            timeout: r.timeout.unwrap_or(upstream.timeout),
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    routes
+}

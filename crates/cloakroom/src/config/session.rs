@@ -1,0 +1,84 @@
+//! `[session]`: session lifetimes and the refresh rule's knobs.
+
+use super::Problems;
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSession {
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    absolute_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    refresh_skew: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    refresh_cooloff: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    refresh_wait: Option<Duration>,
+}
+
+/// `[session]`, validated.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Sliding idle timeout.
+    pub idle_timeout: Duration,
+    /// Absolute session lifetime.
+    pub absolute_timeout: Duration,
+    /// Refresh when the access token has less than this left (or half its lifetime, if less).
+    pub refresh_skew: Duration,
+    /// How long a transient refresh failure is remembered per session.
+    pub refresh_cooloff: Duration,
+    /// How long a request with an expired token waits for its session's refresh.
+    pub refresh_wait: Duration,
+}
+
+impl SessionConfig {
+    /// `default_refresh_wait` covers one IdP call and two store operations (it depends on
+    /// `oidc.timeout` and `store.timeout`); `warnings` collects valid-but-surprising settings.
+    pub(super) fn build(
+        raw: RawSession,
+        default_refresh_wait: Duration,
+        errs: &mut Problems,
+        warnings: &mut Vec<String>,
+    ) -> Self {
+        let idle_timeout = raw.idle_timeout.unwrap_or(Duration::from_secs(30 * 60));
+        let absolute_timeout = raw
+            .absolute_timeout
+            .unwrap_or(Duration::from_secs(12 * 3600));
+        let refresh_skew = raw.refresh_skew.unwrap_or(Duration::from_secs(60));
+        if idle_timeout < Duration::from_secs(1) {
+            errs.push("session.idle_timeout: must be at least 1s".into());
+        }
+        if absolute_timeout < Duration::from_secs(1) {
+            errs.push("session.absolute_timeout: must be at least 1s".into());
+        }
+        if refresh_skew >= absolute_timeout {
+            errs.push("session.refresh_skew: must be shorter than session.absolute_timeout".into());
+        }
+        if refresh_skew > Duration::from_secs(300) {
+            warnings.push(format!(
+                "session.refresh_skew: {refresh_skew:?} is longer than typical access-token lifetimes (5 to 60 minutes); \
+                 tokens are refreshed when less than min(refresh_skew, half their lifetime) is left, \
+                 so short-lived tokens are still refreshed at half-life, but a skew this long refreshes \
+                 long-lived ones early"
+            ));
+        }
+        let refresh_cooloff = raw.refresh_cooloff.unwrap_or(Duration::from_secs(5));
+        if refresh_cooloff > Duration::from_secs(300) {
+            errs.push("session.refresh_cooloff: must be at most 5m".into());
+        }
+        let refresh_wait = raw.refresh_wait.unwrap_or(default_refresh_wait);
+        if refresh_wait > Duration::from_secs(120) {
+            errs.push("session.refresh_wait: must be at most 2m".into());
+        }
+        Self {
+            idle_timeout,
+            absolute_timeout,
+            refresh_skew,
+            refresh_cooloff,
+            refresh_wait,
+        }
+    }
+}
