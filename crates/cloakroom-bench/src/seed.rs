@@ -36,7 +36,8 @@ pub(crate) async fn seed(
     first: usize,
     count: usize,
 ) -> Result<Vec<String>, String> {
-    let store = cloakroom::app::connect_store(config)
+    let cookies = cloakroom::cookies::Cookies::from_config(config);
+    let store = cloakroom::app::connect_store(&config.store)
         .await
         .map_err(|e| format!("seeding: {e}"))?;
     let sessions = Sessions::new(
@@ -50,6 +51,7 @@ pub(crate) async fn seed(
     let results: Vec<Result<String, String>> = futures_util::stream::iter(first..first + count)
         .map(|i| {
             let sessions = sessions.clone();
+            let cookies = cookies.clone();
             async move {
                 let sub = format!("bench-user-{i}");
                 let claims = serde_json::json!({
@@ -91,7 +93,7 @@ pub(crate) async fn seed(
                 if !saved {
                     return Err("seeding: session expired at once".into());
                 }
-                let set = cloakroom::cookies::set_session(config, &id);
+                let set = cookies.set_session(&id);
                 Ok(pair(set.to_str().unwrap_or_default()).to_string())
             }
         })

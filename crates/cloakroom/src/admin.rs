@@ -18,11 +18,11 @@
 //! Ending a session deletes it and revokes its tokens at the IdP. Every admin action is an
 //! audit log event (`event = "admin"`).
 
-use crate::app::AppState;
 use crate::body::{full, Body};
+use crate::end::Ender;
 use crate::error::{json_response, Error};
-use crate::secret::constant_time_eq;
-use crate::session::{short, Index};
+use crate::secret::{constant_time_eq, Secret};
+use crate::session::{short, Index, Sessions};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -63,9 +63,18 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The admin listener's service and what it uses.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    pub(crate) sessions: Sessions,
+    pub(crate) ender: Ender,
+    /// `CLOAKROOM_ADMIN_TOKEN` (None: the admin API answers 404).
+    pub(crate) token: Option<Secret>,
+}
+
 /// Handles one admin request.
 pub(crate) async fn handle(
-    state: Arc<AppState>,
+    state: Arc<Admin>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
@@ -104,8 +113,8 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), Error> {
-    let Some(expected) = &state.config.admin.token else {
+fn authorized(state: &Admin, req: &Request<Incoming>) -> Result<(), Error> {
+    let Some(expected) = &state.token else {
         return Err(Error::NotFound);
     };
     let given = req
@@ -129,11 +138,11 @@ fn decode(segment: &str) -> String {
         .into_owned()
 }
 
-async fn admin_api(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     authorized(state, req)?;
     let path = req.uri().path();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let except = crate::auth::query_param(&crate::auth::query_pairs(req.uri()), "except")?;
+    let except = crate::query::query_param(&crate::query::query_pairs(req.uri()), "except")?;
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);

@@ -1,12 +1,20 @@
 //! Wiring: build every part from a [`Config`], bind the listeners, run until shut down.
 
+use crate::admin::Admin;
+use crate::auth::{Backchannel, Callback, Endpoints, Login, Logout, User};
 use crate::clock::Clock;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreConfig, StoreKind};
+use crate::context::ClientIp;
+use crate::cookies::Cookies;
+use crate::cors::Origins;
 use crate::end::Ender;
 use crate::error::StartupError;
+use crate::loader::SessionLoader;
 use crate::oidc::OidcClient;
 use crate::proxy::Forwarder;
+use crate::ratelimit::LoginLimiter;
 use crate::refresh::{RefreshConfig, Refresher};
+use crate::routes::{Api, Router};
 use crate::server::{self, Limits};
 use crate::session::{memory::MemoryStore, redis::RedisStore, Sessions, Store};
 use std::net::SocketAddr;
@@ -14,30 +22,19 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Everything a request handler needs, built once.
+/// The stages, built once: what the two listeners serve, and what the tunnel sweep reads.
+/// No module imports this one back: each stage was given what it uses.
 #[derive(Debug)]
 pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
+    /// The public service.
+    router: Arc<Router>,
+    /// The admin service.
+    admin: Arc<Admin>,
     /// Sessions over the store.
-    pub sessions: Sessions,
-    /// The relying party.
-    pub oidc: Arc<OidcClient>,
-    /// The pooled upstream client.
-    pub forwarder: Forwarder,
-    /// Metric labels of the routes (their prefixes), in route order.
-    pub route_labels: Vec<&'static str>,
-    /// Keeps access tokens fresh (single flight per session, across instances).
-    pub refresher: Arc<Refresher>,
-    /// Ends sessions and revokes what they held.
-    pub ender: Ender,
-    /// The clock the lifecycle reads.
-    pub clock: Clock,
-    /// Per-client-IP limit on `/auth/login` and `/auth/callback`.
-    pub login_limiter: crate::ratelimit::LoginLimiter,
+    sessions: Sessions,
     /// Live WebSocket tunnels and event streams, by session: `tunnels.close_session(handle)`
     /// cuts a session's streams on this instance.
-    pub tunnels: crate::tunnels::Tunnels,
+    tunnels: crate::tunnels::Tunnels,
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -64,6 +61,9 @@ pub struct RunningApp {
     tunnels: crate::tunnels::Tunnels,
     drain: std::time::Duration,
     drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// Keeps the stages alive (the tunnel sweep holds only a weak reference) until the app is
+    /// dropped.
+    _state: Arc<AppState>,
 }
 
 impl RunningApp {
@@ -118,19 +118,19 @@ impl RunningApp {
 #[derive(Debug)]
 pub struct App;
 
-/// Connects the configured store.
+/// Connects the store `[store]` names.
 ///
 /// # Errors
 /// [`StartupError::Store`] when Redis cannot be reached.
-pub async fn connect_store(config: &Config) -> Result<Store, StartupError> {
-    Ok(match &config.store.kind {
+pub async fn connect_store(store: &StoreConfig) -> Result<Store, StartupError> {
+    Ok(match &store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new()),
         StoreKind::Redis(topology) => Store::Redis(
             RedisStore::connect_to(
                 topology,
-                config.store.tls_ca.as_deref(),
-                &config.store.key_prefix,
-                config.store.timeout,
+                store.tls_ca.as_deref(),
+                &store.key_prefix,
+                store.timeout,
             )
             .await
             .map_err(|e| StartupError::Store(e.0))?,
@@ -174,7 +174,7 @@ impl App {
             tracing::warn!(warning = %w, "configuration");
         }
         let clock = listeners.clock.clone().unwrap_or_default();
-        let store = connect_store(&config).await?;
+        let store = connect_store(&config.store).await?;
         let oidc = Arc::new(
             OidcClient::discover(&config)
                 .await?
@@ -214,7 +214,13 @@ impl App {
                 }
             }
         });
-        let forwarder = Forwarder::new(&config, tunnels.clone());
+        let forwarder = Forwarder::new(
+            &config.upstream,
+            &config.server,
+            &config.cookie,
+            config.csrf.header.clone(),
+            tunnels.clone(),
+        );
         let tls = match &config.server.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
@@ -229,45 +235,38 @@ impl App {
             addr: config.admin.listen,
             source,
         })?;
-        let limits = Limits::from_config(&config);
-        // Route labels live as long as the process: leaked once per start (a handful of bytes).
-        let route_labels = config
-            .routes
-            .iter()
-            .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
-            .collect();
-        let config_for_limits = config.clone();
+        let limits = Limits::from_config(&config.server);
         let state = Arc::new(AppState {
-            config,
+            router: Arc::new(router(
+                &config, &sessions, &oidc, &ender, &refresher, &clock, forwarder,
+            )),
+            admin: Arc::new(Admin {
+                sessions: sessions.clone(),
+                ender,
+                token: config.admin.token.clone(),
+            }),
             sessions,
-            oidc,
-            forwarder,
-            route_labels,
-            refresher,
-            ender,
-            clock,
-            login_limiter: crate::ratelimit::LoginLimiter::from_config(&config_for_limits),
             tunnels: tunnels.clone(),
         });
         spawn_tunnel_sweep(Arc::downgrade(&state));
         let (tx, rx) = watch::channel(false);
-        let s1 = state.clone();
+        let router = state.router.clone();
         let public_task = tokio::spawn(server::serve(
             public,
             limits,
             tls,
-            move |req, peer| crate::routes::handle(s1.clone(), req, peer),
+            move |req, peer| crate::routes::handle(router.clone(), req, peer),
             rx.clone(),
         ));
-        let s2 = state.clone();
+        let admin_state = state.admin.clone();
         let admin_task = tokio::spawn(server::serve(
             admin,
             limits,
             None,
-            move |req, _peer| crate::admin::handle(s2.clone(), req),
+            move |req, _peer| crate::admin::handle(admin_state.clone(), req),
             rx,
         ));
-        tracing::info!(%public_addr, %admin_addr, issuer = %state.oidc.issuer(), "cloakroom listening");
+        tracing::info!(%public_addr, %admin_addr, issuer = %oidc.issuer(), "cloakroom listening");
         Ok(RunningApp {
             public_addr,
             admin_addr,
@@ -276,7 +275,88 @@ impl App {
             tunnels,
             drain: limits.drain,
             drain_deadline: std::sync::OnceLock::new(),
+            _state: state,
         })
+    }
+}
+
+/// The public service's stages, each given what it uses.
+fn router(
+    config: &Config,
+    sessions: &Sessions,
+    oidc: &Arc<OidcClient>,
+    ender: &Ender,
+    refresher: &Arc<Refresher>,
+    clock: &Clock,
+    forwarder: Forwarder,
+) -> Router {
+    let cookies = Arc::new(Cookies::new(
+        &config.cookie,
+        config.keys.clone(),
+        config.session.absolute_timeout,
+    ));
+    let origins = Arc::new(Origins::new(&config.server.public_origin, &config.csrf));
+    let loader = SessionLoader::new(
+        sessions.clone(),
+        cookies.clone(),
+        clock.clone(),
+        config.session.idle_timeout,
+    );
+    let limiter = LoginLimiter::from_config(&config.server);
+    // Route labels live as long as the process: leaked once per start (a handful of bytes).
+    let labels = config
+        .routes
+        .iter()
+        .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
+        .collect();
+    Router {
+        auth_prefix: config.server.auth_prefix.clone(),
+        client_ip: ClientIp::new(&config.server.trusted_proxies),
+        origins: origins.clone(),
+        cookies: cookies.clone(),
+        auth: Endpoints {
+            login: Login {
+                limiter: limiter.clone(),
+                oidc: oidc.clone(),
+                cookies: cookies.clone(),
+                clock: clock.clone(),
+            },
+            callback: Callback {
+                limiter,
+                cookies: cookies.clone(),
+                oidc: oidc.clone(),
+                sessions: sessions.clone(),
+                ender: ender.clone(),
+                clock: clock.clone(),
+                absolute_timeout: config.session.absolute_timeout,
+            },
+            user: User {
+                origins: origins.clone(),
+                loader: loader.clone(),
+                idle_timeout: sessions.idle_timeout(),
+            },
+            logout: Logout {
+                origins: origins.clone(),
+                loader: loader.clone(),
+                ender: ender.clone(),
+                oidc: oidc.clone(),
+                cookies,
+            },
+            backchannel: Backchannel {
+                oidc: oidc.clone(),
+                sessions: sessions.clone(),
+                ender: ender.clone(),
+                clock_skew: config.oidc.clock_skew,
+            },
+        },
+        api: Api {
+            routes: config.routes.clone(),
+            labels,
+            origins,
+            loader,
+            refresher: refresher.clone(),
+            upstream: Arc::new(forwarder),
+        },
     }
 }
 

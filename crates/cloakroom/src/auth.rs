@@ -1,5 +1,6 @@
 //! The browser-facing endpoints under `server.auth_prefix` (SPEC §1), one file each, and the
-//! helpers they share: CSRF/Origin checks, `return_to` validation, loading the current session.
+//! `return_to` validation they share. CSRF/Origin checks are [`crate::cors::Origins`], the
+//! current session is [`crate::loader::SessionLoader`].
 //!
 //! Owns: what a browser sees of login state. Never puts a token in a response.
 
@@ -9,51 +10,20 @@ mod login;
 mod logout;
 mod user;
 
-pub(crate) use backchannel::backchannel_logout;
-pub(crate) use callback::callback;
-pub(crate) use login::login;
-pub(crate) use logout::logout;
-pub(crate) use user::user;
+pub(crate) use backchannel::Backchannel;
+pub(crate) use callback::Callback;
+pub(crate) use login::Login;
+pub(crate) use logout::Logout;
+pub(crate) use user::User;
 
-use crate::app::AppState;
-use crate::cookies;
-use crate::error::Error;
-use crate::session::Session;
-use http::{header, HeaderMap};
-use std::sync::Arc;
-
-/// SPEC §2: the CSRF header must be present with value `1`, and a present `Origin` must be ours
-/// or allowed. WebSocket upgrades cannot carry custom headers: for them an allowed `Origin` is
-/// required instead.
-///
-/// # Errors
-/// [`Error::Origin`] or [`Error::Csrf`].
-pub(crate) fn check_csrf(
-    state: &AppState,
-    headers: &HeaderMap,
-    websocket: bool,
-) -> Result<(), Error> {
-    let origin = headers.get(header::ORIGIN);
-    if let Some(o) = origin {
-        let ok = o.to_str().is_ok_and(|o| {
-            o == state.config.server.public_origin
-                || state.config.csrf.allowed_origins.iter().any(|a| a == o)
-        });
-        if !ok {
-            return Err(Error::Origin);
-        }
-    }
-    if websocket {
-        return if origin.is_some() {
-            Ok(())
-        } else {
-            Err(Error::Origin)
-        };
-    }
-    match headers.get(&state.config.csrf.header) {
-        Some(v) if v.as_bytes() == b"1" => Ok(()),
-        _ => Err(Error::Csrf),
-    }
+/// The browser-facing endpoints, each holding what it uses.
+#[derive(Debug)]
+pub(crate) struct Endpoints {
+    pub(crate) login: Login,
+    pub(crate) callback: Callback,
+    pub(crate) user: User,
+    pub(crate) logout: Logout,
+    pub(crate) backchannel: Backchannel,
 }
 
 /// Longest `return_to` accepted (SPEC §1 v2).
@@ -77,79 +47,6 @@ pub fn valid_return_to(r: &str) -> bool {
     };
     base.join(r)
         .is_ok_and(|u| u.host_str() == Some("return-to.invalid") && u.scheme() == "https")
-}
-
-/// The browser's current session: `(handle, session)`, or `None` for no, bad or expired cookie.
-/// With `slide`, activity moves the idle timeout (written at most once per slide interval).
-///
-/// # Errors
-/// [`Error::StoreUnavailable`].
-pub(crate) async fn current_session(
-    state: &AppState,
-    headers: &HeaderMap,
-    slide: bool,
-) -> Result<Option<(String, Session)>, Error> {
-    Ok(current_session_shared(state, headers, slide)
-        .await?
-        .map(|(handle, s)| (handle, Arc::unwrap_or_clone(s))))
-}
-
-/// As [`current_session`], sharing the session with the session cache instead of copying it
-/// (the API proxy path).
-///
-/// # Errors
-/// [`Error::StoreUnavailable`].
-pub(crate) async fn current_session_shared(
-    state: &AppState,
-    headers: &HeaderMap,
-    slide: bool,
-) -> Result<Option<(String, Arc<Session>)>, Error> {
-    let Some(id) = cookies::session_id(headers, &state.config) else {
-        return Ok(None);
-    };
-    let handle = id.handle();
-    let Some(mut s) = state.sessions.load_shared(&handle).await? else {
-        return Ok(None);
-    };
-    if slide {
-        let now = state.clock.unix();
-        if now - s.last_seen >= slide_interval(state) {
-            Arc::make_mut(&mut s).last_seen = now;
-            if !state.sessions.touch(&handle, &s).await? {
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some((handle, s)))
-}
-
-/// Sliding writes at most once per this many seconds: a tenth of the idle timeout, between 1 s
-/// and 60 s. The idle expiry is therefore exact to within that interval, and a busy session
-/// costs one store write per interval instead of one per request.
-pub(crate) fn slide_interval(state: &AppState) -> i64 {
-    let idle = i64::try_from(state.config.session.idle_timeout.as_secs()).unwrap_or(i64::MAX);
-    (idle / 10).clamp(1, 60)
-}
-
-/// Query parameters as pairs (decoded).
-pub(crate) fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    uri.query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The single value of query parameter `name`; a repeated parameter is an error.
-pub(crate) fn query_param(pairs: &[(String, String)], name: &str) -> Result<Option<String>, Error> {
-    let mut it = pairs.iter().filter(|(k, _)| k == name);
-    let first = it.next().map(|(_, v)| v.clone());
-    if it.next().is_some() {
-        return Err(Error::InvalidRequest(format!("repeated parameter {name}")));
-    }
-    Ok(first)
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ async fn check(config: Config) -> ExitCode {
         println!("config: warning: {w}");
     }
     let mut ok = true;
-    match cloakroom::app::connect_store(&config).await {
+    match cloakroom::app::connect_store(&config.store).await {
         Ok(store) => match store.ping().await {
             Ok(()) => println!("store: ok"),
             Err(e) => {
@@ -123,7 +123,7 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    cloakroom::telemetry::init(&config);
+    cloakroom::telemetry::init(&config.log);
     let app = match cloakroom::App::start(config).await {
         Ok(a) => a,
         Err(e) => {

@@ -17,7 +17,7 @@
 //! session in [`crate::tunnels::Tunnels`].
 
 use crate::body::{empty, Body};
-use crate::config::{Config, Route};
+use crate::config::{CookieConfig, Route, ServerConfig, UpstreamConfig};
 use crate::error::Error;
 use crate::secret::Secret;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -48,7 +48,34 @@ pub struct Forwarder {
     client: Client<CountingConnector, Incoming>,
     forwarded: ForwardedPolicy,
     ours: OurCookies,
+    csrf_header: HeaderName,
     tunnels: crate::tunnels::Tunnels,
+}
+
+/// The forwarding stage, behind a trait so that tests, or a future per-route token policy,
+/// can put something else behind the router: the request has passed every check and carries
+/// no credential of the browser's; `ctx` says what to attach.
+pub trait Upstream: Send + Sync + std::fmt::Debug {
+    /// Forwards one request to `route` and streams the answer back.
+    fn forward<'a>(
+        &'a self,
+        route: &'a Route,
+        route_label: &'static str,
+        req: Request<Incoming>,
+        ctx: ForwardCtx<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Response<Body>, Error>>;
+}
+
+impl Upstream for Forwarder {
+    fn forward<'a>(
+        &'a self,
+        route: &'a Route,
+        route_label: &'static str,
+        req: Request<Incoming>,
+        ctx: ForwardCtx<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Response<Body>, Error>> {
+        Box::pin(async move { forward(self, route, route_label, req, &ctx).await })
+    }
 }
 
 /// Wraps the HTTP connector so every upstream connection is counted while it lives
@@ -145,16 +172,23 @@ impl<T: hyper_util::client::legacy::connect::Connection>
 }
 
 impl Forwarder {
-    /// Builds the pooled client from the `[upstream]` settings; upgraded tunnels and event
-    /// streams are registered in `tunnels`.
+    /// Builds the pooled client from the `[upstream]` settings; the forwarding headers from
+    /// `[server]`, our cookies from `[cookie]` and `csrf_header` are the headers policy;
+    /// upgraded tunnels and event streams are registered in `tunnels`.
     #[must_use]
-    pub fn new(config: &Config, tunnels: crate::tunnels::Tunnels) -> Self {
+    pub fn new(
+        upstream: &UpstreamConfig,
+        server: &ServerConfig,
+        cookie: &CookieConfig,
+        csrf_header: HeaderName,
+        tunnels: crate::tunnels::Tunnels,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream.pool_idle_timeout)
+            .pool_idle_timeout(upstream.pool_idle_timeout)
             .pool_max_idle_per_host(1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             // hyper retries only a request it never started writing (a pooled connection that
@@ -164,8 +198,9 @@ impl Forwarder {
             .build(CountingConnector(connector));
         Self {
             client,
-            forwarded: ForwardedPolicy::new(config),
-            ours: OurCookies::new(config),
+            forwarded: ForwardedPolicy::new(server),
+            ours: OurCookies::new(cookie),
+            csrf_header,
             tunnels,
         }
     }
@@ -222,27 +257,6 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// The client's IP: the peer, or (from a trusted proxy) the last untrusted hop of its
-/// `X-Forwarded-For`.
-#[must_use]
-pub fn client_ip(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if !config.server.trusted_proxies.contains(&peer.ip()) {
-        return peer.ip();
-    }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    hops.iter()
-        .rev()
-        .find(|ip| !config.server.trusted_proxies.contains(ip))
-        .copied()
-        .unwrap_or(peer.ip())
 }
 
 /// Removes hop-by-hop headers: those named in `Connection` and the fixed list.
@@ -307,20 +321,20 @@ pub struct ForwardedPolicy {
 impl ForwardedPolicy {
     /// Precomputes the header values from `server.public_url` and `server.trusted_proxies`.
     #[must_use]
-    pub fn new(config: &Config) -> Self {
-        let host = config.server.public_url.host_str().and_then(|h| {
-            let v = match config.server.public_url.port() {
+    pub fn new(server: &ServerConfig) -> Self {
+        let host = server.public_url.host_str().and_then(|h| {
+            let v = match server.public_url.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_string(),
             };
             HeaderValue::from_str(&v).ok()
         });
-        let proto = HeaderValue::from_str(config.server.public_url.scheme())
+        let proto = HeaderValue::from_str(server.public_url.scheme())
             .unwrap_or_else(|_| HeaderValue::from_static("https"));
         Self {
             host,
             proto,
-            trusted: config.server.trusted_proxies.clone(),
+            trusted: server.trusted_proxies.clone(),
         }
     }
 
@@ -382,11 +396,11 @@ fn unprefixed(name: &[u8]) -> &[u8] {
 impl OurCookies {
     /// From `cookie.name` and `cookie.login_name`.
     #[must_use]
-    pub fn new(config: &Config) -> Self {
+    pub fn new(cookie: &CookieConfig) -> Self {
         let base = |n: &str| String::from_utf8_lossy(unprefixed(n.as_bytes())).to_ascii_lowercase();
-        let login = base(&config.cookie.login_name);
+        let login = base(&cookie.login_name);
         Self {
-            session: base(&config.cookie.name),
+            session: base(&cookie.name),
             login_dash: format!("{login}-"),
             login,
         }
@@ -514,9 +528,8 @@ pub struct ForwardCtx<'a> {
 ///
 /// # Errors
 /// [`Error::UpstreamUnavailable`], [`Error::UpstreamTimeout`], [`Error::InvalidRequest`].
-pub async fn forward(
+async fn forward(
     forwarder: &Forwarder,
-    config: &Config,
     route: &Route,
     route_label: &'static str,
     mut req: Request<Incoming>,
@@ -536,7 +549,7 @@ pub async fn forward(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::COOKIE);
     headers.remove(header::HOST);
-    headers.remove(&config.csrf.header);
+    headers.remove(&forwarder.csrf_header);
     forwarder.forwarded.apply(headers, ctx.peer);
     headers.insert(
         HeaderName::from_static("x-request-id"),
@@ -635,14 +648,14 @@ mod tests {
         }
     }
 
-    fn test_config() -> Config {
+    fn test_config() -> crate::config::Config {
         let mut env = crate::config::Env::new();
         env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
         env.insert(
             "CLOAKROOM_COOKIE_KEYS".into(),
             crate::crypto::KeyRing::generate_entry(1),
         );
-        Config::from_toml(
+        crate::config::Config::from_toml(
             "[server]\npublic_url = \"https://app.example\"\ntrusted_proxies = [\"10.0.0.1\"]\n\
              [oidc]\nissuer = \"https://idp.example\"\nclient_id = \"spa\"\n",
             &env,
@@ -652,7 +665,7 @@ mod tests {
 
     #[test]
     fn our_cookies_are_dropped_from_responses_and_others_kept() {
-        let ours = OurCookies::new(&test_config());
+        let ours = OurCookies::new(&test_config().cookie);
         let mut h = HeaderMap::new();
         for v in [
             "__Host-cloakroom=x; Path=/",
@@ -681,7 +694,7 @@ mod tests {
 
     #[test]
     fn forwarded_headers_follow_the_policy() {
-        let policy = ForwardedPolicy::new(&test_config());
+        let policy = ForwardedPolicy::new(&test_config().server);
         let spoof = |h: &mut HeaderMap| {
             for (n, v) in [
                 ("x-forwarded-for", "6.6.6.6"),

@@ -5,12 +5,11 @@
 //! Owns: whether this request may go on. Never writes to the store; its own memory is bounded
 //! by a periodic `retain_recent` (keys whose budget is full again are dropped).
 
-use crate::config::Config;
+use crate::config::ServerConfig;
 use crate::error::Error;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::HeaderMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +22,10 @@ impl LoginLimiter {
     /// From `server.login_rate_limit` (per minute) and `server.login_rate_burst`. Spawns the
     /// upkeep task, so it must run inside the Tokio runtime.
     #[must_use]
-    pub fn from_config(c: &Config) -> Self {
+    pub fn from_config(c: &ServerConfig) -> Self {
         let (Some(per_minute), Some(burst)) = (
-            NonZeroU32::new(c.server.login_rate_limit),
-            NonZeroU32::new(c.server.login_rate_burst.max(1)),
+            NonZeroU32::new(c.login_rate_limit),
+            NonZeroU32::new(c.login_rate_burst.max(1)),
         ) else {
             return Self(None);
         };
@@ -46,20 +45,14 @@ impl LoginLimiter {
         Self(Some(limiter))
     }
 
-    /// One request from this client.
+    /// One request from the client at `ip` (see [`crate::context::ClientIp`]).
     ///
     /// # Errors
     /// [`Error::RateLimited`] with the time until the next request would be allowed.
-    pub fn check(
-        &self,
-        config: &Config,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-    ) -> Result<(), Error> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), Error> {
         let Some(l) = &self.0 else {
             return Ok(());
         };
-        let ip = crate::proxy::client_ip(config, headers, peer);
         l.check_key(&ip).map_err(|not_until| {
             crate::metrics::rate_limited();
             Error::RateLimited {

@@ -76,19 +76,19 @@ impl Default for Limits {
 impl Limits {
     /// The `[server]` settings.
     #[must_use]
-    pub fn from_config(c: &crate::Config) -> Self {
+    pub fn from_config(c: &crate::config::ServerConfig) -> Self {
         Self {
-            header_read_timeout: c.server.header_read_timeout,
-            max_header_bytes: c.server.max_header_bytes,
-            max_connections: c.server.max_connections,
-            max_connections_per_ip: c.server.max_connections_per_ip,
-            http1_idle_timeout: c.server.http1_idle_timeout,
-            http2_idle_timeout: c.server.http2_idle_timeout,
-            http2_keep_alive_interval: c.server.http2_keep_alive_interval,
-            http2_keep_alive_timeout: c.server.http2_keep_alive_timeout,
-            http2_max_concurrent_streams: c.server.http2_max_concurrent_streams,
-            http2_max_header_list_size: c.server.http2_max_header_list_size,
-            drain: c.server.shutdown_drain,
+            header_read_timeout: c.header_read_timeout,
+            max_header_bytes: c.max_header_bytes,
+            max_connections: c.max_connections,
+            max_connections_per_ip: c.max_connections_per_ip,
+            http1_idle_timeout: c.http1_idle_timeout,
+            http2_idle_timeout: c.http2_idle_timeout,
+            http2_keep_alive_interval: c.http2_keep_alive_interval,
+            http2_keep_alive_timeout: c.http2_keep_alive_timeout,
+            http2_max_concurrent_streams: c.http2_max_concurrent_streams,
+            http2_max_header_list_size: c.http2_max_header_list_size,
+            drain: c.shutdown_drain,
         }
     }
 }

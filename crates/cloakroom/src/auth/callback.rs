@@ -5,176 +5,194 @@
 //! exchange code → verify ID token → new session → end the browser's previous session →
 //! cookies → 302.
 
-use super::{query_pairs, query_param};
-use crate::app::AppState;
 use crate::body::{empty, Body};
-use crate::cookies;
+use crate::clock::Clock;
+use crate::context::RequestCtx;
+use crate::cookies::Cookies;
+use crate::end::Ender;
 use crate::error::Error;
-use crate::session::{PendingLogin, Session, SessionId, FORMAT_VERSION, PENDING_TTL};
+use crate::oidc::OidcClient;
+use crate::query::{query_pairs, query_param};
+use crate::ratelimit::LoginLimiter;
+use crate::session::{PendingLogin, Session, SessionId, Sessions, FORMAT_VERSION, PENDING_TTL};
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub(crate) async fn callback<B>(
-    state: &AppState,
-    req: &Request<B>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Error> {
-    state
-        .login_limiter
-        .check(&state.config, req.headers(), peer)?;
-    let pairs = query_pairs(req.uri());
-    let st = query_param(&pairs, "state")?.ok_or(Error::InvalidState("missing state"))?;
-    if st.is_empty() || st.len() > 128 {
-        return Err(Error::InvalidState("malformed state"));
-    }
-    // The pending login comes from the login cookie named for this state, sealed for it: a
-    // state from another browser finds no cookie here.
-    let sealed = match cookies::pending(req.headers(), &state.config, &st) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Err(Error::InvalidState(
-                "no login in progress for this state here",
-            ))
-        }
-        Err(()) => {
-            // Two values for one login cookie: ambiguous, refused, and cleared.
-            let mut r = Error::InvalidState("ambiguous login cookie").into_response();
-            r.headers_mut().append(
-                header::SET_COOKIE,
-                cookies::expire_pending(&state.config, &st),
-            );
-            return Ok(r);
-        }
-    };
-    let pending: PendingLogin = serde_json::from_slice(&sealed)
-        .map_err(|_| Error::InvalidState("unreadable pending login"))?;
-    let now = state.clock.unix();
-    let ttl = i64::try_from(PENDING_TTL.as_secs()).unwrap_or(600);
-    if pending.created_at + ttl < now {
-        return Err(Error::InvalidState("the login took too long"));
-    }
+/// `GET /auth/callback` and what it uses.
+#[derive(Debug)]
+pub(crate) struct Callback {
+    pub(crate) limiter: LoginLimiter,
+    pub(crate) cookies: Arc<Cookies>,
+    pub(crate) oidc: Arc<OidcClient>,
+    pub(crate) sessions: Sessions,
+    pub(crate) ender: Ender,
+    pub(crate) clock: Clock,
+    pub(crate) absolute_timeout: Duration,
+}
 
-    // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
-    match query_param(&pairs, "iss")? {
-        Some(iss) if iss != state.oidc.issuer() => {
-            return Err(Error::InvalidState("iss does not match the issuer"));
+impl Callback {
+    #[allow(clippy::too_many_lines)]
+    pub(crate) async fn handle<B>(
+        &self,
+        req: &Request<B>,
+        ctx: &RequestCtx,
+    ) -> Result<Response<Body>, Error> {
+        let state = self;
+        state.limiter.check(ctx.client_ip)?;
+        let pairs = query_pairs(req.uri());
+        let st = query_param(&pairs, "state")?.ok_or(Error::InvalidState("missing state"))?;
+        if st.is_empty() || st.len() > 128 {
+            return Err(Error::InvalidState("malformed state"));
         }
-        None if state.oidc.promises_iss() => {
-            return Err(Error::InvalidState(
-                "iss missing from the authorization response",
-            ));
-        }
-        _ => {}
-    }
-    // Taken once: a replayed callback (same state, same cookie) is refused. The marker lives
-    // as long as the login cookie could.
-    let used = crate::crypto::hash(&format!("state-used:{st}"));
-    if !state
-        .sessions
-        .store()
-        .remember_once(&used, PENDING_TTL)
-        .await?
-    {
-        return Err(Error::InvalidState("this login was already finished"));
-    }
-
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::FOUND;
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        cookies::expire_pending(&state.config, &st),
-    );
-
-    if let Some(err) = query_param(&pairs, "error")? {
-        // The IdP said no (e.g. login_required after prompt=none): back to the SPA, no session.
-        let code: String = err
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        let sep = if pending.return_to.contains('?') {
-            '&'
-        } else {
-            '?'
+        // The pending login comes from the login cookie named for this state, sealed for it: a
+        // state from another browser finds no cookie here.
+        let sealed = match state.cookies.pending(req.headers(), &st) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return Err(Error::InvalidState(
+                    "no login in progress for this state here",
+                ))
+            }
+            Err(()) => {
+                // Two values for one login cookie: ambiguous, refused, and cleared.
+                let mut r = Error::InvalidState("ambiguous login cookie").into_response();
+                r.headers_mut()
+                    .append(header::SET_COOKIE, state.cookies.expire_pending(&st));
+                return Ok(r);
+            }
         };
-        let target = format!("{}{sep}error={code}", pending.return_to);
-        set_location(&mut resp, &target)?;
-        crate::metrics::login_finished("idp_error");
-        return Ok(resp);
-    }
-    let code = query_param(&pairs, "code")?.ok_or(Error::InvalidRequest("missing code".into()))?;
-
-    let result = match state
-        .oidc
-        .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            crate::metrics::login_finished(e.status_and_code().1);
-            return Err(e);
+        let pending: PendingLogin = serde_json::from_slice(&sealed)
+            .map_err(|_| Error::InvalidState("unreadable pending login"))?;
+        let now = state.clock.unix();
+        let ttl = i64::try_from(PENDING_TTL.as_secs()).unwrap_or(600);
+        if pending.created_at + ttl < now {
+            return Err(Error::InvalidState("the login took too long"));
         }
-    };
 
-    let now = state.clock.unix();
-    let id = SessionId::generate();
-    let handle = id.handle();
-    let session = Session {
-        v: FORMAT_VERSION,
-        sub: result.sub,
-        sid: result.sid,
-        claims: result.claims,
-        tokens: result.tokens,
-        created_at: now,
-        last_seen: now,
-        absolute_expires_at: now
-            + i64::try_from(state.config.session.absolute_timeout.as_secs())
-                .unwrap_or(i64::MAX / 2),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
-        ip: Some(crate::proxy::client_ip(&state.config, req.headers(), peer).to_string()),
-        generation: 0,
-    };
-    state.sessions.save(&handle, &session).await?;
-    // Frequent re-logins must not grow the user's index: drop the handles whose records are
-    // gone (expired, ended elsewhere) while we are here.
-    if let Err(e) = state
-        .sessions
-        .prune_sample(crate::session::Index::Sub, &session.sub, 16)
-        .await
-    {
-        tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");
-    }
-    tracing::info!(
-        event = "login",
-        session = %crate::session::short(&handle),
-        sub = %session.sub,
-        "session created"
-    );
-    crate::metrics::login_finished("ok");
-
-    // No fixation and no orphan: the session this browser had when the login started (and
-    // the one its cookie names now, should the callback carry it) ends — deleted, its tokens
-    // revoked (see `Ender::end_replaced` for the one exception). The new session has a new id.
-    let current = cookies::session_id(req.headers(), &state.config).map(|id| id.handle());
-    let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
-    previous.dedup();
-    for old in previous.into_iter().filter(|h| *h != handle) {
-        if let Err(e) = state.ender.end_replaced(&old, &session).await {
-            // The new session stands; the old one expires by its TTL.
-            tracing::warn!(session = %crate::session::short(&old), error = %e, "previous session not ended at re-login");
+        // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
+        match query_param(&pairs, "iss")? {
+            Some(iss) if iss != state.oidc.issuer() => {
+                return Err(Error::InvalidState("iss does not match the issuer"));
+            }
+            None if state.oidc.promises_iss() => {
+                return Err(Error::InvalidState(
+                    "iss missing from the authorization response",
+                ));
+            }
+            _ => {}
         }
-    }
+        // Taken once: a replayed callback (same state, same cookie) is refused. The marker lives
+        // as long as the login cookie could.
+        let used = crate::crypto::hash(&format!("state-used:{st}"));
+        if !state
+            .sessions
+            .store()
+            .remember_once(&used, PENDING_TTL)
+            .await?
+        {
+            return Err(Error::InvalidState("this login was already finished"));
+        }
 
-    resp.headers_mut()
-        .append(header::SET_COOKIE, cookies::set_session(&state.config, &id));
-    set_location(&mut resp, &pending.return_to)?;
-    Ok(resp)
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::FOUND;
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.headers_mut()
+            .append(header::SET_COOKIE, state.cookies.expire_pending(&st));
+
+        if let Some(err) = query_param(&pairs, "error")? {
+            // The IdP said no (e.g. login_required after prompt=none): back to the SPA, no session.
+            let code: String = err
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            let sep = if pending.return_to.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            let target = format!("{}{sep}error={code}", pending.return_to);
+            set_location(&mut resp, &target)?;
+            crate::metrics::login_finished("idp_error");
+            return Ok(resp);
+        }
+        let code =
+            query_param(&pairs, "code")?.ok_or(Error::InvalidRequest("missing code".into()))?;
+
+        let result = match state
+            .oidc
+            .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                crate::metrics::login_finished(e.status_and_code().1);
+                return Err(e);
+            }
+        };
+
+        let now = state.clock.unix();
+        let id = SessionId::generate();
+        let handle = id.handle();
+        let session = Session {
+            v: FORMAT_VERSION,
+            sub: result.sub,
+            sid: result.sid,
+            claims: result.claims,
+            tokens: result.tokens,
+            created_at: now,
+            last_seen: now,
+            absolute_expires_at: now
+                + i64::try_from(state.absolute_timeout.as_secs()).unwrap_or(i64::MAX / 2),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
+            ip: Some(ctx.client_ip.to_string()),
+            generation: 0,
+        };
+        state.sessions.save(&handle, &session).await?;
+        // Frequent re-logins must not grow the user's index: drop the handles whose records are
+        // gone (expired, ended elsewhere) while we are here.
+        if let Err(e) = state
+            .sessions
+            .prune_sample(crate::session::Index::Sub, &session.sub, 16)
+            .await
+        {
+            tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");
+        }
+        tracing::info!(
+            event = "login",
+            session = %crate::session::short(&handle),
+            sub = %session.sub,
+            "session created"
+        );
+        crate::metrics::login_finished("ok");
+
+        // No fixation and no orphan: the session this browser had when the login started (and
+        // the one its cookie names now, should the callback carry it) ends — deleted, its tokens
+        // revoked (see `Ender::end_replaced` for the one exception). The new session has a new id.
+        let current = state
+            .cookies
+            .session_id(req.headers())
+            .map(|id| id.handle());
+        let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
+        previous.dedup();
+        for old in previous.into_iter().filter(|h| *h != handle) {
+            if let Err(e) = state.ender.end_replaced(&old, &session).await {
+                // The new session stands; the old one expires by its TTL.
+                tracing::warn!(session = %crate::session::short(&old), error = %e, "previous session not ended at re-login");
+            }
+        }
+
+        resp.headers_mut()
+            .append(header::SET_COOKIE, state.cookies.set_session(&id));
+        set_location(&mut resp, &pending.return_to)?;
+        Ok(resp)
+    }
 }
 
 fn set_location(resp: &mut Response<Body>, target: &str) -> Result<(), Error> {

@@ -623,7 +623,8 @@ async fn admin_lists_and_ends_sessions() {
         let config = env.config(1, &env.keys, "");
         let mut h = http::HeaderMap::new();
         h.insert("cookie", cookie_of(b).parse().unwrap());
-        cloakroom::cookies::session_id(&h, &config)
+        cloakroom::cookies::Cookies::from_config(&config)
+            .session_id(&h)
             .unwrap()
             .handle()
     };

@@ -733,7 +733,8 @@ async fn a_sessions_tunnels_are_registered_under_its_handle() {
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::COOKIE, cookie.parse().expect("cookie"));
     let config = env.config(1, &env.keys, "");
-    let handle = cloakroom::cookies::session_id(&headers, &config)
+    let handle = cloakroom::cookies::Cookies::from_config(&config)
+        .session_id(&headers)
         .expect("session id")
         .handle();
     let tunnels = env.apps[0].tunnels();

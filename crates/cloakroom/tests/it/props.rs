@@ -176,8 +176,8 @@ proptest! {
         if let Ok(v) = HeaderValue::from_bytes(&raw) {
             h.append(COOKIE, v);
         }
-        prop_assert!(cookies::session_id(&h, config()).is_none());
-        prop_assert!(!matches!(cookies::pending(&h, config(), "some-state"), Ok(Some(_))));
+        prop_assert!(cloakroom::cookies::Cookies::from_config(config()).session_id(&h).is_none());
+        prop_assert!(!matches!(cloakroom::cookies::Cookies::from_config(config()).pending(&h, "some-state"), Ok(Some(_))));
     }
 
     /// A session cookie Cloakroom set is found among arbitrary other cookies (and garbage
@@ -191,7 +191,7 @@ proptest! {
     ) {
         let c = config();
         let id = SessionId::generate();
-        let set = cookies::set_session(c, &id);
+        let set = cloakroom::cookies::Cookies::from_config(c).set_session(&id);
         let set = set.to_str().expect("ascii Set-Cookie");
         let value = set
             .split(';')
@@ -202,7 +202,7 @@ proptest! {
         prop_assert!(value.len() < cookies::MAX_SESSION_COOKIE, "{}", value.len());
         let h = cookie_headers(&[with_session_cookie(&noise, at, &value)]);
         prop_assume!(!h.is_empty());
-        let got = cookies::session_id(&h, c);
+        let got = cloakroom::cookies::Cookies::from_config(c).session_id(&h);
         // One session cookie or none (SPEC §1 [v2]): another value under our name among the
         // noise makes the credentials ambiguous, and nothing authenticates.
         let rival = noise.iter().any(|(k, v)| {
@@ -210,14 +210,14 @@ proptest! {
         });
         if rival {
             prop_assert!(got.is_none());
-            prop_assert!(cookies::ambiguous_session(&h, c));
+            prop_assert!(cloakroom::cookies::Cookies::from_config(c).ambiguous_session(&h));
         } else {
             prop_assert_eq!(got.as_ref().map(SessionId::expose), Some(id.expose()));
-            prop_assert!(!cookies::ambiguous_session(&h, c));
+            prop_assert!(!cloakroom::cookies::Cookies::from_config(c).ambiguous_session(&h));
         }
         // The same cookie sent twice is still one value.
         let twice = cookie_headers(&[with_session_cookie(&[], 0, &value), with_session_cookie(&[], 0, &value)]);
-        let again = cookies::session_id(&twice, c);
+        let again = cloakroom::cookies::Cookies::from_config(c).session_id(&twice);
         prop_assert_eq!(again.as_ref().map(SessionId::expose), Some(id.expose()));
 
         let raw = URL_SAFE_NO_PAD.decode(id.expose()).expect("base64url id");
@@ -225,7 +225,7 @@ proptest! {
         let wrong_size = c.keys.seal_text(c.cookie.name.as_bytes(), &vec![7u8; wrong_len]);
         for bad in [wrong_aad, wrong_size] {
             let h = cookie_headers(&[with_session_cookie(&noise, at, &bad)]);
-            prop_assert!(cookies::session_id(&h, c).is_none());
+            prop_assert!(cloakroom::cookies::Cookies::from_config(c).session_id(&h).is_none());
         }
     }
 }
@@ -239,7 +239,7 @@ proptest! {
 fn non_ascii_sibling_cookie_does_not_hide_the_session_cookie() {
     let c = config();
     let id = SessionId::generate();
-    let set = cookies::set_session(c, &id);
+    let set = cloakroom::cookies::Cookies::from_config(c).set_session(&id);
     let value = set
         .to_str()
         .expect("ascii")
@@ -257,7 +257,10 @@ fn non_ascii_sibling_cookie_does_not_hide_the_session_cookie() {
         HeaderValue::from_bytes(&bytes).expect("obs-text is a valid header value"),
     );
     assert_eq!(
-        cookies::session_id(&h, c).as_ref().map(SessionId::expose),
+        cloakroom::cookies::Cookies::from_config(c)
+            .session_id(&h)
+            .as_ref()
+            .map(SessionId::expose),
         Some(id.expose()),
         "a UTF-8 sibling cookie hid the session cookie"
     );
@@ -905,7 +908,7 @@ proptest! {
             headers.append(n, v);
         }
         let before = headers.clone();
-        cloakroom::proxy::ForwardedPolicy::new(c).apply(&mut headers, peer);
+        cloakroom::proxy::ForwardedPolicy::new(&c.server).apply(&mut headers, peer);
 
         let one = |name: &str| -> Result<String, TestCaseError> {
             let all: Vec<_> = headers.get_all(name).iter().collect();
@@ -976,7 +979,7 @@ proptest! {
         value in "[!-~&&[^;]]{0,30}",
         attrs in "(; [A-Za-z-]{1,10}(=[ -:<-~]{0,10})?){0,3}",
     ) {
-        let ours = cloakroom::proxy::OurCookies::new(config());
+        let ours = cloakroom::proxy::OurCookies::new(&config().cookie);
         let base = if login { "cloakroom-login" } else { "cloakroom" };
         let tag = if login { tag } else { String::new() };
         let name = recase(&format!("{prefix}{base}{tag}"), bits);
@@ -991,7 +994,7 @@ proptest! {
     /// A cookie that is not ours under any spelling passes.
     #[test]
     fn other_cookie_names_pass(name in "[A-Za-z0-9_.-]{1,24}", value in "[!-~&&[^;]]{0,20}") {
-        let ours = cloakroom::proxy::OurCookies::new(config());
+        let ours = cloakroom::proxy::OurCookies::new(&config().cookie);
         let lower = name.to_ascii_lowercase();
         let base = lower
             .strip_prefix("__host-")

@@ -294,7 +294,9 @@ async fn redis_holds_no_token_or_session_id_in_plaintext() {
         "cookie",
         format!("__Host-cloakroom={cookie}").parse().unwrap(),
     );
-    let id = cloakroom::cookies::session_id(&h, &config).expect("id");
+    let id = cloakroom::cookies::Cookies::from_config(&config)
+        .session_id(&h)
+        .expect("id");
 
     let mut dump = String::new();
     let keys = env.redis.cli(&["KEYS", "*"]);

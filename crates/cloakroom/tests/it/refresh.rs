@@ -135,7 +135,8 @@ async fn refresh_under_way(env: &TestEnv, browser: &Browser) {
         http::header::COOKIE,
         cookie_of(browser).parse().expect("cookie"),
     );
-    let handle = cloakroom::cookies::session_id(&headers, &env.config(1, &env.keys, ""))
+    let handle = cloakroom::cookies::Cookies::from_config(&env.config(1, &env.keys, ""))
+        .session_id(&headers)
         .expect("session id")
         .handle();
     let key = format!("cloakroom:lock:{{{handle}}}");

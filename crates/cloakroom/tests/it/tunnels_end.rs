@@ -95,7 +95,8 @@ async fn tunnels_end_with_their_session_on_every_instance() {
     let s1 = env.session_of(&sessions[1].0).await.expect("session");
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::COOKIE, sessions[1].1.parse().unwrap());
-    let handle = cloakroom::cookies::session_id(&headers, &env.config(1, &env.keys, ""))
+    let handle = cloakroom::cookies::Cookies::from_config(&env.config(1, &env.keys, ""))
+        .session_id(&headers)
         .expect("id")
         .handle();
     let r = reqwest::Client::new()

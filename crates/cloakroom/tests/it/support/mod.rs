@@ -416,8 +416,8 @@ strip_prefix = true
         let mut headers = http::HeaderMap::new();
         let cookie = self.cookie_header(browser)?;
         headers.insert(http::header::COOKIE, cookie.parse().ok()?);
-        let id = cloakroom::cookies::session_id(&headers, &config)?;
-        let store = cloakroom::app::connect_store(&config).await.ok()?;
+        let id = cloakroom::cookies::Cookies::from_config(&config).session_id(&headers)?;
+        let store = cloakroom::app::connect_store(&config.store).await.ok()?;
         let sessions = cloakroom::session::Sessions::new(
             store,
             config.keys.clone(),

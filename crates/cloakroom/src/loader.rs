@@ -1,0 +1,95 @@
+//! The session loader stage: from the request's cookie to the live session, through the key
+//! ring, the session cache and the store, sliding the idle timeout on activity.
+//!
+//! Owns: which session a request belongs to. Never refreshes (that is [`crate::refresh`]) and
+//! never ends a session.
+
+use crate::clock::Clock;
+use crate::cookies::Cookies;
+use crate::error::Error;
+use crate::session::{Session, Sessions};
+use http::HeaderMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Loads the browser's current session.
+#[derive(Debug, Clone)]
+pub struct SessionLoader {
+    sessions: Sessions,
+    cookies: Arc<Cookies>,
+    clock: Clock,
+    slide_interval: i64,
+}
+
+impl SessionLoader {
+    /// `idle_timeout` sets how often activity is written ([`slide_interval`]).
+    #[must_use]
+    pub fn new(
+        sessions: Sessions,
+        cookies: Arc<Cookies>,
+        clock: Clock,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            sessions,
+            cookies,
+            clock,
+            slide_interval: slide_interval(idle_timeout),
+        }
+    }
+
+    /// The browser's current session: `(handle, session)`, or `None` for no, bad or expired
+    /// cookie. With `slide`, activity moves the idle timeout (written at most once per slide
+    /// interval).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`].
+    pub async fn current(
+        &self,
+        headers: &HeaderMap,
+        slide: bool,
+    ) -> Result<Option<(String, Session)>, Error> {
+        Ok(self
+            .current_shared(headers, slide)
+            .await?
+            .map(|(handle, s)| (handle, Arc::unwrap_or_clone(s))))
+    }
+
+    /// As [`SessionLoader::current`], sharing the session with the session cache instead of
+    /// copying it (the API proxy path).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`].
+    pub async fn current_shared(
+        &self,
+        headers: &HeaderMap,
+        slide: bool,
+    ) -> Result<Option<(String, Arc<Session>)>, Error> {
+        let Some(id) = self.cookies.session_id(headers) else {
+            return Ok(None);
+        };
+        let handle = id.handle();
+        let Some(mut s) = self.sessions.load_shared(&handle).await? else {
+            return Ok(None);
+        };
+        if slide {
+            let now = self.clock.unix();
+            if now - s.last_seen >= self.slide_interval {
+                Arc::make_mut(&mut s).last_seen = now;
+                if !self.sessions.touch(&handle, &s).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some((handle, s)))
+    }
+}
+
+/// Sliding writes at most once per this many seconds: a tenth of the idle timeout, between 1 s
+/// and 60 s. The idle expiry is therefore exact to within that interval, and a busy session
+/// costs one store write per interval instead of one per request.
+#[must_use]
+pub fn slide_interval(idle_timeout: Duration) -> i64 {
+    let idle = i64::try_from(idle_timeout.as_secs()).unwrap_or(i64::MAX);
+    (idle / 10).clamp(1, 60)
+}
