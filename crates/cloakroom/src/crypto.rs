@@ -111,7 +111,7 @@ impl KeyRing {
         // Encryption with a valid 32-byte key and 12-byte nonce cannot fail for inputs below the
         // AES-GCM length limit (64 GiB); our inputs are at most a few KiB.
         match key.cipher.encrypt(
-            Nonce::from_slice(&nonce),
+            &Nonce::from(nonce),
             Payload {
                 msg: plaintext,
                 aad,
@@ -130,9 +130,10 @@ impl KeyRing {
             return None;
         }
         let key = self.keys.iter().find(|k| k.id == sealed[1])?;
+        let nonce = Nonce::try_from(&sealed[2..HEADER]).ok()?;
         key.cipher
             .decrypt(
-                Nonce::from_slice(&sealed[2..HEADER]),
+                &nonce,
                 Payload {
                     msg: &sealed[HEADER..],
                     aad,
@@ -161,7 +162,7 @@ impl KeyRing {
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     use hmac::Mac;
     // HMAC takes keys of any length: new_from_slice cannot fail for it.
-    let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
+    let mut m = <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     m.update(data);
     m.finalize().into_bytes().into()
