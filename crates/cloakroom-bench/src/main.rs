@@ -7,14 +7,17 @@
 //! `token = "required"` route with a valid session, latency at a fixed rate, peak RSS with
 //! 100,000 sessions in Redis, (d) a refresh storm against the real IdP with 10 % of the calls
 //! abandoned by the client, and (e) an IdP outage during load (a second IdP and Cloakroom, see
-//! `stall.rs`). It checks the targets of issues #6 and #10 and writes the report.
+//! `stall.rs`); and, interleaved with (b) and (c), the references of issue #13 (`refs.rs`):
+//! nginx as a plain reverse proxy, Apache httpd + mod_proxy, Apache + mod_auth_openidc. It checks
+//! the targets of issues #6, #10 and #13 and writes the report.
 //!
 //! `--smoke` runs every scenario with tiny settings and the built-in load generator, so the test
-//! suite can prove the benchmark still works (tests/it/bench_smoke.rs).
+//! suite can prove the benchmark still works (crates/cloakroom-bench/tests/smoke.rs).
 
 mod hold;
 mod load;
 mod procs;
+mod refs;
 mod report;
 mod seed;
 mod stall;
@@ -122,11 +125,23 @@ pub struct Args {
     /// Write the raw results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Run only these parts (comma-separated: a,b,c,p,latency,rss,storm,stall), e.g. for
-    /// profiling.
+    /// Run only these parts (comma-separated: a,b,c,nginx,apache,apache-oidc,p,latency,rss,
+    /// storm,stall; `refs` = nginx,apache,apache-oidc), e.g. for profiling.
     /// The report is then incomplete and the run exits non-zero.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Leave out the references (nginx as a plain reverse proxy, Apache + mod_proxy, Apache +
+    /// mod_auth_openidc with sessions in Redis), which otherwise run interleaved with (b) and (c)
+    /// and need nginx, apache2 and libapache2-mod-auth-openidc installed (scripts/bench installs
+    /// them).
+    #[arg(long)]
+    pub no_refs: bool,
+    /// Real logins through Apache + mod_auth_openidc (and the IdP) that its runs rotate over.
+    #[arg(long, default_value_t = 100)]
+    pub oidc_sessions: usize,
+    /// Where Apache's modules are (mod_mpm_event, mod_proxy_http, mod_headers, mod_auth_openidc…).
+    #[arg(long, default_value = "/usr/lib/apache2/modules")]
+    pub apache_modules: PathBuf,
     /// Extra environment for the cloakroom process (`KEY=VALUE`, repeatable), e.g.
     /// `TOKIO_WORKER_THREADS=1`.
     #[arg(long = "cloakroom-env")]
@@ -151,6 +166,17 @@ impl Args {
         self.only.is_empty() || self.only.iter().any(|p| p == part)
     }
 
+    /// The references this run measures (ids of `refs::IDS`).
+    fn refs_wanted(&self) -> Vec<&'static str> {
+        if self.no_refs {
+            return Vec::new();
+        }
+        refs::IDS
+            .into_iter()
+            .filter(|id| self.runs(id) || self.runs("refs"))
+            .collect()
+    }
+
     fn apply_smoke(&mut self) {
         if !self.smoke {
             return;
@@ -171,6 +197,7 @@ impl Args {
         self.stall_rate = 5.0;
         self.stall_connections = 4;
         self.stall_cooloff = 1;
+        self.oidc_sessions = 2;
         self.builtin_load = true;
     }
 }
@@ -181,8 +208,11 @@ pub struct Scenario {
     pub id: String,
     pub title: String,
     pub load: Load,
-    /// Cloakroom's CPU (utime + stime) per request, µs.
+    /// The proxy's CPU (utime + stime) per request, µs: Cloakroom's, or a reference's whole
+    /// process tree (nginx master + workers, Apache parent + children).
     pub cpu_us_per_req: Option<f64>,
+    /// Of it, kernel time (stime), µs per request.
+    pub cpu_kernel_us_per_req: Option<f64>,
     /// Redis commands per request (`INFO commandstats` delta / requests).
     pub redis_cmds_per_req: Option<f64>,
     pub redis_cmds: BTreeMap<String, u64>,
@@ -196,6 +226,9 @@ pub struct Scenario {
     pub peak_rss_kib: Option<u64>,
     /// Requests the upstream answered during the run (a cross-check of the forwarding).
     pub upstream_requests: u64,
+    /// … of them with `Authorization: Bearer …`, and with a `Cookie` header.
+    pub upstream_bearer_requests: u64,
+    pub upstream_cookie_requests: u64,
     /// CPU per request of the upstream (this process; with the built-in load generator it
     /// includes that too), µs: the cost of a minimal hyper server on this machine.
     pub upstream_cpu_us_per_req: Option<f64>,
@@ -262,6 +295,8 @@ pub struct Results {
     pub storm: Storm,
     /// (e): the IdP's token endpoint down during load (`None`: not run).
     pub stall: Option<stall::Stall>,
+    /// The references of issue #13 (`None`: `--no-refs`); their runs are in `throughput`.
+    pub refs: Option<refs::RefsInfo>,
     pub targets: Vec<report::Target>,
 }
 
@@ -277,26 +312,105 @@ struct Rig {
 }
 
 struct Snap {
-    cpu: Option<f64>,
+    cpu: Option<(f64, f64)>,
     calls: BTreeMap<String, u64>,
     redis_cpu: f64,
     opened: Option<f64>,
     upstream: (u64, u64),
+    headers: (u64, u64),
     own_cpu: Option<f64>,
     machine: Option<(u64, u64, u64)>,
 }
 
+/// Commands per name between two `INFO commandstats` readings.
+fn cmds_since(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let mut cmds = BTreeMap::new();
+    for (k, v) in after {
+        let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+        if d > 0 {
+            cmds.insert(k.clone(), d);
+        }
+    }
+    cmds
+}
+
+/// (all, kernel) µs per request between two (user, kernel) readings.
+fn cpu_per_req(
+    before: Option<(f64, f64)>,
+    after: Option<(f64, f64)>,
+    n: f64,
+) -> (Option<f64>, Option<f64>) {
+    match (before, after) {
+        (Some((bu, bk)), Some((au, ak))) => (
+            Some(((au + ak) - (bu + bk)) * 1e6 / n),
+            Some((ak - bk) * 1e6 / n),
+        ),
+        _ => (None, None),
+    }
+}
+
+impl Snap {
+    /// A scenario with what every run measures between `before` and this snapshot: the
+    /// upstream's counts, this process' CPU, the machine's, and the proxy's CPU (`cpu`).
+    fn scenario_since(&self, before: &Snap, id: &str, title: &str, load: Load) -> Scenario {
+        let n = load.requests.max(1) as f64;
+        let (cpu, kernel) = cpu_per_req(before.cpu, self.cpu, n);
+        let mut s = Scenario {
+            id: id.into(),
+            title: title.into(),
+            load,
+            cpu_us_per_req: cpu,
+            cpu_kernel_us_per_req: kernel,
+            upstream_requests: self.upstream.1 - before.upstream.1,
+            upstream_bearer_requests: self.headers.0 - before.headers.0,
+            upstream_cookie_requests: self.headers.1 - before.headers.1,
+            upstream_cpu_us_per_req: self
+                .own_cpu
+                .zip(before.own_cpu)
+                .map(|(a, b)| (a - b) * 1e6 / n),
+            ..Scenario::default()
+        };
+        if let (Some(a), Some(b)) = (self.machine, before.machine) {
+            let total = (a.2 - b.2).max(1) as f64;
+            s.machine_busy_pct = Some(100.0 * (a.0 - b.0) as f64 / total);
+            s.machine_steal_pct = Some(100.0 * (a.1 - b.1) as f64 / total);
+        }
+        s
+    }
+
+    /// Sets the Redis figures of `s` between `before` and this snapshot.
+    fn redis_since(&self, before: &Snap, s: &mut Scenario) {
+        let n = s.load.requests.max(1) as f64;
+        let cmds = cmds_since(&before.calls, &self.calls);
+        s.redis_cmds_per_req = Some(cmds.values().sum::<u64>() as f64 / n);
+        s.redis_cmds = cmds;
+        s.redis_cpu_us_per_req = Some((self.redis_cpu - before.redis_cpu) * 1e6 / n);
+    }
+}
+
 impl Rig {
-    async fn snap(&self) -> Snap {
+    /// `cpu`: the (user, kernel) CPU of the proxy under test; `redis`: read Redis' counters.
+    async fn snap(&self, cpu: Option<(f64, f64)>, redis: bool, cloakroom: bool) -> Snap {
         Snap {
-            cpu: procs::cpu_seconds(self.cloak.pid()),
-            calls: self.redis.command_calls(),
-            redis_cpu: self.redis.cpu_seconds(),
-            opened: self
-                .cloak
-                .metric(&self.http, "cloakroom_upstream_connections_opened_total")
-                .await,
+            cpu,
+            calls: if redis {
+                self.redis.command_calls()
+            } else {
+                BTreeMap::new()
+            },
+            redis_cpu: if redis { self.redis.cpu_seconds() } else { 0.0 },
+            opened: if cloakroom {
+                self.cloak
+                    .metric(&self.http, "cloakroom_upstream_connections_opened_total")
+                    .await
+            } else {
+                None
+            },
             upstream: self.upstream.counts(),
+            headers: self.upstream.header_counts(),
             own_cpu: procs::cpu_seconds(std::process::id()),
             machine: procs::machine_ticks(),
         }
@@ -315,39 +429,14 @@ impl Rig {
     {
         let pid = self.cloak.pid();
         procs::reset_peak_rss(pid);
-        let before = self.snap().await;
+        let cpu = || via_cloakroom.then(|| procs::cpu_split(pid)).flatten();
+        let before = self.snap(cpu(), via_cloakroom, via_cloakroom).await;
         let load = load.await?;
-        let after = self.snap().await;
+        let after = self.snap(cpu(), via_cloakroom, via_cloakroom).await;
         let n = load.requests.max(1) as f64;
-        let mut cmds = BTreeMap::new();
-        for (k, v) in &after.calls {
-            let d = v.saturating_sub(before.calls.get(k).copied().unwrap_or(0));
-            if d > 0 {
-                cmds.insert(k.clone(), d);
-            }
-        }
-        let total: u64 = cmds.values().sum();
-        let mut s = Scenario {
-            id: id.into(),
-            title: title.into(),
-            load,
-            upstream_requests: after.upstream.1 - before.upstream.1,
-            upstream_cpu_us_per_req: after
-                .own_cpu
-                .zip(before.own_cpu)
-                .map(|(a, b)| (a - b) * 1e6 / n),
-            ..Scenario::default()
-        };
-        if let (Some(a), Some(b)) = (after.machine, before.machine) {
-            let total = (a.2 - b.2).max(1) as f64;
-            s.machine_busy_pct = Some(100.0 * (a.0 - b.0) as f64 / total);
-            s.machine_steal_pct = Some(100.0 * (a.1 - b.1) as f64 / total);
-        }
+        let mut s = after.scenario_since(&before, id, title, load);
         if via_cloakroom {
-            s.cpu_us_per_req = after.cpu.zip(before.cpu).map(|(a, b)| (a - b) * 1e6 / n);
-            s.redis_cmds_per_req = Some(total as f64 / n);
-            s.redis_cmds = cmds;
-            s.redis_cpu_us_per_req = Some((after.redis_cpu - before.redis_cpu) * 1e6 / n);
+            after.redis_since(&before, &mut s);
             s.upstream_conns_opened = after
                 .opened
                 .zip(before.opened)
@@ -360,31 +449,33 @@ impl Rig {
         Ok(s)
     }
 
-    /// Runs `load` against another process (the reference proxy): its CPU and peak RSS only.
+    /// Runs `load` against another server (the reference minimal proxy, nginx, Apache): the CPU
+    /// of its whole process tree (`procs::tree_cpu`), its peak RSS when it is one process, and,
+    /// with `with_redis`, the Redis figures (mod_auth_openidc keeps its sessions there).
     async fn measure_process<F>(
         &self,
         id: &str,
         title: &str,
         pid: u32,
+        with_redis: bool,
         load: F,
     ) -> Result<Scenario, String>
     where
         F: std::future::Future<Output = Result<Load, String>>,
     {
+        let single = procs::descendants(pid).is_empty();
         procs::reset_peak_rss(pid);
-        let before = (procs::cpu_seconds(pid), self.upstream.counts().1);
+        let before = self.snap(procs::tree_cpu(pid), with_redis, false).await;
         let load = load.await?;
-        let after = (procs::cpu_seconds(pid), self.upstream.counts().1);
-        let n = load.requests.max(1) as f64;
-        Ok(Scenario {
-            id: id.into(),
-            title: title.into(),
-            cpu_us_per_req: after.0.zip(before.0).map(|(a, b)| (a - b) * 1e6 / n),
-            peak_rss_kib: procs::status_kib(pid, "VmHWM"),
-            upstream_requests: after.1 - before.1,
-            load,
-            ..Scenario::default()
-        })
+        let after = self.snap(procs::tree_cpu(pid), with_redis, false).await;
+        let mut s = after.scenario_since(&before, id, title, load);
+        if with_redis {
+            after.redis_since(&before, &mut s);
+        }
+        if single {
+            s.peak_rss_kib = procs::status_kib(pid, "VmHWM");
+        }
+        Ok(s)
     }
 
     /// A throughput run of `secs` against `url` (after a warm-up), rotating over `cookies`.
@@ -451,17 +542,20 @@ fn write_cookies(dir: &Path, name: &str, cookies: &[String]) -> Result<PathBuf, 
     Ok(p)
 }
 
-/// The test IdP's configuration: one client (this Cloakroom on `port`), access tokens of `ttl` s.
-fn idp_config(port: u16, ttl: u64) -> serde_json::Value {
+/// The test IdP's configuration: this Cloakroom on `port` as a client (and `extra` clients:
+/// mod_auth_openidc's), access tokens of `ttl` s.
+fn idp_config(port: u16, ttl: u64, extra: &[serde_json::Value]) -> serde_json::Value {
+    let mut clients = vec![serde_json::json!({
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback")],
+        "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
+        "token_endpoint_auth_method": "client_secret_basic",
+    })];
+    clients.extend_from_slice(extra);
     serde_json::json!({
         "access_token_ttl": ttl,
-        "clients": [{
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback")],
-            "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
-            "token_endpoint_auth_method": "client_secret_basic",
-        }]
+        "clients": clients,
     })
 }
 
@@ -541,6 +635,14 @@ async fn run(args: Args) -> Result<Results, String> {
             log("oha not found: the fixed-rate runs use the built-in open-loop generator");
         }
     }
+    // The references need nginx and Apache: say so before anything starts.
+    let ref_ids = args.refs_wanted();
+    let ref_bins = if ref_ids.is_empty() {
+        None
+    } else {
+        Some(refs::find(&args.apache_modules)?)
+    };
+    let ref_ports = refs::Ports::free();
 
     // --- the rig ------------------------------------------------------------------------------
     let redis = Redis::start(&dir)?;
@@ -548,7 +650,17 @@ async fn run(args: Args) -> Result<Results, String> {
     let port = procs::free_port();
     let admin_port = procs::free_port();
     let keys = cloakroom::crypto::KeyRing::generate_entry(1);
-    let idp = Idp::start(&repo, &dir, &idp_config(port, 2 * args.storm_window))?;
+    // mod_auth_openidc is a client of the same IdP (registered here, not in its defaults).
+    let extra_clients = if ref_ids.contains(&"apache-oidc") {
+        vec![refs::idp_client(ref_ports)]
+    } else {
+        Vec::new()
+    };
+    let idp = Idp::start(
+        &repo,
+        &dir,
+        &idp_config(port, 2 * args.storm_window, &extra_clients),
+    )?;
     let text = cloakroom_toml(port, admin_port, &idp.issuer, &redis.url(), upstream.addr);
     let env: Vec<(String, String)> = vec![
         ("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
@@ -633,45 +745,145 @@ async fn run(args: Args) -> Result<Results, String> {
             true,
         ),
     ];
-    // (b) and (c) twice, interleaved (b c b c): their ratio is the target, and on a shared
-    // machine one run of each can land in different weather. The targets use the means.
-    for i in [0, 1, 2, 1, 2] {
+
+    // --- the references: nginx, Apache + mod_proxy, Apache + mod_auth_openidc ------------------
+    let mut references = match &ref_bins {
+        Some(bins) => {
+            log(format!("starting the references: {}", ref_ids.join(", ")));
+            let mut r = refs::Refs::start(
+                bins,
+                ref_ports,
+                &refs::Env {
+                    dir: &dir,
+                    upstream: rig.upstream.addr,
+                    issuer: &rig.idp.issuer,
+                    redis_port: rig.redis.port,
+                    // Where Cloakroom's access log goes in this benchmark (procs.rs).
+                    access_log: "/dev/null",
+                },
+                &ref_ids,
+            )?;
+            r.login(&rig.http, &rig.idp.issuer, args.oidc_sessions)
+                .await?;
+            if r.oidc.is_some() {
+                log(format!(
+                    "    {} logins through Apache + mod_auth_openidc in {:.1} s",
+                    r.info.oidc_sessions, r.info.oidc_login_seconds
+                ));
+            }
+            r.check(&rig.http, &rig.upstream, &rig.idp.issuer, &cookies[0])
+                .await?;
+            for c in &r.info.checks {
+                log(format!("    checked: {}: {}", c.what, c.detail));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let oidc_cookies = Arc::new(
+        references
+            .as_ref()
+            .map(|r| r.oidc_cookies.clone())
+            .unwrap_or_default(),
+    );
+    let oidc_cookie_file = write_cookies(&dir, "cookies-oidc.txt", &oidc_cookies)?;
+
+    // What each throughput run goes through.
+    enum Via {
+        Direct,
+        Cloakroom,
+        /// A reference server's process tree; `true`: its sessions are in the benchmark's Redis.
+        Server(u32, bool),
+    }
+    struct Run<'a> {
+        id: &'a str,
+        title: &'a str,
+        url: String,
+        via: Via,
+        cookies: &'a Arc<Vec<String>>,
+        cookie_file: &'a Path,
+    }
+    let cloak_run = |i: usize| {
         let (id, title, url, via) = runs[i];
-        if !args.runs(id) {
+        Run {
+            id,
+            title,
+            url: url.to_string(),
+            via: if via { Via::Cloakroom } else { Via::Direct },
+            cookies: &cookies,
+            cookie_file: &cookie_file,
+        }
+    };
+    let mut plan = vec![cloak_run(0)];
+    // (b) and (c) twice, interleaved, and the references in each round (b c refs b c refs):
+    // the ratios are the targets, and on a shared machine one run of each can land in different
+    // weather. The targets use the means (b, c) and medians (references) of the rounds.
+    for _round in 0..2 {
+        plan.push(cloak_run(1));
+        plan.push(cloak_run(2));
+        if let Some(r) = &mut references {
+            for id in refs::IDS {
+                let oidc = id == "apache-oidc";
+                let path = if oidc { "/api/bench" } else { "/public/bench" };
+                let url = format!("{}{path}", r.base(id));
+                let Some(server) = r.server(id) else { continue };
+                plan.push(Run {
+                    id,
+                    title: refs::title(id),
+                    url,
+                    via: Via::Server(server.pid(), oidc),
+                    cookies: if oidc { &oidc_cookies } else { &cookies },
+                    cookie_file: if oidc {
+                        &oidc_cookie_file
+                    } else {
+                        &cookie_file
+                    },
+                });
+            }
+        }
+    }
+    for run in &plan {
+        if !(args.runs(run.id) || refs::IDS.contains(&run.id)) {
             continue;
         }
+        let (id, title, url) = (run.id, run.title, run.url.as_str());
         log(format!("({id}) {title}: {url}"));
-        if args.warmup > 0 {
+        let tp = |secs: u64| {
             rig.throughput(
                 &args,
                 url,
-                &cookies,
-                &cookie_file,
+                run.cookies,
+                run.cookie_file,
                 args.connections,
-                args.warmup,
+                secs,
             )
-            .await?;
+        };
+        if args.warmup > 0 {
+            tp(args.warmup).await?;
         }
-        let s = rig
-            .measure(
-                id,
-                title,
-                via,
-                rig.throughput(
-                    &args,
-                    url,
-                    &cookies,
-                    &cookie_file,
-                    args.connections,
-                    args.duration,
-                ),
-            )
-            .await?;
+        let s = match run.via {
+            Via::Direct => rig.measure(id, title, false, tp(args.duration)).await?,
+            Via::Cloakroom => rig.measure(id, title, true, tp(args.duration)).await?,
+            Via::Server(pid, redis) => {
+                rig.measure_process(id, title, pid, redis, tp(args.duration))
+                    .await?
+            }
+        };
         log(format!(
-            "    {:.0} req/s, p99 {:.0} µs, errors {}",
-            s.load.rps, s.load.p99_us, s.load.errors
+            "    {:.0} req/s, p99 {:.0} µs, errors {}, {} µs CPU/req",
+            s.load.rps,
+            s.load.p99_us,
+            s.load.errors,
+            report::fmt_opt(s.cpu_us_per_req, 1)
         ));
         results.throughput.push(s);
+    }
+    if let Some(mut r) = references.take() {
+        r.stop()?;
+        for (k, v) in &r.info.versions {
+            results.machine.insert(k.clone(), v.clone());
+        }
+        results.refs = Some(r.info);
     }
 
     // --- (p) the reference floor: a minimal hyper-util proxy ----------------------------------
@@ -704,6 +916,7 @@ async fn run(args: Args) -> Result<Results, String> {
                 "p",
                 title,
                 child.pid(),
+                false,
                 rig.throughput(
                     &args,
                     &url,

@@ -39,14 +39,77 @@ pub(crate) fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// utime + stime of a whole process (all threads), in seconds.
-pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+/// The fields of `/proc/<pid>/stat` after the command name: index 0 is field 3 (state).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Field 3 (state) is index 0 here: utime is field 14, stime field 15.
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / clk_tck())
+    // The state is a letter; every field used here is a number.
+    Some(
+        after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// utime + stime of a whole process (all threads), in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_split(pid).map(|(u, k)| u + k)
+}
+
+/// (utime, stime) of a whole process (all threads), in seconds: user and kernel time.
+pub(crate) fn cpu_split(pid: u32) -> Option<(f64, f64)> {
+    let f = stat_fields(pid)?;
+    // utime is field 14, stime field 15.
+    let tck = clk_tck();
+    Some((*f.get(11)? as f64 / tck, *f.get(12)? as f64 / tck))
+}
+
+/// Every live descendant of `root` (children, their children, …), from `/proc/*/stat`.
+pub(crate) fn descendants(root: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // Field 4 (ppid) is index 1.
+            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1).copied()) {
+                children
+                    .entry(u32::try_from(ppid).unwrap_or(0))
+                    .or_default()
+                    .push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map_or(&[][..], Vec::as_slice) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// (user, kernel) CPU seconds of the process tree under `root`: the root and every live
+/// descendant (all threads), plus what their children that have exited and been reaped used
+/// (`cutime`, `cstime`), so a worker process replaced during a run still counts.
+pub(crate) fn tree_cpu(root: u32) -> Option<(f64, f64)> {
+    let tck = clk_tck();
+    let mut user = 0u64;
+    let mut kernel = 0u64;
+    let root_fields = stat_fields(root)?;
+    for f in
+        std::iter::once(Some(root_fields)).chain(descendants(root).into_iter().map(stat_fields))
+    {
+        let Some(f) = f else { continue };
+        // utime, stime, cutime, cstime: fields 14–17.
+        user += f.get(11).copied().unwrap_or(0) + f.get(13).copied().unwrap_or(0);
+        kernel += f.get(12).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0);
+    }
+    Some((user as f64 / tck, kernel as f64 / tck))
 }
 
 /// Whole-machine CPU counters from `/proc/stat`: (busy, steal, total) in ticks.
@@ -563,5 +626,104 @@ impl Reference {
 impl Drop for Reference {
     fn drop(&mut self) {
         kill(&mut self.0);
+    }
+}
+
+/// A reference server (nginx, Apache httpd) run as a child in the foreground: a master or parent
+/// process and its workers. Stopped with SIGTERM (both stop their workers on it), then whatever
+/// of its tree is left gets SIGKILL, by pid.
+pub(crate) struct Server {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Spawns `cmd` (stdout and stderr to `log`) and waits until `port` accepts connections.
+    pub(crate) fn spawn(
+        name: &str,
+        cmd: &mut Command,
+        port: u16,
+        log: &Path,
+    ) -> Result<Self, String> {
+        let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({e})"))?;
+        let mut s = Self {
+            name: name.into(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if !s.alive() || Instant::now() > deadline {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                s.stop();
+                return Err(format!("{name} did not listen on port {port}: {text}"));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub(crate) fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id();
+        // The tree before the parent goes: once it has exited its workers are no longer its
+        // descendants.
+        let tree: Vec<(u32, String)> = descendants(pid)
+            .into_iter()
+            .map(|p| (p, cmdline(p)))
+            .collect();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for (p, cmd) in tree {
+            // Still there and still the same program (not a reused pid).
+            if !cmd.is_empty() && cmdline(p) == cmd {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

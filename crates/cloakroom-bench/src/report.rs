@@ -1,4 +1,4 @@
-//! The targets of issues #6 and #10, checked against the results, and docs/BENCHMARKS.md.
+//! The targets of issues #6, #10 and #13, checked against the results, and docs/BENCHMARKS.md.
 
 use crate::{Args, Results, Scenario};
 use serde::Serialize;
@@ -102,7 +102,21 @@ pub(crate) fn settings(a: &Args) -> BTreeMap<String, String> {
         "duration of each measured run",
         format!("{} s (after {} s warm-up)", a.duration, a.warmup),
     );
-    put("connections (a, b, c)", a.connections.to_string());
+    put(
+        "connections (a, b, c and the references)",
+        a.connections.to_string(),
+    );
+    put(
+        "references (issue #13)",
+        if a.no_refs {
+            "not run (--no-refs)".into()
+        } else {
+            format!(
+                "nginx, Apache + mod_proxy, Apache + mod_auth_openidc, each twice, interleaved with (b) and (c); {} real logins through mod_auth_openidc",
+                a.oidc_sessions
+            )
+        },
+    );
     put("sessions rotated in (c)", a.sessions.to_string());
     put(
         "sessions in Redis / connections for peak RSS",
@@ -148,6 +162,11 @@ fn f(v: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// `v` with `digits` decimals, or "–".
+pub(crate) fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    f(v, digits)
+}
+
 /// The mean p99 of every run of `id` (the latency runs of (b) and (c) are repeated).
 pub(crate) fn mean_p99(list: &[Scenario], id: &str) -> Option<f64> {
     let v: Vec<f64> = list
@@ -166,6 +185,81 @@ fn by_id<'a>(list: &'a [Scenario], id: &str) -> Option<&'a Scenario> {
 fn mean(list: &[Scenario], id: &str, get: impl Fn(&Scenario) -> Option<f64>) -> Option<f64> {
     let v: Vec<f64> = list.iter().filter(|s| s.id == id).filter_map(get).collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The median of `get` over every run of `id` (the mean of the middle two for an even count).
+pub(crate) fn median(
+    list: &[Scenario],
+    id: &str,
+    get: impl Fn(&Scenario) -> Option<f64>,
+) -> Option<f64> {
+    let mut v: Vec<f64> = list
+        .iter()
+        .filter(|s| s.id == id)
+        .filter_map(get)
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// The references' targets (issue #13), from the medians of the interleaved rounds.
+fn ref_targets(r: &Results) -> Vec<Target> {
+    let tp = &r.throughput;
+    let rps = |id: &str| median(tp, id, |s| Some(s.load.rps));
+    let cpu = |id: &str| median(tp, id, |s| s.cpu_us_per_req);
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let cpu_ratio = ratio(cpu("c"), cpu("nginx"));
+    let vs_oidc = ratio(rps("c"), rps("apache-oidc"));
+    let vs_apache = ratio(rps("c"), rps("apache"));
+    vec![
+        Target {
+            what: "Cloakroom CPU per authenticated request (c) vs nginx as a plain reverse proxy (medians)".into(),
+            target: "≤ 1.5 ×".into(),
+            measured: format!(
+                "{} × ({} vs {} µs)",
+                f(cpu_ratio, 2),
+                f(cpu("c"), 1),
+                f(cpu("nginx"), 1)
+            ),
+            met: cpu_ratio.is_some_and(|x| x <= 1.5),
+        },
+        Target {
+            what: "Cloakroom throughput (c) vs Apache + mod_auth_openidc, sessions in Redis (medians)".into(),
+            target: "≥ 10 ×".into(),
+            measured: format!(
+                "{} × ({} vs {} req/s)",
+                f(vs_oidc, 2),
+                f(rps("c"), 0),
+                f(rps("apache-oidc"), 0)
+            ),
+            met: vs_oidc.is_some_and(|x| x >= 10.0),
+        },
+        Target {
+            what: "Cloakroom throughput (c) vs Apache + mod_proxy without authentication (medians)".into(),
+            target: "≥ 1.5 ×".into(),
+            measured: format!(
+                "{} × ({} vs {} req/s)",
+                f(vs_apache, 2),
+                f(rps("c"), 0),
+                f(rps("apache"), 0)
+            ),
+            met: vs_apache.is_some_and(|x| x >= 1.5),
+        },
+    ]
+}
+
+/// How many targets a complete run has: issue #6's and #10's, plus #13's with the references.
+pub(crate) fn target_count(r: &Results) -> usize {
+    8 + if r.refs.is_some() { 3 } else { 0 }
 }
 
 pub(crate) fn targets(r: &Results) -> Vec<Target> {
@@ -276,6 +370,9 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
         measured: format!("{} %", f(reuse, 3)),
         met: reuse.is_some_and(|x| x >= 99.9),
     });
+    if r.refs.is_some() {
+        t.extend(ref_targets(r));
+    }
     t
 }
 
@@ -352,7 +449,54 @@ pub(crate) fn missing(r: &Results) -> Vec<String> {
             }
         }
     }
-    if r.targets.len() != 8 {
+    if let Some(info) = &r.refs {
+        for id in crate::refs::IDS {
+            let runs: Vec<&Scenario> = r.throughput.iter().filter(|s| s.id == id).collect();
+            if runs.is_empty() {
+                m.push(format!("throughput ({id})"));
+            }
+            for s in runs {
+                check(&mut m, s, false);
+                if !(s.cpu_us_per_req.is_some_and(f64::is_finite)
+                    && s.cpu_kernel_us_per_req.is_some_and(f64::is_finite))
+                {
+                    m.push(format!("{id}: cpu per request"));
+                }
+                // The calls answered 2xx (a redirect to the IdP, say, is not the path to measure;
+                // a stray failure under load is reported in the tables, not fatal) …
+                if s.load.errors * 100 > s.load.requests {
+                    m.push(format!(
+                        "{id}: {} of {} calls failed",
+                        s.load.errors, s.load.requests
+                    ));
+                }
+                // … and every request the reference forwarded carried a bearer and no cookie.
+                if s.upstream_requests == 0
+                    || s.upstream_bearer_requests != s.upstream_requests
+                    || s.upstream_cookie_requests != 0
+                {
+                    m.push(format!(
+                        "{id}: the upstream got {} requests, {} with a bearer, {} with a cookie",
+                        s.upstream_requests, s.upstream_bearer_requests, s.upstream_cookie_requests
+                    ));
+                }
+                if id == "apache-oidc" && !s.redis_cmds_per_req.is_some_and(f64::is_finite) {
+                    m.push(format!("{id}: redis commands per request"));
+                }
+            }
+        }
+        // One check per reference, two for mod_auth_openidc (redirected without a session,
+        // its bearer valid with one).
+        let wanted: usize = crate::refs::IDS
+            .iter()
+            .filter(|id| r.throughput.iter().any(|s| s.id == **id))
+            .map(|id| if *id == "apache-oidc" { 2 } else { 1 })
+            .sum();
+        if info.checks.len() != wanted || info.checks.iter().any(|c| !c.passed) {
+            m.push("reference checks".into());
+        }
+    }
+    if r.targets.len() != target_count(r) {
         m.push("targets".into());
     }
     m
@@ -385,7 +529,7 @@ fn row(s: &Scenario) -> String {
     )
 }
 
-const HEADER: &str = "| scenario | req/s | latency p50 / p99 / p99.9 (µs) | errors | Cloakroom CPU µs/req | Redis cmds/req | upstream conns opened (reuse) | Redis CPU µs/req | peak RSS MiB | machine busy (steal) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+const HEADER: &str = "| scenario | req/s | latency p50 / p99 / p99.9 (µs) | errors | proxy CPU µs/req | Redis cmds/req | upstream conns opened (reuse) | Redis CPU µs/req | peak RSS MiB | machine busy (steal) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
 pub(crate) fn markdown(r: &Results) -> String {
     let mut o = String::new();
@@ -458,9 +602,10 @@ pub(crate) fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         o,
-        "\nLoad generator: {}. Latencies here are closed-loop (coordinated omission hides stalls): use the next table for latency.",
+        "\nLoad generator: {}. Latencies here are closed-loop (coordinated omission hides stalls): use the next table for latency. The proxy CPU column is Cloakroom's for (b)–(c), the reference's whole process tree for the others.",
         r.throughput.first().map_or("", |s| s.load.tool.as_str())
     );
+    refs_markdown(&mut o, r);
     let _ = writeln!(
         o,
         "\n## Latency at a fixed rate ({:.0} req/s, half of (c)'s peak; open loop)\n",
@@ -552,6 +697,165 @@ pub(crate) fn markdown(r: &Results) -> String {
     o.push_str(METHOD);
     o
 }
+
+/// The references of issue #13: nginx, Apache + mod_proxy, Apache + mod_auth_openidc, side by
+/// side with Cloakroom's (b) and (c).
+fn refs_markdown(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "\n## References: nginx and Apache httpd (issue #13)\n");
+    let Some(info) = &r.refs else {
+        let _ = writeln!(o, "Not run (`--no-refs`).");
+        return;
+    };
+    let tp = &r.throughput;
+    let rounds = tp.iter().filter(|s| s.id == "c").count();
+    let _ = writeln!(
+        o,
+        "| endpoint | req/s (median) | CPU µs per request | of it kernel | + Redis CPU µs/req | Redis cmds/req | forwarded with a bearer / a cookie | failed calls |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let rows = [
+        ("nginx", "nginx, plain reverse proxy"),
+        ("b", "Cloakroom, token = \"none\" (b)"),
+        ("c", "Cloakroom, token = \"required\" (c)"),
+        ("apache", "Apache httpd + mod_proxy, no auth"),
+        (
+            "apache-oidc",
+            "Apache httpd + mod_auth_openidc (sessions in Redis, encrypted)",
+        ),
+    ];
+    for (id, name) in rows {
+        if !tp.iter().any(|s| s.id == id) {
+            continue;
+        }
+        let cpu = median(tp, id, |s| s.cpu_us_per_req);
+        let kernel = median(tp, id, |s| s.cpu_kernel_us_per_req);
+        let share = cpu
+            .zip(kernel)
+            .map(|(c, k)| format!(" ({:.0} %)", 100.0 * k / c.max(1e-9)))
+            .unwrap_or_default();
+        let pct = |get: fn(&Scenario) -> u64| {
+            let (n, k) = tp
+                .iter()
+                .filter(|s| s.id == id)
+                .fold((0u64, 0u64), |(n, k), s| {
+                    (n + s.upstream_requests, k + get(s))
+                });
+            f(Some(100.0 * k as f64 / n.max(1) as f64), 0)
+        };
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {}{share} | {} | {} | {} % / {} % | {} |",
+            f(median(tp, id, |s| Some(s.load.rps)), 0),
+            f(cpu, 1),
+            f(kernel, 1),
+            f(median(tp, id, |s| s.redis_cpu_us_per_req), 1),
+            f(median(tp, id, |s| s.redis_cmds_per_req), 4),
+            pct(|s| s.upstream_bearer_requests),
+            pct(|s| s.upstream_cookie_requests),
+            tp.iter()
+                .filter(|s| s.id == id)
+                .map(|s| s.load.errors)
+                .sum::<u64>(),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nMedians of {rounds} runs each, interleaved in one run (the order of the throughput table), same load generator, connections, warm-up and duration as (b) and (c)."
+    );
+    let _ = writeln!(
+        o,
+        "\nThe targets of issue #13 (also in the targets table):\n"
+    );
+    for t in ref_targets(r) {
+        let _ = writeln!(
+            o,
+            "- {}: {} (wanted {}): {}",
+            t.what,
+            t.measured,
+            t.target,
+            if t.met { "met" } else { "**not met**" }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nVersions (detected at run time): {}. Machine: see above.",
+        info.versions
+            .iter()
+            .map(|(k, v)| format!("{k} `{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(o, "\nChecked before the load:\n");
+    for c in &info.checks {
+        let _ = writeln!(
+            o,
+            "- {}: {} ({})",
+            c.what,
+            if c.passed { "yes" } else { "**no**" },
+            c.detail
+        );
+    }
+    if let Some(s) = by_id(tp, "apache-oidc") {
+        let _ = writeln!(
+            o,
+            "\nRedis commands in a mod_auth_openidc run: {}.",
+            cmd_list(&s.redis_cmds)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nnginx: {} worker processes (`nproc`); Apache: mpm_event, {} processes × {} threads. mod_auth_openidc: {} sessions, each a real login through the IdP ({:.1} s for all of them).",
+        info.nginx_workers,
+        info.apache_processes,
+        info.apache_threads_per_process,
+        info.oidc_sessions,
+        info.oidc_login_seconds
+    );
+    o.push_str(REFS_METHOD);
+}
+
+const REFS_METHOD: &str = r#"
+How the references run (`crates/cloakroom-bench/src/refs.rs`, configuration templates in
+`crates/cloakroom-bench/refs/`, every `{{NAME}}` filled in at run time):
+
+- Each is a private instance started by the benchmark as its own child process in the
+  foreground, on a free loopback port, with its configuration, pid file and logs in the run's
+  temporary directory: `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'` and
+  `apache2 -f <dir>/httpd.conf -DFOREGROUND` (no system service is used). All three sit in front of
+  the same upstream as Cloakroom, keep their upstream connections alive (nginx: an `upstream`
+  block with `keepalive`, `proxy_http_version 1.1`, `Connection ""`; mod_proxy_http reuses its
+  connections by default), drop the `Cookie` header, and write one access-log line per request
+  to `/dev/null` as Cloakroom's access log here. No request limit per connection (nginx
+  `keepalive_requests`, Apache `MaxKeepAliveRequests 0`), as with Cloakroom.
+- **nginx** and **Apache + mod_proxy** attach a constant `Authorization: Bearer …`: the least a
+  token handler can do, without authentication.
+- **Apache + mod_auth_openidc** (`OIDCSessionType server-cache`, `OIDCCacheType redis` on the
+  benchmark's Redis, `OIDCCacheEncrypt On`, PKCE S256) is a client of the same test IdP as
+  Cloakroom, registered through the IdP configuration the benchmark passes. Its sessions are real
+  logins: the benchmark's redirect-following client requests a protected URL, follows
+  mod_auth_openidc's redirect to the IdP, logs in there as alice, and brings the code back to
+  mod_auth_openidc's redirect URI, which sets the `mod_auth_openidc_session` cookie; the runs
+  rotate over those cookies. It passes the access token to the upstream as the bearer
+  (`OIDCPassClaimsAs environment`, `RequestHeader set Authorization "Bearer
+  %{OIDC_access_token}e"`). Its access tokens, like Cloakroom's seeded ones in (c), are never
+  refreshed during the runs (mod_auth_openidc without `OIDCRefreshAccessTokenBeforeExpiry`).
+- Before the load the benchmark checks, through the upstream (which keeps the headers of one
+  request on demand), that each reference forwards a bearer and no cookie, that
+  mod_auth_openidc's bearer is an access token its IdP accepts (userinfo answers for alice), and
+  that a request without a session is redirected to the IdP; during every run it counts the
+  requests that reached the upstream with a bearer and with a cookie. A run with any request
+  forwarded without a bearer, or with a cookie, or with more than 1 % of its calls failed (not
+  2xx: a redirect to the IdP, say), fails the benchmark.
+- **CPU µs per request**: `utime + stime` of the server's whole process tree (nginx master and
+  workers, Apache parent and children; Cloakroom is one process) from `/proc/<pid>/stat`, plus the
+  `cutime + cstime` of children that exited and were reaped, delta over the run ÷ requests;
+  **of it kernel**: the `stime` part. Redis' CPU is apart (its own column): mod_auth_openidc
+  reads its session from Redis on every request, Cloakroom's (c) from its in-process cache.
+- Where mod_auth_openidc's CPU goes (`perf record` on its children under load while this was
+  built, 2026-12-02, a busy machine): about 25 % JSON parsing (libjansson), 21 % libc
+  (allocation, copies), 20 % kernel, 14 % cjose + libcrypto: per request it reads two encrypted
+  entries from Redis (`MONITOR`: the session `s:…` and the provider metadata `p:…`), decrypts
+  and parses both.
+"#;
 
 fn phase_row(name: &str, p: &crate::stall::Phase) -> String {
     format!(
@@ -721,7 +1025,7 @@ pub(crate) fn summary(r: &Results) -> String {
     {
         let _ = writeln!(
             o,
-            "{:>4} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  cpu {:>6} µs/req  redis {:>7} cmd/req  errors {}  (upstream cpu {} µs/req)",
+            "{:>11} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  cpu {:>6} µs/req  redis {:>7} cmd/req  errors {}  (upstream cpu {} µs/req)",
             s.id, s.load.rps, s.load.p50_us, s.load.p99_us, s.load.p999_us,
             f(s.cpu_us_per_req, 1), f(s.redis_cmds_per_req, 4), s.load.errors, f(s.upstream_cpu_us_per_req, 1)
         );
@@ -783,13 +1087,17 @@ log level `info` in JSON, one access-log line per request as in production, writ
 `/dev/null`). The load generators are `wrk` (closed loop, throughput) and `oha` (open loop at a
 fixed rate, `--latency-correction` against coordinated omission).
 
+Interleaved with (b) and (c), in the same run and with the same load generator, it measures the
+references of issue #13 (section "References" below): **nginx** as a plain reverse proxy (the
+floor), **Apache httpd + mod_proxy** without authentication, and **Apache httpd +
+mod_auth_openidc** with its sessions in Redis, encrypted (the incumbent), logged in through the
+same IdP.
+
 **Read ratios, not absolute figures.** The machine has few cores and the load generator, the
 upstream, Redis and Cloakroom all share them, so a scenario's throughput is roughly the number of
 cores divided by the sum of every process's CPU per request. (c)/(b) isolates what
 authentication costs; Cloakroom's CPU per request (utime + stime from `/proc/<pid>/stat`, delta
-over the run ÷ requests) is the figure least disturbed by the sharing. For scale, on a similar
-machine (not this one): Apache + mod_auth_openidc with Redis proxied ~3,500 authenticated req/s
-at ~370 µs CPU per request; Apache unauthenticated ~22,000 req/s; nginx direct ~126,000.
+over the run ÷ requests) is the figure least disturbed by the sharing.
 "#;
 
 const METHOD: &str = r#"
@@ -945,9 +1253,11 @@ scripts/bench                      # full run, rewrites docs/BENCHMARKS.md
 scripts/bench --duration 30        # longer runs
 cargo run --release --bin cloakroom-bench -- --help   # every knob
 cargo run --release --bin cloakroom-bench -- --only storm,stall   # (d) and (e) alone (report incomplete)
-cargo run --bin cloakroom-bench -- --smoke            # what the test suite runs (tests/it/bench_smoke.rs)
+cargo run --bin cloakroom-bench -- --smoke            # what the test suite runs (crates/cloakroom-bench/tests/smoke.rs)
 ```
 
-`scripts/bench` installs `wrk` (Debian package) and `oha` (crates.io, into `target/bench-tools`)
-when they are missing, and the IdP's npm packages. It needs `redis-server` and `node`.
+`scripts/bench` installs `wrk`, `nginx-light`, `apache2` and `libapache2-mod-auth-openidc`
+(Debian packages) and `oha` (crates.io, into `target/bench-tools`) when they are missing, and the
+IdP's npm packages. It needs `redis-server` and `node`. `--no-refs` leaves the nginx and Apache
+references out; `--only refs,b,c` runs them with (b) and (c) alone (report incomplete).
 "#;

@@ -6,7 +6,8 @@
 //!   A real login costs the IdP an RSA signature and several round trips; 100,000 of them would
 //!   measure the IdP, not Cloakroom.
 //! - Logged in: the real code flow through Cloakroom and the IdP (refresh storm, IdP outage),
-//!   following the redirect chain of tests/idp/README.md with a tiny cookie jar.
+//!   or through Apache + mod_auth_openidc and the same IdP (the incumbent reference), following
+//!   the redirect chain of tests/idp/README.md with a tiny cookie jar.
 
 use cloakroom::config::Config;
 use cloakroom::secret::Secret;
@@ -103,8 +104,8 @@ pub(crate) async fn seed(
     results.into_iter().collect()
 }
 
-/// A cookie jar for one browser on 127.0.0.1 (cookies ignore ports, so the IdP's and
-/// Cloakroom's share it, as in a real browser).
+/// A cookie jar for one browser on 127.0.0.1 (cookies ignore ports, so the IdP's and the
+/// relying party's share it, as in a real browser).
 #[derive(Default)]
 struct Jar(BTreeMap<String, String>);
 
@@ -170,14 +171,37 @@ pub(crate) async fn login(
     base: &str,
     issuer: &str,
 ) -> Result<String, String> {
-    let mut jar = Jar::default();
-    let r = get(
+    login_at(
         client,
-        &mut jar,
         &format!("{base}/auth/login?return_to=/app"),
+        issuer,
+        "__Host-cloakroom",
     )
-    .await?;
+    .await
+}
+
+/// One real login as alice, starting at `start` (a relying party's URL that redirects to the
+/// IdP at `issuer`), following the redirect chain of tests/idp/README.md back to the relying
+/// party's callback; returns the `Cookie` pair named `session_cookie` the callback set.
+///
+/// One jar holds the IdP's cookies and the relying party's, as a browser's would on 127.0.0.1
+/// (cookies ignore ports); their names differ (`idp_*`, `__Host-cloakroom`,
+/// `mod_auth_openidc_*`).
+pub(crate) async fn login_at(
+    client: &reqwest::Client,
+    start: &str,
+    issuer: &str,
+    session_cookie: &str,
+) -> Result<String, String> {
+    let mut jar = Jar::default();
+    let r = get(client, &mut jar, start).await?;
     let authorize = location(&r, issuer)?;
+    if !at_issuer(&authorize, issuer) {
+        return Err(format!(
+            "{start} answered {} to {authorize}, not to the IdP",
+            r.status()
+        ));
+    }
     let r = get(client, &mut jar, &authorize).await?;
     let mut loc = location(&r, issuer)?;
     if loc.contains("/interaction/") {
@@ -192,21 +216,27 @@ pub(crate) async fn login(
         loc = location(&r, issuer)?;
     }
     for _ in 0..5 {
-        if !loc.starts_with(issuer) {
+        if !at_issuer(&loc, issuer) {
             break;
         }
         let r = get(client, &mut jar, &loc).await?;
         loc = location(&r, issuer)?;
     }
     let r = get(client, &mut jar, &loc).await?;
-    if r.status().as_u16() != 302 {
-        return Err(format!("callback answered {}", r.status()));
+    if !r.status().is_redirection() {
+        return Err(format!("callback {loc} answered {}", r.status()));
     }
     jar.0
         .iter()
-        .find(|(k, _)| k.as_str() == "__Host-cloakroom")
+        .find(|(k, _)| k.as_str() == session_cookie)
         .map(|(k, v)| format!("{k}={v}"))
-        .ok_or_else(|| "no session cookie after the callback".into())
+        .ok_or_else(|| format!("no {session_cookie} cookie after the callback"))
+}
+
+/// Whether `url` is the IdP's (`http://127.0.0.1:4000` is a prefix of `http://127.0.0.1:40001`).
+fn at_issuer(url: &str, issuer: &str) -> bool {
+    url.strip_prefix(issuer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
 }
 
 /// `n` real logins through Cloakroom at `base`, 16 at a time; their session `Cookie` pairs.
@@ -218,6 +248,22 @@ pub(crate) async fn login_many(
 ) -> Result<Vec<String>, String> {
     let logins: Vec<Result<String, String>> = futures_util::stream::iter(0..n)
         .map(|_| login(client, base, issuer))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    logins.into_iter().collect()
+}
+
+/// `n` real logins through another relying party (see [`login_at`]), 16 at a time.
+pub(crate) async fn login_many_at(
+    client: &reqwest::Client,
+    start: &str,
+    issuer: &str,
+    session_cookie: &str,
+    n: usize,
+) -> Result<Vec<String>, String> {
+    let logins: Vec<Result<String, String>> = futures_util::stream::iter(0..n)
+        .map(|_| login_at(client, start, issuer, session_cookie))
         .buffer_unordered(16)
         .collect()
         .await;

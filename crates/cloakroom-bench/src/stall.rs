@@ -176,7 +176,7 @@ impl StallRig {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let redis = Redis::start(&dir)?;
         let (port, admin) = (procs::free_port(), procs::free_port());
-        let mut config = crate::idp_config(port, 2 * window);
+        let mut config = crate::idp_config(port, 2 * window, &[]);
         let hold = if args.stall_mode == "hang" {
             // The IdP on a port of its own, its issuer (every URL it advertises) the proxy's.
             let idp_port = procs::free_port();

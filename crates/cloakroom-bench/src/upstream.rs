@@ -1,13 +1,15 @@
 //! The fast upstream: a minimal hyper HTTP/1.1 server (keep-alive) answering every request with
-//! the same small body. Counts accepted connections and requests.
+//! the same small body. Counts accepted connections and requests, and how many requests arrived
+//! with a bearer and with a cookie; on demand it keeps the `Authorization` and `Cookie` of the
+//! next request, so the benchmark can check what a proxy forwarded.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the upstream answers: a small JSON document, as a typical API call would get.
 pub(crate) const BODY: &[u8] = br#"{"id":42,"name":"cloakroom-bench","items":[1,2,3],"ok":true}"#;
@@ -16,6 +18,46 @@ pub(crate) const BODY: &[u8] = br#"{"id":42,"name":"cloakroom-bench","items":[1,
 struct Counters {
     connections: AtomicU64,
     requests: AtomicU64,
+    /// Requests with `Authorization: Bearer …`.
+    bearer: AtomicU64,
+    /// Requests with a `Cookie` header.
+    cookie: AtomicU64,
+    /// Keep the headers of the next request (then cleared).
+    capture: AtomicBool,
+    captured: Mutex<Option<Seen>>,
+}
+
+/// What one request brought to the upstream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seen {
+    pub authorization: Option<String>,
+    pub cookie: Option<String>,
+}
+
+impl Counters {
+    fn record(&self, headers: &http::HeaderMap) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let auth = headers.get(http::header::AUTHORIZATION);
+        if auth.is_some_and(|v| v.as_bytes().starts_with(b"Bearer ")) {
+            self.bearer.fetch_add(1, Ordering::Relaxed);
+        }
+        let cookie = headers.get(http::header::COOKIE);
+        if cookie.is_some() {
+            self.cookie.fetch_add(1, Ordering::Relaxed);
+        }
+        // One relaxed load per request unless a capture is pending.
+        if self.capture.load(Ordering::Relaxed) && self.capture.swap(false, Ordering::AcqRel) {
+            let text = |v: Option<&http::HeaderValue>| {
+                v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            if let Ok(mut c) = self.captured.lock() {
+                *c = Some(Seen {
+                    authorization: text(auth),
+                    cookie: text(cookie),
+                });
+            }
+        }
+    }
 }
 
 pub(crate) struct Upstream {
@@ -41,8 +83,8 @@ impl Upstream {
                 c.connections.fetch_add(1, Ordering::Relaxed);
                 let c = c.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        c.requests.fetch_add(1, Ordering::Relaxed);
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        c.record(req.headers());
                         async move {
                             let mut resp =
                                 hyper::Response::new(Full::new(Bytes::from_static(BODY)));
@@ -72,6 +114,27 @@ impl Upstream {
             self.counters.connections.load(Ordering::Relaxed),
             self.counters.requests.load(Ordering::Relaxed),
         )
+    }
+
+    /// Requests so far that arrived with a bearer, and with a cookie.
+    pub(crate) fn header_counts(&self) -> (u64, u64) {
+        (
+            self.counters.bearer.load(Ordering::Relaxed),
+            self.counters.cookie.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps the `Authorization` and `Cookie` headers of the next request ([`Upstream::captured`]).
+    pub(crate) fn capture_next(&self) {
+        if let Ok(mut c) = self.counters.captured.lock() {
+            *c = None;
+        }
+        self.counters.capture.store(true, Ordering::Release);
+    }
+
+    /// The headers kept since [`Upstream::capture_next`], if a request came.
+    pub(crate) fn captured(&self) -> Option<Seen> {
+        self.counters.captured.lock().ok().and_then(|c| c.clone())
     }
 }
 

@@ -1,8 +1,11 @@
 //! The benchmark cannot rot: `cloakroom-bench --smoke` runs every scenario of `scripts/bench`
-//! (direct, pass-through, authenticated, fixed-rate latency, peak RSS, refresh storm against the
-//! real IdP) with tiny settings and the built-in load generator, and must collect every figure.
-//! No wall-clock assertion: only that everything ran, nothing failed and the storm refreshed
-//! each session exactly once.
+//! (direct, pass-through, authenticated, the nginx and Apache references, fixed-rate latency,
+//! peak RSS, refresh storm against the real IdP, IdP outage) with tiny settings and the built-in
+//! load generator, and must collect every figure. No wall-clock assertion: only that everything
+//! ran, nothing failed and the storm refreshed each session exactly once.
+//!
+//! The references need nginx, apache2 and libapache2-mod-auth-openidc installed (scripts/test
+//! installs them when it runs as root, as CI does); without them this test fails and says so.
 
 #[test]
 fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
@@ -42,7 +45,16 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("results.json")).expect("JSON");
     assert_eq!(r["smoke"], true);
-    for key in ["nproc", "cpu", "kernel", "rustc", "redis"] {
+    for key in [
+        "nproc",
+        "cpu",
+        "kernel",
+        "rustc",
+        "redis",
+        "nginx",
+        "apache httpd",
+        "mod_auth_openidc",
+    ] {
         assert!(
             r["machine"][key].as_str().is_some_and(|s| !s.is_empty()),
             "machine.{key}: {}",
@@ -57,11 +69,33 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
         .chain([&r["rss"], &r["storm"]["scenario"]])
         .collect();
     let ids: Vec<&str> = scenarios.iter().filter_map(|s| s["id"].as_str()).collect();
+    let refs = ["nginx", "apache", "apache-oidc"];
     assert_eq!(
         ids,
-        ["a", "b", "c", "b", "c", "p", "a", "b", "c", "b", "c", "rss", "d"],
-        "direct, then pass-through and authenticated twice, reference proxy; the same at a \
-         fixed rate; peak RSS; storm"
+        [
+            "a",
+            "b",
+            "c",
+            "nginx",
+            "apache",
+            "apache-oidc",
+            "b",
+            "c",
+            "nginx",
+            "apache",
+            "apache-oidc",
+            "p",
+            "a",
+            "b",
+            "c",
+            "b",
+            "c",
+            "rss",
+            "d"
+        ],
+        "direct, then pass-through, authenticated and the three references twice, interleaved; \
+         the minimal reference proxy; direct, pass-through and authenticated at a fixed rate; \
+         peak RSS; storm"
     );
     for s in &scenarios {
         let id = s["id"].as_str().unwrap_or("?");
@@ -85,6 +119,27 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
             "{id}: {s}"
         );
         if id == "p" {
+            continue;
+        }
+        if refs.contains(&id) {
+            // The server's whole process tree, user and kernel time.
+            assert!(
+                s["cpu_kernel_us_per_req"]
+                    .as_f64()
+                    .is_some_and(|k| k.is_finite() && k >= 0.0),
+                "{id}: {s}"
+            );
+            // Every call went through to the upstream, with a bearer and without the cookie.
+            assert_eq!(s["upstream_requests"], load["requests"], "{id}: {s}");
+            assert_eq!(s["upstream_bearer_requests"], load["requests"], "{id}: {s}");
+            assert_eq!(s["upstream_cookie_requests"], 0, "{id}: {s}");
+            if id == "apache-oidc" {
+                // mod_auth_openidc reads its sessions from the benchmark's Redis.
+                assert!(
+                    s["redis_cmds_per_req"].as_f64().is_some_and(|c| c >= 1.0),
+                    "{id}: {s}"
+                );
+            }
             continue;
         }
         for k in [
@@ -123,14 +178,29 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
         storm["scenario"]["load"]["requests"],
         sessions * storm["per_session"].as_u64().expect("per_session")
     );
-    // Every target was evaluated, and the report names each.
+    // (c) forwards a bearer on every call.
+    assert_eq!(
+        r["throughput"][2]["upstream_bearer_requests"], r["throughput"][2]["load"]["requests"],
+        "{}",
+        r["throughput"][2]
+    );
+    // The references were checked before the load: each forwards a bearer and no cookie,
+    // mod_auth_openidc's bearer is valid at the IdP and a call without a session is redirected.
+    let checks = r["refs"]["checks"].as_array().expect("refs.checks");
+    assert_eq!(checks.len(), 4, "{}", r["refs"]);
+    for c in checks {
+        assert_eq!(c["passed"], true, "{c}");
+    }
+    assert_eq!(r["refs"]["oidc_sessions"], 2, "{}", r["refs"]);
+    // Every target was evaluated (issues #6, #10 and #13), and the report names each.
     let targets = r["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 8);
+    assert_eq!(targets.len(), 11);
     let report = std::fs::read_to_string(&md).expect("report");
     for t in targets {
         assert!(report.contains(t["what"].as_str().expect("what")), "{t}");
     }
     assert!(report.contains("Smoke run"));
+    assert!(report.contains("## References: nginx and Apache httpd"));
 
     // Issue #10 (counts only, no timing). The storm with 10 % of its calls abandoned by the
     // client (HTTP/1.1 reset, HTTP/2 RST_STREAM): still one refresh per session, no failure
