@@ -5,10 +5,49 @@ use super::OidcClient;
 use crate::error::Error;
 use crate::secret::Secret;
 use crate::session::now_unix;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use openidconnect::core::{CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
-use openidconnect::{AccessTokenHash, ClientId, ClientSecret, IssuerUrl, Nonce};
+use openidconnect::core::{
+    CoreGenderClaim, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{
+    AccessTokenHash, AdditionalClaims, ClientId, ClientSecret, EmptyExtraTokenFields, IssuerUrl,
+    Nonce,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Every ID-token claim `openidconnect` does not model (`sid` among them), as the IdP sent it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(super) struct ExtraClaims {
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+impl AdditionalClaims for ExtraClaims {}
+
+impl ExtraClaims {
+    /// The `sid` claim (OIDC Back-Channel Logout 1.0 §2.1), if it is a string.
+    fn sid(&self) -> Option<&str> {
+        self.other.get("sid").and_then(Value::as_str)
+    }
+}
+
+/// An ID token with our [`ExtraClaims`].
+pub(super) type IdToken = openidconnect::IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+
+/// The `id_token` field of a token response, with our [`ExtraClaims`].
+pub(super) type IdTokenFields = openidconnect::IdTokenFields<
+    ExtraClaims,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+
+type IdTokenClaims = openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>;
 
 /// Asymmetric algorithms we accept for ID tokens; never `none`, never HMAC.
 const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
@@ -23,11 +62,7 @@ const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
 ];
 
 /// `(sub, sid, claims)` of a verified ID token.
-type VerifiedIdToken = (
-    String,
-    Option<String>,
-    serde_json::Map<String, serde_json::Value>,
-);
+type VerifiedIdToken = (String, Option<String>, Map<String, Value>);
 
 enum VerifyError {
     UnknownKey(String),
@@ -67,7 +102,7 @@ impl OidcClient {
     /// re-fetch (key rotation at the IdP).
     pub(super) async fn verify_id_token(
         &self,
-        id_token: &CoreIdToken,
+        id_token: &IdToken,
         access_token: &openidconnect::AccessToken,
         nonce: Option<&Secret>,
     ) -> Result<VerifiedIdToken, Error> {
@@ -92,7 +127,7 @@ impl OidcClient {
     fn verify_with(
         &self,
         keys: &CoreJsonWebKeySet,
-        id_token: &CoreIdToken,
+        id_token: &IdToken,
         access_token: &openidconnect::AccessToken,
         nonce: Option<&Secret>,
     ) -> Result<VerifiedIdToken, VerifyError> {
@@ -128,18 +163,74 @@ impl OidcClient {
         if sub.is_empty() {
             return Err(VerifyError::Invalid("empty sub".into()));
         }
-        // The signature is verified: now read every claim, including non-standard ones.
-        let raw = id_token.to_string();
-        let mut map = raw
-            .split('.')
-            .nth(1)
-            .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Map<_, _>>(&b).ok())
-            .ok_or_else(|| VerifyError::Invalid("unreadable payload".into()))?;
+        let sid = claims.additional_claims().sid().map(String::from);
+        let claims =
+            user_claims(claims).ok_or_else(|| VerifyError::Invalid("unreadable claims".into()))?;
+        Ok((sub, sid, claims))
+    }
+}
+
+/// The claims the user endpoint shows: every claim of the (verified) ID token, minus `nonce`,
+/// `at_hash` and `c_hash` (SPEC §1).
+fn user_claims(claims: &IdTokenClaims) -> Option<Map<String, Value>> {
+    let Value::Object(mut map) = serde_json::to_value(claims).ok()? else {
+        return None;
+    };
+    for k in ["nonce", "at_hash", "c_hash"] {
+        map.remove(k);
+    }
+    // The typed claims always serialize `aud` as an array; one audience is shown as a string,
+    // the form IdPs send it in (RFC 7519 §4.1.3).
+    let single = match map.get("aud") {
+        Some(Value::Array(aud)) if aud.len() == 1 => Some(aud[0].clone()),
+        _ => None,
+    };
+    if let Some(aud) = single {
+        map.insert("aud".into(), aud);
+    }
+    Some(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the user endpoint showed before the claims were typed: the raw payload, minus
+    /// `nonce`, `at_hash` and `c_hash`.
+    fn raw_minus_hashes(payload: &Value) -> Map<String, Value> {
+        let mut map = payload.as_object().cloned().unwrap_or_default();
         for k in ["nonce", "at_hash", "c_hash"] {
             map.remove(k);
         }
-        let sid = map.get("sid").and_then(|v| v.as_str()).map(String::from);
-        Ok((sub, sid, map))
+        map
+    }
+
+    #[test]
+    fn user_claims_are_every_claim_sent_minus_nonce_and_hashes() {
+        let payload = json!({
+            "iss": "https://idp.example.com", "aud": "client", "azp": "client",
+            "exp": 2_000_000_000, "iat": 1_900_000_000, "auth_time": 1_899_999_990,
+            "sub": "alice", "sid": "idp-session", "nonce": "n", "at_hash": "a", "c_hash": "c",
+            "acr": "urn:mace:incommon:iap:silver", "amr": ["pwd", "otp"],
+            "name": "Alice Liddell", "name#fr": "Alice", "email": "alice@example.test",
+            "email_verified": true, "address": { "locality": "Oxford", "country": "UK" },
+            "updated_at": 1_800_000_000, "locale": "en-GB",
+            "groups": ["a", "b"], "org": { "id": 7, "roles": ["admin"] }, "tenant": null,
+        });
+        let claims: IdTokenClaims = serde_json::from_value(payload.clone()).expect("claims");
+        assert_eq!(claims.additional_claims().sid(), Some("idp-session"));
+        assert_eq!(user_claims(&claims), Some(raw_minus_hashes(&payload)));
+    }
+
+    #[test]
+    fn several_audiences_stay_an_array_and_a_non_string_sid_is_no_sid() {
+        let payload = json!({
+            "iss": "https://idp.example.com", "aud": ["client", "api"], "exp": 2_000_000_000,
+            "iat": 1_900_000_000, "sub": "alice", "sid": 42,
+        });
+        let claims: IdTokenClaims = serde_json::from_value(payload.clone()).expect("claims");
+        assert_eq!(claims.additional_claims().sid(), None);
+        assert_eq!(user_claims(&claims), Some(raw_minus_hashes(&payload)));
     }
 }

@@ -29,15 +29,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
-    CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
     CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
-    CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
+    CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse, CoreSubjectIdentifierType,
+    CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
-    TokenResponse,
+    StandardErrorResponse, StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -71,7 +72,22 @@ type Metadata = ProviderMetadata<
     CoreSubjectIdentifierType,
 >;
 
-type Client = CoreClient<
+/// A token response whose ID token carries our [`id_token::ExtraClaims`].
+type IdpTokenResponse = StandardTokenResponse<id_token::IdTokenFields, CoreTokenType>;
+
+/// `CoreClient`, but with our [`id_token::ExtraClaims`] in ID tokens.
+type Client = openidconnect::Client<
+    id_token::ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    IdpTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
     EndpointSet,
     EndpointNotSet,
     EndpointNotSet,
@@ -82,7 +98,7 @@ type Client = CoreClient<
 
 /// A token response from a refresh grant, not yet checked (see [`OidcClient::finish_refresh`]).
 #[derive(Debug)]
-pub struct RefreshResponse(CoreTokenResponse);
+pub struct RefreshResponse(IdpTokenResponse);
 
 /// A fresh authorization request: the URL to redirect to and the secrets to keep.
 #[derive(Debug)]
@@ -247,7 +263,7 @@ impl OidcClient {
             .join(&format!("{}/callback", config.auth_prefix))
             .map_err(|e| fail(e.to_string()))?;
         let redirect = RedirectUrl::from_url(redirect);
-        let client: Client = CoreClient::from_provider_metadata(
+        let client = Client::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
             Some(ClientSecret::new(config.client_secret.expose().to_string())),
@@ -388,7 +404,7 @@ impl OidcClient {
         pkce_verifier: &Secret,
         nonce: &Secret,
     ) -> Result<LoginResult, Error> {
-        let resp: CoreTokenResponse = self
+        let resp: IdpTokenResponse = self
             .client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| Error::TokenExchange(e.to_string()))?
@@ -521,7 +537,7 @@ impl OidcClient {
     /// else the JWT's `exp − iat` (read, not verified: it only times the refresh).
     fn tokens_from(
         &self,
-        resp: &CoreTokenResponse,
+        resp: &IdpTokenResponse,
         id_token: String,
         old_refresh: Option<Secret>,
     ) -> Tokens {
