@@ -18,7 +18,7 @@ pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
 
 use errors::describe_token_error;
-use jwks::Jwks;
+use jwks::{Jwks, Recorded};
 
 use crate::clock::Clock;
 use crate::config::{ClientAuth, Config};
@@ -245,19 +245,26 @@ impl OidcClient {
         // gets none (OIDC Discovery §4.3 compares them as strings).
         let issuer_str = config.issuer_id.clone();
         let issuer = IssuerUrl::new(issuer_str.clone()).map_err(|e| fail(e.to_string()))?;
-        let bounded = {
-            let http = http.clone();
-            move |r| idp_call(http.clone(), r)
+        // The bounded adapter, keeping what it read: the JWKS discovery fetched is read into
+        // both our key types from those bytes (jwks.rs).
+        let recorded = Recorded::default();
+        let recording = {
+            let (http, recorded) = (http.clone(), recorded.clone());
+            move |r: openidconnect::HttpRequest| {
+                let (http, recorded, uri) = (http.clone(), recorded.clone(), r.uri().clone());
+                async move {
+                    let resp = idp_call(http, r).await?;
+                    recorded.record(&uri, resp.body());
+                    Ok::<_, IdpHttpError>(resp)
+                }
+            }
         };
-        let metadata = Metadata::discover_async(issuer, &bounded)
+        let metadata = Metadata::discover_async(issuer, &recording)
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
-        let jwks = Jwks::new(
-            metadata.jwks_uri().url().clone(),
-            http.clone(),
-            metadata.jwks().clone(),
-        );
+        let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
+            .ok_or_else(|| fail("the JWKS could not be read".into()))?;
         let redirect = config
             .public_url
             .join(&format!("{}/callback", config.auth_prefix))
