@@ -36,19 +36,19 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    LogoutProviderMetadata, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use url::Url;
 
-/// Provider metadata fields beyond what `openidconnect` models.
+/// Provider metadata fields beyond what `openidconnect` models (`end_session_endpoint` is
+/// in its [`LogoutProviderMetadata`], which wraps these).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ExtraMetadata {
-    /// RP-initiated logout endpoint.
-    pub end_session_endpoint: Option<Url>,
     /// RFC 7009 revocation endpoint.
     pub revocation_endpoint: Option<Url>,
     /// RFC 9207: the IdP puts `iss` in authorization responses.
@@ -58,7 +58,7 @@ pub struct ExtraMetadata {
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
 type Metadata = ProviderMetadata<
-    ExtraMetadata,
+    LogoutProviderMetadata<ExtraMetadata>,
     CoreAuthDisplay,
     CoreClientAuthMethod,
     CoreClaimName,
@@ -131,7 +131,7 @@ pub struct OidcClient {
     client: Client,
     jwks: Jwks,
     http: reqwest::Client,
-    end_session: Option<Url>,
+    end_session: Option<EndSessionUrl>,
     revocation: Option<Url>,
     issuer: String,
     client_id: String,
@@ -285,7 +285,7 @@ impl OidcClient {
             jwks,
             http,
             end_session: extra.end_session_endpoint,
-            revocation: extra.revocation_endpoint,
+            revocation: extra.additional_metadata.revocation_endpoint,
             issuer: issuer_str,
             client_id: config.client_id.clone(),
             scopes: config.scopes.clone(),
@@ -296,7 +296,9 @@ impl OidcClient {
                 .collect(),
             post_logout_redirect_uri: config.post_logout_redirect_uri.clone(),
             clock_skew: config.clock_skew,
-            promises_iss: extra.authorization_response_iss_parameter_supported,
+            promises_iss: extra
+                .additional_metadata
+                .authorization_response_iss_parameter_supported,
             client_auth: config.client_auth,
             client_secret: config.client_secret.clone(),
             timeout: config.oidc_timeout,
