@@ -195,6 +195,14 @@ async fn idp_call_within(
     if let Some(t) = timeout {
         builder = builder.timeout(t);
     }
+    send_bounded(builder).await
+}
+
+/// Sends one request to the IdP and reads the response, the body bounded by
+/// [`MAX_IDP_RESPONSE`]: the one place an IdP response is read.
+async fn send_bounded(
+    builder: reqwest::RequestBuilder,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
     let mut resp = builder.send().await?;
     if resp
         .content_length()

@@ -1,8 +1,16 @@
 //! What the IdP is told when a session ends: RFC 7009 revocation and the RP-initiated logout
-//! (end-session) URL.
+//! (end-session) URL, which `openidconnect`'s `LogoutRequest` builds.
+//!
+//! Revocation stays hand-written (one form POST, through the same bounded adapter as every
+//! other IdP call), not `openidconnect`'s `Client::revoke_token`, because that refuses every
+//! revocation endpoint that is not `https` (`ConfigurationError::InsecureUrl`, checked inside
+//! `oauth2` with no way around it), while `oidc.issuer` may be `http` (a loopback IdP: the
+//! demo, the test IdP): every revocation would fail there, and no test would exercise the
+//! code production runs. It would also count only `200` as success (this code accepts any
+//! `2xx`) and drop the status code from the failure logged.
 
 use super::id_token::IdToken;
-use super::{error_chain, OidcClient};
+use super::{error_chain, send_bounded, OidcClient};
 use crate::config::ClientAuth;
 use crate::secret::Secret;
 use crate::session::Tokens;
@@ -58,7 +66,9 @@ impl OidcClient {
                 form.push(("client_secret", self.client_secret.expose()));
             }
         }
-        let resp = req.form(&form).send().await.map_err(|e| error_chain(&e))?;
+        let resp = send_bounded(req.form(&form))
+            .await
+            .map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
