@@ -1,4 +1,9 @@
 //! Back-channel logout tokens (OIDC Back-Channel Logout 1.0 §2.6).
+//!
+//! Checked with `jsonwebtoken`, not `openidconnect`: it has no logout-token type, and its JWT
+//! type and claims verifier (`JsonWebToken`, `JwtClaimsVerifier`) are private to the crate,
+//! exposed only through ID tokens and UserInfo responses. The keys come from the same JWKS
+//! cache as the ID tokens' (`jwks`), with a re-fetch budget of their own.
 
 use super::jwks::Budget;
 use super::OidcClient;

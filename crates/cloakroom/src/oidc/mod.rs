@@ -6,6 +6,13 @@
 //!
 //! Owns: the only HTTP client that talks to the IdP (redirects off, timeouts set) and every
 //! `openidconnect` type; handlers never see them. Never logs a token, code or secret.
+//!
+//! `openidconnect` does the protocol work: discovery, the authorization URL, the code and
+//! refresh grants, ID-token parsing and verification (typed claims), and the end-session URL.
+//! Hand-written, each for a reason given where it lives: revocation (`revocation`), logout
+//! tokens with `jsonwebtoken` (`logout_token`), reading one JWKS into both key types (`jwks`),
+//! and `jwt_lifetime`'s read of a JWT access token's `exp − iat`, which only times the
+//! refresh (to `openidconnect` an access token is an opaque string).
 
 mod errors;
 mod id_token;
