@@ -77,14 +77,23 @@ impl KeySet {
 /// The response bodies an IdP call adapter read, by request URI: discovery records them so the
 /// JWKS it fetched is read into our [`KeySet`] without a second fetch.
 #[derive(Clone, Default)]
-pub(super) struct Recorded(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+pub(super) struct Recorded(Arc<Mutex<Vec<Read>>>);
+
+/// One response [`Recorded`]: the request URI and the body.
+struct Read {
+    uri: String,
+    body: Vec<u8>,
+}
 
 impl Recorded {
     pub(super) fn record(&self, uri: &http::Uri, body: &[u8]) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((uri.to_string(), body.to_vec()));
+            .push(Read {
+                uri: uri.to_string(),
+                body: body.to_vec(),
+            });
     }
 
     fn body_of(&self, uri: &Url) -> Option<Vec<u8>> {
@@ -93,8 +102,8 @@ impl Recorded {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .rev()
-            .find(|(u, _)| u == uri.as_str())
-            .map(|(_, body)| body.clone())
+            .find(|read| read.uri == uri.as_str())
+            .map(|read| read.body.clone())
     }
 }
 
