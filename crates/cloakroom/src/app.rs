@@ -176,7 +176,7 @@ impl App {
         let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config.store).await?;
         let oidc = Arc::new(
-            OidcClient::discover(&config)
+            OidcClient::discover(&config.oidc, crate::oidc::redirect_uri(&config)?)
                 .await?
                 .with_clock(clock.clone()),
         );

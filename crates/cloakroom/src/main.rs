@@ -108,7 +108,11 @@ async fn check(config: Config) -> ExitCode {
             println!("store: FAILED ({e})");
         }
     }
-    match cloakroom::oidc::OidcClient::discover(&config).await {
+    let discovered = match cloakroom::oidc::redirect_uri(&config) {
+        Ok(redirect) => cloakroom::oidc::OidcClient::discover(&config.oidc, redirect).await,
+        Err(e) => Err(e),
+    };
+    match discovered {
         Ok(o) => println!("idp: ok (issuer {})", o.issuer()),
         Err(e) => {
             ok = false;

@@ -95,7 +95,7 @@ async fn handle_in_span(
         Err(e) => {
             let (status, code) = e.status_and_code();
             if status.is_server_error() {
-                tracing::warn!(error = %crate::oidc::error_chain(&e), code, "request failed");
+                tracing::warn!(error = %crate::error::error_chain(&e), code, "request failed");
             } else {
                 tracing::debug!(error = %e, code, "request refused");
             }

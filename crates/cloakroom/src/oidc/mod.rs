@@ -1,0 +1,616 @@
+//! The OIDC relying party: discovery, the bounded HTTP adapter, authorization URL, code
+//! exchange and the refresh grant. The rest lives in submodules: `jwks` (the key cache and
+//! its re-fetch budgets), `id_token` (ID-token verification), `logout_token` (back-channel
+//! logout tokens), `revocation` (RFC 7009 revocation and the end-session URL) and `errors`
+//! (failure classification).
+//!
+//! Owns: the only HTTP client that talks to the IdP (redirects off, timeouts set) and every
+//! `openidconnect` type; handlers never see them. Never logs a token, code or secret.
+//!
+//! `openidconnect` does the protocol work: discovery, the authorization URL, the code and
+//! refresh grants, ID-token parsing and verification (typed claims), and the end-session URL.
+//! Hand-written, each for a reason given where it lives: revocation (`revocation`), logout
+//! tokens with `jsonwebtoken` (`logout_token`), reading one JWKS into both key types (`jwks`),
+//! and `jwt_lifetime`'s read of a JWT access token's `exp − iat`, which only times the
+//! refresh (to `openidconnect` an access token is an opaque string).
+
+mod errors;
+mod id_token;
+mod jwks;
+mod logout_token;
+mod revocation;
+
+use crate::error::error_chain;
+pub use errors::{classify, FailureKind, RefreshError};
+pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
+pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
+
+use errors::describe_token_error;
+use jwks::{Jwks, Recorded};
+
+use crate::clock::Clock;
+use crate::config::{ClientAuth, Config, OidcConfig};
+use crate::error::{Error, StartupError};
+use crate::secret::Secret;
+use crate::session::Tokens;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse, CoreSubjectIdentifierType,
+    CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    LogoutProviderMetadata, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use url::Url;
+
+/// Provider metadata fields beyond what `openidconnect` models (`end_session_endpoint` is
+/// in its [`LogoutProviderMetadata`], which wraps these).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ExtraMetadata {
+    /// RFC 7009 revocation endpoint.
+    pub revocation_endpoint: Option<Url>,
+    /// RFC 9207: the IdP puts `iss` in authorization responses.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = ProviderMetadata<
+    LogoutProviderMetadata<ExtraMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A token response whose ID token carries our [`id_token::ExtraClaims`].
+type IdpTokenResponse = StandardTokenResponse<id_token::IdTokenFields, CoreTokenType>;
+
+/// `CoreClient`, but with our [`id_token::ExtraClaims`] in ID tokens.
+type Client = openidconnect::Client<
+    id_token::ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    IdpTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// A token response from a refresh grant, not yet checked (see [`OidcClient::finish_refresh`]).
+#[derive(Debug)]
+pub struct RefreshResponse(IdpTokenResponse);
+
+/// A fresh authorization request: the URL to redirect to and the secrets to keep.
+#[derive(Debug)]
+pub struct AuthRequest {
+    /// Where the browser goes.
+    pub url: Url,
+    /// `state` (also the pending-login key).
+    pub state: Secret,
+    /// `nonce`.
+    pub nonce: Secret,
+    /// PKCE verifier.
+    pub pkce_verifier: Secret,
+}
+
+/// The outcome of a successful code exchange.
+#[derive(Debug)]
+pub struct LoginResult {
+    /// Subject.
+    pub sub: String,
+    /// `sid` claim.
+    pub sid: Option<String>,
+    /// ID-token claims minus `nonce`, `at_hash`, `c_hash`.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Tokens.
+    pub tokens: Tokens,
+}
+
+/// The relying party, built once at start-up.
+pub struct OidcClient {
+    client: Client,
+    jwks: Jwks,
+    http: reqwest::Client,
+    end_session: Option<EndSessionUrl>,
+    revocation: Option<Url>,
+    issuer: String,
+    client_id: String,
+    scopes: Vec<String>,
+    extra_params: Vec<(String, String)>,
+    post_logout_redirect_uri: Url,
+    clock_skew: Duration,
+    promises_iss: bool,
+    client_auth: ClientAuth,
+    client_secret: Secret,
+    timeout: Duration,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for OidcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcClient")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest IdP response we read (discovery, JWKS, token responses). Anything bigger is an
+/// error, not an allocation.
+pub const MAX_IDP_RESPONSE: usize = 256 * 1024;
+
+/// Why an IdP HTTP call failed (transport, or a response over [`MAX_IDP_RESPONSE`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IdpHttpError {
+    /// Connect, TLS, timeout, protocol.
+    #[error(transparent)]
+    Transport(#[from] reqwest::Error),
+    /// The body was larger than [`MAX_IDP_RESPONSE`].
+    #[error("response larger than {MAX_IDP_RESPONSE} bytes")]
+    TooLarge,
+    /// The response could not be represented.
+    #[error("malformed response")]
+    Malformed,
+}
+
+/// One IdP call for `openidconnect`: reqwest underneath, the body read with a size bound.
+async fn idp_call(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
+    idp_call_within(http, req, None).await
+}
+
+/// As [`idp_call`], with a timeout of its own instead of the client's.
+async fn idp_call_within(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+    timeout: Option<Duration>,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
+    let (parts, body) = req.into_parts();
+    let mut builder = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body);
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    send_bounded(builder).await
+}
+
+/// Sends one request to the IdP and reads the response, the body bounded by
+/// [`MAX_IDP_RESPONSE`]: the one place an IdP response is read.
+async fn send_bounded(
+    builder: reqwest::RequestBuilder,
+) -> Result<openidconnect::HttpResponse, IdpHttpError> {
+    let mut resp = builder.send().await?;
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_IDP_RESPONSE as u64)
+    {
+        return Err(IdpHttpError::TooLarge);
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > MAX_IDP_RESPONSE {
+            return Err(IdpHttpError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let mut out = http::Response::builder().status(resp.status());
+    for (k, v) in resp.headers() {
+        out = out.header(k, v);
+    }
+    out.body(buf).map_err(|_| IdpHttpError::Malformed)
+}
+
+/// The IdP HTTP client: no redirects (openidconnect's SSRF advice), bounded timeouts.
+///
+/// # Errors
+/// If the TLS backend cannot initialise.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .user_agent(concat!("cloakroom/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Our redirect URI: `<server.public_url><server.auth_prefix>/callback`.
+///
+/// # Errors
+/// [`StartupError::Discovery`] when the public URL cannot take the path.
+pub fn redirect_uri(config: &Config) -> Result<Url, StartupError> {
+    config
+        .server
+        .public_url
+        .join(&format!("{}/callback", config.server.auth_prefix))
+        .map_err(|e| StartupError::Discovery {
+            issuer: config.oidc.issuer.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+impl OidcClient {
+    /// Discovers the provider (metadata + JWKS) and builds the client for `[oidc]`, with
+    /// `redirect` as its redirect URI (the public URL's `<auth_prefix>/callback`, see
+    /// [`redirect_uri`]).
+    ///
+    /// # Errors
+    /// [`StartupError::Discovery`] when the IdP cannot be reached or its metadata is unusable.
+    pub async fn discover(config: &OidcConfig, redirect: Url) -> Result<Self, StartupError> {
+        let fail = |reason: String| StartupError::Discovery {
+            issuer: config.issuer.to_string(),
+            reason,
+        };
+        let http = http_client(config.timeout).map_err(|e| fail(e.to_string()))?;
+        // Exactly as configured: an issuer with a trailing slash (Auth0) keeps it, one without
+        // gets none (OIDC Discovery §4.3 compares them as strings).
+        let issuer_str = config.issuer_id.clone();
+        let issuer = IssuerUrl::new(issuer_str.clone()).map_err(|e| fail(e.to_string()))?;
+        // The bounded adapter, keeping what it read: the JWKS discovery fetched is read into
+        // both our key types from those bytes (jwks.rs).
+        let recorded = Recorded::default();
+        let recording = {
+            let (http, recorded) = (http.clone(), recorded.clone());
+            move |r: openidconnect::HttpRequest| {
+                let (http, recorded, uri) = (http.clone(), recorded.clone(), r.uri().clone());
+                async move {
+                    let resp = idp_call(http, r).await?;
+                    recorded.record(&uri, resp.body());
+                    Ok::<_, IdpHttpError>(resp)
+                }
+            }
+        };
+        let metadata = Metadata::discover_async(issuer, &recording)
+            .await
+            .map_err(|e| fail(error_chain(&e)))?;
+        let extra = metadata.additional_metadata().clone();
+        let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
+            .ok_or_else(|| fail("the JWKS could not be read".into()))?;
+        let redirect = RedirectUrl::from_url(redirect);
+        let client = Client::from_provider_metadata(
+            metadata,
+            ClientId::new(config.client_id.clone()),
+            Some(ClientSecret::new(config.client_secret.expose().to_string())),
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(match config.client_auth {
+            ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Post => AuthType::RequestBody,
+        });
+        Ok(Self {
+            client,
+            jwks,
+            http,
+            end_session: extra.end_session_endpoint,
+            revocation: extra.additional_metadata.revocation_endpoint,
+            issuer: issuer_str,
+            client_id: config.client_id.clone(),
+            scopes: config.scopes.clone(),
+            extra_params: config
+                .extra_auth_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            post_logout_redirect_uri: config.post_logout_redirect_uri.clone(),
+            clock_skew: config.clock_skew,
+            promises_iss: extra
+                .additional_metadata
+                .authorization_response_iss_parameter_supported,
+            client_auth: config.client_auth,
+            client_secret: config.client_secret.clone(),
+            timeout: config.timeout,
+            clock: Clock::system(),
+        })
+    }
+
+    /// Times token lifetimes with `clock` (tests advance it).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The issuer.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// RFC 9207: whether the IdP promises `iss` in authorization responses.
+    #[must_use]
+    pub fn promises_iss(&self) -> bool {
+        self.promises_iss
+    }
+
+    /// The revocation endpoint, if the IdP has one.
+    #[must_use]
+    pub fn revocation_endpoint(&self) -> Option<&Url> {
+        self.revocation.as_ref()
+    }
+
+    /// The IdP client as `openidconnect` calls it: responses bounded by [`MAX_IDP_RESPONSE`].
+    fn bounded(
+        &self,
+    ) -> impl Fn(
+        openidconnect::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, IdpHttpError>>
+                + Send,
+        >,
+    > {
+        self.bounded_with(None)
+    }
+
+    /// As [`Self::bounded`], each call given `timeout` (when set) instead of `oidc.timeout`.
+    fn bounded_with(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Fn(
+        openidconnect::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, IdpHttpError>>
+                + Send,
+        >,
+    > {
+        let http = self.http.clone();
+        move |r| Box::pin(idp_call_within(http.clone(), r, timeout))
+    }
+
+    /// The shared IdP HTTP client.
+    #[must_use]
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A new authorization request with fresh `state`, `nonce` and PKCE S256 challenge.
+    #[must_use]
+    pub fn authorize(&self, prompt_none: bool) -> AuthRequest {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = crate::crypto::random_token();
+        let nonce = crate::crypto::random_token();
+        let (st, no) = (state.clone(), nonce.clone());
+        let mut req = self
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || CsrfToken::new(st),
+                move || Nonce::new(no),
+            )
+            .set_pkce_challenge(challenge);
+        for s in &self.scopes {
+            if s != "openid" {
+                req = req.add_scope(Scope::new(s.clone()));
+            }
+        }
+        if prompt_none {
+            req = req.add_prompt(CoreAuthPrompt::None);
+        }
+        for (k, v) in &self.extra_params {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
+        let (url, _, _) = req.url();
+        AuthRequest {
+            url,
+            state: Secret::new(state),
+            nonce: Secret::new(nonce),
+            pkce_verifier: Secret::new(verifier.into_secret()),
+        }
+    }
+
+    /// Exchanges a code and validates the ID token (OIDC Core 3.1.3.7).
+    ///
+    /// # Errors
+    /// [`Error::TokenExchange`] when the IdP refuses or is unreachable;
+    /// [`Error::InvalidIdToken`] when the ID token fails any check.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &Secret,
+        nonce: &Secret,
+    ) -> Result<LoginResult, Error> {
+        let resp: IdpTokenResponse = self
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| Error::TokenExchange(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()))
+            .request_async(&self.bounded())
+            .await
+            .map_err(|e| {
+                // A token response whose only fault is an ID token that does not even parse as
+                // one (e.g. no `sub`) is an invalid ID token, not a failed exchange.
+                if let RequestTokenError::Parse(_, body) = &e {
+                    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+                    let shaped = v.as_ref().is_some_and(|v| {
+                        v.get("access_token")
+                            .is_some_and(serde_json::Value::is_string)
+                            && v.get("id_token").is_some_and(serde_json::Value::is_string)
+                    });
+                    if shaped {
+                        return Error::InvalidIdToken("the ID token does not parse".into());
+                    }
+                }
+                Error::TokenExchange(describe_token_error(&e))
+            })?;
+        let id_token = resp
+            .id_token()
+            .ok_or_else(|| Error::InvalidIdToken("no id_token in the token response".into()))?;
+        let (sub, sid, claims) = self
+            .verify_id_token(id_token, resp.access_token(), Some(nonce))
+            .await?;
+        Ok(LoginResult {
+            sub,
+            sid,
+            claims,
+            tokens: self.tokens_from(&resp, id_token.to_string(), None),
+        })
+    }
+
+    /// The refresh grant itself (RFC 6749 §6): one HTTP call to the token endpoint, bounded by
+    /// [`refresh_timeout`] — twice `oidc.timeout`: the call runs detached from every browser
+    /// request (only requests whose token has expired wait, and those at most
+    /// `session.refresh_wait`), and a refresh given up on while the IdP is still working on it
+    /// may be answered — and its refresh token rotated — after we stopped listening. Nothing
+    /// else is inside that bound, so a slow JWKS re-fetch can never make an answered refresh
+    /// look like a failed one.
+    ///
+    /// # Errors
+    /// [`RefreshError`], classified (SPEC §3).
+    pub async fn refresh_grant(&self, current: &Tokens) -> Result<RefreshResponse, RefreshError> {
+        let Some(rt) = &current.refresh_token else {
+            return Err(RefreshError::Fatal("no refresh token".into()));
+        };
+        let rt_oauth = openidconnect::RefreshToken::new(rt.expose().to_string());
+        let request = self
+            .client
+            .exchange_refresh_token(&rt_oauth)
+            .map_err(|e| RefreshError::Transient(e.to_string()))?;
+        let within = refresh_timeout(self.timeout);
+        let http = self.bounded_with(Some(within));
+        let call = request.request_async(&http);
+        let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
+            .await
+            .map_err(|_| {
+                RefreshError::Transient(
+                    "IdP call timed out (if the IdP still answers and rotates the refresh token, the next refresh is refused)".into(),
+                )
+            })?;
+        match outcome {
+            Ok(r) => Ok(RefreshResponse(r)),
+            Err(e) => {
+                let why = describe_token_error(&e);
+                Err(match classify(&e) {
+                    FailureKind::Fatal => RefreshError::Fatal(why),
+                    FailureKind::ClientRejected => RefreshError::ClientRejected(why),
+                    FailureKind::Transient => RefreshError::Transient(why),
+                })
+            }
+        }
+    }
+
+    /// The tokens after a refresh grant answered: a rotated refresh token replaces the old
+    /// one, without one the old one is kept. A new ID token must verify and name the same
+    /// subject (OIDC Core 12.2); one that does not verify is dropped (the old one is kept).
+    ///
+    /// # Errors
+    /// [`RefreshError::Fatal`] when the new ID token names another subject.
+    pub async fn finish_refresh(
+        &self,
+        resp: &RefreshResponse,
+        current: &Tokens,
+        sub: &str,
+    ) -> Result<Tokens, RefreshError> {
+        let resp = &resp.0;
+        let mut id_token = current.id_token.clone();
+        if let Some(new_id) = resp.id_token() {
+            match self
+                .verify_id_token(new_id, resp.access_token(), None)
+                .await
+            {
+                Ok((new_sub, _, _)) if new_sub == sub => id_token = Secret::new(new_id.to_string()),
+                Ok(_) => {
+                    return Err(RefreshError::Fatal(
+                        "refreshed ID token names another subject".into(),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshed ID token did not verify; keeping the old one")
+                }
+            }
+        }
+        Ok(self.tokens_from(
+            resp,
+            id_token.expose().to_string(),
+            current.refresh_token.clone(),
+        ))
+    }
+
+    /// The tokens of a refresh response without any check, for revoking them when they cannot
+    /// be kept (the session ended while the refresh ran).
+    #[must_use]
+    pub fn unchecked_tokens(&self, resp: &RefreshResponse, current: &Tokens) -> Tokens {
+        self.tokens_from(
+            &resp.0,
+            current.id_token.expose().to_string(),
+            current.refresh_token.clone(),
+        )
+    }
+}
+
+impl OidcClient {
+    /// Tokens from a token response, with the access token's lifetime recorded: `expires_in`,
+    /// else the JWT's `exp − iat` (read, not verified: it only times the refresh).
+    fn tokens_from(
+        &self,
+        resp: &IdpTokenResponse,
+        id_token: String,
+        old_refresh: Option<Secret>,
+    ) -> Tokens {
+        let access = resp.access_token().secret();
+        let lifetime = resp
+            .expires_in()
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4))
+            .or_else(|| jwt_lifetime(access));
+        Tokens {
+            access_token: Secret::new(access.clone()),
+            access_expires_at: lifetime.map(|l| self.clock.unix().saturating_add(l)),
+            access_lifetime: lifetime,
+            refresh_token: resp
+                .refresh_token()
+                .map(|r| Secret::new(r.secret().clone()))
+                .or(old_refresh),
+            id_token: Secret::new(id_token),
+        }
+    }
+}
+
+/// `exp − iat` of a JWT access token, if it is one and says both.
+fn jwt_lifetime(token: &str) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Times {
+        exp: i64,
+        iat: i64,
+    }
+    let payload = token.split('.').nth(1)?;
+    let t: Times = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    (t.exp > t.iat).then_some(t.exp - t.iat)
+}
+
+/// How long a refresh grant may take: twice `oidc.timeout` (see [`OidcClient::refresh_grant`]).
+#[must_use]
+pub fn refresh_timeout(oidc_timeout: Duration) -> Duration {
+    oidc_timeout * 2
+}
