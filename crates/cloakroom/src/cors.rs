@@ -4,7 +4,7 @@
 //!
 //! Never `*` (config refuses it: credentials are involved), never the public origin (a
 //! same-origin SPA needs no CORS), and it weakens nothing: the real request still needs the
-//! CSRF header and an allowed `Origin` ([`Origins::check_csrf`], here too: both read the same
+//! CSRF header and an allowed `Origin` (`Origins::check_csrf`, here too: both read the same
 //! origin list).
 
 use crate::body::{empty, Body};
