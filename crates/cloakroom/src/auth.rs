@@ -1,6 +1,6 @@
 //! The browser-facing endpoints under `server.auth_prefix` (SPEC §1), one file each, and the
-//! `return_to` validation they share. CSRF/Origin checks are [`crate::cors::Origins`], the
-//! current session is [`crate::loader::SessionLoader`].
+//! `return_to` validation they share. CSRF/Origin checks are `cors::Origins`, the current
+//! session is `loader::SessionLoader`.
 //!
 //! Owns: what a browser sees of login state. Never puts a token in a response.
 

@@ -6,27 +6,27 @@ use std::net::{IpAddr, SocketAddr};
 
 /// What every stage may know about the request besides the request itself.
 #[derive(Debug, Clone)]
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The request id (the client's `X-Request-Id` when short and plain, else a new one):
     /// logged, sent upstream and echoed to the client.
-    pub id: HeaderValue,
+    pub(crate) id: HeaderValue,
     /// The TCP peer.
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The client: the peer, or (from a trusted proxy) the last untrusted `X-Forwarded-For`
     /// hop.
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
 }
 
 /// Works out the client's IP from the peer and, for trusted proxies only, `X-Forwarded-For`.
 #[derive(Debug, Clone, Default)]
-pub struct ClientIp {
+pub(crate) struct ClientIp {
     trusted: Vec<IpAddr>,
 }
 
 impl ClientIp {
     /// `server.trusted_proxies`.
     #[must_use]
-    pub fn new(trusted: &[IpAddr]) -> Self {
+    pub(crate) fn new(trusted: &[IpAddr]) -> Self {
         Self {
             trusted: trusted.to_vec(),
         }
@@ -35,7 +35,7 @@ impl ClientIp {
     /// The client's IP: the peer, or (from a trusted proxy) the last untrusted hop of its
     /// `X-Forwarded-For`.
     #[must_use]
-    pub fn resolve(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    pub(crate) fn resolve(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         if !self.trusted.contains(&peer.ip()) {
             return peer.ip();
         }
@@ -56,7 +56,7 @@ impl ClientIp {
 
 /// A request id: the client's `X-Request-Id` when it is short and plain, else a new one.
 #[must_use]
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get("x-request-id")
         .filter(|v| {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Loads the browser's current session.
 #[derive(Debug, Clone)]
-pub struct SessionLoader {
+pub(crate) struct SessionLoader {
     sessions: Sessions,
     cookies: Arc<Cookies>,
     clock: Clock,
@@ -24,7 +24,7 @@ pub struct SessionLoader {
 impl SessionLoader {
     /// `idle_timeout` sets how often activity is written ([`slide_interval`]).
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         sessions: Sessions,
         cookies: Arc<Cookies>,
         clock: Clock,
@@ -44,7 +44,7 @@ impl SessionLoader {
     ///
     /// # Errors
     /// [`Error::StoreUnavailable`].
-    pub async fn current(
+    pub(crate) async fn current(
         &self,
         headers: &HeaderMap,
         slide: bool,
@@ -60,7 +60,7 @@ impl SessionLoader {
     ///
     /// # Errors
     /// [`Error::StoreUnavailable`].
-    pub async fn current_shared(
+    pub(crate) async fn current_shared(
         &self,
         headers: &HeaderMap,
         slide: bool,
@@ -89,7 +89,7 @@ impl SessionLoader {
 /// and 60 s. The idle expiry is therefore exact to within that interval, and a busy session
 /// costs one store write per interval instead of one per request.
 #[must_use]
-pub fn slide_interval(idle_timeout: Duration) -> i64 {
+pub(crate) fn slide_interval(idle_timeout: Duration) -> i64 {
     let idle = i64::try_from(idle_timeout.as_secs()).unwrap_or(i64::MAX);
     (idle / 10).clamp(1, 60)
 }

@@ -45,7 +45,7 @@ impl LoginLimiter {
         Self(Some(limiter))
     }
 
-    /// One request from the client at `ip` (see [`crate::context::ClientIp`]).
+    /// One request from the client at `ip` (see `context::ClientIp`).
     ///
     /// # Errors
     /// [`Error::RateLimited`] with the time until the next request would be allowed.

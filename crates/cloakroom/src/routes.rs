@@ -1,8 +1,8 @@
 //! The one public hyper service: `/auth/*` → [`crate::auth`], a configured route → the API
 //! stage, else 404.
 //!
-//! The request's path through the stages: the [`RequestCtx`] is built once here; the API
-//! stage runs the CSRF check ([`Origins`]), the [`SessionLoader`], the [`Refresher`] and then
+//! The request's path through the stages: the `RequestCtx` is built once here; the API
+//! stage runs the CSRF check ([`Origins`]), the `SessionLoader`, the [`Refresher`] and then
 //! the [`Upstream`] (the forwarder). Owns: the request span, the one access-log line per
 //! request, and turning every [`Error`] into a response (logged once, here). Its error type is
 //! `Infallible`.
