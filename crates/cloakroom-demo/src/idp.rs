@@ -1,4 +1,4 @@
-//! A development OpenID provider for `cloakroom demo`. **Not for production.**
+//! A development OpenID provider for `cloakroom-demo`. **Not for production.**
 //!
 //! It implements as much of OpenID Connect Core, RFC 6749, RFC 7636 (PKCE), RFC 7009
 //! (revocation), RFC 9207 (`iss` in the authorization response) and RP-Initiated Logout as the
@@ -620,7 +620,7 @@ impl Shared {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <title>{title} · Development IdP</title><style>{STYLE}</style></head><body>\n\
              <div class=\"banner\" role=\"alert\" id=\"dev-idp-banner\"><strong>Development IdP — \
-             not for production.</strong> Built into <code>cloakroom demo</code>: one fixed user, \
+             not for production.</strong> Built into <code>cloakroom-demo</code>: one fixed user, \
              in-memory state, a new signing key on every start.</div>\n<main>\n{body}\n</main>\
              </body></html>\n",
             title = escape_html(title),

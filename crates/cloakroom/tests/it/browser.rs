@@ -1,7 +1,7 @@
 //! Real-browser end-to-end tests (issue #4): headless Chromium, driven over WebDriver
 //! (a `chromedriver` process per test + `fantoccini`), clicks through the SPA: log in at the IdP's
 //! HTML page, see the user, call the API (200), log out (through the IdP), call the API (401).
-//! Twice: against `cloakroom demo` (its development IdP) and against the integration tests' setup
+//! Twice: against `cloakroom-demo` (its development IdP) and against the integration tests' setup
 //! (Redis, the npm oidc-provider from tests/idp). Both prove, from inside the page, that no token
 //! and no session cookie is readable by JavaScript.
 //!

@@ -1,4 +1,4 @@
-//! `cloakroom demo` (issue #4): the development IdP, the demo API and the SPA behind Cloakroom,
+//! `cloakroom-demo` (issue #4): the development IdP, the demo API and the SPA behind Cloakroom,
 //! in-process on port 0 with the memory store, driven by the test browser.
 
 use crate::support::browser::{Browser, Resp};
