@@ -161,26 +161,6 @@ pub(crate) fn find(modules: &Path) -> Result<Binaries, String> {
     }
 }
 
-fn first_line(cmd: &Path, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let s = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&s)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 /// `mod_auth_openidc-<version>`, as the module names itself in its binary.
 fn module_version(so: &Path) -> String {
     let Ok(bytes) = std::fs::read(so) else {
@@ -204,7 +184,7 @@ fn module_version(so: &Path) -> String {
 
 fn versions(b: &Binaries) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    let nginx = first_line(&b.nginx, &["-v"]);
+    let nginx = crate::report::first_line(&b.nginx, &["-v"]).unwrap_or_default();
     m.insert(
         "nginx".into(),
         nginx
@@ -212,7 +192,7 @@ fn versions(b: &Binaries) -> BTreeMap<String, String> {
             .unwrap_or(&nginx)
             .to_string(),
     );
-    let apache = first_line(&b.apache, &["-v"]);
+    let apache = crate::report::first_line(&b.apache, &["-v"]).unwrap_or_default();
     m.insert(
         "apache httpd".into(),
         format!(

@@ -15,24 +15,25 @@ pub struct Target {
     pub met: bool,
 }
 
+/// The first line a command prints (stdout, else stderr), or `None` when it cannot run.
+pub(crate) fn first_line(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Option<String> {
+    Command::new(cmd).args(args).output().ok().map(|o| {
+        let s = if o.stdout.is_empty() {
+            o.stderr
+        } else {
+            o.stdout
+        };
+        String::from_utf8_lossy(&s)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    })
+}
+
 fn cmd_out(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let s = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&s)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|_| "not found".into())
+    first_line(cmd, args).unwrap_or_else(|| "not found".into())
 }
 
 pub(crate) fn utc_now() -> String {
