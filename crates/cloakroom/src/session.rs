@@ -424,7 +424,7 @@ pub struct Sessions {
     idle: Duration,
     absolute: Duration,
     clock: Clock,
-    /// Opened sessions of the request path (see `session/cache.rs`); Redis on one server only.
+    /// Opened sessions of the request path (see `session/cache.rs`); Redis only.
     cache: Option<Arc<cache::SessionCache>>,
     /// Told of every session that ends.
     ended: Arc<EndedHooks>,
@@ -559,15 +559,14 @@ impl Sessions {
     }
 
     /// Turns on the in-process session cache for [`Sessions::load_shared`] where the store can
-    /// keep it exact (Redis on one server: see `session/cache.rs`); a no-op elsewhere. Spawns
-    /// the invalidation subscriber, so it must run inside the Tokio runtime.
+    /// keep it exact (Redis, in every topology: see `session/cache.rs`); a no-op elsewhere.
+    /// Spawns the invalidation subscriber, so it must run inside the Tokio runtime.
     #[must_use]
     pub fn with_local_cache(mut self) -> Self {
         if let Store::Redis(r) = &self.store {
             let cache = Arc::new(cache::SessionCache::with_hooks(self.ended.clone()));
-            if r.watch_invalidations(Arc::downgrade(&cache)) {
-                self.cache = Some(cache);
-            }
+            r.watch_invalidations(Arc::downgrade(&cache));
+            self.cache = Some(cache);
         }
         self
     }

@@ -6,11 +6,12 @@
 //!    publishes the session's handle in the same atomic step (`session/redis.rs`); every
 //!    instance's subscriber drops that entry. The writing instance drops its own at once.
 //! 2. **Proof of liveness.** Every [`PING_EVERY`] the instance publishes a marker of its own
-//!    on the invalidation channel, through its command connection — the same path every other
-//!    instance's invalidations take — and when its subscriber receives that marker, everything
-//!    published before it has been applied: the cache is exact as of the moment the marker was
-//!    sent. (A PING on the subscriber's own connection would only prove that connection alive,
-//!    not that publishes from elsewhere reach it, e.g. behind a proxy to several servers.)
+//!    on each server that publishes invalidations (the one server, the Sentinel master, every
+//!    Cluster master), on a connection of its own, and when its subscription to that server
+//!    receives the marker, everything the server published before it has been applied: the
+//!    cache is exact as of the moment the oldest of those markers was sent
+//!    (`session/redis/invalidation.rs`). (A PING on the subscriber's own connection would only
+//!    prove that connection alive, not that publishes reach it.)
 //!    Entries are served only while the last such proof is at most [`MAX_STALENESS`] old: a
 //!    subscriber that is cut off, slow or deaf turns the cache off within that time, and every
 //!    request reads the store again. So a logout through another instance takes effect here

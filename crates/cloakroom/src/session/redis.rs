@@ -37,14 +37,12 @@ use redis::{Pipeline, RedisFuture, Value};
 use scripts::Scripts;
 use std::sync::Arc;
 use std::time::Duration;
-use topology::{Conn, Connected, Source};
+use topology::{Conn, Source};
 
 /// The Redis store. Clones share the connections.
 #[derive(Clone)]
 pub struct RedisStore {
     source: Source,
-    /// The one-server client, for the invalidation subscriber.
-    client: Option<Arc<redis::Client>>,
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
@@ -88,10 +86,9 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let Connected { source, single } = Source::connect(topology, tls_ca, timeout).await?;
+        let source = Source::connect(topology, tls_ca, timeout).await?;
         Ok(Self {
             source,
-            client: single,
             keys: Keys::new(prefix),
             timeout,
             scripts: Arc::new(Scripts::new()),
@@ -208,7 +205,7 @@ impl RedisStore {
     ) -> Result<RefreshWrite, StoreError> {
         let (k, lock) = (self.keys.session(handle), self.keys.lock(handle));
         let script = self.scripts.write_refresh.clone();
-        let channel = self.invalidation_channel().unwrap_or_default();
+        let channel = self.invalidation_channel();
         let (message, owner) = (invalidation::changed(handle), owner.to_string());
         let n: i64 = self
             .run(move |mut c| {
@@ -368,7 +365,7 @@ impl RedisStore {
     ) -> Result<Option<StoredRecord>, StoreError> {
         let k = self.keys.session(&r.handle);
         let script = self.scripts.take.clone();
-        let channel = self.invalidation_channel().unwrap_or_default();
+        let channel = self.invalidation_channel();
         // This session *ended* (other instances close its tunnels too), where a refresh write
         // only says it changed.
         let message = invalidation::ended(&r.handle);

@@ -28,7 +28,12 @@ fn calls(redis: &RedisServer, command: &str) -> u64 {
 }
 
 /// Polls `url` until it answers 401; panics if it still answers 200 `bound` after `since`.
-async fn refused_within(b: &mut Browser, url: &str, since: Instant, bound: Duration) -> Duration {
+pub(crate) async fn refused_within(
+    b: &mut Browser,
+    url: &str,
+    since: Instant,
+    bound: Duration,
+) -> Duration {
     loop {
         let status = b.xhr(Method::GET, url).await.status;
         if status == 401 {

@@ -8,21 +8,35 @@
 //! |---|---|---|
 //! | `<handle>` | changed: drop the cached entry | the `write_refresh` script |
 //! | `~<handle>` | ended: drop the entry and run the ended hooks (tunnels close) | the `take` script |
-//! | `!<id>:<seq>` | a subscriber's liveness marker: ignored by every other subscriber | [`RedisStore::watch_invalidations`], through the command connection |
+//! | `!<id>:<seq>` | a watcher's liveness marker: ignored by every other watcher | [`RedisStore::watch_invalidations`] |
 //!
-//! The subscriber proves itself current by its own markers: one is published every
-//! [`PING_EVERY`] through the command connection, the path every other instance's messages
-//! take, and when it comes back everything published before it has been applied
-//! ([`SessionCache::verified`]). Markers that stop coming back for three times
-//! [`MAX_STALENESS`] make it resubscribe; a lost connection marks the cache unverified.
-//! Only a one-server topology has the channel (a cluster would route a channel name like a
-//! key): elsewhere nothing is published and there is no cache.
+//! **Which servers.** The scripts publish on the server that holds the session: the one
+//! server, the master (Sentinel), or the master that owns the session's slot (Cluster).
+//! [`Source::publishers`](super::topology::Source::publishers) names those servers, and one
+//! *watcher* per server subscribes on that server itself. (A cluster forwards a plain
+//! `PUBLISH` to every node, so one subscription anywhere would hear everything; but messages
+//! from different nodes arrive over different links, in no common order, so a marker from
+//! one node would prove nothing about another's. On its own server a message is delivered in
+//! the order it was published: that is what a marker proves.)
+//!
+//! **Proof.** Every [`PING_EVERY`] a watcher publishes a marker of its own on its server,
+//! on a connection of its own, and when its subscription delivers that marker, everything
+//! that server published before it has been applied. A *supervisor* asks the topology for the
+//! publishing servers every [`PING_EVERY`], starts a watcher for a new one and stops one for a
+//! server that no longer publishes, and proves the cache current
+//! ([`SessionCache::verified`]) as of the oldest of the watchers' proofs and of the moment it
+//! asked for the servers. A watcher that lost its subscription, a changed set of servers
+//! (a failover, a master added to the cluster) or an unanswered question make the cache
+//! unverified or let its proof age: within [`MAX_STALENESS`] nothing is served from it.
+//! Markers that stop coming back for three times [`MAX_STALENESS`] make a watcher
+//! resubscribe.
 
+use super::topology::Server;
 use super::RedisStore;
 use crate::session::cache::{SessionCache, MAX_STALENESS, PING_EVERY};
-use std::collections::VecDeque;
-use std::sync::Weak;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 /// The message saying `handle` changed (a refresh was written).
 pub(super) fn changed(handle: &str) -> String {
@@ -34,17 +48,16 @@ pub(super) fn ended(handle: &str) -> String {
     format!("~{handle}")
 }
 
-/// What one message on the channel says, to the subscriber whose markers start with
-/// `markers`.
+/// What one message on the channel says, to the watcher whose markers start with `markers`.
 #[derive(Debug, PartialEq, Eq)]
 enum Message<'a> {
-    /// This subscriber's marker number `seq` came back.
+    /// This watcher's marker number `seq` came back.
     OwnMarker(u64),
     /// `~<handle>`: the session ended.
     Ended(&'a str),
     /// `<handle>`: the session changed.
     Changed(&'a str),
-    /// Another subscriber's marker.
+    /// Another watcher's marker.
     Other,
 }
 
@@ -65,104 +78,203 @@ impl<'a> Message<'a> {
     }
 }
 
+/// What a watcher has proved, for the supervisor.
+#[derive(Default)]
+struct Proof {
+    /// When the last marker that came back was sent; `None` while (re)subscribing.
+    sent: Option<Instant>,
+    /// The subscription was lost (or restarted) since the supervisor last looked.
+    lost: bool,
+}
+
+/// A running watcher; dropping it stops the task.
+struct Watcher {
+    proof: Arc<Mutex<Proof>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl RedisStore {
-    /// The invalidation channel; `None` without a one-server topology (no cache to invalidate,
-    /// and a cluster would route a channel name like a key).
-    pub(super) fn invalidation_channel(&self) -> Option<String> {
-        self.client
-            .as_ref()
-            .map(|_| self.keys.invalidation_channel())
+    /// The invalidation channel.
+    pub(super) fn invalidation_channel(&self) -> String {
+        self.keys.invalidation_channel()
     }
 
-    /// Keeps `cache` exact (see `session/cache.rs`): subscribes to the invalidation channel,
-    /// drops each published handle, and every [`PING_EVERY`] proves the subscription current.
-    /// Runs until the cache is dropped. Only for one server (a cluster or Sentinel setup runs
-    /// without the cache): returns false then.
-    pub(crate) fn watch_invalidations(&self, cache: Weak<SessionCache>) -> bool {
-        let (Some(client), Some(channel)) = (self.client.clone(), self.invalidation_channel())
-        else {
-            return false;
-        };
+    /// Keeps `cache` exact (see `session/cache.rs` and this module): watches every server that
+    /// publishes invalidations, drops each published handle, and proves the cache current.
+    /// Runs until the cache is dropped.
+    pub(crate) fn watch_invalidations(&self, cache: Weak<SessionCache>) {
         let timeout = self.timeout.min(MAX_STALENESS);
         let store = self.clone();
-        // This subscriber's markers: `!<id>:<seq>`.
-        let marker_prefix = format!("!{}:", &crate::crypto::random_token()[..12]);
+        let id = crate::crypto::random_token()[..12].to_string();
         tokio::spawn(async move {
-            use futures_util::StreamExt;
+            let mut watchers: HashMap<String, Watcher> = HashMap::new();
+            let mut started = 0u64;
+            // When the servers were last named; proofs are as of this at the oldest.
+            let mut asked: Option<Instant> = None;
+            let proved = Arc::new(tokio::sync::Notify::new());
+            let mut tick = tokio::time::interval(PING_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                if cache.strong_count() == 0 {
-                    return;
-                }
-                let subscribed = tokio::time::timeout(timeout, async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    Ok::<_, redis::RedisError>(pubsub.into_on_message())
-                })
-                .await;
-                if let Ok(Ok(mut stream)) = subscribed {
-                    let mut tick = tokio::time::interval(PING_EVERY);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
-                    let mut seq = 0u64;
-                    'connected: loop {
-                        tokio::select! {
-                            msg = stream.next() => {
-                                let Some(msg) = msg else { break 'connected };
-                                let Some(c) = cache.upgrade() else { return };
-                                let Ok(payload) = msg.get_payload::<String>() else { continue };
-                                match Message::parse(&payload, &marker_prefix) {
-                                    Message::OwnMarker(n) => {
-                                        // Our own marker came back through the channel every
-                                        // instance publishes to: everything published before
-                                        // it has been applied.
-                                        while let Some(&(m, at)) = sent.front() {
-                                            if m > n {
-                                                break;
-                                            }
-                                            sent.pop_front();
-                                            if m == n {
-                                                c.verified(at);
-                                            }
-                                        }
-                                    }
-                                    Message::Ended(handle) => {
-                                        c.invalidate(handle);
-                                        c.ended(handle);
-                                    }
-                                    Message::Changed(handle) => c.invalidate(handle),
-                                    Message::Other => {}
-                                }
+                let mut changed = false;
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if cache.strong_count() == 0 {
+                            return;
+                        }
+                        let now = Instant::now();
+                        let Ok(Ok(servers)) =
+                            tokio::time::timeout(timeout, store.source.publishers()).await
+                        else {
+                            // Nobody can say which servers publish: no proof this round.
+                            continue;
+                        };
+                        asked = Some(now);
+                        let before = watchers.len();
+                        watchers.retain(|name, _| servers.iter().any(|s| &s.name == name));
+                        changed = watchers.len() != before;
+                        for server in servers {
+                            if watchers.contains_key(&server.name) {
+                                continue;
                             }
-                            _ = tick.tick() => {
-                                if sent.front().is_some_and(|(_, at)| at.elapsed() > MAX_STALENESS * 3) {
-                                    // Markers stopped coming back: this subscription is not
-                                    // hearing the channel. Start again.
-                                    break 'connected;
-                                }
-                                seq += 1;
-                                let at = Instant::now();
-                                sent.push_back((seq, at));
-                                let marker = format!("{marker_prefix}{seq}");
-                                let ch = channel.clone();
-                                let _ = store
-                                    .run(move |mut c| {
-                                        Box::pin(async move {
-                                            redis::cmd("PUBLISH").arg(ch).arg(marker).query_async::<()>(&mut c).await
-                                        })
-                                    })
-                                    .await;
-                            }
+                            changed = true;
+                            started += 1;
+                            let proof = Arc::new(Mutex::new(Proof::default()));
+                            let name = server.name.clone();
+                            let task = tokio::spawn(watch(
+                                server,
+                                store.invalidation_channel(),
+                                format!("!{id}-{started}:"),
+                                (proof.clone(), proved.clone()),
+                                cache.clone(),
+                                timeout,
+                            ));
+                            watchers.insert(name, Watcher { proof, task });
+                        }
+                        if changed && before > 0 {
+                            tracing::info!(
+                                servers = watchers.len(),
+                                "session cache: the Redis servers that publish invalidations changed"
+                            );
                         }
                     }
-                    tracing::warn!("session cache: invalidation subscription lost; reconnecting");
+                    () = proved.notified() => {}
                 }
-                if let Some(c) = cache.upgrade() {
+                let Some(c) = cache.upgrade() else { return };
+                let mut lost = changed;
+                let mut oldest = asked.filter(|_| !watchers.is_empty());
+                for w in watchers.values() {
+                    let mut p = w.proof.lock().unwrap_or_else(PoisonError::into_inner);
+                    lost |= std::mem::take(&mut p.lost);
+                    oldest = oldest.zip(p.sent).map(|(a, b)| a.min(b));
+                }
+                if lost {
                     c.unverified();
                 }
-                tokio::time::sleep(PING_EVERY).await;
+                if let Some(at) = oldest {
+                    c.verified(at);
+                }
             }
         });
-        true
+    }
+}
+
+/// One server's watcher: subscribes on it, applies what it publishes, and every
+/// [`PING_EVERY`] publishes a marker (`<markers><seq>`) on it to prove the subscription
+/// current. Resubscribes when the connection is lost or the markers stop coming back.
+async fn watch(
+    server: Server,
+    channel: String,
+    markers: String,
+    (proof, proved): (Arc<Mutex<Proof>>, Arc<tokio::sync::Notify>),
+    cache: Weak<SessionCache>,
+    timeout: Duration,
+) {
+    use futures_util::StreamExt;
+    // Records a proof (or the loss of the subscription) and wakes the supervisor.
+    let set = |sent: Option<Instant>, lost: bool| {
+        {
+            let mut p = proof.lock().unwrap_or_else(PoisonError::into_inner);
+            p.sent = sent.max(p.sent).filter(|_| !lost);
+            p.lost |= lost;
+        }
+        proved.notify_one();
+    };
+    loop {
+        if cache.strong_count() == 0 {
+            return;
+        }
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = server.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            let publisher = server.client.get_multiplexed_async_connection().await?;
+            Ok::<_, redis::RedisError>((pubsub.into_on_message(), publisher))
+        })
+        .await;
+        if let Ok(Ok((mut stream, mut publisher))) = subscribed {
+            let mut tick = tokio::time::interval(PING_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+            let mut seq = 0u64;
+            'connected: loop {
+                tokio::select! {
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { break 'connected };
+                        let Some(c) = cache.upgrade() else { return };
+                        let Ok(payload) = msg.get_payload::<String>() else { continue };
+                        match Message::parse(&payload, &markers) {
+                            Message::OwnMarker(n) => {
+                                // Our own marker came back from the server that publishes the
+                                // invalidations: everything it published before has been
+                                // applied.
+                                while let Some(&(m, at)) = sent.front() {
+                                    if m > n {
+                                        break;
+                                    }
+                                    sent.pop_front();
+                                    if m == n {
+                                        set(Some(at), false);
+                                    }
+                                }
+                            }
+                            Message::Ended(handle) => {
+                                c.invalidate(handle);
+                                c.ended(handle);
+                            }
+                            Message::Changed(handle) => c.invalidate(handle),
+                            Message::Other => {}
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if sent.front().is_some_and(|(_, at)| at.elapsed() > MAX_STALENESS * 3) {
+                            // Markers stopped coming back: this subscription is not hearing
+                            // the channel. Start again.
+                            break 'connected;
+                        }
+                        seq += 1;
+                        sent.push_back((seq, Instant::now()));
+                        let mut publish = redis::cmd("PUBLISH");
+                        publish.arg(&channel).arg(format!("{markers}{seq}"));
+                        let _ = tokio::time::timeout(
+                            timeout,
+                            publish.query_async::<()>(&mut publisher),
+                        )
+                        .await;
+                    }
+                }
+            }
+            tracing::warn!(
+                server = %server.name,
+                "session cache: invalidation subscription lost; reconnecting"
+            );
+        }
+        set(None, true);
+        tokio::time::sleep(PING_EVERY).await;
     }
 }
 
@@ -172,11 +284,12 @@ mod tests {
 
     #[test]
     fn the_three_kinds_of_message_are_told_apart() {
-        let own = "!abc:";
+        let own = "!abc-1:";
         assert_eq!(Message::parse(&changed("h1"), own), Message::Changed("h1"));
         assert_eq!(Message::parse(&ended("h1"), own), Message::Ended("h1"));
-        assert_eq!(Message::parse("!abc:7", own), Message::OwnMarker(7));
-        assert_eq!(Message::parse("!xyz:7", own), Message::Other);
-        assert_eq!(Message::parse("!abc:x", own), Message::Other);
+        assert_eq!(Message::parse("!abc-1:7", own), Message::OwnMarker(7));
+        assert_eq!(Message::parse("!abc-12:7", own), Message::Other);
+        assert_eq!(Message::parse("!xyz-1:7", own), Message::Other);
+        assert_eq!(Message::parse("!abc-1:x", own), Message::Other);
     }
 }

@@ -5,6 +5,10 @@
 //! reply. Every command goes through [`Source::conn`], a cheap clone of the current multiplexed
 //! connection; an error or a timeout on a Sentinel-found master is reported back with
 //! [`Source::failed`] / [`Source::timed_out`], which ask the sentinels where the master is now.
+//!
+//! It also says which servers publish the invalidations ([`Source::publishers`]): the one
+//! server, the current master, or every master of the cluster. The invalidation subscriber
+//! (`invalidation.rs`) hears each of them on its own connection.
 
 use super::err;
 use crate::session::StoreError;
@@ -22,16 +26,32 @@ use crate::config::Topology;
 /// The command connections of one [`Topology`]. Clones share them.
 #[derive(Clone)]
 pub(super) enum Source {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Single(ConnectionManager, Arc<redis::Client>),
+    Cluster(ClusterConnection, Arc<ClusterNodes>),
     Sentinel(Arc<SentinelSource>),
 }
 
-/// What [`Source::connect`] returns: the connections, and for one server its client (the
-/// invalidation subscriber opens its own connection with it).
-pub(super) struct Connected {
-    pub(super) source: Source,
-    pub(super) single: Option<Arc<redis::Client>>,
+/// How to reach any node of a cluster: the first seed's connection settings (credentials,
+/// TLS or not) and the CA to trust.
+pub(super) struct ClusterNodes {
+    seed: redis::ConnectionInfo,
+    tls_ca: Option<Vec<u8>>,
+}
+
+/// A server that publishes invalidations: the scripts that end or change a session run on it.
+pub(super) struct Server {
+    /// `host:port`, which tells servers apart.
+    pub(super) name: String,
+    pub(super) client: redis::Client,
+}
+
+impl Server {
+    fn of(client: redis::Client) -> Self {
+        Self {
+            name: client.get_connection_info().addr().to_string(),
+            client,
+        }
+    }
 }
 
 impl Source {
@@ -41,23 +61,22 @@ impl Source {
         topology: &Topology,
         tls_ca: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<Connected, StoreError> {
+    ) -> Result<Source, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2))
             .set_pipeline_buffer_size(1024);
-        let mut single = None;
         let connect = async {
             Ok::<_, StoreError>(match topology {
                 Topology::Single(url) => {
                     let c = client(url, tls_ca)?;
-                    single = Some(Arc::new(c.clone()));
                     Source::Single(
                         c.get_connection_manager_with_config(config)
                             .await
                             .map_err(|e| err(&e))?,
+                        Arc::new(c),
                     )
                 }
                 Topology::Cluster(nodes) => {
@@ -71,12 +90,22 @@ impl Source {
                             root_cert: Some(ca.to_vec()),
                         });
                     }
+                    let seed = nodes
+                        .first()
+                        .ok_or_else(|| StoreError("store.nodes: empty".into()))?
+                        .as_str()
+                        .into_connection_info()
+                        .map_err(|e| StoreError(format!("store url: {}", e.category())))?;
                     Source::Cluster(
                         b.build()
                             .map_err(|e| err(&e))?
                             .get_async_connection()
                             .await
                             .map_err(|e| err(&e))?,
+                        Arc::new(ClusterNodes {
+                            seed,
+                            tls_ca: tls_ca.map(<[u8]>::to_vec),
+                        }),
                     )
                 }
                 Topology::Sentinel { sentinels, master } => {
@@ -94,7 +123,7 @@ impl Source {
                         .map_err(|e| err(&e))?;
                     let source = Arc::new(SentinelSource {
                         sentinel: tokio::sync::Mutex::new(sc),
-                        current: RwLock::new(manager),
+                        current: RwLock::new((manager, c)),
                         config: config.clone(),
                         resolving: AtomicBool::new(false),
                     });
@@ -103,21 +132,44 @@ impl Source {
                 }
             })
         };
-        let source = tokio::time::timeout(timeout * 3, connect)
+        tokio::time::timeout(timeout * 3, connect)
             .await
-            .map_err(|_| StoreError("redis: connect timed out".into()))??;
-        Ok(Connected { source, single })
+            .map_err(|_| StoreError("redis: connect timed out".into()))?
+    }
+
+    /// The servers that publish invalidations now: the one server, the master the sentinels
+    /// named last, or every master of the cluster that serves slots (asked of the cluster with
+    /// `CLUSTER NODES`, so a new master or a failover shows here).
+    pub(super) async fn publishers(&self) -> Result<Vec<Server>, StoreError> {
+        match self {
+            Source::Single(_, c) => Ok(vec![Server::of(redis::Client::clone(c))]),
+            Source::Sentinel(s) => Ok(vec![Server::of(s.current_client())]),
+            Source::Cluster(c, nodes) => {
+                let text: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c.clone())
+                    .await
+                    .map_err(|e| err(&e))?;
+                let masters = masters_serving_slots(&text)
+                    .ok_or_else(|| StoreError("redis: unreadable CLUSTER NODES".into()))?;
+                masters
+                    .into_iter()
+                    .map(|(host, port)| nodes.client(host, port).map(Server::of))
+                    .collect()
+            }
+        }
     }
 
     /// The connection for one command.
     pub(super) fn conn(&self) -> Conn {
         match self {
-            Source::Single(m) => Conn::Manager(m.clone()),
-            Source::Cluster(c) => Conn::Cluster(c.clone()),
+            Source::Single(m, _) => Conn::Manager(m.clone()),
+            Source::Cluster(c, _) => Conn::Cluster(c.clone()),
             Source::Sentinel(s) => Conn::Manager(
                 s.current
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0
                     .clone(),
             ),
         }
@@ -125,7 +177,7 @@ impl Source {
 
     /// Whether this is a cluster (where a keyless command goes to an arbitrary node).
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Source::Cluster(_))
+        matches!(self, Source::Cluster(..))
     }
 
     /// A command failed with `e`: on a Sentinel-found master, ask the sentinels where the
@@ -159,12 +211,21 @@ impl Source {
 /// failover moves the master (connection errors or `READONLY` replies trigger a re-resolve).
 pub(super) struct SentinelSource {
     sentinel: tokio::sync::Mutex<SentinelClient>,
-    current: RwLock<ConnectionManager>,
+    /// The master's connection and its client.
+    current: RwLock<(ConnectionManager, redis::Client)>,
     config: ConnectionManagerConfig,
     resolving: AtomicBool,
 }
 
 impl SentinelSource {
+    fn current_client(&self) -> redis::Client {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
     /// Asks the sentinels where the master is and swaps the connection (one at a time, in the
     /// background).
     fn reresolve(self: &Arc<Self>) {
@@ -175,14 +236,17 @@ impl SentinelSource {
         tokio::spawn(async move {
             let result = async {
                 let c = s.sentinel.lock().await.async_get_client().await?;
-                c.get_connection_manager_with_config(s.config.clone()).await
+                let m = c
+                    .get_connection_manager_with_config(s.config.clone())
+                    .await?;
+                Ok::<_, redis::RedisError>((m, c))
             }
             .await;
             match result {
-                Ok(m) => {
+                Ok(current) => {
                     *s.current
                         .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = m;
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = current;
                     tracing::info!("redis master re-resolved through sentinel");
                 }
                 Err(e) => tracing::warn!(error = %e.category(), "sentinel re-resolve failed"),
@@ -262,12 +326,62 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl ClusterNodes {
+    /// A client for the node at `host:port`, with the seed's credentials and TLS.
+    fn client(&self, host: &str, port: u16) -> Result<redis::Client, StoreError> {
+        let addr = match self.seed.addr() {
+            redis::ConnectionAddr::TcpTls { insecure, .. } => redis::ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+        };
+        client_for(self.seed.clone().set_addr(addr), self.tls_ca.as_deref())
+    }
+}
+
+/// The masters that serve slots, as `(host, port)`, from `CLUSTER NODES` text; `None` if a
+/// line is unreadable. Lines: `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong>
+/// <epoch> <link> [<slot> ...]`.
+fn masters_serving_slots(text: &str) -> Option<Vec<(&str, u16)>> {
+    let mut masters = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (addr, flags) = (fields.get(1)?, fields.get(2)?);
+        let flags: Vec<&str> = flags.split(',').collect();
+        let serving = fields.len() > 8
+            && flags.contains(&"master")
+            && !flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "fail?" | "handshake" | "noaddr"));
+        if !serving {
+            continue;
+        }
+        let hostport = addr.split(['@', ',']).next()?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        if host.is_empty() {
+            return None;
+        }
+        masters.push((host, port.parse().ok()?));
+    }
+    Some(masters)
+}
+
 /// A one-server client for `url`, with `TCP_NODELAY`, trusting `tls_ca` (PEM) when given.
 fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, StoreError> {
     let info = url
         .into_connection_info()
-        .map_err(|e| StoreError(format!("store url: {}", e.category())))?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        .map_err(|e| StoreError(format!("store url: {}", e.category())))?;
+    client_for(info, tls_ca)
+}
+
+fn client_for(
+    info: redis::ConnectionInfo,
+    tls_ca: Option<&[u8]>,
+) -> Result<redis::Client, StoreError> {
+    let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
     match tls_ca {
         Some(ca) => redis::Client::build_with_tls(
             info,
@@ -279,4 +393,34 @@ fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, StoreError>
         None => redis::Client::open(info),
     }
     .map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masters_serving_slots;
+
+    #[test]
+    fn cluster_nodes_yield_the_masters_that_serve_slots() {
+        let text = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002,node-b master - 0 1 2 connected 5461-10922 [10923->-c3]
+c3 127.0.0.1:7003@17003 master - 0 1 3 connected 10923-16383
+d4 127.0.0.1:7004@17004 slave a1 0 1 1 connected
+e5 127.0.0.1:7005@17005 master,fail - 0 1 5 disconnected 100
+f6 127.0.0.1:7006@17006 master - 0 1 6 connected
+";
+        assert_eq!(
+            masters_serving_slots(text),
+            Some(vec![
+                ("127.0.0.1", 7001),
+                ("127.0.0.1", 7002),
+                ("127.0.0.1", 7003)
+            ])
+        );
+        assert_eq!(
+            masters_serving_slots("x :0@0 master - 0 0 1 connected 1"),
+            None
+        );
+        assert_eq!(masters_serving_slots("garbage"), None);
+    }
 }

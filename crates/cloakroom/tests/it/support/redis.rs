@@ -166,22 +166,17 @@ impl RedisServer {
 
     /// Runs a command through a plain RESP connection (no redis-cli needed); returns the raw reply.
     pub(crate) fn cli(&self, args: &[&str]) -> String {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        if s.write_all(cmd.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut buf = vec![0u8; 1 << 16];
-        let n = s.read(&mut buf).unwrap_or(0);
-        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        text.trim_start_matches('+').to_string()
+        cli_at(self.port, args)
+    }
+
+    /// As [`Self::cli`], the reply's values alone, one a line: bulk and integer replies
+    /// without their RESP headers.
+    pub(crate) fn values(&self, args: &[&str]) -> Vec<String> {
+        self.cli(args)
+            .lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+            .map(|l| l.trim_start_matches(':').to_string())
+            .collect()
     }
 
     pub(crate) fn stop(&mut self) {
@@ -202,4 +197,24 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// [`RedisServer::cli`] for the server on `port`.
+pub(crate) fn cli_at(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    if s.write_all(cmd.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.trim_start_matches('+').to_string()
 }
