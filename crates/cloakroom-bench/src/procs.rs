@@ -514,20 +514,24 @@ impl Cloakroom {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // The access log (one line per request, as in production) goes nowhere: writing it
-        // costs Cloakroom the same CPU either way, and a run would leave gigabytes behind.
+        // The access log (one line per request, as in production) goes into a pipe, as to a
+        // container runtime, which a thread of the benchmark drains and discards (a run would
+        // leave gigabytes behind); with `keep_log` into a file.
         let stdout = if keep_log {
             Stdio::from(
                 std::fs::File::create(dir.join("cloakroom.log")).map_err(|e| e.to_string())?,
             )
         } else {
-            Stdio::null()
+            Stdio::piped()
         };
-        let child = cmd
+        let mut child = cmd
             .stdout(stdout)
             .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("cannot start {} ({e})", bin.display()))?;
+        if let Some(mut pipe) = child.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut pipe, &mut std::io::sink()));
+        }
         let c = Self {
             port,
             admin_port,

@@ -825,7 +825,8 @@ How the references run (`crates/cloakroom-bench/src/refs.rs`, configuration temp
   the same upstream as Cloakroom, keep their upstream connections alive (nginx: an `upstream`
   block with `keepalive`, `proxy_http_version 1.1`, `Connection ""`; mod_proxy_http reuses its
   connections by default), drop the `Cookie` header, and write one access-log line per request
-  to `/dev/null` as Cloakroom's access log here. No request limit per connection (nginx
+  to `/dev/null` (Cloakroom writes its access log into a pipe the benchmark drains, which costs
+  it more: the comparison is, if anything, in the references' favour). No request limit per connection (nginx
   `keepalive_requests`, Apache `MaxKeepAliveRequests 0`), as with Cloakroom.
 - **nginx** and **Apache + mod_proxy** attach a constant `Authorization: Bearer …`: the least a
   token handler can do, without authentication.
@@ -1208,9 +1209,9 @@ not work here):
   VM) in the sender's time. The reference proxy (p) pays the same: this is the floor, and what
   keeps CPU per request above 25 µs on this machine. Everything Cloakroom does on top is the
   difference between (b) and (p).
-- **The access log, about 17 µs per request** (measured by running (b) with
-  `CLOAKROOM_LOG_LEVEL=warn`: 71.5 → 54.6 µs, 16.6k → 19.6k req/s): one JSON line per request,
-  formatted and written with its own `write(2)`, plus the request span.
+- **The access log**: about 17 µs per request with a `write(2)` per line (measured by running
+  (b) with `CLOAKROOM_LOG_LEVEL=warn`: 71.5 → 54.6 µs, 16.6k → 19.6k req/s, 2026-12-01); about
+  4–8 µs with the batching writer below, which is formatting the JSON line and the request span.
 - **Cloakroom's other per-request work, 5–8 %:** header policy, upstream URI, metrics, request id.
 - **Authentication, with the session cache: (c) − (b) in the table** (3–15 µs across the runs
   made while building this; run-to-run noise here is of the same size): open the cookie
@@ -1219,15 +1220,31 @@ not work here):
   more syscalls, cross-thread wake-ups of the multiplexed connection, decrypting and parsing the
   record), and (c) ran at 0.58× (b).
 
-**Tried and not kept: a non-blocking access-log writer.** `tracing-appender`'s lossy
-non-blocking writer (a thread of its own, a bounded queue) instead of the synchronous
-`write(2)` per line, measured interleaved on 2026-12-01 (release builds, (b) and (c) only,
-8 s each, four alternating runs, log to a file as in this benchmark): synchronous
-35.7–37.7 µs / 32.5k–34.1k req/s for (b) and 39.3–40.9 µs / 30.3k–31.3k req/s for (c);
-non-blocking 40.9–44.3 µs / 26.7k–29.2k req/s for (b) and 44.6–45.5 µs / 26.5k–27.3k req/s
-for (c). The hand-off to the writer thread (a channel send and a wake-up per line, on 2 cores)
-costs more than the `write(2)` to a file it saves, so the synchronous writer stays. A writer
-that batches lines per worker would be the next thing to try.
+**Kept: a batching access-log writer** (`src/telemetry.rs`). A worker appends its formatted
+line to a bounded in-memory batch; a thread of its own writes the batch to stdout every 50 ms,
+or at once at 64 KiB or for a warning or an error. A request costs no `write(2)` of its own, and
+a worker never waits for stdout: past 4 MiB waiting, lines are dropped and counted
+(`cloakroom_log_lines_dropped_total`). Measured on 2026-12-02 (release builds, (c) alone, 5 s
+runs, three alternating pairs, the access log into a pipe the benchmark drains, as into a
+container runtime): one `write(2)` per line 45.4–50.3 µs / 22.5k–25.7k req/s; batched
+37.2–50.0 µs (median 41.3) / 24.1k–32.3k req/s. With the access log off (`log.level = "warn"`)
+33.7–37.1 µs: what remains of the log is formatting the JSON line. Tried before and not kept:
+`tracing-appender`'s non-blocking writer (a channel send and a writer wake-up per line cost
+more than the `write(2)` it saved: 40.9–44.3 µs against 35.7–37.7 µs for (b) on 2026-12-01).
+
+**Kept: mimalloc** as the global allocator, measured against glibc's on 2026-12-02 ((c) alone,
+5 s runs, three alternating pairs, log into a pipe): glibc 45.8–57.0 µs (median 46.6) /
+21.2k–27.0k req/s, mimalloc 38.8–50.5 µs (median 44.0) / 23.9k–31.1k req/s; about 5 %, inside
+this machine's noise but in the same direction in every pair. malloc, free and memmove were
+8 % of Cloakroom's samples before.
+
+**Measured, not changed: the runtime shape.** (c) on one worker thread
+(`TOKIO_WORKER_THREADS=1`) against two: 37.6–39.0 µs against 39.8–43.4 µs per request. Cross-
+thread wake-ups (the upstream connection's task and the request's on different workers, hyper's
+client dispatch channel) cost about 4 µs a request; a runtime per core with its own listener
+(`SO_REUSEPORT`) and its own upstream pool would save about that much, not the factor the
+target needs. `strace -c` of (c): per request two `recvfrom`, two `writev`, 0.4 `futex`,
+0.05 `epoll_wait`, and (before the batching writer) one `write`.
 
 ### The session cache, and why a logout still takes effect
 
@@ -1235,12 +1252,17 @@ that batches lines per worker would be the next thing to try.
 opened sessions in memory (`src/session/cache.rs`; at most 8,192, each for at most 10 s). A
 logout, a back-channel or admin logout, and a refresh delete or rewrite the record and publish
 its handle on `<prefix>:invalidate` in the same atomic step; every instance drops that entry.
-Every 200 ms each instance pings Redis on its subscription and, once answered, has applied every
-invalidation published before the ping; entries are served only while that proof is at most 1 s
-old. So a logout through another instance ends the session here at once in practice, and within
-1 s even if the subscription is cut (tests/it/session_cache.rs checks both). Only for
-`store.kind = "redis"` (one server); with a cluster or Sentinel every request reads Redis (1
-command).
+Every 200 ms each instance publishes a marker on every server that publishes invalidations (the
+one server, the Sentinel master, every Cluster master) and, once the marker is back on its
+subscription to that server, has applied every invalidation that server published before it;
+entries are served only while the oldest proof is at most 1 s old. So a logout through another
+instance ends the session here at once in practice, and within 1 s even if the subscription is
+cut (tests/it/session_cache.rs checks both; tests/it/topology.rs checks a Cluster reshard onto a
+new master and a Sentinel failover). The same cache serves every topology: in Cluster and
+Sentinel a steady session costs no Redis command per request either. What it costs Redis
+instead: per instance, per publishing server, 5 markers and (Cluster) 5 `CLUSTER NODES` a
+second. A Cluster forwards every plain `PUBLISH` to all nodes, so each subscription also hears
+the other masters' messages (ignored: only its own server's order is used).
 
 Changes made for these targets: the session cache with pub/sub invalidation
 (`src/session/cache.rs`); no `getrandom(2)` per request for request ids; no copies in the

@@ -132,6 +132,7 @@ async fn run(config: Config) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
+            cloakroom::telemetry::flush();
             eprintln!("start-up failed: {e}");
             return ExitCode::from(1);
         }
@@ -140,5 +141,10 @@ async fn run(config: Config) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
+    cloakroom::telemetry::flush();
     ExitCode::SUCCESS
 }
+
+/// mimalloc, measured against the system allocator in `scripts/bench` (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,17 +1,281 @@
 //! Logging setup. Log lines carry methods, paths (never queries), statuses, durations, short
 //! session handles and subjects; never a cookie value, token, code or secret.
+//!
+//! Lines are written to stdout by a thread of their own ([`Batched`]): a worker appends its
+//! formatted line to a bounded in-memory batch and goes on; the writer thread writes the batch
+//! out every [`FLUSH_EVERY`], at once when it holds [`BATCH`] bytes or a warning or error. So
+//! a request costs no `write(2)` of its own, and a worker never waits for stdout: when stdout
+//! does not keep up and the batch reaches [`LIMIT`], further lines are dropped and counted
+//! (`cloakroom_log_lines_dropped_total`) instead.
 
 use crate::config::{LogConfig, LogFormat};
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+
+/// How long a line waits at most before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A batch this large is written at once.
+pub const BATCH: usize = 64 * 1024;
+/// A batch this large takes no more lines: they are dropped and counted.
+pub const LIMIT: usize = 4 * 1024 * 1024;
 
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = Batched::stdout();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
-    let _ = match config.format {
+        .with_target(false)
+        .with_writer(writer.clone());
+    let installed = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    if installed.is_ok() {
+        let _ = INSTALLED.set(writer);
+        // A panic's own message goes to stderr; what was logged before it must not be lost.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            flush();
+            previous(info);
+        }));
+    }
+}
+
+static INSTALLED: OnceLock<Batched> = OnceLock::new();
+
+/// Writes out every line logged so far (at shutdown, before the process exits).
+pub fn flush() {
+    if let Some(w) = INSTALLED.get() {
+        w.flush_now();
+    }
+}
+
+/// A log writer that batches lines for a writer thread (see the module documentation).
+#[derive(Clone)]
+pub struct Batched {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Batched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batched").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+#[derive(Default)]
+struct State {
+    batch: Vec<u8>,
+    /// A warning or an error waits in the batch: write it now.
+    urgent: bool,
+}
+
+impl Batched {
+    /// Writes to stdout, with its writer thread.
+    #[must_use]
+    pub fn stdout() -> Self {
+        Self::new(Box::new(std::io::stdout()))
+    }
+
+    /// Writes to `out`, with its writer thread (which ends when every clone is dropped).
+    #[must_use]
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            out: Mutex::new(out),
+        });
+        let weak = Arc::downgrade(&shared);
+        let _ = std::thread::Builder::new()
+            .name("cloakroom-log".into())
+            .spawn(move || {
+                let mut spare = Vec::new();
+                while let Some(shared) = weak.upgrade() {
+                    {
+                        let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (mut state, _) = shared
+                            .wake
+                            .wait_timeout_while(state, FLUSH_EVERY, |s| {
+                                !s.urgent && s.batch.len() < BATCH
+                            })
+                            .unwrap_or_else(PoisonError::into_inner);
+                        std::mem::swap(&mut state.batch, &mut spare);
+                        state.urgent = false;
+                    }
+                    shared.write_out(&spare);
+                    spare.clear();
+                    if spare.capacity() > BATCH * 4 {
+                        spare = Vec::new();
+                    }
+                }
+            });
+        Self { shared }
+    }
+
+    /// Writes the batch out on the calling thread.
+    pub fn flush_now(&self) {
+        let batch = {
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            state.urgent = false;
+            std::mem::take(&mut state.batch)
+        };
+        self.shared.write_out(&batch);
+    }
+
+    fn push(&self, line: &[u8], urgent: bool) {
+        let notify = {
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.batch.len() + line.len() > LIMIT {
+                None
+            } else {
+                state.batch.extend_from_slice(line);
+                state.urgent |= urgent;
+                Some(urgent || state.batch.len() >= BATCH)
+            }
+        };
+        match notify {
+            None => metrics::counter!("cloakroom_log_lines_dropped_total").increment(1),
+            Some(true) => self.shared.wake.notify_one(),
+            Some(false) => {}
+        }
+    }
+}
+
+impl Shared {
+    fn write_out(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+}
+
+/// One event's writer: what the formatter writes goes into the batch.
+#[derive(Debug)]
+pub struct Line<'a> {
+    to: &'a Batched,
+    urgent: bool,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.to.push(buf, self.urgent);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line {
+            to: self,
+            urgent: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        Line {
+            to: self,
+            urgent: *meta.level() <= tracing::Level::WARN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink that blocks every write until `open` is set.
+    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, cv) = &*self.0;
+            let g = open.lock().unwrap();
+            let _g = cv.wait_while(g, |o| !*o).unwrap();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wait_for(sink: &Sink, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&sink.0.lock().unwrap()).contains(text) {
+            assert!(Instant::now() < deadline, "{text:?} never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn lines_are_written_by_the_writer_thread_and_on_flush() {
+        let sink = Sink::default();
+        let w = Batched::new(Box::new(sink.clone()));
+        w.make_writer().write_all(b"one\n").unwrap();
+        wait_for(&sink, "one\n");
+        w.make_writer().write_all(b"two\n").unwrap();
+        w.flush_now();
+        assert_eq!(&*sink.0.lock().unwrap(), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn a_stuck_stdout_never_blocks_a_worker_and_drops_what_does_not_fit() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let w = Batched::new(Box::new(Stuck(gate.clone())));
+        let line = vec![b'x'; 1024];
+        // The writer thread takes the first batch and blocks in write(2) ...
+        w.make_writer().write_all(&line).unwrap();
+        w.shared.wake.notify_one();
+        std::thread::sleep(FLUSH_EVERY * 2);
+        // ... while workers go on: every push returns at once, and once the batch is full
+        // the rest is dropped rather than waited for.
+        for _ in 0..(LIMIT / line.len() + 100) {
+            w.make_writer().write_all(&line).unwrap();
+        }
+        let held = w.shared.state.lock().unwrap().batch.len();
+        assert!(held <= LIMIT, "{held}");
+        assert!(held > LIMIT - line.len() * 2, "{held}");
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
 }
