@@ -19,7 +19,6 @@
 use crate::body::{empty, Body};
 use crate::config::{CookieConfig, Route, ServerConfig, UpstreamConfig};
 use crate::error::Error;
-use crate::secret::Secret;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -516,7 +515,7 @@ pub struct ForwardCtx<'a> {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// The session's access token, when the route and the session give one.
-    pub bearer: Option<&'a Secret>,
+    pub bearer: Option<&'a crate::session::Tokens>,
     /// The request id, passed upstream as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
     /// The session's handle, when there is a session: tunnels and event streams opened by
@@ -559,11 +558,11 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    if let Some(token) = ctx.bearer {
-        let v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| Error::Internal("access token is not a header value".into()))?;
-        let mut v = v;
-        v.set_sensitive(true);
+    if let Some(tokens) = ctx.bearer {
+        let v = tokens
+            .bearer_header
+            .get(&tokens.access_token)
+            .ok_or_else(|| Error::Internal("access token is not a header value".into()))?;
         headers.insert(header::AUTHORIZATION, v);
     }
 

@@ -220,7 +220,7 @@ impl Api {
         };
         let fwd = ForwardCtx {
             peer: ctx.peer,
-            bearer: session.as_ref().map(|(s, _)| &s.tokens.access_token),
+            bearer: session.as_ref().map(|(s, _)| &s.tokens),
             request_id: &ctx.id,
             session: session.as_ref().map(|(_, h)| h.as_str()),
         };

@@ -42,6 +42,39 @@ pub struct Tokens {
     pub refresh_token: Option<Secret>,
     /// The raw ID token, kept for `id_token_hint` at logout.
     pub id_token: Secret,
+    /// `Authorization: Bearer <access_token>`, built on first use (never stored).
+    #[serde(skip)]
+    pub bearer_header: BearerHeader,
+}
+
+/// The `Authorization` header value for an access token, built once per token (a cached
+/// session serves many requests) instead of once per request, and marked sensitive (HTTP/2's
+/// HPACK never indexes it).
+#[derive(Clone, Default)]
+pub struct BearerHeader(std::sync::OnceLock<Option<http::HeaderValue>>);
+
+impl fmt::Debug for BearerHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerHeader([redacted])")
+    }
+}
+
+impl BearerHeader {
+    /// `Bearer <token>`; `None` if the token cannot be a header value. A value built for
+    /// another token (a copy whose token was replaced) is never returned.
+    #[must_use]
+    pub fn get(&self, token: &Secret) -> Option<http::HeaderValue> {
+        let build = || {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        };
+        match self.0.get_or_init(build) {
+            Some(v) if v.as_bytes().get(7..) == Some(token.expose().as_bytes()) => Some(v.clone()),
+            Some(_) => build(),
+            None => None,
+        }
+    }
 }
 
 impl Tokens {
@@ -885,3 +918,29 @@ pub fn short(handle: &str) -> &str {
 /// (integration tests). Public so `tests/` can call it; not part of the API.
 #[doc(hidden)]
 pub mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_header_is_built_once_per_token_and_never_for_another() {
+        let h = BearerHeader::default();
+        let a = Secret::new("token-a");
+        let first = h.get(&a).unwrap();
+        assert_eq!(first, "Bearer token-a");
+        assert!(first.is_sensitive());
+        // The same bytes, shared: built once.
+        assert_eq!(
+            h.get(&a).unwrap().as_bytes().as_ptr(),
+            first.as_bytes().as_ptr()
+        );
+        // A copy whose token was replaced never sends the old one.
+        let copy = h.clone();
+        assert_eq!(copy.get(&Secret::new("token-b")).unwrap(), "Bearer token-b");
+        assert!(BearerHeader::default()
+            .get(&Secret::new("bad\ntoken"))
+            .is_none());
+        assert_eq!(format!("{h:?}"), "BearerHeader([redacted])");
+    }
+}

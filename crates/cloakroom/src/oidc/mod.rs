@@ -593,6 +593,7 @@ impl OidcClient {
                 .map(|r| Secret::new(r.secret().clone()))
                 .or(old_refresh),
             id_token: Secret::new(id_token),
+            bearer_header: crate::session::BearerHeader::default(),
         }
     }
 }

@@ -256,6 +256,7 @@ mod tests {
                 access_lifetime: None,
                 refresh_token: None,
                 id_token: Secret::new("i"),
+                bearer_header: Default::default(),
             },
             created_at: 0,
             last_seen: 0,
