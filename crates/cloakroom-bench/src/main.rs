@@ -19,6 +19,7 @@ mod load;
 mod procs;
 mod refs;
 mod report;
+mod scale;
 mod seed;
 mod stall;
 mod upstream;
@@ -126,7 +127,7 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Run only these parts (comma-separated: a,b,c,nginx,apache,apache-oidc,p,latency,rss,
-    /// storm,stall; `refs` = nginx,apache,apache-oidc), e.g. for profiling.
+    /// storm,stall,scale; `refs` = nginx,apache,apache-oidc), e.g. for profiling.
     /// The report is then incomplete and the run exits non-zero.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -295,6 +296,8 @@ pub struct Results {
     pub storm: Storm,
     /// (e): the IdP's token endpoint down during load (`None`: not run).
     pub stall: Option<stall::Stall>,
+    /// (f): two instances on a 3-master Redis Cluster (`None`: not run).
+    pub scale: Option<scale::Scale>,
     /// The references of issue #13 (`None`: `--no-refs`); their runs are in `throughput`.
     pub refs: Option<refs::RefsInfo>,
     pub targets: Vec<report::Target>,
@@ -323,7 +326,7 @@ struct Snap {
 }
 
 /// Commands per name between two `INFO commandstats` readings.
-fn cmds_since(
+pub(crate) fn cmds_since(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
@@ -338,7 +341,7 @@ fn cmds_since(
 }
 
 /// (all, kernel) µs per request between two (user, kernel) readings.
-fn cpu_per_req(
+pub(crate) fn cpu_per_req(
     before: Option<(f64, f64)>,
     after: Option<(f64, f64)>,
     n: f64,
@@ -527,7 +530,7 @@ impl Rig {
     }
 }
 
-fn split_url(url: &str) -> Result<(std::net::SocketAddr, String), String> {
+pub(crate) fn split_url(url: &str) -> Result<(std::net::SocketAddr, String), String> {
     let rest = url.strip_prefix("http://").ok_or("http:// URL expected")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     Ok((
@@ -536,7 +539,7 @@ fn split_url(url: &str) -> Result<(std::net::SocketAddr, String), String> {
     ))
 }
 
-fn write_cookies(dir: &Path, name: &str, cookies: &[String]) -> Result<PathBuf, String> {
+pub(crate) fn write_cookies(dir: &Path, name: &str, cookies: &[String]) -> Result<PathBuf, String> {
     let p = dir.join(name);
     std::fs::write(&p, cookies.join("\n") + "\n").map_err(|e| e.to_string())?;
     Ok(p)
@@ -1005,6 +1008,22 @@ async fn run(args: Args) -> Result<Results, String> {
             results.rss.peak_rss_kib.unwrap_or(0),
             results.rss.load.rps
         ));
+    }
+
+    // --- (f) scale-out: two instances on a Redis Cluster -----------------------------------------
+    if args.runs("scale") {
+        results.scale = Some(
+            scale::run(scale::Inputs {
+                args: &args,
+                bin: &bin,
+                dir: &dir,
+                issuer: &rig.idp.issuer,
+                upstream: rig.upstream.addr,
+                env: &env,
+                proc_env: &proc_env,
+            })
+            .await?,
+        );
     }
 
     // --- (d) refresh storm -------------------------------------------------------------------

@@ -156,9 +156,13 @@ pub(crate) struct Redis {
 
 impl Redis {
     pub(crate) fn start(dir: &Path) -> Result<Self, String> {
+        Self::start_in(&dir.join("redis"), &[])
+    }
+
+    /// A server with its files in `dir` and extra `redis-server` arguments.
+    pub(crate) fn start_in(dir: &Path, extra: &[&str]) -> Result<Self, String> {
         let port = free_port();
-        let dir = dir.join("redis");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let child =
             Command::new(std::env::var("REDIS_SERVER_BIN").unwrap_or("redis-server".into()))
                 .args([
@@ -170,7 +174,8 @@ impl Redis {
                     "",
                 ])
                 .args(["--appendonly", "no", "--dir"])
-                .arg(&dir)
+                .arg(dir)
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

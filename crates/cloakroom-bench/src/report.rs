@@ -260,7 +260,7 @@ fn ref_targets(r: &Results) -> Vec<Target> {
 
 /// How many targets a complete run has: issue #6's and #10's, plus #13's with the references.
 pub(crate) fn target_count(r: &Results) -> usize {
-    8 + if r.refs.is_some() { 3 } else { 0 }
+    9 + if r.refs.is_some() { 3 } else { 0 }
 }
 
 pub(crate) fn targets(r: &Results) -> Vec<Target> {
@@ -370,6 +370,13 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
         target: "≥ 99.9 %".into(),
         measured: format!("{} %", f(reuse, 3)),
         met: reuse.is_some_and(|x| x >= 99.9),
+    });
+    let scale = r.scale.as_ref().and_then(|x| x.scenario.redis_cmds_per_req);
+    t.push(Target {
+        what: "Redis commands per steady-state authenticated request, 2 instances on a 3-master Redis Cluster (f)".into(),
+        target: "≤ 0.05".into(),
+        measured: f(scale, 4),
+        met: scale.is_some_and(|x| x <= 0.05),
     });
     if r.refs.is_some() {
         t.extend(ref_targets(r));
@@ -497,10 +504,160 @@ pub(crate) fn missing(r: &Results) -> Vec<String> {
             m.push("reference checks".into());
         }
     }
+    match &r.scale {
+        None => m.push("scale-out (f)".into()),
+        Some(x) => {
+            check(&mut m, &x.scenario, false);
+            if !x.scenario.cpu_us_per_req.is_some_and(f64::is_finite)
+                || !x.scenario.redis_cmds_per_req.is_some_and(f64::is_finite)
+            {
+                m.push("f: cpu and redis commands per request".into());
+            }
+            if x.per_instance.iter().any(|s| s.load.requests == 0) {
+                m.push("f: an instance answered nothing".into());
+            }
+            if !x.redis_bytes_per_session.is_some_and(f64::is_finite) {
+                m.push("f: redis memory per session".into());
+            }
+        }
+    }
     if r.targets.len() != target_count(r) {
         m.push("targets".into());
     }
     m
+}
+
+/// (f) and the capacity model built from the run's own figures.
+fn scale_markdown(o: &mut String, r: &Results) {
+    let Some(x) = &r.scale else { return };
+    let s = &x.scenario;
+    let _ = writeln!(
+        o,
+        "\n## (f) Scale-out: {} instances on a {}-master Redis Cluster\n",
+        x.instances, x.masters
+    );
+    let _ = writeln!(
+        o,
+        "Both instances loaded at once, each with half of (c)'s connections, over the same {} seeded sessions (cookies sealed with the shared key ring, so either instance opens them), the same upstream and IdP. On this 2-core machine the two instances share the cores with their load generators, the upstream and the three Redis nodes: this shows that nothing serialises across instances (Redis commands per request, errors), not what two machines would do.\n",
+        x.sessions
+    );
+    let _ = writeln!(
+        o,
+        "| | req/s | p99 µs | errors | CPU µs/req | Redis cmds/req | Redis CPU µs/req |\n|---|---|---|---|---|---|---|"
+    );
+    for i in &x.per_instance {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.0} | {} | {} | | |",
+            i.title,
+            i.load.rps,
+            i.load.p99_us,
+            i.load.errors,
+            f(i.cpu_us_per_req, 1)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| **both** | **{:.0}** | {:.0} | {} | {} | {} | {} |",
+        s.load.rps,
+        s.load.p99_us,
+        s.load.errors,
+        f(s.cpu_us_per_req, 1),
+        f(s.redis_cmds_per_req, 4),
+        f(s.redis_cpu_us_per_req, 2)
+    );
+    let _ = writeln!(
+        o,
+        "\nRedis commands over the cluster: {}. Redis memory per session in the cluster: {} bytes (`used_memory` before and after seeding, all masters: the sealed record, its indexes, the cluster's per-key slot bookkeeping).",
+        cmd_list(&s.redis_cmds),
+        f(x.redis_bytes_per_session, 0)
+    );
+    capacity_markdown(o, r, x);
+}
+
+/// The capacity model for 1 M sessions and 100 k requests/s, from this run's figures.
+fn capacity_markdown(o: &mut String, r: &Results, x: &crate::scale::Scale) {
+    const SESSIONS: f64 = 1_000_000.0;
+    const RATE: f64 = 100_000.0;
+    let cached_cpu = mean(&r.throughput, "c", |s| s.cpu_us_per_req);
+    let uncached_cpu = r.rss.cpu_us_per_req;
+    let uncached_cmds = r.rss.redis_cmds_per_req;
+    let redis_cpu_per_cmd = r
+        .rss
+        .redis_cpu_us_per_req
+        .zip(uncached_cmds)
+        .map(|(c, n)| c / n.max(1e-9));
+    let bytes = x.redis_bytes_per_session;
+    let gib = |b: f64| b / (1024.0 * 1024.0 * 1024.0);
+    let cores = |us: f64| RATE * us / 1e6;
+    let _ = writeln!(
+        o,
+        "\n### Capacity model: 1 M sessions, 100 k requests/s\n\nFrom this run's measurements (this machine's cores; scale them by how much faster yours are). Two request mixes bound it: *cached* (each instance's busy sessions fit its session cache of 8,192, as in (c): an SPA's calls come in bursts) and *uncached* (calls spread evenly over all sessions, so every call reads its session from Redis, as in the peak-RSS run over {} sessions).\n",
+        r.settings
+            .get("sessions in Redis / connections for peak RSS")
+            .map_or("many".into(), |v| v.split('/').next().unwrap_or("").trim().to_string())
+    );
+    let _ = writeln!(o, "| | cached | uncached |\n|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| Cloakroom CPU per request (measured) | {} µs ((c)) | {} µs (peak-RSS run) |",
+        f(cached_cpu, 1),
+        f(uncached_cpu, 1)
+    );
+    let _ = writeln!(
+        o,
+        "| Cloakroom cores busy at 100 k req/s | {} | {} |",
+        f(cached_cpu.map(cores), 1),
+        f(uncached_cpu.map(cores), 1)
+    );
+    let _ = writeln!(
+        o,
+        "| instances of 2 cores at 70 % busy | {} | {} |",
+        f(cached_cpu.map(|c| (cores(c) / (2.0 * 0.7)).ceil()), 0),
+        f(uncached_cpu.map(|c| (cores(c) / (2.0 * 0.7)).ceil()), 0)
+    );
+    let cmds_cached = x.scenario.redis_cmds_per_req;
+    let _ = writeln!(
+        o,
+        "| Redis commands/s | {} (at (f)'s {} per request) | {} (at {} per request) |",
+        f(cmds_cached.map(|c| c * RATE), 0),
+        f(cmds_cached, 4),
+        f(uncached_cmds.map(|c| c * RATE), 0),
+        f(uncached_cmds, 3)
+    );
+    let _ = writeln!(
+        o,
+        "| Redis cores busy (at {} µs of Redis CPU per command, measured) | {} | {} |",
+        f(redis_cpu_per_cmd, 1),
+        f(
+            redis_cpu_per_cmd
+                .zip(cmds_cached)
+                .map(|(p, c)| cores(p * c)),
+            2
+        ),
+        f(
+            redis_cpu_per_cmd
+                .zip(uncached_cmds)
+                .map(|(p, c)| cores(p * c)),
+            1
+        )
+    );
+    let _ = writeln!(
+        o,
+        "| Redis memory for 1 M sessions | {} GiB | same |",
+        f(bytes.map(|b| gib(b * SESSIONS)), 2)
+    );
+    let _ = writeln!(
+        o,
+        "\nRefreshes at the IdP do not depend on the request rate but on the sessions in use and the access-token lifetime `L`: a token is refreshed when less than `min(refresh_skew, L / 2)` is left (SPEC §3), so each active session refreshes about once every `L − min(60 s, L / 2)`. For 1 M sessions all in use: {} refreshes/s with 5-minute tokens, {} with 15-minute tokens, {} with 1-hour tokens (each one token request at the IdP and one Redis lock, write and publish); sessions that make no calls refresh nothing. The cache's own Redis traffic is per instance, not per request: 5 liveness markers a second on each master, and 5 `CLUSTER NODES`.",
+        (SESSIONS / 240.0).round(),
+        (SESSIONS / 840.0).round(),
+        (SESSIONS / 3540.0).round()
+    );
+    let _ = writeln!(
+        o,
+        "\nSo for 100 k requests/s: the instance count follows Cloakroom's CPU per request (the cached figure when sessions are busy, the uncached one in the worst case), Redis needs memory for the sessions and, in the uncached mix, one core's worth of commands per the row above — spread over the masters of a cluster, which shard them by session."
+    );
 }
 
 fn row(s: &Scenario) -> String {
@@ -695,6 +852,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     if let Some(e) = &r.stall {
         stall_markdown(&mut o, e);
     }
+    scale_markdown(&mut o, r);
     o.push_str(METHOD);
     o
 }
@@ -1024,6 +1182,7 @@ pub(crate) fn summary(r: &Results) -> String {
         .iter()
         .chain(&r.latency)
         .chain([&r.rss, &r.storm.scenario])
+        .chain(r.scale.as_ref().map(|x| &x.scenario))
     {
         let _ = writeln!(
             o,

@@ -184,6 +184,20 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
         "{}",
         r["throughput"][2]
     );
+    // (f): two instances on a 3-master cluster, both answered, the cache kept Redis quiet.
+    let scale = &r["scale"];
+    assert_eq!(scale["instances"], 2, "{scale}");
+    assert_eq!(scale["masters"], 3, "{scale}");
+    for i in scale["per_instance"].as_array().expect("per_instance") {
+        assert!(i["load"]["requests"].as_u64().is_some_and(|n| n > 0), "{i}");
+    }
+    assert_eq!(scale["scenario"]["load"]["errors"], 0, "{scale}");
+    assert!(
+        scale["redis_bytes_per_session"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0),
+        "{scale}"
+    );
     // The references were checked before the load: each forwards a bearer and no cookie,
     // mod_auth_openidc's bearer is valid at the IdP and a call without a session is redirected.
     let checks = r["refs"]["checks"].as_array().expect("refs.checks");
@@ -194,7 +208,7 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
     assert_eq!(r["refs"]["oidc_sessions"], 2, "{}", r["refs"]);
     // Every target was evaluated (issues #6, #10 and #13), and the report names each.
     let targets = r["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 11);
+    assert_eq!(targets.len(), 12);
     let report = std::fs::read_to_string(&md).expect("report");
     for t in targets {
         assert!(report.contains(t["what"].as_str().expect("what")), "{t}");
