@@ -1240,12 +1240,15 @@ side:
   (tests/idp, npm `oidc-provider`, which rotates refresh tokens on every use and revokes the whole
   grant when a rotated-out one is presented again);
 - **(e)** an IdP outage during load: the IdP's token endpoint fails for 30 s while sessions with
-  due-but-valid tokens and sessions with expired tokens keep calling (its own IdP and Cloakroom).
+  due-but-valid tokens and sessions with expired tokens keep calling (its own IdP and Cloakroom);
+- **(f)** scale-out: two Cloakroom instances on a 3-master Redis Cluster (its own redis-server
+  processes), loaded together over the same sessions, and from the run's figures a capacity
+  model for 1 M sessions and 100 k requests/s.
 
 Everything runs on loopback: its own `redis-server` on a free port, the IdP, the upstream, and
 the real release binary `target/release/cloakroom run --config …` (secrets from the environment,
-log level `info` in JSON, one access-log line per request as in production, written to
-`/dev/null`). The load generators are `wrk` (closed loop, throughput) and `oha` (open loop at a
+log level `info` in JSON, one access-log line per request as in production, written into a
+pipe that the benchmark drains, as a container runtime would). The load generators are `wrk` (closed loop, throughput) and `oha` (open loop at a
 fixed rate, `--latency-correction` against coordinated omission).
 
 Interleaved with (b) and (c), in the same run and with the same load generator, it measures the
