@@ -656,7 +656,7 @@ fn capacity_markdown(o: &mut String, r: &Results, x: &crate::scale::Scale) {
     );
     let _ = writeln!(
         o,
-        "\nSo for 100 k requests/s: the instance count follows Cloakroom's CPU per request (the cached figure when sessions are busy, the uncached one in the worst case), Redis needs memory for the sessions and, in the uncached mix, one core's worth of commands per the row above — spread over the masters of a cluster, which shard them by session."
+        "\nSo for 100 k requests/s: the instance count follows Cloakroom's CPU per request (the cached figure when sessions are busy, the uncached one in the worst case); Redis needs memory for the sessions and, in the uncached mix, the Redis cores in the table, spread over the masters of a cluster, which shard the sessions by slot. The cached column's Redis commands are an upper bound: most of them are the cache's markers and `CLUSTER NODES`, which are per instance and second, not per request."
     );
 }
 
