@@ -159,6 +159,41 @@ impl Redis {
         Self::start_in(&dir.join("redis"), &[])
     }
 
+    /// A Sentinel (in `dir`) watching the master on `master_port` as `mymaster`, quorum 1.
+    pub(crate) fn sentinel(dir: &Path, master_port: u16) -> Result<Self, String> {
+        let port = free_port();
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n",
+                dir.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let child =
+            Command::new(std::env::var("REDIS_SERVER_BIN").unwrap_or("redis-server".into()))
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server --sentinel ({e})"))?;
+        let r = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cmd(&["PING"]).trim() != "+PONG" {
+            if Instant::now() > deadline {
+                return Err("the sentinel did not answer PING".into());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(r)
+    }
+
     /// A server with its files in `dir` and extra `redis-server` arguments.
     pub(crate) fn start_in(dir: &Path, extra: &[&str]) -> Result<Self, String> {
         let port = free_port();

@@ -260,7 +260,7 @@ fn ref_targets(r: &Results) -> Vec<Target> {
 
 /// How many targets a complete run has: issue #6's and #10's, plus #13's with the references.
 pub(crate) fn target_count(r: &Results) -> usize {
-    9 + if r.refs.is_some() { 3 } else { 0 }
+    10 + if r.refs.is_some() { 3 } else { 0 }
 }
 
 pub(crate) fn targets(r: &Results) -> Vec<Target> {
@@ -377,6 +377,15 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
         target: "≤ 0.05".into(),
         measured: f(scale, 4),
         met: scale.is_some_and(|x| x <= 0.05),
+    });
+    let sentinel = r.scale.as_ref().and_then(|x| x.sentinel.redis_cmds_per_req);
+    t.push(Target {
+        what:
+            "Redis commands per steady-state authenticated request, a Sentinel-monitored master (f)"
+                .into(),
+        target: "≤ 0.05".into(),
+        measured: f(sentinel, 4),
+        met: sentinel.is_some_and(|x| x <= 0.05),
     });
     if r.refs.is_some() {
         t.extend(ref_targets(r));
@@ -519,6 +528,10 @@ pub(crate) fn missing(r: &Results) -> Vec<String> {
             if !x.redis_bytes_per_session.is_some_and(f64::is_finite) {
                 m.push("f: redis memory per session".into());
             }
+            check(&mut m, &x.sentinel, false);
+            if !x.sentinel.redis_cmds_per_req.is_some_and(f64::is_finite) {
+                m.push("f: redis commands per request on Sentinel".into());
+            }
         }
     }
     if r.targets.len() != target_count(r) {
@@ -566,9 +579,25 @@ fn scale_markdown(o: &mut String, r: &Results) {
         f(s.redis_cmds_per_req, 4),
         f(s.redis_cpu_us_per_req, 2)
     );
+    let t = &x.sentinel;
     let _ = writeln!(
         o,
-        "\nRedis commands over the cluster: {}. Redis memory per session in the cluster: {} bytes (`used_memory` before and after seeding, all masters: the sealed record, its indexes, the cluster's per-key slot bookkeeping).",
+        "| {} | {:.0} | {:.0} | {} | {} | {} | |",
+        t.title,
+        t.load.rps,
+        t.load.p99_us,
+        t.load.errors,
+        f(t.cpu_us_per_req, 1),
+        f(t.redis_cmds_per_req, 4)
+    );
+    let _ = writeln!(
+        o,
+        "\nRedis commands on the Sentinel-monitored master: {}.",
+        cmd_list(&t.redis_cmds)
+    );
+    let _ = writeln!(
+        o,
+        "Redis commands over the cluster: {}. Redis memory per session in the cluster: {} bytes (`used_memory` before and after seeding, all masters: the sealed record, its indexes, the cluster's per-key slot bookkeeping).",
         cmd_list(&s.redis_cmds),
         f(x.redis_bytes_per_session, 0)
     );

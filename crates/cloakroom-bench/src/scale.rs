@@ -34,6 +34,9 @@ pub struct Scale {
     /// Redis memory per session in the cluster (`used_memory` delta of the seeding over the
     /// sessions seeded, all masters), bytes.
     pub redis_bytes_per_session: Option<f64>,
+    /// One instance on a Sentinel-monitored master, the same load as (c): Redis commands on
+    /// the master per request.
+    pub sentinel: Scenario,
 }
 
 /// A Redis Cluster of `n` masters, no replicas.
@@ -266,6 +269,7 @@ pub(crate) async fn run(i: Inputs<'_>) -> Result<Scale, String> {
     ));
     drop(cloaks);
     drop(cluster);
+    let sentinel = sentinel_run(&i, &dir).await?;
     Ok(Scale {
         instances: INSTANCES,
         masters: MASTERS,
@@ -273,5 +277,77 @@ pub(crate) async fn run(i: Inputs<'_>) -> Result<Scale, String> {
         scenario: combined,
         per_instance,
         redis_bytes_per_session: bytes_per_session,
+        sentinel,
     })
+}
+
+/// One instance whose store is a master found through a Sentinel, loaded like (c): what the
+/// session cache leaves for Redis in that topology.
+async fn sentinel_run(i: &Inputs<'_>, dir: &Path) -> Result<Scenario, String> {
+    let args = i.args;
+    log("(f) … and one instance on a Sentinel-monitored master");
+    let master = Redis::start_in(&dir.join("sentinel-master"), &[])?;
+    let sentinel = Redis::sentinel(&dir.join("sentinel"), master.port)?;
+    let (port, admin) = (procs::free_port(), procs::free_port());
+    let text = crate::cloakroom_toml(port, admin, i.issuer, "redis://unused", i.upstream).replace(
+        "kind = \"redis\"\nurl = \"redis://unused\"",
+        &format!(
+            "kind = \"sentinel\"\nsentinels = [\"{}\"]\nmaster_name = \"mymaster\"",
+            sentinel.url()
+        ),
+    );
+    let own = dir.join("sentinel-instance");
+    std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+    let mut cloak = Cloakroom::spawn(i.bin, &own, port, admin, &text, i.proc_env, false)?;
+    let config = cloakroom::Config::from_toml(&text, &i.env.iter().cloned().collect())
+        .map_err(|e| format!("(f) sentinel config: {e}"))?;
+    let cookies = Arc::new(seed::seed(&config, 0, args.sessions).await?);
+    let file = write_cookies(&own, "cookies.txt", &cookies)?;
+    let url = format!("{}/api/bench", cloak.base());
+    let (addr, path) = split_url(&url)?;
+    let (builtin, conns) = (args.builtin_load, args.connections);
+    let run = |secs: u64| {
+        let (url, file, own, cookies) = (url.clone(), file.clone(), own.clone(), cookies.clone());
+        let path = path.clone();
+        async move {
+            if builtin {
+                return Ok(load::closed_loop(addr, &path, cookies, conns, secs as f64).await);
+            }
+            tokio::task::spawn_blocking(move || load::wrk(&own, &url, 1, conns, secs, &file))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    if args.warmup > 0 {
+        run(args.warmup).await?;
+    }
+    let pid = cloak.pid();
+    let (cpu_before, calls_before) = (procs::cpu_split(pid), master.command_calls());
+    let load: Load = run(args.duration).await?;
+    let (cpu_after, calls_after) = (procs::cpu_split(pid), master.command_calls());
+    if !cloak.alive() {
+        return Err(format!(
+            "the cloakroom of (f) on Sentinel exited: {}",
+            std::fs::read_to_string(&cloak.stderr_path).unwrap_or_default()
+        ));
+    }
+    let n = load.requests.max(1) as f64;
+    let (cpu, kernel) = crate::cpu_per_req(cpu_before, cpu_after, n);
+    let cmds = crate::cmds_since(&calls_before, &calls_after);
+    let s = Scenario {
+        id: "f-sentinel".into(),
+        title: "1 Cloakroom instance, Sentinel-monitored master, token = \"required\"".into(),
+        load,
+        cpu_us_per_req: cpu,
+        cpu_kernel_us_per_req: kernel,
+        redis_cmds_per_req: Some(cmds.values().sum::<u64>() as f64 / n),
+        redis_cmds: cmds,
+        ..Scenario::default()
+    };
+    log(format!(
+        "    {:.0} req/s, {} Redis cmds/req on the master",
+        s.load.rps,
+        crate::report::fmt_opt(s.redis_cmds_per_req, 4)
+    ));
+    Ok(s)
 }

@@ -193,6 +193,12 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
     }
     assert_eq!(scale["scenario"]["load"]["errors"], 0, "{scale}");
     assert!(
+        scale["sentinel"]["load"]["requests"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{scale}"
+    );
+    assert!(
         scale["redis_bytes_per_session"]
             .as_f64()
             .is_some_and(|b| b > 0.0),
@@ -208,7 +214,7 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
     assert_eq!(r["refs"]["oidc_sessions"], 2, "{}", r["refs"]);
     // Every target was evaluated (issues #6, #10 and #13), and the report names each.
     let targets = r["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 12);
+    assert_eq!(targets.len(), 13);
     let report = std::fs::read_to_string(&md).expect("report");
     for t in targets {
         assert!(report.contains(t["what"].as_str().expect("what")), "{t}");
