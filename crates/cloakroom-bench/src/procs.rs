@@ -196,7 +196,15 @@ impl Redis {
 
     /// A server with its files in `dir` and extra `redis-server` arguments.
     pub(crate) fn start_in(dir: &Path, extra: &[&str]) -> Result<Self, String> {
-        let port = free_port();
+        // A cluster node also listens on port + 10000 (its bus): that must exist and be free.
+        let port = loop {
+            let p = free_port();
+            if !extra.contains(&"--cluster-enabled")
+                || (p <= 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok())
+            {
+                break p;
+            }
+        };
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let child =
             Command::new(std::env::var("REDIS_SERVER_BIN").unwrap_or("redis-server".into()))

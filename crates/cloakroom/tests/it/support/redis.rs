@@ -10,6 +10,18 @@ pub(crate) struct RedisServer {
     extra: Vec<String>,
 }
 
+/// A free port whose cluster bus port (port + 10000, which Redis Cluster also listens on) is
+/// free and exists: ports from the ephemeral range above 55535 would make a cluster node fail
+/// to start.
+pub(crate) fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -29,7 +41,11 @@ impl RedisServer {
     /// Starts with extra `redis-server` arguments (e.g. `--appendonly yes`,
     /// `--cluster-enabled yes`, `--replicaof 127.0.0.1 6379`).
     pub(crate) fn start_with(extra: &[&str]) -> Self {
-        let port = free_port();
+        let port = if extra.contains(&"--cluster-enabled") {
+            free_cluster_port()
+        } else {
+            free_port()
+        };
         let dir = std::env::temp_dir().join(format!("cloakroom-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis dir");
