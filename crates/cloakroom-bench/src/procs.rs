@@ -184,14 +184,7 @@ impl Redis {
             port,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.cmd(&["PING"]).trim() != "+PONG" {
-            if Instant::now() > deadline {
-                return Err("the sentinel did not answer PING".into());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Ok(r)
+        r.answering("the sentinel")
     }
 
     /// A server with its files in `dir` and extra `redis-server` arguments.
@@ -229,14 +222,19 @@ impl Redis {
             port,
             child: Some(child),
         };
+        r.answering("redis-server")
+    }
+
+    /// Waits (at most 10 s) until the server answers `PING`.
+    fn answering(self, what: &str) -> Result<Self, String> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while r.cmd(&["PING"]).trim() != "+PONG" {
+        while self.cmd(&["PING"]).trim() != "+PONG" {
             if Instant::now() > deadline {
-                return Err("redis-server did not answer PING".into());
+                return Err(format!("{what} did not answer PING"));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Ok(r)
+        Ok(self)
     }
 
     pub(crate) fn url(&self) -> String {

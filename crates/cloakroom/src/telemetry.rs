@@ -229,12 +229,16 @@ mod tests {
         }
     }
 
-    /// A sink that blocks every write until `open` is set.
-    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+    /// A sink whose every write says it started (`entered`) and then blocks until `open`.
+    struct Stuck {
+        entered: std::sync::mpsc::Sender<()>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
 
     impl Write for Stuck {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let (open, cv) = &*self.0;
+            let _ = self.entered.send(());
+            let (open, cv) = &*self.gate;
             let g = open.lock().unwrap();
             let _g = cv.wait_while(g, |o| !*o).unwrap();
             Ok(buf.len())
@@ -266,20 +270,33 @@ mod tests {
     #[test]
     fn a_stuck_stdout_never_blocks_a_worker_and_drops_what_does_not_fit() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let w = Batched::new(Box::new(Stuck(gate.clone())));
+        let (entered, writing) = std::sync::mpsc::channel();
+        let w = Batched::new(Box::new(Stuck {
+            entered,
+            gate: gate.clone(),
+        }));
         let line = vec![b'x'; 1024];
-        // The writer thread takes the first batch and blocks in write(2) ...
-        w.make_writer().write_all(&line).unwrap();
-        w.shared.wake.notify_one();
-        std::thread::sleep(FLUSH_EVERY * 2);
-        // ... while workers go on: every push returns at once, and once the batch is full
-        // the rest is dropped rather than waited for.
-        for _ in 0..(LIMIT / line.len() + 100) {
-            w.make_writer().write_all(&line).unwrap();
-        }
+        // The writer thread takes a warning's batch and blocks in write(2) ...
+        w.push(&line, true);
+        writing
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer thread never wrote");
+        // ... while a worker goes on: every push returns (a blocking push would never send
+        // `done`), and once the batch is full the rest is dropped rather than waited for.
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = w.clone();
+        std::thread::spawn(move || {
+            for _ in 0..(LIMIT / 1024 + 100) {
+                worker.make_writer().write_all(&[b'y'; 1024]).unwrap();
+            }
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a push waited for the stuck stdout");
         let held = w.shared.state.lock().unwrap().batch.len();
         assert!(held <= LIMIT, "{held}");
-        assert!(held > LIMIT - line.len() * 2, "{held}");
+        assert!(held > LIMIT - 2048, "{held}");
         let (open, cv) = &*gate;
         *open.lock().unwrap() = true;
         cv.notify_all();

@@ -4,7 +4,6 @@
 //! goes silent (a deaf subscriber: only the liveness markers can tell).
 
 use crate::support::browser::Browser;
-use crate::support::redis::RedisServer;
 use crate::support::{Opts, TestEnv};
 use cloakroom::session::cache::MAX_STALENESS;
 use reqwest::Method;
@@ -16,16 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Polls `url` until it answers 401; panics if it still answers 200 `bound` after `since`.
 pub(crate) async fn refused_within(
@@ -48,20 +37,26 @@ pub(crate) async fn refused_within(
     }
 }
 
-/// Session reads (`HMGET`) Redis served for `n` calls to `url`, each answered 200.
-async fn reads_for(env: &TestEnv, b: &mut Browser, url: &str, n: u64) -> u64 {
-    let before = calls(&env.redis, "hmget");
+/// Session reads (`HMGET`, counted by `reads`) for `n` calls to `url`, each answered 200.
+async fn reads_for(b: &mut Browser, url: &str, n: u64, reads: &impl Fn() -> u64) -> u64 {
+    let before = reads();
     for _ in 0..n {
         assert_eq!(b.xhr(Method::GET, url).await.status, 200, "{url}");
     }
-    calls(&env.redis, "hmget") - before
+    reads() - before
 }
 
-/// Waits (at most `within`) until 20 calls to `url` are served mostly from the cache.
-async fn served_from_the_cache(env: &TestEnv, b: &mut Browser, url: &str, within: Duration) {
+/// Waits (at most `within`) until 20 calls to `url` cost fewer than 10 session reads
+/// (counted by `reads`): the instance serves the session from its cache.
+pub(crate) async fn served_from_the_cache(
+    b: &mut Browser,
+    url: &str,
+    within: Duration,
+    reads: impl Fn() -> u64,
+) {
     let deadline = Instant::now() + within;
     loop {
-        let read = reads_for(env, b, url, 20).await;
+        let read = reads_for(b, url, 20, &reads).await;
         if read < 10 {
             return;
         }
@@ -69,6 +64,7 @@ async fn served_from_the_cache(env: &TestEnv, b: &mut Browser, url: &str, within
             Instant::now() < deadline,
             "{read} session reads for 20 calls: the cache is not used"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -90,7 +86,7 @@ async fn a_logout_through_another_instance_ends_a_cached_session_within_a_second
         }
         // Busy session: served from A's cache, not from Redis (allowing for a missed
         // proof-of-liveness on a loaded machine).
-        let read = reads_for(&env, &mut b, &a, 20).await;
+        let read = reads_for(&mut b, &a, 20, &|| env.redis.calls("hmget")).await;
         assert!(
             read < 10,
             "{read} session reads for 20 calls: the cache is not used"
@@ -142,7 +138,10 @@ async fn a_silent_subscriber_turns_the_cache_off_and_a_logout_elsewhere_still_en
     // IdP); the cookie works on every instance.
     let mut b = Browser::new();
     env.login_as(&mut b, 0, "alice", "wonderland").await;
-    served_from_the_cache(&env, &mut b, &api_a, Duration::from_secs(10)).await;
+    served_from_the_cache(&mut b, &api_a, Duration::from_secs(10), || {
+        env.redis.calls("hmget")
+    })
+    .await;
     let subscribed = relay.subscribers();
     assert!(subscribed >= 1, "A's subscriber goes through the relay");
 
@@ -172,21 +171,21 @@ async fn a_silent_subscriber_turns_the_cache_off_and_a_logout_elsewhere_still_en
     let mut b = Browser::new();
     env.login_as(&mut b, 0, "alice", "wonderland").await;
     let held = relay.held();
-    let published = calls(&env.redis, "publish");
+    let published = env.redis.calls("publish");
     tokio::time::sleep(MAX_STALENESS * 4).await;
     assert!(
         relay.subscribers() > subscribed,
         "A resubscribed after its markers stopped coming back"
     );
     assert!(
-        calls(&env.redis, "publish") > published,
+        env.redis.calls("publish") > published,
         "A kept publishing its markers"
     );
     assert!(
         relay.held() > held,
         "and none of them reached its subscriber"
     );
-    let read = reads_for(&env, &mut b, &api_a, 20).await;
+    let read = reads_for(&mut b, &api_a, 20, &|| env.redis.calls("hmget")).await;
     assert!(
         read >= 20,
         "{read} session reads for 20 calls: a silent subscriber's cache was used"
@@ -194,7 +193,10 @@ async fn a_silent_subscriber_turns_the_cache_off_and_a_logout_elsewhere_still_en
 
     // Delivery resumes: A proves itself current again and serves from its cache.
     relay.silence(false);
-    served_from_the_cache(&env, &mut b, &api_a, Duration::from_secs(10)).await;
+    served_from_the_cache(&mut b, &api_a, Duration::from_secs(10), || {
+        env.redis.calls("hmget")
+    })
+    .await;
 }
 
 /// A TCP relay in front of Redis that can silence pub/sub subscriptions alone.

@@ -1,7 +1,7 @@
 //! Redis topologies (issue #5): Redis Cluster and Sentinel failover, with real redis-server
 //! processes started by the test.
 
-use crate::session_cache::refused_within;
+use crate::session_cache::{refused_within, served_from_the_cache};
 use crate::support::browser::Browser;
 use crate::support::redis::RedisServer;
 use crate::support::{Opts, TestEnv};
@@ -67,7 +67,7 @@ impl Cluster {
 
     /// Calls of `command` all the nodes served.
     fn calls(&self, command: &str) -> u64 {
-        self.nodes.iter().map(|n| calls(n, command)).sum()
+        self.nodes.iter().map(|n| n.calls(command)).sum()
     }
 
     /// A node's cluster id.
@@ -260,42 +260,6 @@ async fn full_flow_refresh_and_logout_on_redis_cluster() {
     );
 }
 
-/// Calls of `command` one server served.
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    calls_at(redis.port, command)
-}
-
-/// Calls of `command` the server on `port` served.
-fn calls_at(port: u16, command: &str) -> u64 {
-    crate::support::redis::cli_at(port, &["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (at most 20 s) until 20 calls to `url` cost fewer than 10 session reads (`HMGET`,
-/// counted by `reads`): the instance serves the session from its cache.
-async fn served_from_the_cache(b: &mut Browser, url: &str, reads: impl Fn() -> u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let before = reads();
-        for _ in 0..20 {
-            assert_eq!(b.xhr(Method::GET, url).await.status, 200, "{url}");
-        }
-        let read = reads() - before;
-        if read < 10 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{read} session reads for 20 calls: the cache is not used"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Logs in through instance 0, waits until it serves the session from its cache, logs out
 /// through instance 1, and checks that a copy of the cookie stops working on instance 0
 /// within a second.
@@ -307,9 +271,9 @@ async fn logout_elsewhere_ends_the_cached_session(
     let a = format!("{}/api/x", env.base(0));
     let mut b = Browser::new();
     env.login_as(&mut b, 0, "alice", "wonderland").await;
-    served_from_the_cache(&mut b, &a, &reads).await;
+    served_from_the_cache(&mut b, &a, Duration::from_secs(20), &reads).await;
     between.await;
-    served_from_the_cache(&mut b, &a, &reads).await;
+    served_from_the_cache(&mut b, &a, Duration::from_secs(20), &reads).await;
     let cookie = b.jar["__Host-cloakroom"].clone();
     assert_eq!(
         b.xhr(Method::POST, &format!("{}/auth/logout", env.base(1)))
@@ -352,7 +316,10 @@ async fn the_session_cache_stays_exact_on_a_cluster_across_a_reshard() {
     let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let reads = || {
         let ports: Vec<u16> = nodes.lock().unwrap().clone();
-        ports.iter().map(|p| calls_at(*p, "hmget")).sum::<u64>()
+        ports
+            .iter()
+            .map(|p| crate::support::redis::calls_at(*p, "hmget"))
+            .sum::<u64>()
     };
     *nodes.lock().unwrap() = cluster.nodes.iter().map(|n| n.port).collect();
     logout_elsewhere_ends_the_cached_session(&env, &reads, async {}).await;
@@ -396,7 +363,7 @@ async fn the_session_cache_stays_exact_on_sentinel_across_a_failover() {
         ..Opts::default()
     })
     .await;
-    let reads = || calls(&set.master, "hmget") + calls(&set.replica, "hmget");
+    let reads = || set.master.calls("hmget") + set.replica.calls("hmget");
     logout_elsewhere_ends_the_cached_session(&env, reads, async {}).await;
     // The master moves; the logout is then published on the new one, where each instance
     // now has a subscription of its own.
@@ -583,16 +550,11 @@ async fn sentinel_failover_during_traffic_is_survived() {
     let r = c.xhr(Method::GET, &env.url("/api/x")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
-    let stats = replica.cli(&["INFO", "commandstats"]);
-    let waits: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let waits = replica.calls("wait");
     assert!(
         waits >= 2,
-        "WAIT after the lock and after the write: {stats}"
+        "WAIT after the lock and after the write: {}",
+        replica.cli(&["INFO", "commandstats"])
     );
     assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
 }

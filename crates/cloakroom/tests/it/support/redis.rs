@@ -185,6 +185,11 @@ impl RedisServer {
         cli_at(self.port, args)
     }
 
+    /// Calls of `command` this server has served (`INFO commandstats`).
+    pub(crate) fn calls(&self, command: &str) -> u64 {
+        calls_at(self.port, command)
+    }
+
     /// As [`Self::cli`], the reply's values alone, one a line: bulk and integer replies
     /// without their RESP headers.
     pub(crate) fn values(&self, args: &[&str]) -> Vec<String> {
@@ -233,4 +238,14 @@ pub(crate) fn cli_at(port: u16, args: &[&str]) -> String {
     let n = s.read(&mut buf).unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     text.trim_start_matches('+').to_string()
+}
+
+/// Calls of `command` the server on `port` has served (`INFO commandstats`).
+pub(crate) fn calls_at(port: u16, command: &str) -> u64 {
+    cli_at(port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
