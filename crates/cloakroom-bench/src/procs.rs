@@ -8,11 +8,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port that is free now, for a server the bench starts as another process, which binds it a
+/// moment later. It comes from below the kernel's ephemeral range (`ip_local_port_range`), never
+/// from `bind(0)`: a port from that range can be taken by any outgoing connection (wrk opens
+/// hundreds) between this check and the server's bind. The highest is 10000 below the range so
+/// that a Redis Cluster node's bus port (+10000) is outside it too.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 11000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low
+        .saturating_sub(10000)
+        .saturating_sub(LOW)
+        .max(1000);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + span)
 }
 
 fn wait_listening(port: u16, what: &str, log: &Path) -> Result<(), String> {
@@ -193,7 +213,7 @@ impl Redis {
         let port = loop {
             let p = free_port();
             if !extra.contains(&"--cluster-enabled")
-                || (p <= 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok())
+                || (std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok())
             {
                 break p;
             }

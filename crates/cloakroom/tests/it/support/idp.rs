@@ -17,6 +17,14 @@ pub(crate) struct Idp {
     child: Child,
 }
 
+/// The last lines of an IdP's log, for a failure message that says why without the file.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    format!("{tail:?} ({})", path.display())
+}
+
 fn idp_dir() -> PathBuf {
     super::repo_root().join("tests/idp")
 }
@@ -41,20 +49,15 @@ fn ensure_installed() {
 }
 
 impl Idp {
-    /// Starts the IdP with `config` (the IDP_CONFIG JSON, see tests/idp/README.md).
+    /// Starts the IdP with `config` (the IDP_CONFIG JSON, see tests/idp/README.md) once.
     ///
     /// Node has been seen (rarely, under load) to hang at start-up in a futex before writing its
-    /// READY line; a start that says nothing within 30 s is killed and tried again, twice at most.
-    pub(crate) fn start(config: &serde_json::Value) -> Self {
+    /// READY line, and a fixed `port` chosen free can be taken (by another test's outgoing
+    /// connection) before node binds it. Callers retry with a fresh port: see
+    /// `TestEnv::start_idp`.
+    pub(crate) fn start_once(config: &serde_json::Value) -> Result<Self, String> {
         ensure_installed();
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(config) {
-                Ok(idp) => return idp,
-                Err(why) => last = why,
-            }
-        }
-        panic!("the test IdP did not start three times: {last}");
+        Self::try_start(config)
     }
 
     fn try_start(config: &serde_json::Value) -> Result<Self, String> {
@@ -93,14 +96,17 @@ impl Idp {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "no READY line within 30 s; see {}",
-                log_path.display()
+                "no READY line within 30 s; its log ends with: {}",
+                log_tail(&log_path)
             ));
         };
         let Some(issuer) = line.trim().strip_prefix("READY ").map(String::from) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("it said {line:?}; see {}", log_path.display()));
+            return Err(format!(
+                "it said {line:?}; its log ends with: {}",
+                log_tail(&log_path)
+            ));
         };
         let direct = config["port"]
             .as_u64()

@@ -159,27 +159,7 @@ impl TestEnv {
             post_logout.push(format!("http://127.0.0.1:{port}/"));
             port
         });
-        // With a fault proxy in front of the IdP, the IdP names the proxy as its issuer, so
-        // every call Cloakroom makes to it (discovery, token, JWKS, revocation) crosses it.
-        let idp_port = redis::free_port();
-        let idp_fault = if opts.idp_fault {
-            Some(fault::FaultProxy::start(([127, 0, 0, 1], idp_port).into()).await)
-        } else {
-            None
-        };
-        let idp = Idp::start(&serde_json::json!({
-            "port": idp_port,
-            "issuer": idp_fault.as_ref().map(|f| f.url("http")),
-            "access_token_ttl": opts.access_token_ttl,
-            "clients": [{
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "redirect_uris": redirects,
-                "post_logout_redirect_uris": post_logout,
-                "backchannel_logout_uri": format!("{}/auth/backchannel-logout", post_logout[0].trim_end_matches('/')),
-                "token_endpoint_auth_method": opts.client_auth,
-            }]
-        }));
+        let (idp, idp_fault) = Self::start_idp(&opts, &redirects, &post_logout).await;
         let keys = KeyRing::generate_entry(1);
         let redis_fault = if opts.redis_fault {
             Some(fault::FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await)
@@ -210,6 +190,48 @@ impl TestEnv {
             env.start_app(config, public, admin).await;
         }
         env
+    }
+
+    /// The real IdP on a fresh free port, behind a fault proxy with `Opts::idp_fault`. A port
+    /// found free can be taken before node binds it, and node rarely hangs at start-up, so each
+    /// of three tries takes a new port.
+    async fn start_idp(
+        opts: &Opts,
+        redirects: &[String],
+        post_logout: &[String],
+    ) -> (Idp, Option<fault::FaultProxy>) {
+        let mut why = Vec::new();
+        for _ in 0..3 {
+            let idp_port = redis::free_port();
+            // With a fault proxy in front of the IdP, the IdP names the proxy as its issuer, so
+            // every call Cloakroom makes to it (discovery, token, JWKS, revocation) crosses it.
+            let idp_fault = if opts.idp_fault {
+                Some(fault::FaultProxy::start(([127, 0, 0, 1], idp_port).into()).await)
+            } else {
+                None
+            };
+            let started = Idp::start_once(&serde_json::json!({
+                "port": idp_port,
+                "issuer": idp_fault.as_ref().map(|f| f.url("http")),
+                "access_token_ttl": opts.access_token_ttl,
+                "clients": [{
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "redirect_uris": redirects,
+                    "post_logout_redirect_uris": post_logout,
+                    "backchannel_logout_uri": format!("{}/auth/backchannel-logout", post_logout[0].trim_end_matches('/')),
+                    "token_endpoint_auth_method": opts.client_auth,
+                }]
+            }));
+            match started {
+                Ok(idp) => return (idp, idp_fault),
+                Err(e) => why.push(format!("port {idp_port}: {e}")),
+            }
+        }
+        panic!(
+            "the test IdP did not start three times:\n{}",
+            why.join("\n")
+        );
     }
 
     async fn start_app(

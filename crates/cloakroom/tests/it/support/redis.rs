@@ -11,22 +11,44 @@ pub(crate) struct RedisServer {
 }
 
 /// A free port whose cluster bus port (port + 10000, which Redis Cluster also listens on) is
-/// free and exists: ports from the ephemeral range above 55535 would make a cluster node fail
-/// to start.
+/// free too.
 pub(crate) fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
-        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
     }
 }
 
+/// A port that is free now, for a server the test starts as another process (Redis, the IdP,
+/// the `cloakroom` binary), which binds it a moment later.
+///
+/// It comes from below the kernel's ephemeral range (`ip_local_port_range`), never from
+/// `bind(0)`: a port from that range can be taken, between this check and the server's bind, by
+/// any outgoing connection another test opens (a CI run lost the IdP that way). Candidates are
+/// walked from a per-process offset so that parallel tests do not pick the same one, and the
+/// highest is 10000 below the range so that a cluster node's bus port is outside it too.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 11000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low
+        .saturating_sub(10000)
+        .saturating_sub(LOW)
+        .max(1000);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + span)
 }
 
 fn redis_bin() -> String {
