@@ -178,6 +178,7 @@ let stats = freshStats();
 // can still issue a refresh token.
 const offlineUids = new Set(); // interaction uids whose request asked for offline_access
 const offlineCodes = new Set(); // authorization codes whose request asked for offline_access
+const offlineRequestUris = new Set(); // PAR request_uris whose pushed request asked for it
 
 function scopeHasOffline(scope) {
   return typeof scope === 'string' && scope.split(' ').includes('offline_access');
@@ -186,6 +187,8 @@ function scopeHasOffline(scope) {
 function requestedOffline(ctx) {
   if (ctx.state?.idpResumeUid) return offlineUids.has(ctx.state.idpResumeUid);
   if (ctx.path !== '/auth') return false;
+  const requestUri = ctx.method === 'POST' ? ctx.oidc?.body?.request_uri : ctx.query.request_uri;
+  if (requestUri) return offlineRequestUris.has(requestUri);
   const scope = ctx.method === 'POST' ? ctx.oidc?.body?.scope : ctx.query.scope;
   return scopeHasOffline(scope);
 }
@@ -299,6 +302,11 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
+    // PAR (RFC 9126) is on unless `par: false`; `require_par` makes it the only way in.
+    pushedAuthorizationRequests: {
+      enabled: cfg.par !== false,
+      requirePushedAuthorizationRequests: Boolean(cfg.require_par),
+    },
     introspection: { enabled: true },
     backchannelLogout: { enabled: true },
     rpInitiatedLogout: {
@@ -435,6 +443,18 @@ provider.use(async (ctx, next) => {
       ctx.body = JSON.stringify({ action, method: 'POST', fields });
     }
   }
+});
+
+// offline_access tracking of pushed requests (PAR): /request -> request_uri -> /auth
+provider.use(async (ctx, next) => {
+  if (ctx.path !== '/request' || ctx.method !== 'POST') {
+    await next();
+    return;
+  }
+  await next();
+  const pushed = ctx.oidc?.body ?? ctx.request.body ?? {};
+  const requestUri = ctx.body?.request_uri;
+  if (requestUri && scopeHasOffline(pushed.scope)) offlineRequestUris.add(requestUri);
 });
 
 // offline_access tracking across /auth -> /interaction/<uid> -> /auth/<uid> -> code

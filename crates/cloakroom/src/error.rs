@@ -46,6 +46,9 @@ pub enum Error {
     /// The ID token failed validation (OIDC Core 3.1.3.7).
     #[error("ID token rejected: {0}")]
     InvalidIdToken(String),
+    /// The IdP refused, or did not answer, the pushed authorization request (RFC 9126).
+    #[error("pushed authorization request failed: {0}")]
+    AuthorizationRequest(String),
     /// The code exchange failed.
     #[error("token exchange failed: {0}")]
     TokenExchange(String),
@@ -89,6 +92,9 @@ impl Error {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
+            Error::AuthorizationRequest(_) => {
+                (StatusCode::BAD_GATEWAY, "authorization_request_failed")
+            }
             Error::TokenExchange(_) => (StatusCode::BAD_GATEWAY, "token_exchange_failed"),
             Error::RefreshUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "token_refresh_unavailable")
@@ -201,6 +207,11 @@ mod tests {
             (Error::NotFound, 404, "not_found"),
             (Error::MethodNotAllowed, 405, "method_not_allowed"),
             (Error::InvalidIdToken("x".into()), 401, "invalid_id_token"),
+            (
+                Error::AuthorizationRequest("x".into()),
+                502,
+                "authorization_request_failed",
+            ),
             (
                 Error::TokenExchange("x".into()),
                 502,

@@ -156,7 +156,7 @@ async fn handle_inner(
             return (r.0, true, r.1);
         }
         let r = match (rest, m) {
-            ("/login", &Method::GET) => ("login", auth.login.handle(&req, ctx)),
+            ("/login", &Method::GET) => ("login", auth.login.handle(&req, ctx).await),
             ("/callback", &Method::GET) => ("callback", auth.callback.handle(&req, ctx).await),
             ("/user", &Method::GET) => ("user", auth.user.handle(&req).await),
             ("/logout", &Method::POST) => ("logout", auth.logout.handle(&req).await),

@@ -28,7 +28,7 @@ pub(crate) struct Login {
 }
 
 impl Login {
-    pub(crate) fn handle<B>(
+    pub(crate) async fn handle<B>(
         &self,
         req: &Request<B>,
         ctx: &RequestCtx,
@@ -46,7 +46,7 @@ impl Login {
             Some(_) => return Err(Error::InvalidRequest("prompt must be none".into())),
         };
 
-        let auth = state.oidc.authorize(prompt_none);
+        let auth = state.oidc.authorize(prompt_none).await?;
         // The session this browser has now (its Strict cookie comes with this same-site
         // navigation, never with the cross-site callback): ended once the new one exists.
         let previous = state

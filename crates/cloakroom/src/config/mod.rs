@@ -33,7 +33,7 @@ mod store;
 pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
-pub use oidc::{ClientAuth, OidcConfig};
+pub use oidc::{ClientAuth, OidcConfig, Par};
 pub use routes::{Route, TokenPolicy, UpstreamConfig};
 pub use server::{AdminConfig, ServerConfig};
 pub use session::SessionConfig;

@@ -14,6 +14,7 @@ pub(super) struct RawOidc {
     scopes: Option<Vec<String>>,
     extra_auth_params: BTreeMap<String, String>,
     client_auth_method: Option<String>,
+    par: Option<String>,
     post_logout_redirect_uri: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
@@ -30,6 +31,17 @@ pub enum ClientAuth {
     Post,
 }
 
+/// When the authorization request is pushed to the IdP first (RFC 9126, `oidc.par`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Par {
+    /// When discovery advertises `pushed_authorization_request_endpoint` (the default).
+    Auto,
+    /// Always: start-up fails when the IdP has no PAR endpoint.
+    Always,
+    /// Never: start-up fails when the IdP requires PAR.
+    Never,
+}
+
 /// `[oidc]`, validated.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
@@ -44,6 +56,8 @@ pub struct OidcConfig {
     pub client_secret: Secret,
     /// Token endpoint authentication.
     pub client_auth: ClientAuth,
+    /// Pushed authorization requests.
+    pub par: Par,
     /// Scopes requested at login.
     pub scopes: Vec<String>,
     /// Extra authorization request parameters (e.g. `audience`, `resource`).
@@ -57,7 +71,7 @@ pub struct OidcConfig {
 }
 
 /// Authorization request parameters Cloakroom sets itself.
-const RESERVED: [&str; 9] = [
+const RESERVED: [&str; 11] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -67,6 +81,8 @@ const RESERVED: [&str; 9] = [
     "code_challenge",
     "code_challenge_method",
     "prompt",
+    "request",
+    "request_uri",
 ];
 
 impl OidcConfig {
@@ -98,6 +114,15 @@ impl OidcConfig {
                     "oidc.client_auth_method: `{o}` must be client_secret_basic or client_secret_post"
                 ));
                 ClientAuth::Basic
+            }
+        };
+        let par = match raw.par.as_deref() {
+            None | Some("auto") => Par::Auto,
+            Some("always") => Par::Always,
+            Some("never") => Par::Never,
+            Some(o) => {
+                errs.push(format!("oidc.par: `{o}` must be auto, always or never"));
+                Par::Auto
             }
         };
         let scopes = raw.scopes.unwrap_or_else(|| {
@@ -132,6 +157,7 @@ impl OidcConfig {
             client_id,
             client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
             client_auth,
+            par,
             scopes,
             extra_auth_params: raw.extra_auth_params,
             post_logout_redirect_uri,

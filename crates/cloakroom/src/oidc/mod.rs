@@ -7,7 +7,8 @@
 //! Owns: the only HTTP client that talks to the IdP (redirects off, timeouts set) and every
 //! `openidconnect` type; handlers never see them. Never logs a token, code or secret.
 //!
-//! `openidconnect` does the protocol work: discovery, the authorization URL, the code and
+//! `openidconnect` does the protocol work: discovery, the authorization URL (pushed to the
+//! IdP first with PAR, RFC 9126, which `openidconnect` does not do: `OidcClient::push`), the code and
 //! refresh grants, ID-token parsing and verification (typed claims), and the end-session URL.
 //! Hand-written, each for a reason given where it lives: revocation (`revocation`), logout
 //! tokens with `jsonwebtoken` (`logout_token`), reading one JWKS into both key types (`jwks`),
@@ -29,7 +30,7 @@ use errors::describe_token_error;
 use jwks::{Jwks, Recorded};
 
 use crate::clock::Clock;
-use crate::config::{ClientAuth, Config, OidcConfig};
+use crate::config::{ClientAuth, Config, OidcConfig, Par};
 use crate::error::{Error, StartupError};
 use crate::secret::Secret;
 use crate::session::Tokens;
@@ -62,6 +63,11 @@ pub struct ExtraMetadata {
     /// RFC 9207: the IdP puts `iss` in authorization responses.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// RFC 9126: where authorization requests are pushed.
+    pub pushed_authorization_request_endpoint: Option<Url>,
+    /// RFC 9126 §5: the IdP takes authorization requests only through PAR.
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -141,6 +147,8 @@ pub struct OidcClient {
     http: reqwest::Client,
     end_session: Option<EndSessionUrl>,
     revocation: Option<Url>,
+    /// The PAR endpoint when authorization requests are pushed (`oidc.par` and discovery).
+    par: Option<Url>,
     issuer: String,
     client_id: String,
     scopes: Vec<String>,
@@ -296,6 +304,7 @@ impl OidcClient {
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
+        let par = par_endpoint(config.par, &extra.additional_metadata).map_err(fail)?;
         let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
             .ok_or_else(|| fail("the JWKS could not be read".into()))?;
         let redirect = RedirectUrl::from_url(redirect);
@@ -315,6 +324,7 @@ impl OidcClient {
             http,
             end_session: extra.end_session_endpoint,
             revocation: extra.additional_metadata.revocation_endpoint,
+            par,
             issuer: issuer_str,
             client_id: config.client_id.clone(),
             scopes: config.scopes.clone(),
@@ -396,9 +406,13 @@ impl OidcClient {
         &self.http
     }
 
-    /// A new authorization request with fresh `state`, `nonce` and PKCE S256 challenge.
-    #[must_use]
-    pub fn authorize(&self, prompt_none: bool) -> AuthRequest {
+    /// A new authorization request with fresh `state`, `nonce` and PKCE S256 challenge. With
+    /// PAR (RFC 9126) its parameters are pushed to the IdP first, and the browser's URL
+    /// carries only `client_id` and the `request_uri` the IdP answered.
+    ///
+    /// # Errors
+    /// [`Error::AuthorizationRequest`] when the IdP refuses or does not answer the push.
+    pub async fn authorize(&self, prompt_none: bool) -> Result<AuthRequest, Error> {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = crate::crypto::random_token();
         let nonce = crate::crypto::random_token();
@@ -422,13 +436,77 @@ impl OidcClient {
         for (k, v) in &self.extra_params {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let (url, _, _) = req.url();
-        AuthRequest {
+        let (mut url, _, _) = req.url();
+        if let Some(endpoint) = &self.par {
+            let request_uri = self.push(endpoint, &url).await?;
+            url.query_pairs_mut()
+                .clear()
+                .append_pair("client_id", &self.client_id)
+                .append_pair("request_uri", &request_uri);
+        }
+        Ok(AuthRequest {
             url,
             state: Secret::new(state),
             nonce: Secret::new(nonce),
             pkce_verifier: Secret::new(verifier.into_secret()),
+        })
+    }
+
+    /// Pushes the parameters of the front-channel authorization `url` to the PAR endpoint with
+    /// the client's authentication, and returns the `request_uri` the IdP answered (RFC 9126
+    /// §2). The IdP's error code is kept for the log; its description may echo parameters and
+    /// is not.
+    async fn push(&self, endpoint: &Url, url: &Url) -> Result<String, Error> {
+        let fail = Error::AuthorizationRequest;
+        let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let mut builder = self.http.post(endpoint.clone());
+        match self.client_auth {
+            // RFC 6749 §2.3.1: both parts form-encoded before they are joined.
+            ClientAuth::Basic => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                builder = builder
+                    .basic_auth(enc(&self.client_id), Some(enc(self.client_secret.expose())));
+            }
+            ClientAuth::Post => {
+                form.push((
+                    "client_secret".into(),
+                    self.client_secret.expose().to_string(),
+                ));
+            }
         }
+        let resp = send_bounded(
+            builder
+                .header(http::header::ACCEPT, "application/json")
+                .form(&form),
+        )
+        .await
+        .map_err(|e| fail(error_chain(&e)))?;
+        #[derive(Deserialize)]
+        struct Pushed {
+            request_uri: String,
+        }
+        #[derive(Deserialize)]
+        struct Refused {
+            error: String,
+        }
+        let status = resp.status();
+        if status.is_success() {
+            let pushed: Pushed = serde_json::from_slice(resp.body())
+                .map_err(|_| fail(format!("HTTP {status} without a request_uri")))?;
+            return Ok(pushed.request_uri);
+        }
+        Err(fail(match serde_json::from_slice::<Refused>(resp.body()) {
+            Ok(r) => format!("HTTP {status}, error {:?}", r.error),
+            Err(_) => format!("HTTP {status}"),
+        }))
+    }
+
+    /// Whether authorization requests are pushed (PAR).
+    #[must_use]
+    pub fn uses_par(&self) -> bool {
+        self.par.is_some()
     }
 
     /// Exchanges a code and validates the ID token (OIDC Core 3.1.3.7).
@@ -595,6 +673,29 @@ impl OidcClient {
             id_token: Secret::new(id_token),
             bearer_header: crate::session::BearerHeader::default(),
         }
+    }
+}
+
+/// The PAR endpoint to push to, from `oidc.par` and what discovery says (RFC 9126 §5).
+///
+/// # Errors
+/// Why the two cannot work together, naming `oidc.par`.
+fn par_endpoint(par: Par, meta: &ExtraMetadata) -> Result<Option<Url>, String> {
+    let endpoint = meta.pushed_authorization_request_endpoint.clone();
+    let required = meta.require_pushed_authorization_requests;
+    match (par, endpoint) {
+        (Par::Never, _) if required => Err(
+            "the IdP requires pushed authorization requests (require_pushed_authorization_requests), and oidc.par is `never`: set it to `auto` or `always`".into(),
+        ),
+        (Par::Never, _) => Ok(None),
+        (_, Some(e)) => Ok(Some(e)),
+        (Par::Always, None) => Err(
+            "oidc.par is `always`, but discovery advertises no pushed_authorization_request_endpoint".into(),
+        ),
+        (Par::Auto, None) if required => Err(
+            "the IdP requires pushed authorization requests but advertises no pushed_authorization_request_endpoint".into(),
+        ),
+        (Par::Auto, None) => Ok(None),
     }
 }
 

@@ -727,7 +727,13 @@ async fn untrusted_peer_cannot_spoof_forwarded_for_or_proto() {
 /// from the configuration, and the Origin check compares with the configured public origin.
 #[tokio::test]
 async fn spoofed_host_does_not_steer_login_or_the_origin_check() {
-    let env = TestEnv::start().await;
+    // The front-channel request, so that its redirect_uri can be read off the redirect (with
+    // PAR it goes in the push, from the same configuration).
+    let env = TestEnv::start_with(crate::support::Opts {
+        par: "never",
+        ..crate::support::Opts::default()
+    })
+    .await;
     let addr = env.apps[0].public_addr;
     let r = exchange(
         addr,

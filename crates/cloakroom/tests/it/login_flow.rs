@@ -14,7 +14,13 @@ fn query(url: &str) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test]
 async fn full_flow_attaches_the_idp_token_and_no_token_reaches_the_browser() {
-    let env = TestEnv::start().await;
+    // The front-channel request, so that its parameters can be read off the redirect (with
+    // PAR they travel in the push: par.rs).
+    let env = TestEnv::start_with(crate::support::Opts {
+        par: "never",
+        ..crate::support::Opts::default()
+    })
+    .await;
     let mut b = Browser::new();
 
     // Step 1: login redirects to the IdP with every SPEC parameter.

@@ -12,6 +12,7 @@ mod limits;
 mod login_flow;
 mod login_state;
 mod ops;
+mod par;
 mod props;
 mod proxying;
 mod refresh;

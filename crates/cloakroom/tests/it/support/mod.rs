@@ -66,6 +66,12 @@ pub(crate) struct Opts {
     pub idle_timeout: &'static str,
     pub absolute_timeout: &'static str,
     pub client_auth: &'static str,
+    /// `oidc.par` (`auto`, Cloakroom's default: the test IdP advertises PAR).
+    pub par: &'static str,
+    /// The IdP takes authorization requests only through PAR.
+    pub idp_require_par: bool,
+    /// The IdP has no PAR endpoint.
+    pub idp_without_par: bool,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -98,6 +104,9 @@ impl Default for Opts {
             idle_timeout: "30m",
             absolute_timeout: "12h",
             client_auth: "client_secret_basic",
+            par: "auto",
+            idp_require_par: false,
+            idp_without_par: false,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -214,6 +223,8 @@ impl TestEnv {
                 "port": idp_port,
                 "issuer": idp_fault.as_ref().map(|f| f.url("http")),
                 "access_token_ttl": opts.access_token_ttl,
+                "require_par": opts.idp_require_par,
+                "par": !opts.idp_without_par,
                 "clients": [{
                     "client_id": CLIENT_ID,
                     "client_secret": CLIENT_SECRET,
@@ -281,6 +292,7 @@ listen = "127.0.0.1:0"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_auth_method = "{auth}"
+par = "{par}"
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -322,6 +334,7 @@ strip_prefix = true
                 .clone()
                 .unwrap_or_else(|| self.idp.issuer.clone()),
             auth = self.opts.client_auth,
+            par = self.opts.par,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
