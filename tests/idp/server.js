@@ -113,6 +113,11 @@ const clients = cfg.clients.map((c) => {
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
   };
+  // private_key_jwt: the client's public keys, and optionally the one algorithm it may use.
+  if (c.jwks) client.jwks = c.jwks;
+  if (c.token_endpoint_auth_signing_alg) {
+    client.token_endpoint_auth_signing_alg = c.token_endpoint_auth_signing_alg;
+  }
   if (c.backchannel_logout_uri) {
     client.backchannel_logout_uri = c.backchannel_logout_uri;
     client.backchannel_logout_session_required = true;

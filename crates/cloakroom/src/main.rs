@@ -31,12 +31,38 @@ enum Command {
         #[arg(long, short, env = "CLOAKROOM_CONFIG", default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Print a new random key-ring entry for CLOAKROOM_COOKIE_KEYS.
+    /// Print a new random key-ring entry for CLOAKROOM_COOKIE_KEYS, or with --client-key a
+    /// private key for private_key_jwt (PEM, for CLOAKROOM_OIDC_CLIENT_KEY) followed by its
+    /// public JWK set to register at the IdP.
     Keygen {
         /// Key id (1-255); use a new one for each rotation.
         #[arg(long, default_value_t = 1)]
         id: u8,
+        /// A client key for `oidc.client_auth_method = "private_key_jwt"` instead.
+        #[arg(long)]
+        client_key: bool,
+        /// The client key's type: `ec` (P-256, ES256) or `ed25519` (EdDSA).
+        #[arg(long, default_value = "ec", requires = "client_key")]
+        key_type: String,
     },
+}
+
+/// A new private key of `key_type` in PEM, then its public JWK set (what the IdP registers;
+/// text outside the PEM block is ignored when the key is read back).
+fn client_key(key_type: &str) -> Result<String, String> {
+    let alg = match key_type {
+        "ec" => &rcgen::PKCS_ECDSA_P256_SHA256,
+        "ed25519" => &rcgen::PKCS_ED25519,
+        o => return Err(format!("--key-type: `{o}` must be ec or ed25519")),
+    };
+    let pem = rcgen::KeyPair::generate_for(alg)
+        .map_err(|e| format!("cannot generate a key: {e}"))?
+        .serialize_pem();
+    let key = cloakroom::oidc::ClientKey::parse_all(&pem)?;
+    let jwks = serde_json::json!({ "keys": [key[0].public_jwk(None)] });
+    Ok(format!(
+        "{pem}\nThe public JWK set to register at the IdP (jwks), kid = RFC 7638 thumbprint:\n{jwks}\n"
+    ))
 }
 
 fn env() -> Env {
@@ -57,7 +83,21 @@ fn main() -> ExitCode {
             .map_or_else(|| PathBuf::from("config.toml"), PathBuf::from),
     });
     match command {
-        Command::Keygen { id } => {
+        Command::Keygen {
+            client_key: true,
+            key_type,
+            ..
+        } => match client_key(&key_type) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("{why}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Keygen { id, .. } => {
             if id == 0 {
                 eprintln!("--id: must be from 1 to 255");
                 return ExitCode::from(2);
@@ -113,7 +153,12 @@ async fn check(config: Config) -> ExitCode {
         Err(e) => Err(e),
     };
     match discovered {
-        Ok(o) => println!("idp: ok (issuer {})", o.issuer()),
+        Ok(o) => println!(
+            "idp: ok (issuer {}; client authentication {}; PAR {})",
+            o.issuer(),
+            o.client_auth_summary(),
+            if o.uses_par() { "on" } else { "off" }
+        ),
         Err(e) => {
             ok = false;
             println!("idp: FAILED ({e})");

@@ -15,8 +15,9 @@ use std::time::Duration;
 use url::Url;
 
 /// The secrets, read only from the environment (or the file named by `<NAME>_FILE`).
-pub const SECRET_VARS: [&str; 3] = [
+pub const SECRET_VARS: [&str; 4] = [
     "CLOAKROOM_OIDC_CLIENT_SECRET",
+    "CLOAKROOM_OIDC_CLIENT_KEY",
     "CLOAKROOM_COOKIE_KEYS",
     "CLOAKROOM_ADMIN_TOKEN",
 ];
@@ -33,7 +34,7 @@ mod store;
 pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
-pub use oidc::{ClientAuth, OidcConfig, Par};
+pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par};
 pub use routes::{Route, TokenPolicy, UpstreamConfig};
 pub use server::{AdminConfig, ServerConfig};
 pub use session::SessionConfig;
@@ -488,7 +489,7 @@ mod tests {
             [server]
             listen = "nope"
             [oidc]
-            client_auth_method = "private_key_jwt"
+            client_auth_method = "client_secret_jwt"
             [session]
             idle_timeout = "soon"
             [[routes]]
@@ -551,6 +552,35 @@ mod tests {
         assert!(!all.contains("CLOAKROOM_PORT"), "{all}");
         assert!(!all.contains("CLOAKROOM_SERVICE_HOST"), "{all}");
         assert!(all.contains("verbosity"), "{all}");
+    }
+
+    #[test]
+    fn private_key_jwt_needs_a_usable_key_and_no_secret() {
+        let text = GOOD.replace(
+            "client_id = \"spa\"",
+            "client_id = \"spa\"\nclient_auth_method = \"private_key_jwt\"\nclient_assertion_audience = \"aud\"",
+        );
+        let mut e = env();
+        e.remove("CLOAKROOM_OIDC_CLIENT_SECRET");
+        let all = Config::from_toml(&text, &e).unwrap_err().0.join("\n");
+        assert!(all.contains("CLOAKROOM_OIDC_CLIENT_KEY: required"), "{all}");
+        assert!(all.contains("oidc.client_assertion_audience"), "{all}");
+        assert!(!all.contains("CLOAKROOM_OIDC_CLIENT_SECRET"), "{all}");
+        e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), "not a key".into());
+        let all = Config::from_toml(&text, &e).unwrap_err().0.join("\n");
+        assert!(
+            all.contains("CLOAKROOM_OIDC_CLIENT_KEY: no PEM private key"),
+            "{all}"
+        );
+        assert!(!all.contains("not a key"), "{all}");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key);
+        let good = text.replace("client_assertion_audience = \"aud\"", "");
+        let c = Config::from_toml(&good, &e).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.oidc.client_keys.len(), 1);
+        assert_eq!(c.oidc.client_keys[0].kind(), crate::oidc::KeyKind::P256);
     }
 
     #[test]

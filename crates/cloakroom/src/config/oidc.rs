@@ -14,6 +14,8 @@ pub(super) struct RawOidc {
     scopes: Option<Vec<String>>,
     extra_auth_params: BTreeMap<String, String>,
     client_auth_method: Option<String>,
+    client_key_id: Option<String>,
+    client_assertion_audience: Option<String>,
     par: Option<String>,
     post_logout_redirect_uri: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -29,6 +31,17 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the form body.
     Post,
+    /// A JWT signed with the client's private key (RFC 7523, OIDC Core §9).
+    PrivateKeyJwt,
+}
+
+/// The `aud` of a `private_key_jwt` client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The issuer identifier (FAPI 2.0), the default.
+    Issuer,
+    /// The token endpoint's URL, for IdPs that want it.
+    TokenEndpoint,
 }
 
 /// When the authorization request is pushed to the IdP first (RFC 9126, `oidc.par`).
@@ -58,6 +71,12 @@ pub struct OidcConfig {
     pub client_auth: ClientAuth,
     /// Pushed authorization requests.
     pub par: Par,
+    /// The `private_key_jwt` keys, from `CLOAKROOM_OIDC_CLIENT_KEY`: the first signs.
+    pub client_keys: Vec<crate::oidc::ClientKey>,
+    /// The `kid` of assertions (default: the signing key's RFC 7638 thumbprint).
+    pub client_key_id: Option<String>,
+    /// The `aud` of assertions.
+    pub client_assertion_audience: AssertionAudience,
     /// Scopes requested at login.
     pub scopes: Vec<String>,
     /// Extra authorization request parameters (e.g. `audience`, `resource`).
@@ -99,21 +118,43 @@ impl OidcConfig {
         if client_id.is_empty() {
             errs.push("oidc.client_id: required".into());
         }
+        let client_auth = match raw.client_auth_method.as_deref() {
+            None | Some("client_secret_basic") => ClientAuth::Basic,
+            Some("client_secret_post") => ClientAuth::Post,
+            Some("private_key_jwt") => ClientAuth::PrivateKeyJwt,
+            Some(o) => {
+                errs.push(format!(
+                    "oidc.client_auth_method: `{o}` must be client_secret_basic, client_secret_post or private_key_jwt"
+                ));
+                ClientAuth::Basic
+            }
+        };
         let client_secret = read_secret(env, "CLOAKROOM_OIDC_CLIENT_SECRET", errs);
-        if client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+        let client_key = read_secret(env, "CLOAKROOM_OIDC_CLIENT_KEY", errs);
+        let mut client_keys = Vec::new();
+        if client_auth == ClientAuth::PrivateKeyJwt {
+            match client_key.as_ref().map(|k| crate::oidc::ClientKey::parse_all(k.expose())) {
+                None => errs.push(
+                    "CLOAKROOM_OIDC_CLIENT_KEY: required with oidc.client_auth_method = \"private_key_jwt\" (set it, or CLOAKROOM_OIDC_CLIENT_KEY_FILE; `cloakroom keygen --client-key` makes one)"
+                        .into(),
+                ),
+                Some(Err(why)) => errs.push(format!("CLOAKROOM_OIDC_CLIENT_KEY: {why}")),
+                Some(Ok(keys)) => client_keys = keys,
+            }
+        } else if client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
             errs.push(
                 "CLOAKROOM_OIDC_CLIENT_SECRET: required (set it, or CLOAKROOM_OIDC_CLIENT_SECRET_FILE)"
                     .into(),
             );
         }
-        let client_auth = match raw.client_auth_method.as_deref() {
-            None | Some("client_secret_basic") => ClientAuth::Basic,
-            Some("client_secret_post") => ClientAuth::Post,
+        let client_assertion_audience = match raw.client_assertion_audience.as_deref() {
+            None | Some("issuer") => AssertionAudience::Issuer,
+            Some("token_endpoint") => AssertionAudience::TokenEndpoint,
             Some(o) => {
                 errs.push(format!(
-                    "oidc.client_auth_method: `{o}` must be client_secret_basic or client_secret_post"
+                    "oidc.client_assertion_audience: `{o}` must be issuer or token_endpoint"
                 ));
-                ClientAuth::Basic
+                AssertionAudience::Issuer
             }
         };
         let par = match raw.par.as_deref() {
@@ -158,6 +199,9 @@ impl OidcConfig {
             client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
             client_auth,
             par,
+            client_keys,
+            client_key_id: raw.client_key_id,
+            client_assertion_audience,
             scopes,
             extra_auth_params: raw.extra_auth_params,
             post_logout_redirect_uri,

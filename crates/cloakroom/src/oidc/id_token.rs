@@ -9,8 +9,7 @@ use openidconnect::core::{
     CoreGenderClaim, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalClaims, ClientId, ClientSecret, EmptyExtraTokenFields, IssuerUrl,
-    Nonce,
+    AccessTokenHash, AdditionalClaims, ClientId, EmptyExtraTokenFields, IssuerUrl, Nonce,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -75,9 +74,10 @@ impl OidcClient {
         keys: CoreJsonWebKeySet,
     ) -> openidconnect::core::CoreIdTokenVerifier<'static> {
         let skew = self.clock_skew;
-        openidconnect::core::CoreIdTokenVerifier::new_confidential_client(
+        // A public-client verifier: the secret would only check HMAC-signed ID tokens, and
+        // only asymmetric algorithms are allowed (and with private_key_jwt there is none).
+        openidconnect::core::CoreIdTokenVerifier::new_public_client(
             ClientId::new(self.client_id.clone()),
-            ClientSecret::new(self.client_secret.expose().to_string()),
             IssuerUrl::new(self.issuer.clone())
                 .unwrap_or_else(|_| unreachable!("validated at discovery")),
             keys,

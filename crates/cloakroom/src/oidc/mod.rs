@@ -15,6 +15,7 @@
 //! and `jwt_lifetime`'s read of a JWT access token's `exp − iat`, which only times the
 //! refresh (to `openidconnect` an access token is an opaque string).
 
+mod client_auth;
 mod errors;
 mod id_token;
 mod jwks;
@@ -22,6 +23,7 @@ mod logout_token;
 mod revocation;
 
 use crate::error::error_chain;
+pub use client_auth::{ClientKey, Credentials, KeyKind, ASSERTION_TYPE};
 pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
@@ -30,7 +32,7 @@ use errors::describe_token_error;
 use jwks::{Jwks, Recorded};
 
 use crate::clock::Clock;
-use crate::config::{ClientAuth, Config, OidcConfig, Par};
+use crate::config::{AssertionAudience, ClientAuth, Config, OidcConfig, Par};
 use crate::error::{Error, StartupError};
 use crate::secret::Secret;
 use crate::session::Tokens;
@@ -156,8 +158,7 @@ pub struct OidcClient {
     post_logout_redirect_uri: Url,
     clock_skew: Duration,
     promises_iss: bool,
-    client_auth: ClientAuth,
-    client_secret: Secret,
+    credentials: Credentials,
     timeout: Duration,
     clock: Clock,
 }
@@ -307,16 +308,22 @@ impl OidcClient {
         let par = par_endpoint(config.par, &extra.additional_metadata).map_err(fail)?;
         let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
             .ok_or_else(|| fail("the JWKS could not be read".into()))?;
+        let signer = signer(config, &metadata).map_err(fail)?;
+        let credentials = Credentials::new(config.client_auth, &config.client_secret, signer);
         let redirect = RedirectUrl::from_url(redirect);
+        // With private_key_jwt openidconnect knows no secret and puts client_id in the body;
+        // the assertion is added to each grant (`assertion_params`).
+        let secret = (config.client_auth != ClientAuth::PrivateKeyJwt)
+            .then(|| ClientSecret::new(config.client_secret.expose().to_string()));
         let client = Client::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
-            Some(ClientSecret::new(config.client_secret.expose().to_string())),
+            secret,
         )
         .set_redirect_uri(redirect)
         .set_auth_type(match config.client_auth {
             ClientAuth::Basic => AuthType::BasicAuth,
-            ClientAuth::Post => AuthType::RequestBody,
+            ClientAuth::Post | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
         });
         Ok(Self {
             client,
@@ -338,8 +345,7 @@ impl OidcClient {
             promises_iss: extra
                 .additional_metadata
                 .authorization_response_iss_parameter_supported,
-            client_auth: config.client_auth,
-            client_secret: config.client_secret.clone(),
+            credentials,
             timeout: config.timeout,
             clock: Clock::system(),
         })
@@ -458,31 +464,21 @@ impl OidcClient {
     /// is not.
     async fn push(&self, endpoint: &Url, url: &Url) -> Result<String, Error> {
         let fail = Error::AuthorizationRequest;
-        let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let mut builder = self.http.post(endpoint.clone());
-        match self.client_auth {
-            // RFC 6749 §2.3.1: both parts form-encoded before they are joined.
-            ClientAuth::Basic => {
-                let enc = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                builder = builder
-                    .basic_auth(enc(&self.client_id), Some(enc(self.client_secret.expose())));
-            }
-            ClientAuth::Post => {
-                form.push((
-                    "client_secret".into(),
-                    self.client_secret.expose().to_string(),
-                ));
-            }
-        }
-        let resp = send_bounded(
-            builder
-                .header(http::header::ACCEPT, "application/json")
-                .form(&form),
-        )
-        .await
-        .map_err(|e| fail(error_chain(&e)))?;
+        let form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let builder = self
+            .credentials
+            .request(
+                self.http
+                    .post(endpoint.clone())
+                    .header(http::header::ACCEPT, "application/json"),
+                &self.client_id,
+                form,
+                self.clock.unix(),
+            )
+            .map_err(fail)?;
+        let resp = send_bounded(builder)
+            .await
+            .map_err(|e| fail(error_chain(&e)))?;
         #[derive(Deserialize)]
         struct Pushed {
             request_uri: String,
@@ -503,6 +499,35 @@ impl OidcClient {
         }))
     }
 
+    /// The `private_key_jwt` assertion for a grant openidconnect sends (none for a secret,
+    /// which openidconnect sends itself).
+    fn assertion_params(&self) -> Result<Vec<(String, String)>, String> {
+        match &self.credentials {
+            Credentials::PrivateKeyJwt(signer) => Ok(vec![
+                ("client_assertion_type".into(), ASSERTION_TYPE.into()),
+                (
+                    "client_assertion".into(),
+                    signer
+                        .assertion(&self.client_id, self.clock.unix())?
+                        .expose()
+                        .to_string(),
+                ),
+            ]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// How the client authenticates, for `cloakroom check`: the method, and with
+    /// `private_key_jwt` the algorithm chosen.
+    #[must_use]
+    pub fn client_auth_summary(&self) -> String {
+        match &self.credentials {
+            Credentials::Basic(_) => "client_secret_basic".into(),
+            Credentials::Post(_) => "client_secret_post".into(),
+            Credentials::PrivateKeyJwt(s) => format!("private_key_jwt, {:?}", s.alg()),
+        }
+    }
+
     /// Whether authorization requests are pushed (PAR).
     #[must_use]
     pub fn uses_par(&self) -> bool {
@@ -520,29 +545,30 @@ impl OidcClient {
         pkce_verifier: &Secret,
         nonce: &Secret,
     ) -> Result<LoginResult, Error> {
-        let resp: IdpTokenResponse = self
+        let mut request = self
             .client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| Error::TokenExchange(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()))
-            .request_async(&self.bounded())
-            .await
-            .map_err(|e| {
-                // A token response whose only fault is an ID token that does not even parse as
-                // one (e.g. no `sub`) is an invalid ID token, not a failed exchange.
-                if let RequestTokenError::Parse(_, body) = &e {
-                    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-                    let shaped = v.as_ref().is_some_and(|v| {
-                        v.get("access_token")
-                            .is_some_and(serde_json::Value::is_string)
-                            && v.get("id_token").is_some_and(serde_json::Value::is_string)
-                    });
-                    if shaped {
-                        return Error::InvalidIdToken("the ID token does not parse".into());
-                    }
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()));
+        for (k, v) in self.assertion_params().map_err(Error::TokenExchange)? {
+            request = request.add_extra_param(k, v);
+        }
+        let resp: IdpTokenResponse = request.request_async(&self.bounded()).await.map_err(|e| {
+            // A token response whose only fault is an ID token that does not even parse as
+            // one (e.g. no `sub`) is an invalid ID token, not a failed exchange.
+            if let RequestTokenError::Parse(_, body) = &e {
+                let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+                let shaped = v.as_ref().is_some_and(|v| {
+                    v.get("access_token")
+                        .is_some_and(serde_json::Value::is_string)
+                        && v.get("id_token").is_some_and(serde_json::Value::is_string)
+                });
+                if shaped {
+                    return Error::InvalidIdToken("the ID token does not parse".into());
                 }
-                Error::TokenExchange(describe_token_error(&e))
-            })?;
+            }
+            Error::TokenExchange(describe_token_error(&e))
+        })?;
         let id_token = resp
             .id_token()
             .ok_or_else(|| Error::InvalidIdToken("no id_token in the token response".into()))?;
@@ -572,10 +598,13 @@ impl OidcClient {
             return Err(RefreshError::Fatal("no refresh token".into()));
         };
         let rt_oauth = openidconnect::RefreshToken::new(rt.expose().to_string());
-        let request = self
+        let mut request = self
             .client
             .exchange_refresh_token(&rt_oauth)
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
+        for (k, v) in self.assertion_params().map_err(RefreshError::Transient)? {
+            request = request.add_extra_param(k, v);
+        }
         let within = refresh_timeout(self.timeout);
         let http = self.bounded_with(Some(within));
         let call = request.request_async(&http);
@@ -674,6 +703,43 @@ impl OidcClient {
             bearer_header: crate::session::BearerHeader::default(),
         }
     }
+}
+
+/// The `private_key_jwt` signer: the first configured key, its algorithm from what the IdP
+/// offers, and the audience `oidc.client_assertion_audience` names.
+///
+/// # Errors
+/// When the IdP offers no algorithm the key can make, or has no token endpoint to name.
+fn signer(config: &OidcConfig, metadata: &Metadata) -> Result<Option<client_auth::Signer>, String> {
+    if config.client_auth != ClientAuth::PrivateKeyJwt {
+        return Ok(None);
+    }
+    let key = config
+        .client_keys
+        .first()
+        .cloned()
+        .ok_or_else(|| "no client key".to_string())?;
+    let offered: Option<Vec<String>> = metadata
+        .token_endpoint_auth_signing_alg_values_supported()
+        .map(|algs| {
+            algs.iter()
+                .filter_map(|a| serde_json::to_value(a).ok()?.as_str().map(String::from))
+                .collect()
+        });
+    let alg = client_auth::choose_alg(key.kind(), offered.as_deref())?;
+    let audience = match config.client_assertion_audience {
+        AssertionAudience::Issuer => config.issuer_id.clone(),
+        AssertionAudience::TokenEndpoint => metadata
+            .token_endpoint()
+            .map(|t| t.url().to_string())
+            .ok_or_else(|| "oidc.client_assertion_audience is `token_endpoint`, but discovery names no token endpoint".to_string())?,
+    };
+    Ok(Some(client_auth::Signer::new(
+        key,
+        alg,
+        config.client_key_id.clone(),
+        audience,
+    )))
 }
 
 /// The PAR endpoint to push to, from `oidc.par` and what discovery says (RFC 9126 §5).

@@ -11,7 +11,6 @@
 
 use super::id_token::IdToken;
 use super::{send_bounded, OidcClient};
-use crate::config::ClientAuth;
 use crate::error::error_chain;
 use crate::secret::Secret;
 use crate::session::Tokens;
@@ -51,25 +50,17 @@ impl OidcClient {
     }
 
     async fn revoke_one(&self, endpoint: &Url, token: &Secret, hint: &str) -> Result<(), String> {
-        let mut form: Vec<(&str, &str)> =
-            vec![("token", token.expose()), ("token_type_hint", hint)];
-        let mut req = self.http.post(endpoint.clone());
-        match self.client_auth {
-            ClientAuth::Basic => {
-                // RFC 6749 §2.3.1: form-urlencode id and secret before Basic.
-                let enc = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                req = req.basic_auth(enc(&self.client_id), Some(enc(self.client_secret.expose())));
-            }
-            ClientAuth::Post => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
-            }
-        }
-        let resp = send_bounded(req.form(&form))
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let form = vec![
+            ("token".to_string(), token.expose().to_string()),
+            ("token_type_hint".to_string(), hint.to_string()),
+        ];
+        let req = self.credentials.request(
+            self.http.post(endpoint.clone()),
+            &self.client_id,
+            form,
+            self.clock.unix(),
+        )?;
+        let resp = send_bounded(req).await.map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -4,6 +4,7 @@
 mod support;
 
 mod browser;
+mod client_auth;
 mod demo;
 mod hardening;
 mod hostile;

@@ -72,6 +72,13 @@ pub(crate) struct Opts {
     pub idp_require_par: bool,
     /// The IdP has no PAR endpoint.
     pub idp_without_par: bool,
+    /// The `private_key_jwt` key(s) (PEM, `CLOAKROOM_OIDC_CLIENT_KEY`), with `client_auth`
+    /// `private_key_jwt`.
+    pub client_key: Option<String>,
+    /// The public keys the IdP has registered for the client (default: those of `client_key`).
+    pub idp_client_jwks: Option<serde_json::Value>,
+    /// The one assertion algorithm the IdP lets the client use.
+    pub idp_client_auth_alg: Option<&'static str>,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -107,6 +114,9 @@ impl Default for Opts {
             par: "auto",
             idp_require_par: false,
             idp_without_par: false,
+            client_key: None,
+            idp_client_jwks: None,
+            idp_client_auth_alg: None,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -209,6 +219,13 @@ impl TestEnv {
         redirects: &[String],
         post_logout: &[String],
     ) -> (Idp, Option<fault::FaultProxy>) {
+        let jwks = opts.idp_client_jwks.clone().or_else(|| {
+            let keys = cloakroom::oidc::ClientKey::parse_all(opts.client_key.as_deref()?)
+                .expect("test client key");
+            Some(serde_json::json!({
+                "keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()
+            }))
+        });
         let mut why = Vec::new();
         for _ in 0..3 {
             let idp_port = redis::free_port();
@@ -232,6 +249,8 @@ impl TestEnv {
                     "post_logout_redirect_uris": post_logout,
                     "backchannel_logout_uri": format!("{}/auth/backchannel-logout", post_logout[0].trim_end_matches('/')),
                     "token_endpoint_auth_method": opts.client_auth,
+                    "jwks": jwks,
+                    "token_endpoint_auth_signing_alg": opts.idp_client_auth_alg,
                 }]
             }));
             match started {
@@ -361,6 +380,9 @@ strip_prefix = true
         e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into());
         e.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
         e.insert("CLOAKROOM_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+        if let Some(key) = &self.opts.client_key {
+            e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key.clone());
+        }
         e
     }
 
