@@ -51,12 +51,17 @@ impl std::fmt::Debug for ClientKey {
 }
 
 impl ClientKey {
-    /// Every PEM private key (PKCS#8, or PKCS#1 for RSA) in `pem`, in order: the first signs,
-    /// the others are there while the IdP's registration changes over (rotation).
+    /// Every private key in `pem`, in order: the first signs, the others are there while the
+    /// IdP's registration changes over (rotation). Either PEM blocks (PKCS#8, or PKCS#1 for
+    /// RSA; text between them is ignored), or JSON: one private JWK or a JWK set `{"keys":
+    /// [...]}`.
     ///
     /// # Errors
     /// What is wrong with which key (never its bytes).
     pub fn parse_all(pem: &str) -> Result<Vec<Self>, String> {
+        if pem.trim_start().starts_with('{') {
+            return Self::parse_jwks(pem);
+        }
         let mut keys = Vec::new();
         let mut rest = pem;
         while let Some(start) = rest.find("-----BEGIN ") {
@@ -84,18 +89,100 @@ impl ClientKey {
 
     fn parse_one(pem: &str) -> Result<Self, String> {
         let bytes = pem.as_bytes();
-        let (key, probe, kind) = if let Some(der) = ed25519_v1(pem) {
-            (
-                EncodingKey::from_ed_der(&der),
-                Algorithm::EdDSA,
-                KeyKind::Ed25519,
-            )
+        let (key, kind) = if let Some(der) = ed25519_v1(pem) {
+            (EncodingKey::from_ed_der(&der), KeyKind::Ed25519)
         } else if let Ok(k) = EncodingKey::from_ec_pem(bytes) {
-            (k, Algorithm::ES256, KeyKind::P256)
+            (k, KeyKind::P256)
         } else if let Ok(k) = EncodingKey::from_rsa_pem(bytes) {
-            (k, Algorithm::PS256, KeyKind::Rsa)
+            (k, KeyKind::Rsa)
         } else {
             return Err("not an RSA, EC P-256 or Ed25519 private key in PEM".into());
+        };
+        Self::from_key(key, kind)
+    }
+
+    /// Private JWKs: one, or a set.
+    fn parse_jwks(json: &str) -> Result<Vec<Self>, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("not a JWK or JWK set ({e})"))?;
+        let list = match v.get("keys") {
+            Some(serde_json::Value::Array(keys)) => keys.clone(),
+            Some(_) => return Err("`keys` is not an array".into()),
+            None => vec![v],
+        };
+        if list.is_empty() {
+            return Err("an empty JWK set".into());
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, jwk)| Self::from_jwk(jwk).map_err(|why| format!("key {}: {why}", i + 1)))
+            .collect()
+    }
+
+    /// One private JWK, turned into the DER `jsonwebtoken` signs with; its public half must
+    /// match the private one.
+    fn from_jwk(jwk: &serde_json::Value) -> Result<Self, String> {
+        let field = |name: &str| -> Result<Vec<u8>, String> {
+            let s = jwk[name]
+                .as_str()
+                .ok_or_else(|| format!("a JWK without `{name}` (a private key is needed)"))?;
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s)
+                .map_err(|_| format!("a JWK whose `{name}` is not base64url"))
+        };
+        let (key, kind) = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+            (Some("OKP"), Some("Ed25519")) => {
+                let d = field("d")?;
+                if d.len() != 32 {
+                    return Err("an Ed25519 JWK whose `d` is not 32 bytes".into());
+                }
+                let mut der = ED25519_V1.to_vec();
+                der.extend_from_slice(&d);
+                (EncodingKey::from_ed_der(&der), KeyKind::Ed25519)
+            }
+            (Some("EC"), Some("P-256")) => {
+                use p256::pkcs8::EncodePrivateKey;
+                let secret = p256::SecretKey::from_slice(&field("d")?)
+                    .map_err(|_| "an EC JWK whose `d` is not a P-256 private key".to_string())?;
+                let der = secret
+                    .to_pkcs8_der()
+                    .map_err(|e| format!("cannot encode the EC key ({e})"))?;
+                (EncodingKey::from_ec_der(der.as_bytes()), KeyKind::P256)
+            }
+            (Some("RSA"), _) => {
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                let int = |name: &str| field(name).map(|b| rsa::BigUint::from_bytes_be(&b));
+                let key = rsa::RsaPrivateKey::from_components(
+                    int("n")?,
+                    int("e")?,
+                    int("d")?,
+                    vec![int("p")?, int("q")?],
+                )
+                .map_err(|e| format!("an RSA JWK that is not a valid key ({e})"))?;
+                let der = key
+                    .to_pkcs1_der()
+                    .map_err(|e| format!("cannot encode the RSA key ({e})"))?;
+                (EncodingKey::from_rsa_der(der.as_bytes()), KeyKind::Rsa)
+            }
+            _ => return Err("not an RSA, EC P-256 or Ed25519 JWK".into()),
+        };
+        let key = Self::from_key(key, kind)?;
+        // The public half given must be this key's.
+        for (name, given) in jwk.as_object().into_iter().flatten() {
+            if ["n", "e", "x", "y"].contains(&name.as_str()) && key.public.get(name) != Some(given)
+            {
+                return Err(format!(
+                    "a JWK whose `{name}` does not match its private key"
+                ));
+            }
+        }
+        Ok(key)
+    }
+
+    fn from_key(key: EncodingKey, kind: KeyKind) -> Result<Self, String> {
+        let probe = match kind {
+            KeyKind::Rsa => Algorithm::PS256,
+            KeyKind::P256 => Algorithm::ES256,
+            KeyKind::Ed25519 => Algorithm::EdDSA,
         };
         let jwk = Jwk::from_encoding_key(&key, probe)
             .map_err(|e| format!("cannot read its public key ({e})"))?;
@@ -168,6 +255,11 @@ impl ClientKey {
         jwk
     }
 }
+
+/// The 16 bytes before the seed in a version-1 PKCS#8 Ed25519 key (RFC 8410 §7).
+const ED25519_V1: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 /// An Ed25519 PKCS#8 key as the version-1 DER `jsonwebtoken` reads (16 bytes of header and
 /// the 32-byte seed), from a v1 or a v2 (RFC 8410, with the public key: what ring and
@@ -385,6 +477,90 @@ mod tests {
         assert!(
             err.contains("token_endpoint_auth_signing_alg_values_supported"),
             "{err}"
+        );
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        let body: String = pem
+            .lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN"))
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap()
+    }
+
+    /// The same key as PEM and as a private JWK reads as the same key (same thumbprint), and a
+    /// JWK whose public half is another key's is refused.
+    fn same_key_both_ways(pem: &str, private_jwk: serde_json::Value) {
+        let from_pem = &ClientKey::parse_all(pem).unwrap()[0];
+        let from_jwk = &ClientKey::parse_all(&private_jwk.to_string()).unwrap()[0];
+        assert_eq!(from_pem.thumbprint(), from_jwk.thumbprint());
+        assert_eq!(from_pem.kind(), from_jwk.kind());
+        let set = serde_json::json!({ "keys": [private_jwk.clone(), private_jwk.clone()] });
+        assert_eq!(ClientKey::parse_all(&set.to_string()).unwrap().len(), 2);
+        let mut wrong = private_jwk.clone();
+        let field = if wrong.get("y").is_some() {
+            "y"
+        } else if wrong.get("n").is_some() {
+            "e"
+        } else {
+            "x"
+        };
+        wrong[field] = b64(b"\x03").into();
+        let err = ClientKey::parse_all(&wrong.to_string()).unwrap_err();
+        assert!(err.starts_with("key 1:"), "{err}");
+        let mut public_only = private_jwk;
+        public_only.as_object_mut().unwrap().remove("d");
+        let err = ClientKey::parse_all(&public_only.to_string()).unwrap_err();
+        assert!(err.contains("without `d`"), "{err}");
+    }
+
+    #[test]
+    fn keys_read_as_jwks_are_the_same_keys_as_in_pem() {
+        // Ed25519: the seed follows the 16-byte PKCS#8 header.
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem();
+        let public = ClientKey::parse_all(&pem).unwrap()[0].public.clone();
+        let d = b64(&der_of(&pem)[16..48]);
+        same_key_both_ways(
+            &pem,
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "d": d, "x": public["x"]}),
+        );
+
+        // EC P-256.
+        use p256::pkcs8::DecodePrivateKey;
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let secret = p256::SecretKey::from_pkcs8_der(&der_of(&pem)).unwrap();
+        let public = ClientKey::parse_all(&pem).unwrap()[0].public.clone();
+        same_key_both_ways(
+            &pem,
+            serde_json::json!({
+                "kty": "EC", "crv": "P-256", "d": b64(&secret.to_bytes()), "x": public["x"], "y": public["y"],
+            }),
+        );
+
+        // RSA.
+        use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+        let pem = include_str!("../../tests/it/fixtures/test-client-rsa-2048.pem");
+        let key = rsa::RsaPrivateKey::from_pkcs8_der(&der_of(pem)).unwrap();
+        let p = key.primes();
+        same_key_both_ways(
+            pem,
+            serde_json::json!({
+                "kty": "RSA",
+                "n": b64(&key.n().to_bytes_be()),
+                "e": b64(&key.e().to_bytes_be()),
+                "d": b64(&key.d().to_bytes_be()),
+                "p": b64(&p[0].to_bytes_be()),
+                "q": b64(&p[1].to_bytes_be()),
+            }),
         );
     }
 

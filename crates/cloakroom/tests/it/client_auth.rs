@@ -92,9 +92,24 @@ async fn an_ec_p256_key_signs_es256_assertions_for_every_idp_call() {
         .await;
 }
 
+/// An Ed25519 key as a private JWK (`d` is the seed after the 16-byte PKCS#8 header).
+fn as_jwk(pem: &str) -> String {
+    let b64 =
+        |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).expect("DER");
+    let public = cloakroom::oidc::ClientKey::parse_all(pem).expect("key")[0].public_jwk(None);
+    serde_json::json!({
+        "kty": "OKP", "crv": "Ed25519", "d": b64(&der[16..48]), "x": public["x"],
+    })
+    .to_string()
+}
+
 #[tokio::test]
-async fn an_ed25519_key_signs_eddsa_assertions_for_every_idp_call() {
-    the_whole_lifecycle_authenticates_with(generated(&rcgen::PKCS_ED25519), "EdDSA").await;
+async fn an_ed25519_key_given_as_a_jwk_signs_eddsa_assertions_for_every_idp_call() {
+    let pem = generated(&rcgen::PKCS_ED25519);
+    the_whole_lifecycle_authenticates_with(as_jwk(&pem), "EdDSA").await;
 }
 
 #[tokio::test]
