@@ -168,6 +168,8 @@ function freshStats() {
     refresh_reuse: 0,
     // `grant.revoked` events: reuse detection, code replay, revocation, logout
     grants_revoked: 0,
+    // private_key_jwt: the `aud` of every client assertion received, counted by value
+    assertion_audiences: {},
   };
 }
 let stats = freshStats();
@@ -416,6 +418,21 @@ for (const ev of ['authorization.error', 'grant.error', 'revocation.error', 'int
     log(`${ev}: ${err?.error ?? err?.name} ${err?.error_description ?? err?.message ?? ''}`);
   });
 }
+
+// Record the audience of each client assertion (read, not verified: oidc-provider verifies).
+provider.use(async (ctx, next) => {
+  await next();
+  const assertion = ctx.oidc?.body?.client_assertion;
+  if (typeof assertion !== 'string') return;
+  let aud;
+  try {
+    aud = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString()).aud;
+  } catch {
+    aud = '(unreadable)';
+  }
+  const key = JSON.stringify(aud);
+  stats.assertion_audiences[key] = (stats.assertion_audiences[key] ?? 0) + 1;
+});
 
 // Count revocation calls that succeeded (the endpoint answers 200).
 provider.use(async (ctx, next) => {

@@ -84,6 +84,10 @@ async fn the_whole_lifecycle_authenticates_with(key: String, alg: &'static str) 
     }
     assert_eq!(stat(&env, "revocations").await, 2);
     assert_eq!(stat(&env, "grant_errors.invalid_client").await, 0);
+    // Push, code, refresh, two revocations: each with an assertion naming the issuer.
+    let issuer = serde_json::to_string(&env.idp.issuer).unwrap();
+    let auds = env.idp.stats().await["assertion_audiences"].clone();
+    assert_eq!(auds, serde_json::json!({ issuer: 5 }), "{auds}");
 }
 
 #[tokio::test]
@@ -116,6 +120,24 @@ async fn an_ed25519_key_given_as_a_jwk_signs_eddsa_assertions_for_every_idp_call
 async fn an_rsa_key_signs_ps256_assertions_for_every_idp_call() {
     // PS256, not RS256: the IdP offers both.
     the_whole_lifecycle_authenticates_with(rsa(), "PS256").await;
+}
+
+#[tokio::test]
+async fn assertions_can_name_the_token_endpoint_as_their_audience() {
+    let key = generated(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let env = TestEnv::start_with(Opts {
+        client_assertion_audience: "token_endpoint",
+        ..env_with(key, "ES256")
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(stat(&env, "token_requests.authorization_code").await, 1);
+    // The push and the code exchange each sent one, naming the token endpoint.
+    let token_endpoint = serde_json::to_string(&format!("{}/token", env.idp.issuer)).unwrap();
+    let auds = env.idp.stats().await["assertion_audiences"].clone();
+    assert_eq!(auds, serde_json::json!({ token_endpoint: 2 }), "{auds}");
 }
 
 #[tokio::test]

@@ -79,6 +79,8 @@ pub(crate) struct Opts {
     pub idp_client_jwks: Option<serde_json::Value>,
     /// The one assertion algorithm the IdP lets the client use.
     pub idp_client_auth_alg: Option<&'static str>,
+    /// `oidc.client_assertion_audience`.
+    pub client_assertion_audience: &'static str,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -117,6 +119,7 @@ impl Default for Opts {
             client_key: None,
             idp_client_jwks: None,
             idp_client_auth_alg: None,
+            client_assertion_audience: "issuer",
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -312,6 +315,7 @@ issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_auth_method = "{auth}"
 par = "{par}"
+client_assertion_audience = "{aud}"
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -354,6 +358,7 @@ strip_prefix = true
                 .unwrap_or_else(|| self.idp.issuer.clone()),
             auth = self.opts.client_auth,
             par = self.opts.par,
+            aud = self.opts.client_assertion_audience,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
