@@ -23,8 +23,7 @@ fn rsa() -> String {
 
 /// A count from the IdP's `/test/stats`, by dotted path (absent = 0).
 async fn stat(env: &TestEnv, path: &str) -> u64 {
-    let s = env.idp.stats().await;
-    path.split('.').fold(&s, |v, k| &v[k]).as_u64().unwrap_or(0)
+    env.idp.stat(&path.split('.').collect::<Vec<_>>()).await
 }
 
 /// `key` registered at the IdP, which takes assertions signed with `alg` only.
@@ -53,13 +52,11 @@ async fn the_whole_lifecycle_authenticates_with(key: String, alg: &'static str) 
     // Past half the token's life the next request is forwarded and a refresh runs behind it.
     env.advance(Duration::from_secs(40));
     assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
-    for _ in 0..400 {
-        if stat(&env, "token_requests.refresh_token").await >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(stat(&env, "token_requests.refresh_token").await, 1);
+    let refreshes = env
+        .idp
+        .wait_stat(&["token_requests", "refresh_token"], 1)
+        .await;
+    assert_eq!(refreshes, 1);
     let mut refreshed = env.session_of(&b).await.expect("session");
     for _ in 0..400 {
         if refreshed.tokens.access_token.expose() != first.tokens.access_token.expose() {
@@ -76,13 +73,7 @@ async fn the_whole_lifecycle_authenticates_with(key: String, alg: &'static str) 
     // Logout revokes both tokens, after the answer: wait for the IdP to count them.
     let r = b.xhr(Method::POST, &env.url("/auth/logout")).await;
     assert_eq!(r.status, 200);
-    for _ in 0..400 {
-        if stat(&env, "revocations").await >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(stat(&env, "revocations").await, 2);
+    assert_eq!(env.idp.wait_stat(&["revocations"], 2).await, 2);
     assert_eq!(stat(&env, "grant_errors.invalid_client").await, 0);
     // Push, code, refresh, two revocations: each with an assertion naming the issuer.
     let issuer = serde_json::to_string(&env.idp.issuer).unwrap();

@@ -2,6 +2,7 @@
 //! in-process on port 0 with the memory store, driven by the test browser.
 
 use crate::support::browser::{Browser, Resp};
+use crate::support::query;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cloakroom::secret::Secret;
@@ -9,7 +10,6 @@ use cloakroom_demo::idp::{ClientRegistration, DevIdp, IdpOptions};
 use cloakroom_demo::{self as demo, DemoError, DemoHandle, DemoOptions};
 use reqwest::Method;
 use sha2::Digest;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 async fn start_demo(access_token_ttl: Duration) -> DemoHandle {
@@ -24,14 +24,6 @@ async fn start_demo(access_token_ttl: Duration) -> DemoHandle {
 
 fn url(d: &DemoHandle, path: &str) -> String {
     format!("{}{path}", d.url.trim_end_matches('/'))
-}
-
-fn query(url: &str) -> BTreeMap<String, String> {
-    url::Url::parse(url)
-        .expect("url")
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
 }
 
 /// The hidden `interaction` field of the dev IdP's login page.

@@ -732,20 +732,7 @@ async fn silent_login_with_prompt_none() {
         .await;
     // (The test IdP advertises PAR, so prompt=none travels in the pushed request; the
     // login_required below shows it arrived.)
-    let mut loc = r.location();
-    for _ in 0..5 {
-        if loc.starts_with(&env.base(0)) {
-            break;
-        }
-        let r = b.get(&env.idp.absolute(&loc)).await;
-        assert!(
-            r.status == 302 || r.status == 303,
-            "no interaction expected: {} {}",
-            r.status,
-            r.body
-        );
-        loc = env.idp.absolute(&r.location());
-    }
+    let loc = env.follow_back(&mut b, &r.location()).await;
     let r = b.get(&loc).await;
     assert_eq!((r.status, r.location()), (302, "/silent".to_string()));
     assert_ne!(b.jar["__Host-cloakroom"], first, "a new session");
@@ -756,12 +743,7 @@ async fn silent_login_with_prompt_none() {
     let r = fresh
         .get(&env.url("/auth/login?prompt=none&return_to=/silent"))
         .await;
-    let mut loc = r.location();
-    while !loc.starts_with(&env.base(0)) {
-        loc = env
-            .idp
-            .absolute(&fresh.get(&env.idp.absolute(&loc)).await.location());
-    }
+    let loc = env.follow_back(&mut fresh, &r.location()).await;
     let r = fresh.get(&loc).await;
     assert_eq!(
         (r.status, r.location()),

@@ -1,16 +1,8 @@
 //! SPEC §1: login, callback, user, logout against the real IdP.
 
 use crate::support::browser::Browser;
-use crate::support::{TestEnv, CLIENT_ID, CLIENT_SECRET};
+use crate::support::{query, TestEnv, CLIENT_ID, CLIENT_SECRET};
 use reqwest::Method;
-
-fn query(url: &str) -> std::collections::BTreeMap<String, String> {
-    url::Url::parse(url)
-        .expect("url")
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
 
 #[tokio::test]
 async fn full_flow_attaches_the_idp_token_and_no_token_reaches_the_browser() {

@@ -2,17 +2,9 @@
 
 use crate::support::browser::Browser;
 use crate::support::fault::Fault;
-use crate::support::{bind0, Opts, TestEnv, CLIENT_ID};
+use crate::support::{bind0, query, Opts, TestEnv, CLIENT_ID};
 use cloakroom::config::Par;
 use reqwest::Method;
-
-fn query(url: &str) -> std::collections::BTreeMap<String, String> {
-    url::Url::parse(url)
-        .expect("url")
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
 
 /// Starts an instance with `config` and returns its start-up error.
 async fn start_up_error(config: cloakroom::config::Config) -> String {
@@ -89,21 +81,8 @@ async fn a_login_pushes_its_request_and_the_browser_carries_only_client_id_and_r
         .await;
     assert_eq!(r.status, 302);
     assert!(!r.location().contains("prompt"), "{}", r.location());
-    let mut loc = r.location();
-    for _ in 0..5 {
-        if loc.starts_with(&env.base(0)) {
-            break;
-        }
-        let r = fresh.get(&env.idp.absolute(&loc)).await;
-        assert!(
-            r.status == 302 || r.status == 303,
-            "{} {}",
-            r.status,
-            r.body
-        );
-        loc = env.idp.absolute(&r.location());
-    }
-    let r = fresh.get(&loc).await;
+    let callback = env.follow_back(&mut fresh, &r.location()).await;
+    let r = fresh.get(&callback).await;
     assert_eq!(
         (r.status, r.location()),
         (302, "/silent?error=login_required".to_string())

@@ -152,6 +152,15 @@ pub(crate) struct TestEnv {
     pub opts: Opts,
 }
 
+/// A URL's query parameters (the last of a repeated name wins).
+pub(crate) fn query(url: &str) -> std::collections::BTreeMap<String, String> {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 pub(crate) fn bind0() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
@@ -448,6 +457,26 @@ strip_prefix = true
         let r = browser.get(&callback).await;
         assert_eq!(r.status, 302, "callback: {}", r.body);
         r
+    }
+
+    /// Follows the IdP's redirects from `loc` (an authorization URL) without any interaction
+    /// until one comes back to instance 0, and returns that URL (a silent login's callback).
+    pub(crate) async fn follow_back(&self, browser: &mut Browser, loc: &str) -> String {
+        let mut loc = loc.to_string();
+        for _ in 0..5 {
+            if loc.starts_with(&self.base(0)) {
+                return loc;
+            }
+            let r = browser.get(&self.idp.absolute(&loc)).await;
+            assert!(
+                r.status == 302 || r.status == 303,
+                "no interaction expected: {} {}",
+                r.status,
+                r.body
+            );
+            loc = self.idp.absolute(&r.location());
+        }
+        panic!("the IdP did not send the browser back: {loc}")
     }
 
     pub(crate) async fn login(&self, browser: &mut Browser) -> browser::Resp {
