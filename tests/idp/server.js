@@ -118,6 +118,8 @@ const clients = cfg.clients.map((c) => {
   if (c.token_endpoint_auth_signing_alg) {
     client.token_endpoint_auth_signing_alg = c.token_endpoint_auth_signing_alg;
   }
+  // DPoP (RFC 9449): the client may be made to use DPoP-bound tokens only.
+  if (c.dpop_bound_access_tokens) client.dpop_bound_access_tokens = true;
   if (c.backchannel_logout_uri) {
     client.backchannel_logout_uri = c.backchannel_logout_uri;
     client.backchannel_logout_session_required = true;
@@ -162,6 +164,10 @@ function freshStats() {
     backchannel_logouts_sent: 0,
     // every HTTP request to the token endpoint path, counted before the outage check
     token_endpoint_hits: 0,
+    // token endpoint requests that carried a DPoP proof, by whether it had a nonce
+    dpop_proofs: { with_nonce: 0, without_nonce: 0 },
+    // PAR and front-channel authorization requests that carried dpop_jkt
+    dpop_jkt_requests: 0,
     // `grant.error` events by OAuth error code, e.g. {"invalid_grant": 2}
     grant_errors: {},
     // refresh-token grants refused because the token had already been rotated out
@@ -310,6 +316,15 @@ const configuration = {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     // PAR (RFC 9126) is on unless `par: false`; `require_par` makes it the only way in.
+    // DPoP is on (oidc-provider's default); `dpop_nonce` makes the token endpoint insist on a
+    // server nonce (RFC 9449 §8), so a client must retry with the one it is sent.
+    dPoP: {
+      enabled: true,
+      ...(cfg.dpop_nonce ? {
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: () => true,
+      } : {}),
+    },
     pushedAuthorizationRequests: {
       enabled: cfg.par !== false,
       requirePushedAuthorizationRequests: Boolean(cfg.require_par),
@@ -647,7 +662,19 @@ const tokenPath = provider.pathFor('token');
 
 server.on('request', async (req, res) => {
   const url = new URL(req.url, issuer);
-  if (url.pathname === tokenPath) stats.token_endpoint_hits += 1;
+  if (url.pathname === tokenPath) {
+    stats.token_endpoint_hits += 1;
+    const proof = req.headers.dpop;
+    if (typeof proof === 'string') {
+      let payload = {};
+      try {
+        payload = JSON.parse(Buffer.from(proof.split('.')[1] ?? '', 'base64url').toString('utf8'));
+      } catch { /* counted as without */ }
+      if (payload.nonce) stats.dpop_proofs.with_nonce += 1;
+      else stats.dpop_proofs.without_nonce += 1;
+    }
+  }
+  if (url.searchParams.has('dpop_jkt')) stats.dpop_jkt_requests += 1;
   if (url.pathname === '/test/outage' && req.method === 'POST') {
     outage = url.searchParams.get('mode') ?? 'none';
     const paths = (url.searchParams.get('paths') ?? '').split(',').map((p) => p.trim()).filter(Boolean);

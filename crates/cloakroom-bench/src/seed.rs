@@ -78,6 +78,7 @@ pub(crate) async fn seed(
                         access_lifetime: None,
                         refresh_token: None,
                         id_token: Secret::new(fake_jwt(700, i)),
+                        dpop: None,
                         bearer_header: Default::default(),
                     },
                     created_at: now,

@@ -356,6 +356,7 @@ fn router(
             loader,
             refresher: refresher.clone(),
             upstream: Arc::new(forwarder),
+            clock: clock.clone(),
         },
     }
 }

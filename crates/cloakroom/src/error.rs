@@ -36,6 +36,9 @@ pub enum Error {
     /// Wrong method on a known endpoint.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A `token = "dpop"` route, and the session's token is not DPoP-bound.
+    #[error("the route needs a DPoP-bound token")]
+    DpopRequired,
     /// Too many logins from this client IP.
     #[error("rate limited")]
     RateLimited {
@@ -89,6 +92,7 @@ impl Error {
             Error::InvalidState(_) => (StatusCode::BAD_REQUEST, "invalid_state"),
             Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Error::DpopRequired => (StatusCode::FORBIDDEN, "dpop_required"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
@@ -205,6 +209,7 @@ mod tests {
             (Error::InvalidState("x"), 400, "invalid_state"),
             (Error::InvalidRequest("x".into()), 400, "invalid_request"),
             (Error::NotFound, 404, "not_found"),
+            (Error::DpopRequired, 403, "dpop_required"),
             (Error::MethodNotAllowed, 405, "method_not_allowed"),
             (Error::InvalidIdToken("x".into()), 401, "invalid_id_token"),
             (

@@ -154,10 +154,11 @@ async fn check(config: Config) -> ExitCode {
     };
     match discovered {
         Ok(o) => println!(
-            "idp: ok (issuer {}; client authentication {}; PAR {})",
+            "idp: ok (issuer {}; client authentication {}; PAR {}; DPoP {})",
             o.issuer(),
             o.client_auth_summary(),
-            if o.uses_par() { "on" } else { "off" }
+            if o.uses_par() { "on" } else { "off" },
+            if o.uses_dpop() { "on (ES256)" } else { "off" }
         ),
         Err(e) => {
             ok = false;

@@ -84,6 +84,12 @@ pub fn upstream_header_dropped(route: &'static str, header: &'static str) {
         .increment(1);
 }
 
+/// A DPoP request was sent again with the nonce `target` (`idp` or `upstream`) asked for
+/// (RFC 9449 §8, §9).
+pub fn dpop_nonce_retry(target: &'static str) {
+    metrics::counter!("cloakroom_dpop_nonce_retries_total", "target" => target).increment(1);
+}
+
 /// A login was started.
 pub fn login_started() {
     metrics::counter!("cloakroom_logins_started_total").increment(1);

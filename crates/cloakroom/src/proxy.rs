@@ -7,9 +7,18 @@
 //! 3. [`ForwardedPolicy`]: drop every forwarding header ([`REMOVED_FORWARDING`]) whatever the
 //!    peer; `X-Forwarded-Host/-Proto` from `server.public_url`; `X-Forwarded-For` appended to
 //!    for a trusted proxy, replaced for anyone else;
-//! 4. add `Authorization: Bearer <access token>` when the route and the session give one.
+//! 4. add `Authorization: Bearer <access token>` when the route and the session give one, or,
+//!    for a DPoP-bound token (RFC 9449 §7), `Authorization: DPoP <access token>` and a `DPoP`
+//!    proof for this request's method and upstream URI, signed with the session's key.
 //!
 //! Because step 4 comes after step 1, `Connection: authorization` cannot strip our bearer.
+//!
+//! An upstream that refuses a DPoP request for want of a nonce (`401`, `WWW-Authenticate:
+//! DPoP error="use_dpop_nonce"`, `DPoP-Nonce`, §9) gets the request once more with a new proof
+//! carrying the nonce, when the request can be sent again: no body, or one of at most
+//! [`DPOP_REPLAY_BODY`] bytes (buffered before the first attempt for that reason). A bigger
+//! body streams, and the `401` goes back to the browser. Each upstream's last nonce is put in
+//! the next proof to it, so the retry is needed about once per nonce the upstream issues.
 //!
 //! Response policy ([`filter_response`]), on every route and on `101`: `Set-Cookie` naming our
 //! cookies and `Clear-Site-Data` are dropped; token routes get `Cache-Control: private` when
@@ -17,7 +26,7 @@
 //! session in [`crate::tunnels::Tunnels`].
 
 use crate::body::{empty, Body};
-use crate::config::{CookieConfig, Route, ServerConfig, UpstreamConfig};
+use crate::config::{CookieConfig, Route, ServerConfig, TokenScheme, UpstreamConfig};
 use crate::error::Error;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -44,7 +53,9 @@ const HOP_BY_HOP: [&str; 8] = [
 /// The shared upstream client: built once, pooled, `TCP_NODELAY`.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: Client<CountingConnector, Incoming>,
+    client: Client<CountingConnector, Body>,
+    /// The upstreams' last `DPoP-Nonce`s, by origin.
+    nonces: crate::oidc::dpop::Nonces,
     forwarded: ForwardedPolicy,
     ours: OurCookies,
     csrf_header: HeaderName,
@@ -201,6 +212,7 @@ impl Forwarder {
             ours: OurCookies::new(cookie),
             csrf_header,
             tunnels,
+            nonces: crate::oidc::dpop::Nonces::default(),
         }
     }
 }
@@ -526,6 +538,8 @@ pub struct ForwardCtx<'a> {
     pub peer: SocketAddr,
     /// The session's access token, when the route and the session give one.
     pub bearer: Option<&'a crate::session::Tokens>,
+    /// Now (unix seconds, the clock seam's): the `iat` of DPoP proofs.
+    pub now: i64,
     /// The request id, passed upstream as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
     /// The session's handle, when there is a session: tunnels and event streams opened by
@@ -568,19 +582,26 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    if let Some(tokens) = ctx.bearer {
-        let v = tokens
-            .bearer_header
-            .get(&tokens.access_token)
-            .ok_or_else(|| Error::Internal("access token is not a header value".into()))?;
-        headers.insert(header::AUTHORIZATION, v);
-    }
-
+    let dpop_key = match (ctx.bearer, route.scheme) {
+        (Some(t), TokenScheme::AsIssued | TokenScheme::Dpop) if t.dpop.is_some() => t.dpop.as_ref(),
+        (Some(_), TokenScheme::Dpop) => return Err(Error::DpopRequired),
+        _ => None,
+    };
     let started = Instant::now();
-    let mut resp = match tokio::time::timeout(route.timeout, forwarder.client.request(req)).await {
-        Err(_) => return Err(Error::UpstreamTimeout),
-        Ok(Err(e)) => return Err(Error::UpstreamUnavailable(Box::new(e))),
-        Ok(Ok(r)) => r,
+    let mut resp = match (ctx.bearer, dpop_key) {
+        (Some(tokens), Some(key)) => {
+            forward_dpop(forwarder, route, req, tokens, key, ctx.now).await?
+        }
+        (bearer, _) => {
+            if let Some(tokens) = bearer {
+                let v = tokens
+                    .bearer_header
+                    .get(&tokens.access_token)
+                    .ok_or_else(|| Error::Internal("access token is not a header value".into()))?;
+                req.headers_mut().insert(header::AUTHORIZATION, v);
+            }
+            send(forwarder, route, req.map(BodyExt::boxed)).await?
+        }
     };
     crate::metrics::upstream(route_label, started.elapsed());
     let token_route = route.token != crate::config::TokenPolicy::None;
@@ -627,6 +648,106 @@ async fn forward(
         body.boxed()
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// One request to the upstream, within the route's timeout.
+async fn send(
+    forwarder: &Forwarder,
+    route: &Route,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, Error> {
+    match tokio::time::timeout(route.timeout, forwarder.client.request(req)).await {
+        Err(_) => Err(Error::UpstreamTimeout),
+        Ok(Err(e)) => Err(Error::UpstreamUnavailable(Box::new(e))),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// The largest request body kept so that a DPoP request refused for want of a nonce can be
+/// sent again (see the module docs).
+pub const DPOP_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Sends `req` with `Authorization: DPoP` and a proof made with `key`, and, when the upstream
+/// asks for a nonce and the request can be replayed, once more with it.
+async fn forward_dpop(
+    forwarder: &Forwarder,
+    route: &Route,
+    req: Request<Incoming>,
+    tokens: &crate::session::Tokens,
+    key: &crate::oidc::DpopKey,
+    now: i64,
+) -> Result<Response<Incoming>, Error> {
+    let mut auth = HeaderValue::from_str(&format!("DPoP {}", tokens.access_token.expose()))
+        .map_err(|_| Error::Internal("access token is not a header value".into()))?;
+    auth.set_sensitive(true);
+    let (mut parts, body) = req.into_parts();
+    parts.headers.insert(header::AUTHORIZATION, auth);
+    let origin = crate::oidc::dpop::origin_of(&parts.uri);
+    let uri = parts.uri.to_string();
+    let method = parts.method.clone();
+    let proof = |nonce: Option<String>| -> Result<HeaderValue, Error> {
+        let p = key
+            .proof(
+                method.as_str(),
+                &uri,
+                Some(tokens.access_token.expose()),
+                nonce.as_deref(),
+                now,
+            )
+            .map_err(Error::Internal)?;
+        let mut v = HeaderValue::from_str(p.expose())
+            .map_err(|_| Error::Internal("DPoP proof is not a header value".into()))?;
+        v.set_sensitive(true);
+        Ok(v)
+    };
+    // A body that can be sent twice: none, or a small one read now (its size as HTTP/1's
+    // framing or HTTP/2's END_STREAM and content-length tell it).
+    use hyper::body::Body as _;
+    let upper = body.size_hint().upper();
+    let ended = body.is_end_stream();
+    let (replayable, first_body): (Option<bytes::Bytes>, Body) = match upper {
+        _ if ended => (Some(bytes::Bytes::new()), empty()),
+        Some(n) if n <= DPOP_REPLAY_BODY => {
+            let limited = http_body_util::Limited::new(body, DPOP_REPLAY_BODY as usize);
+            match limited.collect().await {
+                Ok(b) => {
+                    let b = b.to_bytes();
+                    (Some(b.clone()), crate::body::full(b))
+                }
+                Err(_) => return Err(Error::InvalidRequest("request body not read".into())),
+            }
+        }
+        _ => (None, body.boxed()),
+    };
+    parts
+        .headers
+        .insert("dpop", proof(forwarder.nonces.get(&origin))?);
+    let again = replayable.as_ref().map(|b| {
+        let mut r = Request::new(crate::body::full(b.clone()));
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        r
+    });
+    let resp = send(forwarder, route, Request::from_parts(parts, first_body)).await?;
+    if let Some(n) = resp.headers().get("dpop-nonce") {
+        forwarder.nonces.set(&origin, n.as_bytes());
+    }
+    match again {
+        Some(mut again) if crate::oidc::dpop::asks_for_nonce(resp.status(), resp.headers()) => {
+            crate::metrics::dpop_nonce_retry("upstream");
+            again
+                .headers_mut()
+                .insert("dpop", proof(forwarder.nonces.get(&origin))?);
+            let resp = send(forwarder, route, again).await?;
+            if let Some(n) = resp.headers().get("dpop-nonce") {
+                forwarder.nonces.set(&origin, n.as_bytes());
+            }
+            Ok(resp)
+        }
+        _ => Ok(resp),
+    }
 }
 
 #[cfg(test)]

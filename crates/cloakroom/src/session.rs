@@ -42,6 +42,10 @@ pub struct Tokens {
     pub refresh_token: Option<Secret>,
     /// The raw ID token, kept for `id_token_hint` at logout.
     pub id_token: Secret,
+    /// The session's DPoP key (RFC 9449) when the access token is bound to it: the token goes
+    /// upstream as `Authorization: DPoP` with a proof, and every token request carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<crate::oidc::DpopKey>,
     /// `Authorization: Bearer <access_token>`, built on first use (never stored).
     #[serde(skip)]
     pub bearer_header: BearerHeader,
@@ -107,6 +111,7 @@ impl fmt::Debug for Tokens {
             .field("access_token", &true)
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_token", &self.refresh_token.is_some())
+            .field("dpop", &self.dpop.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +182,10 @@ pub struct PendingLogin {
     /// the callback ends it once the new session exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// The DPoP key made for this login (`oidc.dpop`), whose thumbprint was sent as
+    /// `dpop_jkt`: the code exchange proves it, and the session keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<crate::oidc::DpopKey>,
 }
 
 impl fmt::Debug for PendingLogin {

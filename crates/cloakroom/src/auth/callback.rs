@@ -123,7 +123,12 @@ impl Callback {
 
         let result = match state
             .oidc
-            .exchange_code(&code, &pending.pkce_verifier, &pending.nonce)
+            .exchange_code(
+                &code,
+                &pending.pkce_verifier,
+                &pending.nonce,
+                pending.dpop.as_ref(),
+            )
             .await
         {
             Ok(r) => r,

@@ -60,6 +60,7 @@ impl Login {
             return_to,
             created_at: now,
             previous,
+            dpop: auth.dpop,
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

@@ -35,7 +35,7 @@ pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
 pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par};
-pub use routes::{Route, TokenPolicy, UpstreamConfig};
+pub use routes::{Route, TokenPolicy, TokenScheme, UpstreamConfig};
 pub use server::{AdminConfig, ServerConfig};
 pub use session::SessionConfig;
 pub use store::{StoreConfig, StoreKind, Topology};
@@ -274,7 +274,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         &mut warnings,
     );
     let upstream = UpstreamConfig::build(raw_upstream);
-    let routes = routes::build(raw_routes, &server.auth_prefix, &upstream, errs);
+    let routes = routes::build(raw_routes, &server.auth_prefix, oidc.dpop, &upstream, errs);
     let log = LogConfig::build(raw_log, errs);
     let keys = key_ring(env, errs);
     Some(Config {
@@ -514,6 +514,38 @@ mod tests {
         ] {
             assert!(all.contains(key), "missing {key} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn dpop_routes_need_oidc_dpop_and_route_schemes_are_read() {
+        let routes = r#"
+            [[routes]]
+            prefix = "/d/"
+            upstream = "http://127.0.0.1:9"
+            token = "dpop"
+            [[routes]]
+            prefix = "/b/"
+            upstream = "http://127.0.0.1:9"
+            token = "bearer"
+        "#;
+        let all = Config::from_toml(&format!("{GOOD}{routes}"), &env())
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            all.contains("routes[2].token") && all.contains("oidc.dpop"),
+            "{all}"
+        );
+        let mut e = env();
+        e.insert("CLOAKROOM_OIDC_DPOP".into(), "true".into());
+        let c = Config::from_toml(&format!("{GOOD}{routes}"), &e).expect("valid");
+        assert!(c.oidc.dpop);
+        let scheme = |p: &str| {
+            let r = c.routes.iter().find(|r| r.prefix == p).expect("route");
+            (r.token, r.scheme)
+        };
+        assert_eq!(scheme("/d/"), (TokenPolicy::Required, TokenScheme::Dpop));
+        assert_eq!(scheme("/b/"), (TokenPolicy::Required, TokenScheme::Bearer));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub(super) struct RawOidc {
     client_key_id: Option<String>,
     client_assertion_audience: Option<String>,
     par: Option<String>,
+    dpop: Option<bool>,
     post_logout_redirect_uri: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
@@ -71,6 +72,8 @@ pub struct OidcConfig {
     pub client_auth: ClientAuth,
     /// Pushed authorization requests.
     pub par: Par,
+    /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs at the token endpoint.
+    pub dpop: bool,
     /// The `private_key_jwt` keys, from `CLOAKROOM_OIDC_CLIENT_KEY`: the first signs.
     pub client_keys: Vec<crate::oidc::ClientKey>,
     /// The `kid` of assertions (default: the signing key's RFC 7638 thumbprint).
@@ -90,7 +93,7 @@ pub struct OidcConfig {
 }
 
 /// Authorization request parameters Cloakroom sets itself.
-const RESERVED: [&str; 11] = [
+const RESERVED: [&str; 12] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -102,6 +105,7 @@ const RESERVED: [&str; 11] = [
     "prompt",
     "request",
     "request_uri",
+    "dpop_jkt",
 ];
 
 impl OidcConfig {
@@ -199,6 +203,7 @@ impl OidcConfig {
             client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
             client_auth,
             par,
+            dpop: raw.dpop.unwrap_or(false),
             client_keys,
             client_key_id: raw.client_key_id,
             client_assertion_audience,

@@ -51,6 +51,17 @@ pub enum TokenPolicy {
     None,
 }
 
+/// How a route's token is sent (`token = "dpop"` or `"bearer"`; otherwise as issued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    /// As the IdP issued it: `DPoP` with a proof for a DPoP-bound token, else `Bearer`.
+    AsIssued,
+    /// `DPoP` with a proof; a session whose token is not DPoP-bound gets 403 `dpop_required`.
+    Dpop,
+    /// `Bearer`, even for a DPoP-bound token (for an upstream that does not know DPoP).
+    Bearer,
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -60,6 +71,8 @@ pub struct Route {
     pub upstream: Url,
     /// Token policy.
     pub token: TokenPolicy,
+    /// How the token is sent.
+    pub scheme: TokenScheme,
     /// Remove `prefix` from the path before forwarding.
     pub strip_prefix: bool,
     /// Upstream response timeout for this route.
@@ -77,10 +90,11 @@ impl UpstreamConfig {
 }
 
 /// Validates `[[routes]]`: sorted longest prefix first. `auth_prefix` is reserved for the
-/// browser-facing endpoints; `upstream` gives the default timeout.
+/// browser-facing endpoints; `upstream` gives the default timeout; `dpop` is `oidc.dpop`.
 pub(super) fn build(
     raw: Vec<RawRoute>,
     auth_prefix: &str,
+    dpop: bool,
     upstream: &UpstreamConfig,
     errs: &mut Problems,
 ) -> Vec<Route> {
@@ -96,15 +110,24 @@ pub(super) fn build(
                 r.prefix
             ));
         }
-        let token = match r.token.as_deref().unwrap_or("required") {
-            "required" => TokenPolicy::Required,
-            "optional" => TokenPolicy::Optional,
-            "none" => TokenPolicy::None,
+        let (token, scheme) = match r.token.as_deref().unwrap_or("required") {
+            "required" => (TokenPolicy::Required, TokenScheme::AsIssued),
+            "optional" => (TokenPolicy::Optional, TokenScheme::AsIssued),
+            "dpop" => {
+                if !dpop {
+                    errs.push(format!(
+                        "{key}.token: `dpop` needs oidc.dpop = true (DPoP-bound tokens)"
+                    ));
+                }
+                (TokenPolicy::Required, TokenScheme::Dpop)
+            }
+            "bearer" => (TokenPolicy::Required, TokenScheme::Bearer),
+            "none" => (TokenPolicy::None, TokenScheme::AsIssued),
             o => {
                 errs.push(format!(
-                    "{key}.token: `{o}` must be required, optional or none"
+                    "{key}.token: `{o}` must be required, optional, dpop, bearer or none"
                 ));
-                TokenPolicy::Required
+                (TokenPolicy::Required, TokenScheme::AsIssued)
             }
         };
         let upstream_url = match Url::parse(&r.upstream) {
@@ -131,6 +154,7 @@ pub(super) fn build(
             prefix: r.prefix,
             upstream: upstream_url,
             token,
+            scheme,
             strip_prefix: r.strip_prefix,
             timeout: r.timeout.unwrap_or(upstream.timeout),
         });

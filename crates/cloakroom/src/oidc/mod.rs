@@ -16,6 +16,7 @@
 //! refresh (to `openidconnect` an access token is an opaque string).
 
 mod client_auth;
+pub mod dpop;
 mod errors;
 mod id_token;
 mod jwks;
@@ -24,6 +25,7 @@ mod revocation;
 
 use crate::error::error_chain;
 pub use client_auth::{ClientKey, Credentials, KeyKind, ASSERTION_TYPE};
+pub use dpop::DpopKey;
 pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
@@ -70,6 +72,8 @@ pub struct ExtraMetadata {
     /// RFC 9126 §5: the IdP takes authorization requests only through PAR.
     #[serde(default)]
     pub require_pushed_authorization_requests: bool,
+    /// RFC 9449 §5.1: the algorithms the IdP accepts in DPoP proofs.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -127,6 +131,8 @@ pub struct AuthRequest {
     pub nonce: Secret,
     /// PKCE verifier.
     pub pkce_verifier: Secret,
+    /// The login's DPoP key (`oidc.dpop`), its thumbprint sent as `dpop_jkt`.
+    pub dpop: Option<DpopKey>,
 }
 
 /// The outcome of a successful code exchange.
@@ -158,6 +164,10 @@ pub struct OidcClient {
     post_logout_redirect_uri: Url,
     clock_skew: Duration,
     promises_iss: bool,
+    /// `oidc.dpop`: a DPoP key per login, proofs at the token endpoint.
+    dpop: bool,
+    /// The IdP's last `DPoP-Nonce`s.
+    nonces: dpop::Nonces,
     credentials: Credentials,
     timeout: Duration,
     clock: Clock,
@@ -309,6 +319,9 @@ impl OidcClient {
         let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
             .ok_or_else(|| fail("the JWKS could not be read".into()))?;
         let signer = signer(config, &metadata).map_err(fail)?;
+        if config.dpop {
+            dpop_supported(&extra.additional_metadata).map_err(fail)?;
+        }
         let credentials = Credentials::new(config.client_auth, &config.client_secret, signer);
         let redirect = RedirectUrl::from_url(redirect);
         // With private_key_jwt openidconnect knows no secret and puts client_id in the body;
@@ -345,6 +358,8 @@ impl OidcClient {
             promises_iss: extra
                 .additional_metadata
                 .authorization_response_iss_parameter_supported,
+            dpop: config.dpop,
+            nonces: dpop::Nonces::default(),
             credentials,
             timeout: config.timeout,
             clock: Clock::system(),
@@ -376,24 +391,14 @@ impl OidcClient {
         self.revocation.as_ref()
     }
 
-    /// The IdP client as `openidconnect` calls it: responses bounded by [`MAX_IDP_RESPONSE`].
-    fn bounded(
-        &self,
-    ) -> impl Fn(
-        openidconnect::HttpRequest,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, IdpHttpError>>
-                + Send,
-        >,
-    > {
-        self.bounded_with(None)
-    }
-
-    /// As [`Self::bounded`], each call given `timeout` (when set) instead of `oidc.timeout`.
-    fn bounded_with(
+    /// The IdP client as `openidconnect` calls it: responses bounded by [`MAX_IDP_RESPONSE`],
+    /// each call given `timeout` (when set) instead of `oidc.timeout`, and with a DPoP proof
+    /// made with `key` (when given) on every call, carrying the IdP's last nonce; the nonce
+    /// each answer brings is kept for the next.
+    fn bounded_dpop(
         &self,
         timeout: Option<Duration>,
+        key: Option<&DpopKey>,
     ) -> impl Fn(
         openidconnect::HttpRequest,
     ) -> std::pin::Pin<
@@ -403,7 +408,35 @@ impl OidcClient {
         >,
     > {
         let http = self.http.clone();
-        move |r| Box::pin(idp_call_within(http.clone(), r, timeout))
+        let (key, nonces, clock) = (key.cloned(), self.nonces.clone(), self.clock.clone());
+        move |mut r| {
+            let (http, key, nonces) = (http.clone(), key.clone(), nonces.clone());
+            let now = clock.unix();
+            Box::pin(async move {
+                let Some(key) = key else {
+                    return idp_call_within(http, r, timeout).await;
+                };
+                let origin = dpop::origin_of(r.uri());
+                let proof = key
+                    .proof(
+                        r.method().as_str(),
+                        &r.uri().to_string(),
+                        None,
+                        nonces.get(&origin).as_deref(),
+                        now,
+                    )
+                    .map_err(|_| IdpHttpError::Malformed)?;
+                let mut v = http::HeaderValue::from_str(proof.expose())
+                    .map_err(|_| IdpHttpError::Malformed)?;
+                v.set_sensitive(true);
+                r.headers_mut().insert("dpop", v);
+                let resp = idp_call_within(http, r, timeout).await?;
+                if let Some(n) = resp.headers().get("dpop-nonce") {
+                    nonces.set(&origin, n.as_bytes());
+                }
+                Ok(resp)
+            })
+        }
     }
 
     /// The shared IdP HTTP client.
@@ -431,6 +464,12 @@ impl OidcClient {
                 move || Nonce::new(no),
             )
             .set_pkce_challenge(challenge);
+        // RFC 9449 §10: the code is bound to the login's DPoP key.
+        let dpop = self.dpop.then(DpopKey::generate);
+        if let Some(key) = &dpop {
+            let jkt = key.thumbprint().map_err(Error::Internal)?;
+            req = req.add_extra_param("dpop_jkt", jkt.to_string());
+        }
         for s in &self.scopes {
             if s != "openid" {
                 req = req.add_scope(Scope::new(s.clone()));
@@ -455,6 +494,7 @@ impl OidcClient {
             state: Secret::new(state),
             nonce: Secret::new(nonce),
             pkce_verifier: Secret::new(verifier.into_secret()),
+            dpop,
         })
     }
 
@@ -528,6 +568,12 @@ impl OidcClient {
         }
     }
 
+    /// Whether tokens are DPoP-bound (`oidc.dpop`).
+    #[must_use]
+    pub fn uses_dpop(&self) -> bool {
+        self.dpop
+    }
+
     /// Whether authorization requests are pushed (PAR).
     #[must_use]
     pub fn uses_par(&self) -> bool {
@@ -544,16 +590,29 @@ impl OidcClient {
         code: &str,
         pkce_verifier: &Secret,
         nonce: &Secret,
+        dpop: Option<&DpopKey>,
     ) -> Result<LoginResult, Error> {
-        let mut request = self
-            .client
-            .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| Error::TokenExchange(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()));
-        for (k, v) in self.assertion_params().map_err(Error::TokenExchange)? {
-            request = request.add_extra_param(k, v);
-        }
-        let resp: IdpTokenResponse = request.request_async(&self.bounded()).await.map_err(|e| {
+        let http = self.bounded_dpop(None, dpop);
+        let mut asked_nonce = false;
+        let outcome = loop {
+            let mut request = self
+                .client
+                .exchange_code(AuthorizationCode::new(code.to_string()))
+                .map_err(|e| Error::TokenExchange(e.to_string()))?
+                .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()));
+            for (k, v) in self.assertion_params().map_err(Error::TokenExchange)? {
+                request = request.add_extra_param(k, v);
+            }
+            match request.request_async(&http).await {
+                // RFC 9449 §8: once more, with the nonce the IdP just sent (kept by `http`).
+                Err(e) if dpop.is_some() && !asked_nonce && wants_dpop_nonce(&e) => {
+                    crate::metrics::dpop_nonce_retry("idp");
+                    asked_nonce = true;
+                }
+                other => break other,
+            }
+        };
+        let resp: IdpTokenResponse = outcome.map_err(|e| {
             // A token response whose only fault is an ID token that does not even parse as
             // one (e.g. no `sub`) is an invalid ID token, not a failed exchange.
             if let RequestTokenError::Parse(_, body) = &e {
@@ -579,7 +638,7 @@ impl OidcClient {
             sub,
             sid,
             claims,
-            tokens: self.tokens_from(&resp, id_token.to_string(), None),
+            tokens: self.tokens_from(&resp, id_token.to_string(), None, dpop),
         })
     }
 
@@ -598,23 +657,35 @@ impl OidcClient {
             return Err(RefreshError::Fatal("no refresh token".into()));
         };
         let rt_oauth = openidconnect::RefreshToken::new(rt.expose().to_string());
-        let mut request = self
-            .client
-            .exchange_refresh_token(&rt_oauth)
-            .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        for (k, v) in self.assertion_params().map_err(RefreshError::Transient)? {
-            request = request.add_extra_param(k, v);
-        }
         let within = refresh_timeout(self.timeout);
-        let http = self.bounded_with(Some(within));
-        let call = request.request_async(&http);
-        let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
-            .await
-            .map_err(|_| {
-                RefreshError::Transient(
-                    "IdP call timed out (if the IdP still answers and rotates the refresh token, the next refresh is refused)".into(),
-                )
-            })?;
+        let http = self.bounded_dpop(Some(within), current.dpop.as_ref());
+        let mut asked_nonce = false;
+        let outcome = loop {
+            let mut request = self
+                .client
+                .exchange_refresh_token(&rt_oauth)
+                .map_err(|e| RefreshError::Transient(e.to_string()))?;
+            for (k, v) in self.assertion_params().map_err(RefreshError::Transient)? {
+                request = request.add_extra_param(k, v);
+            }
+            let call = request.request_async(&http);
+            let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
+                .await
+                .map_err(|_| {
+                    RefreshError::Transient(
+                        "IdP call timed out (if the IdP still answers and rotates the refresh token, the next refresh is refused)".into(),
+                    )
+                })?;
+            match outcome {
+                // RFC 9449 §8: refused before the refresh token was looked at, so once more
+                // with the nonce the IdP just sent.
+                Err(e) if current.dpop.is_some() && !asked_nonce && wants_dpop_nonce(&e) => {
+                    crate::metrics::dpop_nonce_retry("idp");
+                    asked_nonce = true;
+                }
+                other => break other,
+            }
+        };
         match outcome {
             Ok(r) => Ok(RefreshResponse(r)),
             Err(e) => {
@@ -662,6 +733,7 @@ impl OidcClient {
             resp,
             id_token.expose().to_string(),
             current.refresh_token.clone(),
+            current.dpop.as_ref(),
         ))
     }
 
@@ -673,19 +745,24 @@ impl OidcClient {
             &resp.0,
             current.id_token.expose().to_string(),
             current.refresh_token.clone(),
+            current.dpop.as_ref(),
         )
     }
 }
 
 impl OidcClient {
     /// Tokens from a token response, with the access token's lifetime recorded: `expires_in`,
-    /// else the JWT's `exp − iat` (read, not verified: it only times the refresh).
+    /// else the JWT's `exp − iat` (read, not verified: it only times the refresh). The DPoP
+    /// key the request was proved with is kept when the IdP bound the token to it
+    /// (`token_type` `DPoP`, RFC 9449 §5); a `Bearer` answer means it did not.
     fn tokens_from(
         &self,
         resp: &IdpTokenResponse,
         id_token: String,
         old_refresh: Option<Secret>,
+        dpop: Option<&DpopKey>,
     ) -> Tokens {
+        let bound = matches!(resp.token_type(), CoreTokenType::Extension(t) if t.eq_ignore_ascii_case("dpop"));
         let access = resp.access_token().secret();
         let lifetime = resp
             .expires_in()
@@ -700,6 +777,7 @@ impl OidcClient {
                 .map(|r| Secret::new(r.secret().clone()))
                 .or(old_refresh),
             id_token: Secret::new(id_token),
+            dpop: dpop.filter(|_| bound).cloned(),
             bearer_header: crate::session::BearerHeader::default(),
         }
     }
@@ -765,6 +843,31 @@ fn par_endpoint(par: Par, meta: &ExtraMetadata) -> Result<Option<Url>, String> {
     }
 }
 
+/// With `oidc.dpop`: the IdP must take ES256 proofs (RFC 9449 §5.1).
+///
+/// # Errors
+/// Why not, naming `oidc.dpop`.
+fn dpop_supported(meta: &ExtraMetadata) -> Result<(), String> {
+    match &meta.dpop_signing_alg_values_supported {
+        Some(algs) if algs.iter().any(|a| a == "ES256") => Ok(()),
+        Some(algs) => Err(format!(
+            "oidc.dpop is true, but the IdP's dpop_signing_alg_values_supported ({}) lacks ES256, the algorithm of Cloakroom's DPoP keys",
+            algs.join(", ")
+        )),
+        None => Err(
+            "oidc.dpop is true, but discovery advertises no dpop_signing_alg_values_supported (the IdP does not say it supports DPoP)".into(),
+        ),
+    }
+}
+
+/// Whether a token endpoint refusal asks for a DPoP nonce (RFC 9449 §8: `use_dpop_nonce`).
+fn wants_dpop_nonce<RE: std::error::Error + 'static>(
+    e: &RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
+) -> bool {
+    matches!(e, RequestTokenError::ServerResponse(r)
+        if matches!(r.error(), CoreErrorResponseType::Extension(x) if x == "use_dpop_nonce"))
+}
+
 /// `exp − iat` of a JWT access token, if it is one and says both.
 fn jwt_lifetime(token: &str) -> Option<i64> {
     #[derive(Deserialize)]
@@ -781,4 +884,32 @@ fn jwt_lifetime(token: &str) -> Option<i64> {
 #[must_use]
 pub fn refresh_timeout(oidc_timeout: Duration) -> Duration {
     oidc_timeout * 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(algs: Option<&[&str]>) -> ExtraMetadata {
+        ExtraMetadata {
+            revocation_endpoint: None,
+            authorization_response_iss_parameter_supported: false,
+            pushed_authorization_request_endpoint: None,
+            require_pushed_authorization_requests: false,
+            dpop_signing_alg_values_supported: algs
+                .map(|a| a.iter().map(|s| (*s).to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn dpop_needs_an_idp_that_takes_es256_proofs() {
+        assert!(dpop_supported(&meta(Some(&["ES256", "EdDSA"]))).is_ok());
+        let none = dpop_supported(&meta(None)).expect_err("not advertised");
+        assert!(none.contains("oidc.dpop") && none.contains("dpop_signing_alg_values_supported"));
+        let other = dpop_supported(&meta(Some(&["EdDSA"]))).expect_err("no ES256");
+        assert!(
+            other.contains("EdDSA") && other.contains("ES256"),
+            "{other}"
+        );
+    }
 }

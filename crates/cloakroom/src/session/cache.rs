@@ -256,6 +256,7 @@ mod tests {
                 access_lifetime: None,
                 refresh_token: None,
                 id_token: Secret::new("i"),
+                dpop: None,
                 bearer_header: Default::default(),
             },
             created_at: 0,

@@ -27,6 +27,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
             access_lifetime: Some(300),
             refresh_token: Some(Secret::new("rt-conformance")),
             id_token: Secret::new("id-conformance"),
+            dpop: None,
             bearer_header: Default::default(),
         },
         created_at: now - last_seen_ago,

@@ -6,6 +6,7 @@ mod support;
 mod browser;
 mod client_auth;
 mod demo;
+mod dpop;
 mod hardening;
 mod hostile;
 mod lifecycle;

@@ -81,6 +81,12 @@ pub(crate) struct Opts {
     pub idp_client_auth_alg: Option<&'static str>,
     /// `oidc.client_assertion_audience`.
     pub client_assertion_audience: &'static str,
+    /// `oidc.dpop`.
+    pub dpop: bool,
+    /// The IdP insists on DPoP nonces at its token endpoint (RFC 9449 §8).
+    pub idp_dpop_nonce: bool,
+    /// The IdP issues the client DPoP-bound tokens only (`dpop_bound_access_tokens`).
+    pub idp_dpop_bound: bool,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -120,6 +126,9 @@ impl Default for Opts {
             idp_client_jwks: None,
             idp_client_auth_alg: None,
             client_assertion_audience: "issuer",
+            dpop: false,
+            idp_dpop_nonce: false,
+            idp_dpop_bound: false,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -254,6 +263,7 @@ impl TestEnv {
                 "access_token_ttl": opts.access_token_ttl,
                 "require_par": opts.idp_require_par,
                 "par": !opts.idp_without_par,
+                "dpop_nonce": opts.idp_dpop_nonce,
                 "clients": [{
                     "client_id": CLIENT_ID,
                     "client_secret": CLIENT_SECRET,
@@ -263,6 +273,7 @@ impl TestEnv {
                     "token_endpoint_auth_method": opts.client_auth,
                     "jwks": jwks,
                     "token_endpoint_auth_signing_alg": opts.idp_client_auth_alg,
+                    "dpop_bound_access_tokens": opts.idp_dpop_bound,
                 }]
             }));
             match started {
@@ -307,8 +318,10 @@ impl TestEnv {
     }
 
     /// The TOML config of an instance listening on `port`.
+    /// `@UPSTREAM@` in `extra` is the echo upstream's address.
     pub(crate) fn toml(&self, port: u16, extra: &str) -> String {
         let up = self.upstream.addr;
+        let extra = extra.replace("@UPSTREAM@", &up.to_string());
         let closed = upstream_closed_port();
         format!(
             r#"
@@ -325,6 +338,7 @@ client_id = "{CLIENT_ID}"
 client_auth_method = "{auth}"
 par = "{par}"
 client_assertion_audience = "{aud}"
+dpop = {dpop}
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -368,6 +382,7 @@ strip_prefix = true
             auth = self.opts.client_auth,
             par = self.opts.par,
             aud = self.opts.client_assertion_audience,
+            dpop = self.opts.dpop,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,

@@ -2,7 +2,10 @@
 //! paths: `/slow/*` (waits 3 s), `/download/<bytes>` (streams a deterministic body),
 //! `/upload` (hashes the streamed body), `/setcookie/*` (answers with [`SET_COOKIES`] and
 //! `Clear-Site-Data`, on a WebSocket `101` too), `/cached/*` (its own `Cache-Control`),
-//! `/sse/*` (one server-sent event, then silence). Counts every request.
+//! `/sse/*` (one server-sent event, then silence), `/dpop-nonce/*` (a resource server that
+//! wants a DPoP nonce, RFC 9449 §9: a proof without its current one gets `401
+//! WWW-Authenticate: DPoP error="use_dpop_nonce"` and `DPoP-Nonce`; `/dpop-nonce/upload` then
+//! hashes the body like `/upload`). Counts every request.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,6 +26,11 @@ pub(crate) struct Seen {
     pub last: Mutex<Option<serde_json::Value>>,
     /// Every `Authorization` value received, in order (the last 10,000).
     pub authorizations: Mutex<Vec<String>>,
+    /// `/dpop-nonce/*`: the generation of the nonce it wants (`up-nonce-<n>`); a test bumps it
+    /// to make the upstream ask again.
+    pub dpop_nonce: AtomicUsize,
+    /// `/dpop-nonce/*`: how many requests it refused for want of the current nonce.
+    pub dpop_nonce_refused: AtomicUsize,
 }
 
 /// What `/setcookie/*` answers with, and whether Cloakroom must pass each on (the test
@@ -181,6 +189,38 @@ async fn handle(
         }
     }
 
+    if path.contains("/dpop-nonce") {
+        let want = format!("up-nonce-{}", seen.dpop_nonce.load(Ordering::SeqCst));
+        let got = req
+            .headers()
+            .get("dpop")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.split('.').nth(1))
+            .and_then(|c| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+            })
+            .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
+            .and_then(|c| c["nonce"].as_str().map(String::from));
+        if got.as_deref() != Some(want.as_str()) {
+            seen.dpop_nonce_refused.fetch_add(1, Ordering::SeqCst);
+            // Read (and drop) the body first, so the client sees the 401, not a reset.
+            let _ = req.into_body().collect().await;
+            let mut resp = hyper::Response::new(full(r#"{"error":"use_dpop_nonce"}"#));
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+            resp.headers_mut().insert(
+                "www-authenticate",
+                r#"DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof""#
+                    .parse()
+                    .expect("static"),
+            );
+            resp.headers_mut()
+                .insert("dpop-nonce", want.parse().expect("nonce"));
+            return Ok(resp);
+        }
+    }
     if path.contains("/sse") {
         // One event, then nothing: the stream stays open until the proxy ends it.
         let first = futures_util::stream::once(async {
@@ -228,7 +268,7 @@ async fn handle(
     // The echo never reflects credentials: the browser-side scan must only catch our leaks.
     let mut echoed = info.clone();
     if let Some(h) = echoed["headers"].as_object_mut() {
-        for k in ["authorization", "cookie"] {
+        for k in ["authorization", "cookie", "dpop"] {
             if h.contains_key(k) {
                 h.insert(k.into(), serde_json::Value::String("<present>".into()));
             }
