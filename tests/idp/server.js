@@ -120,6 +120,8 @@ const clients = cfg.clients.map((c) => {
   }
   // DPoP (RFC 9449): the client may be made to use DPoP-bound tokens only.
   if (c.dpop_bound_access_tokens) client.dpop_bound_access_tokens = true;
+  // FAPI 2.0 (`fapi2`): ID tokens signed with PS256 (the RSA key allows it then).
+  if (cfg.fapi2) client.id_token_signed_response_alg = 'PS256';
   if (c.backchannel_logout_uri) {
     client.backchannel_logout_uri = c.backchannel_logout_uri;
     client.backchannel_logout_session_required = true;
@@ -214,7 +216,8 @@ const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }
 const signingJwk = {
   ...privateKey.export({ format: 'jwk' }),
   kid: `test-idp-${crypto.randomBytes(6).toString('hex')}`,
-  alg: 'RS256',
+  // `fapi2`: the FAPI 2.0 profile allows PS256 and not RS256 (Security Profile §5.4).
+  alg: cfg.fapi2 ? 'PS256' : 'RS256',
   use: 'sig',
 };
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
@@ -314,6 +317,9 @@ const configuration = {
 
   features: {
     devInteractions: { enabled: false },
+    // `fapi2`: oidc-provider's FAPI 2.0 Security Profile (PKCE required, client assertions'
+    // aud must be the issuer, redirect_uri required); PAR is made mandatory below.
+    fapi: { enabled: Boolean(cfg.fapi2), profile: '2.0' },
     revocation: { enabled: true },
     // PAR (RFC 9126) is on unless `par: false`; `require_par` makes it the only way in.
     // DPoP is on (oidc-provider's default); `dpop_nonce` makes the token endpoint insist on a
@@ -327,7 +333,7 @@ const configuration = {
     },
     pushedAuthorizationRequests: {
       enabled: cfg.par !== false,
-      requirePushedAuthorizationRequests: Boolean(cfg.require_par),
+      requirePushedAuthorizationRequests: Boolean(cfg.require_par || cfg.fapi2),
     },
     introspection: { enabled: true },
     backchannelLogout: { enabled: true },

@@ -153,13 +153,20 @@ async fn check(config: Config) -> ExitCode {
         Err(e) => Err(e),
     };
     match discovered {
-        Ok(o) => println!(
-            "idp: ok (issuer {}; client authentication {}; PAR {}; DPoP {})",
-            o.issuer(),
-            o.client_auth_summary(),
-            if o.uses_par() { "on" } else { "off" },
-            if o.uses_dpop() { "on (ES256)" } else { "off" }
-        ),
+        Ok(o) => {
+            println!(
+                "idp: ok (issuer {}; client authentication {}; PAR {}; DPoP {})",
+                o.issuer(),
+                o.client_auth_summary(),
+                if o.uses_par() { "on" } else { "off" },
+                if o.uses_dpop() { "on (ES256)" } else { "off" }
+            );
+            if o.is_fapi2() {
+                println!(
+                    "profile: fapi2, every requirement met (PAR, PKCE S256, private_key_jwt with the issuer as audience, DPoP-bound tokens, RFC 9207 iss required, ID tokens PS256/ES256/EdDSA, clock skew <= 10s)"
+                );
+            }
+        }
         Err(e) => {
             ok = false;
             println!("idp: FAILED ({e})");

@@ -34,7 +34,7 @@ mod store;
 pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
-pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par};
+pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par, Profile, FAPI2_MAX_CLOCK_SKEW};
 pub use routes::{Route, TokenPolicy, TokenScheme, UpstreamConfig};
 pub use server::{AdminConfig, ServerConfig};
 pub use session::SessionConfig;
@@ -274,7 +274,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         &mut warnings,
     );
     let upstream = UpstreamConfig::build(raw_upstream);
-    let routes = routes::build(raw_routes, &server.auth_prefix, oidc.dpop, &upstream, errs);
+    let routes = routes::build(raw_routes, &server.auth_prefix, &oidc, &upstream, errs);
     let log = LogConfig::build(raw_log, errs);
     let keys = key_ring(env, errs);
     Some(Config {
@@ -546,6 +546,42 @@ mod tests {
         };
         assert_eq!(scheme("/d/"), (TokenPolicy::Required, TokenScheme::Dpop));
         assert_eq!(scheme("/b/"), (TokenPolicy::Required, TokenScheme::Bearer));
+    }
+
+    #[test]
+    fn the_fapi2_profile_names_every_missing_piece() {
+        let text = format!(
+            "{GOOD}\n[[routes]]\nprefix = \"/b/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"bearer\"\n"
+        );
+        let mut e = env();
+        e.insert("CLOAKROOM_OIDC_PROFILE".into(), "fapi2".into());
+        e.insert("CLOAKROOM_OIDC_PAR".into(), "never".into());
+        e.insert("CLOAKROOM_OIDC_CLOCK_SKEW".into(), "60s".into());
+        let all = Config::from_toml(&text, &e).unwrap_err().0.join("\n");
+        for key in [
+            "oidc.par",
+            "oidc.client_auth_method",
+            "oidc.dpop",
+            "oidc.clock_skew",
+            "routes[2].token",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+        // Everything given: valid, and the skew defaults to FAPI 2.0's 10 s.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .expect("key")
+            .serialize_pem();
+        let mut e = env();
+        e.insert("CLOAKROOM_OIDC_PROFILE".into(), "fapi2".into());
+        e.insert(
+            "CLOAKROOM_OIDC_CLIENT_AUTH_METHOD".into(),
+            "private_key_jwt".into(),
+        );
+        e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key);
+        e.insert("CLOAKROOM_OIDC_DPOP".into(), "true".into());
+        let c = Config::from_toml(GOOD, &e).expect("a FAPI 2.0 client");
+        assert_eq!(c.oidc.profile, Profile::Fapi2);
+        assert_eq!(c.oidc.clock_skew, FAPI2_MAX_CLOCK_SKEW);
     }
 
     #[test]

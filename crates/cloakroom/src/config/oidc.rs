@@ -18,6 +18,7 @@ pub(super) struct RawOidc {
     client_assertion_audience: Option<String>,
     par: Option<String>,
     dpop: Option<bool>,
+    profile: Option<String>,
     post_logout_redirect_uri: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
@@ -56,6 +57,20 @@ pub enum Par {
     Never,
 }
 
+/// A security profile the whole configuration is held to (`oidc.profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// No profile beyond Cloakroom's own rules (the default).
+    None,
+    /// The FAPI 2.0 Security Profile: PAR, PKCE S256, `private_key_jwt`, DPoP-bound tokens,
+    /// RFC 9207 `iss` required, ID tokens signed with PS256, ES256 or EdDSA, clock skew at most
+    /// 10 s.
+    Fapi2,
+}
+
+/// The most clock skew FAPI 2.0 lets a client tolerate (Security Profile §5.3.2.1: 10 s).
+pub const FAPI2_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
 /// `[oidc]`, validated.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
@@ -74,6 +89,8 @@ pub struct OidcConfig {
     pub par: Par,
     /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs at the token endpoint.
     pub dpop: bool,
+    /// The security profile (`oidc.profile`).
+    pub profile: Profile,
     /// The `private_key_jwt` keys, from `CLOAKROOM_OIDC_CLIENT_KEY`: the first signs.
     pub client_keys: Vec<crate::oidc::ClientKey>,
     /// The `kid` of assertions (default: the signing key's RFC 7638 thumbprint).
@@ -170,6 +187,49 @@ impl OidcConfig {
                 Par::Auto
             }
         };
+        let profile = match raw.profile.as_deref() {
+            None | Some("none") => Profile::None,
+            Some("fapi2") => Profile::Fapi2,
+            Some(o) => {
+                errs.push(format!("oidc.profile: `{o}` must be none or fapi2"));
+                Profile::None
+            }
+        };
+        let dpop = raw.dpop.unwrap_or(false);
+        let clock_skew = raw.clock_skew.unwrap_or(match profile {
+            Profile::Fapi2 => FAPI2_MAX_CLOCK_SKEW,
+            Profile::None => Duration::from_secs(60),
+        });
+        if profile == Profile::Fapi2 {
+            // Every piece FAPI 2.0 needs that the configuration does not give, each by its key.
+            let fapi = "with oidc.profile = \"fapi2\"";
+            if par == Par::Never {
+                errs.push(format!(
+                    "oidc.par: must be auto or always {fapi} (PAR is required)"
+                ));
+            }
+            if client_auth != ClientAuth::PrivateKeyJwt {
+                errs.push(format!(
+                    "oidc.client_auth_method: must be private_key_jwt {fapi} (a client secret is not allowed; mTLS client authentication is not supported yet)"
+                ));
+            }
+            if client_assertion_audience != AssertionAudience::Issuer {
+                errs.push(format!(
+                    "oidc.client_assertion_audience: must be issuer {fapi} (the issuer identifier is the assertion's only audience)"
+                ));
+            }
+            if !dpop {
+                errs.push(format!(
+                    "oidc.dpop: must be true {fapi} (sender-constrained tokens; mTLS-bound tokens are not supported yet)"
+                ));
+            }
+            if clock_skew > FAPI2_MAX_CLOCK_SKEW {
+                errs.push(format!(
+                    "oidc.clock_skew: {}s is more than the 10s allowed {fapi}",
+                    clock_skew.as_secs()
+                ));
+            }
+        }
         let scopes = raw.scopes.unwrap_or_else(|| {
             ["openid", "profile", "email", "offline_access"]
                 .map(String::from)
@@ -203,7 +263,8 @@ impl OidcConfig {
             client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
             client_auth,
             par,
-            dpop: raw.dpop.unwrap_or(false),
+            dpop,
+            profile,
             client_keys,
             client_key_id: raw.client_key_id,
             client_assertion_audience,
@@ -211,7 +272,7 @@ impl OidcConfig {
             extra_auth_params: raw.extra_auth_params,
             post_logout_redirect_uri,
             timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
-            clock_skew: raw.clock_skew.unwrap_or(Duration::from_secs(60)),
+            clock_skew,
         }
     }
 }

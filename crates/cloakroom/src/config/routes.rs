@@ -90,11 +90,12 @@ impl UpstreamConfig {
 }
 
 /// Validates `[[routes]]`: sorted longest prefix first. `auth_prefix` is reserved for the
-/// browser-facing endpoints; `upstream` gives the default timeout; `dpop` is `oidc.dpop`.
+/// browser-facing endpoints; `upstream` gives the default timeout; `oidc` says whether tokens
+/// are DPoP-bound and under which profile.
 pub(super) fn build(
     raw: Vec<RawRoute>,
     auth_prefix: &str,
-    dpop: bool,
+    oidc: &super::OidcConfig,
     upstream: &UpstreamConfig,
     errs: &mut Problems,
 ) -> Vec<Route> {
@@ -114,14 +115,21 @@ pub(super) fn build(
             "required" => (TokenPolicy::Required, TokenScheme::AsIssued),
             "optional" => (TokenPolicy::Optional, TokenScheme::AsIssued),
             "dpop" => {
-                if !dpop {
+                if !oidc.dpop {
                     errs.push(format!(
                         "{key}.token: `dpop` needs oidc.dpop = true (DPoP-bound tokens)"
                     ));
                 }
                 (TokenPolicy::Required, TokenScheme::Dpop)
             }
-            "bearer" => (TokenPolicy::Required, TokenScheme::Bearer),
+            "bearer" => {
+                if oidc.profile == super::Profile::Fapi2 {
+                    errs.push(format!(
+                        "{key}.token: `bearer` sends sender-constrained tokens unbound, which oidc.profile = \"fapi2\" does not allow"
+                    ));
+                }
+                (TokenPolicy::Required, TokenScheme::Bearer)
+            }
             "none" => (TokenPolicy::None, TokenScheme::AsIssued),
             o => {
                 errs.push(format!(

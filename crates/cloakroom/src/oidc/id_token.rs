@@ -48,6 +48,16 @@ pub(super) type IdTokenFields = openidconnect::IdTokenFields<
 
 type IdTokenClaims = openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>;
 
+/// The ID-token algorithms FAPI 2.0 allows (Security Profile §5.4), by their JOSE names.
+pub(super) const FAPI2_ID_TOKEN_ALGS: [&str; 3] = ["PS256", "ES256", "EdDSA"];
+
+/// [`FAPI2_ID_TOKEN_ALGS`] as openidconnect names them.
+const FAPI2_ALGS: [CoreJwsSigningAlgorithm; 3] = [
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
 /// Asymmetric algorithms we accept for ID tokens; never `none`, never HMAC.
 const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
@@ -82,7 +92,11 @@ impl OidcClient {
                 .unwrap_or_else(|_| unreachable!("validated at discovery")),
             keys,
         )
-        .set_allowed_algs(ALLOWED_ALGS)
+        .set_allowed_algs(if self.fapi2 {
+            FAPI2_ALGS.to_vec()
+        } else {
+            ALLOWED_ALGS.to_vec()
+        })
         .set_issue_time_verifier_fn(move |iat| {
             let now = now_unix();
             let skew = i64::try_from(skew.as_secs()).unwrap_or(60);

@@ -34,7 +34,7 @@ use errors::describe_token_error;
 use jwks::{Jwks, Recorded};
 
 use crate::clock::Clock;
-use crate::config::{AssertionAudience, ClientAuth, Config, OidcConfig, Par};
+use crate::config::{AssertionAudience, ClientAuth, Config, OidcConfig, Par, Profile};
 use crate::error::{Error, StartupError};
 use crate::secret::Secret;
 use crate::session::Tokens;
@@ -74,6 +74,8 @@ pub struct ExtraMetadata {
     pub require_pushed_authorization_requests: bool,
     /// RFC 9449 §5.1: the algorithms the IdP accepts in DPoP proofs.
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// RFC 8414: the PKCE methods the IdP supports.
+    pub code_challenge_methods_supported: Option<Vec<String>>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -166,6 +168,8 @@ pub struct OidcClient {
     promises_iss: bool,
     /// `oidc.dpop`: a DPoP key per login, proofs at the token endpoint.
     dpop: bool,
+    /// `oidc.profile = "fapi2"`: ID tokens signed with PS256, ES256 or EdDSA only.
+    fapi2: bool,
     /// The IdP's last `DPoP-Nonce`s.
     nonces: dpop::Nonces,
     credentials: Credentials,
@@ -315,7 +319,19 @@ impl OidcClient {
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
-        let par = par_endpoint(config.par, &extra.additional_metadata).map_err(fail)?;
+        let fapi2 = config.profile == Profile::Fapi2;
+        if fapi2 {
+            let problems = fapi2_problems(&metadata, &extra.additional_metadata);
+            if !problems.is_empty() {
+                return Err(fail(format!(
+                    "oidc.profile = \"fapi2\" needs what the IdP does not advertise: {}",
+                    problems.join("; ")
+                )));
+            }
+        }
+        // FAPI 2.0 pushes every authorization request.
+        let par_mode = if fapi2 { Par::Always } else { config.par };
+        let par = par_endpoint(par_mode, &extra.additional_metadata).map_err(fail)?;
         let jwks = Jwks::from_discovery(metadata.jwks_uri().url().clone(), http.clone(), &recorded)
             .ok_or_else(|| fail("the JWKS could not be read".into()))?;
         let signer = signer(config, &metadata).map_err(fail)?;
@@ -355,9 +371,12 @@ impl OidcClient {
                 .collect(),
             post_logout_redirect_uri: config.post_logout_redirect_uri.clone(),
             clock_skew: config.clock_skew,
-            promises_iss: extra
-                .additional_metadata
-                .authorization_response_iss_parameter_supported,
+            // FAPI 2.0: RFC 9207 `iss` is required in every authorization response.
+            promises_iss: fapi2
+                || extra
+                    .additional_metadata
+                    .authorization_response_iss_parameter_supported,
+            fapi2,
             dpop: config.dpop,
             nonces: dpop::Nonces::default(),
             credentials,
@@ -566,6 +585,13 @@ impl OidcClient {
             Credentials::Post(_) => "client_secret_post".into(),
             Credentials::PrivateKeyJwt(s) => format!("private_key_jwt, {:?}", s.alg()),
         }
+    }
+
+    /// Whether the FAPI 2.0 profile is in force (`oidc.profile = "fapi2"`; discovery checked
+    /// that the IdP has every piece it needs).
+    #[must_use]
+    pub fn is_fapi2(&self) -> bool {
+        self.fapi2
     }
 
     /// Whether tokens are DPoP-bound (`oidc.dpop`).
@@ -843,6 +869,66 @@ fn par_endpoint(par: Par, meta: &ExtraMetadata) -> Result<Option<Url>, String> {
     }
 }
 
+/// What the FAPI 2.0 Security Profile needs of the IdP that its discovery document does not
+/// advertise, one entry each (empty: nothing is missing). A list the IdP omits is taken as
+/// saying nothing, except where FAPI 2.0 needs the IdP to say it (PAR, `iss`, DPoP).
+fn fapi2_problems(metadata: &Metadata, extra: &ExtraMetadata) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |v: Option<Vec<serde_json::Value>>| -> Option<Vec<String>> {
+        v.map(|v| {
+            v.into_iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+    };
+    if extra.pushed_authorization_request_endpoint.is_none() {
+        out.push("a pushed_authorization_request_endpoint (PAR)".to_string());
+    }
+    if !extra.authorization_response_iss_parameter_supported {
+        out.push("authorization_response_iss_parameter_supported = true (RFC 9207)".into());
+    }
+    if let Err(e) = dpop_supported(extra) {
+        out.push(format!("DPoP with ES256 ({e})"));
+    }
+    if let Some(m) = &extra.code_challenge_methods_supported {
+        if !m.iter().any(|x| x == "S256") {
+            out.push(format!(
+                "PKCE S256 in code_challenge_methods_supported ({})",
+                m.join(", ")
+            ));
+        }
+    }
+    let auth = names(metadata.token_endpoint_auth_methods_supported().map(|v| {
+        v.iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .collect()
+    }));
+    if let Some(a) = auth.filter(|a| !a.iter().any(|x| x == "private_key_jwt")) {
+        out.push(format!(
+            "private_key_jwt in token_endpoint_auth_methods_supported ({})",
+            a.join(", ")
+        ));
+    }
+    let id_algs = names(Some(
+        metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .collect(),
+    ))
+    .unwrap_or_default();
+    if !id_algs
+        .iter()
+        .any(|a| id_token::FAPI2_ID_TOKEN_ALGS.contains(&a.as_str()))
+    {
+        out.push(format!(
+            "ID tokens signed with PS256, ES256 or EdDSA (id_token_signing_alg_values_supported: {})",
+            id_algs.join(", ")
+        ));
+    }
+    out
+}
+
 /// With `oidc.dpop`: the IdP must take ES256 proofs (RFC 9449 §5.1).
 ///
 /// # Errors
@@ -898,6 +984,7 @@ mod tests {
             require_pushed_authorization_requests: false,
             dpop_signing_alg_values_supported: algs
                 .map(|a| a.iter().map(|s| (*s).to_string()).collect()),
+            code_challenge_methods_supported: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod browser;
 mod client_auth;
 mod demo;
 mod dpop;
+mod fapi;
 mod hardening;
 mod hostile;
 mod lifecycle;

@@ -87,6 +87,10 @@ pub(crate) struct Opts {
     pub idp_dpop_nonce: bool,
     /// The IdP issues the client DPoP-bound tokens only (`dpop_bound_access_tokens`).
     pub idp_dpop_bound: bool,
+    /// `oidc.profile`.
+    pub profile: &'static str,
+    /// The IdP runs oidc-provider's FAPI 2.0 profile, PAR required, ID tokens PS256.
+    pub idp_fapi2: bool,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -129,6 +133,8 @@ impl Default for Opts {
             dpop: false,
             idp_dpop_nonce: false,
             idp_dpop_bound: false,
+            profile: "none",
+            idp_fapi2: false,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -264,6 +270,7 @@ impl TestEnv {
                 "require_par": opts.idp_require_par,
                 "par": !opts.idp_without_par,
                 "dpop_nonce": opts.idp_dpop_nonce,
+                "fapi2": opts.idp_fapi2,
                 "clients": [{
                     "client_id": CLIENT_ID,
                     "client_secret": CLIENT_SECRET,
@@ -339,6 +346,7 @@ client_auth_method = "{auth}"
 par = "{par}"
 client_assertion_audience = "{aud}"
 dpop = {dpop}
+profile = "{profile}"
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -383,6 +391,7 @@ strip_prefix = true
             par = self.opts.par,
             aud = self.opts.client_assertion_audience,
             dpop = self.opts.dpop,
+            profile = self.opts.profile,
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
