@@ -1,9 +1,12 @@
 //! The demo API, behind Cloakroom's `/api/` route (`token = "required"`).
 //!
-//! `GET /api/whoami` verifies the bearer token Cloakroom attached, against the development
-//! IdP's key and its revoked set, and answers with what it learned from it, never the token:
-//! `{"subject", "scopes", "expires_at", "expires_in", "issued_at", "issuer", "message"}`.
-//! Without a valid bearer it answers 401 JSON (RFC 6750).
+//! `GET /api/whoami` verifies the token Cloakroom attached, against the development IdP's key
+//! and its revoked set, and answers with what it learned from it, never the token:
+//! `{"subject", "scopes", "expires_at", "expires_in", "issued_at", "issuer", "dpop",
+//! "message"}`. A DPoP-bound token (`cnf.jkt`, the demo's default) must come as
+//! `Authorization: DPoP` with a proof for this request signed by that key (RFC 9449 §7.1), and
+//! `dpop` says what was checked; a bound token sent as a bearer is refused. Without a valid
+//! token it answers 401 JSON (RFC 6750, RFC 9449 §7.1).
 
 use super::idp::AccessTokenVerifier;
 use super::{DemoError, LocalServer};
@@ -27,10 +30,10 @@ impl DemoApi {
     /// # Errors
     /// [`DemoError::NotLoopback`], [`DemoError::Bind`].
     pub async fn start(addr: SocketAddr, verifier: AccessTokenVerifier) -> Result<Self, DemoError> {
-        let verifier = Arc::new(verifier);
+        let verifier = Arc::new((verifier, crate::dpop::ProofChecker::default()));
         let server = LocalServer::start(addr, move |req, _peer| {
             let verifier = verifier.clone();
-            async move { Ok(answer(&verifier, &req)) }
+            async move { Ok(answer(&verifier.0, &verifier.1, &req)) }
         })?;
         Ok(Self { server })
     }
@@ -54,10 +57,10 @@ fn unauthorized(error: &str, message: &str) -> Response<Body> {
     );
     let challenge = if error == "invalid_token" {
         format!(
-            "Bearer realm=\"demo-api\", error=\"invalid_token\", error_description=\"{message}\""
+            "Bearer realm=\"demo-api\", error=\"invalid_token\", error_description=\"{message}\", DPoP algs=\"ES256\""
         )
     } else {
-        "Bearer realm=\"demo-api\"".to_string()
+        "Bearer realm=\"demo-api\", DPoP algs=\"ES256\"".to_string()
     };
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -65,7 +68,11 @@ fn unauthorized(error: &str, message: &str) -> Response<Body> {
     resp
 }
 
-fn answer<B>(verifier: &AccessTokenVerifier, req: &Request<B>) -> Response<Body> {
+fn answer<B>(
+    verifier: &AccessTokenVerifier,
+    proofs: &crate::dpop::ProofChecker,
+    req: &Request<B>,
+) -> Response<Body> {
     if req.uri().path() != "/api/whoami" {
         return json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"}));
     }
@@ -75,22 +82,53 @@ fn answer<B>(verifier: &AccessTokenVerifier, req: &Request<B>) -> Response<Body>
             &json!({"error": "method_not_allowed"}),
         );
     }
-    let bearer = req
+    let credentials = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            let dpop = scheme.eq_ignore_ascii_case("dpop");
+            (dpop || scheme.eq_ignore_ascii_case("bearer")).then(|| (dpop, token.trim()))
         });
-    let Some(token) = bearer else {
-        return unauthorized("unauthenticated", "no bearer token");
+    let Some((dpop, token)) = credentials else {
+        return unauthorized("unauthenticated", "no access token");
     };
     let claims = match verifier.verify(token) {
         Ok(c) => c,
         Err(why) => {
-            tracing::info!(reason = why, "demo API: bearer token refused");
+            tracing::info!(reason = why, "demo API: access token refused");
             return unauthorized("invalid_token", why);
+        }
+    };
+    let bound = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
+    let proof_checked = match (&bound, dpop) {
+        (Some(_), false) => {
+            return unauthorized("invalid_token", "a DPoP-bound token sent as a bearer token")
+        }
+        (None, true) => return unauthorized("invalid_token", "not a DPoP-bound token"),
+        (None, false) => None,
+        (Some(jkt), true) => {
+            let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let htu = format!("http://{host}{}", req.uri().path());
+            match proof
+                .map(|p| proofs.check(p, req.method().as_str(), &htu, Some(token), now_unix()))
+            {
+                None => return unauthorized("invalid_token", "no DPoP proof"),
+                Some(Err(why)) => {
+                    tracing::info!(reason = why, "demo API: DPoP proof refused");
+                    return unauthorized("invalid_token", why);
+                }
+                Some(Ok(k)) if k != *jkt => {
+                    return unauthorized("invalid_token", "the DPoP proof's key is not the token's")
+                }
+                Some(Ok(k)) => Some(k),
+            }
         }
     };
     let now = now_unix();
@@ -104,10 +142,23 @@ fn answer<B>(verifier: &AccessTokenVerifier, req: &Request<B>) -> Response<Body>
             "expires_at": claims.exp,
             "expires_in": claims.exp - now,
             "issuer": claims.iss,
+            "dpop": match &proof_checked {
+                Some(jkt) => json!({
+                    "bound": true,
+                    "proof_verified": true,
+                    "key_thumbprint": jkt,
+                }),
+                None => json!({ "bound": false }),
+            },
             "message": format!(
-                "Hello {}! This API checked the bearer token Cloakroom attached to your call. \
+                "Hello {}! This API checked the {} Cloakroom attached to your call. \
                  Your browser never held that token: it only has an opaque cookie.",
-                claims.sub
+                claims.sub,
+                if proof_checked.is_some() {
+                    "DPoP-bound token, and the proof signed for this very request by the key it is bound to (a key that never left Cloakroom),"
+                } else {
+                    "bearer token"
+                }
             ),
         }),
     )

@@ -10,7 +10,7 @@
 //! | `GET /jwks` | the RSA public key (generated at start-up, `kid` = RFC 7638 thumbprint) |
 //! | `GET /authorize` | code flow, PKCE S256 required, `prompt=none`/`login`; login page |
 //! | `POST /authorize/login` | checks the demo credentials, sets `devidp_session`, redirects |
-//! | `POST /token` | `authorization_code`; `refresh_token` with rotation and reuse detection |
+//! | `POST /token` | `authorization_code`; `refresh_token` with rotation and reuse detection; with a `DPoP` proof (RFC 9449), DPoP-bound access tokens (`cnf.jkt`, `token_type: DPoP`), the code bound to `dpop_jkt` when the authorization request sent one |
 //! | `POST /revoke` | refresh tokens (the whole grant) and access tokens (by `jti`) |
 //! | `GET`/`POST /end_session` | ends the IdP session, back to a registered URI |
 //!
@@ -125,6 +125,7 @@ impl DevIdp {
             .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
             state: Mutex::new(State::default()),
             revoked: Arc::new(RevokedJtis::default()),
+            proofs: crate::dpop::ProofChecker::default(),
         });
         let s = shared.clone();
         let server = LocalServer::serve(listener, move |req, _peer| {
@@ -285,6 +286,15 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
+    /// RFC 9449 §6: the DPoP key the token is bound to.
+    pub cnf: Option<Confirmation>,
+}
+
+/// An access token's `cnf` claim.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Confirmation {
+    /// The bound DPoP key's RFC 7638 thumbprint.
+    pub jkt: Option<String>,
 }
 
 impl AccessTokenVerifier {
@@ -340,6 +350,8 @@ struct AuthRequest {
     state: String,
     nonce: String,
     code_challenge: String,
+    /// RFC 9449 §10: the thumbprint the code is bound to.
+    dpop_jkt: Option<String>,
     force_login: bool,
     prompt_none: bool,
 }
@@ -401,6 +413,8 @@ struct Shared {
     page_csp: HeaderValue,
     state: Mutex<State>,
     revoked: Arc<RevokedJtis>,
+    /// DPoP proofs at the token endpoint.
+    proofs: crate::dpop::ProofChecker,
 }
 
 impl std::fmt::Debug for Shared {
@@ -531,6 +545,7 @@ fn parse_auth_request(
         state: state.to_string(),
         nonce: nonce.to_string(),
         code_challenge: code_challenge.to_string(),
+        dpop_jkt: get("dpop_jkt").map_err(bad)?.map(String::from),
         force_login: prompt.contains(&"login"),
         prompt_none: prompt == ["none"],
     })
@@ -608,6 +623,7 @@ impl Shared {
                     "at_hash", "name", "email", "email_verified"],
                 "prompt_values_supported": ["none", "login"],
                 "authorization_response_iss_parameter_supported": true,
+                "dpop_signing_alg_values_supported": ["ES256"],
                 "request_parameter_supported": false,
                 "claims_parameter_supported": false,
             }),
@@ -896,11 +912,33 @@ impl Shared {
         if let Err(e) = self.authenticate_client(&headers, &form) {
             return e.into_response();
         }
+        // RFC 9449 §5: a proof makes the access token DPoP-bound to its key.
+        let jkt = match headers.get("dpop").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(proof)) => {
+                let htu = format!("{}/token", self.issuer);
+                match self.proofs.check(proof, "POST", &htu, None, now_unix()) {
+                    Ok(jkt) => Some(jkt),
+                    Err(why) => {
+                        return OAuthError::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", why)
+                            .into_response()
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                return OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_dpop_proof",
+                    "unreadable DPoP header",
+                )
+                .into_response()
+            }
+        };
         let get = |name| single(&form, name);
         let result = match get("grant_type") {
             Err(e) => Err(invalid_request(&e)),
-            Ok(Some("authorization_code")) => self.code_grant(&form),
-            Ok(Some("refresh_token")) => self.refresh_grant(&form),
+            Ok(Some("authorization_code")) => self.code_grant(&form, jkt.as_deref()),
+            Ok(Some("refresh_token")) => self.refresh_grant(&form, jkt.as_deref()),
             Ok(Some(_)) => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -919,7 +957,11 @@ impl Shared {
         }
     }
 
-    fn code_grant(&self, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    fn code_grant(
+        &self,
+        form: &[(String, String)],
+        jkt: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let get = |name| {
             single(form, name)
                 .map_err(|e| invalid_request(&e))?
@@ -948,6 +990,13 @@ impl Shared {
         {
             return Err(invalid_grant("PKCE verification failed"));
         }
+        if let Some(bound) = &entry.req.dpop_jkt {
+            if jkt != Some(bound.as_str()) {
+                return Err(invalid_grant(
+                    "the code is bound to another DPoP key (dpop_jkt)",
+                ));
+            }
+        }
         let grant_id = random_token();
         entry.redeemed_by = Some(grant_id.clone());
         let (req, session) = (entry.req.clone(), entry.session.clone());
@@ -965,13 +1014,17 @@ impl Shared {
             },
         );
         let body = self
-            .issue_tokens(&mut st, &grant_id, Some(&req.nonce), &req.scope)
+            .issue_tokens(&mut st, &grant_id, Some(&req.nonce), &req.scope, jkt)
             .map_err(|e| OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e))?;
         tracing::info!("dev-idp: code exchanged for tokens");
         Ok(body)
     }
 
-    fn refresh_grant(&self, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    fn refresh_grant(
+        &self,
+        form: &[(String, String)],
+        jkt: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let token = single(form, "refresh_token")
             .map_err(|e| invalid_request(&e))?
             .ok_or_else(|| invalid_request("refresh_token is missing"))?;
@@ -1013,33 +1066,35 @@ impl Shared {
             e.rotated = true;
         }
         let body = self
-            .issue_tokens(&mut st, &grant_id, None, &scope)
+            .issue_tokens(&mut st, &grant_id, None, &scope, jkt)
             .map_err(|e| OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e))?;
         tracing::info!("dev-idp: tokens refreshed; refresh token rotated");
         Ok(body)
     }
 
-    /// Signs an access token and an ID token and, with `offline_access`, mints a new refresh
-    /// token for `grant_id`.
+    /// Signs an access token (bound to the DPoP key `jkt` when there is one) and an ID token
+    /// and, with `offline_access`, mints a new refresh token for `grant_id`.
     fn issue_tokens(
         &self,
         st: &mut State,
         grant_id: &str,
         nonce: Option<&str>,
         scope: &[String],
+        jkt: Option<&str>,
     ) -> Result<Value, String> {
         let grant = st.grants.get_mut(grant_id).ok_or("grant vanished")?;
         let now = now_unix();
         let ttl = i64::try_from(self.options.access_token_ttl.as_secs()).unwrap_or(60);
         let jti = random_token();
         let client_id = &self.options.client.client_id;
-        let access_token = self.signer.sign(
-            "at+jwt",
-            &json!({
-                "iss": self.issuer, "sub": grant.sub, "aud": API_AUDIENCE, "client_id": client_id,
-                "scope": scope.join(" "), "iat": now, "exp": now + ttl, "jti": jti,
-            }),
-        )?;
+        let mut access_claims = json!({
+            "iss": self.issuer, "sub": grant.sub, "aud": API_AUDIENCE, "client_id": client_id,
+            "scope": scope.join(" "), "iat": now, "exp": now + ttl, "jti": jti,
+        });
+        if let Some(jkt) = jkt {
+            access_claims["cnf"] = json!({ "jkt": jkt });
+        }
+        let access_token = self.signer.sign("at+jwt", &access_claims)?;
         grant.access_jtis.push((jti, now + ttl));
         // OIDC Core 3.1.3.6: at_hash is the left half of SHA-256(access_token), base64url.
         let digest = sha2::Sha256::digest(access_token.as_bytes());
@@ -1083,7 +1138,7 @@ impl Shared {
         }
         let mut body = json!({
             "access_token": access_token,
-            "token_type": "Bearer",
+            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
             "expires_in": ttl,
             "id_token": id_token,
             "scope": scope.join(" "),

@@ -17,6 +17,7 @@
 //! (`cargo build -p cloakroom`, the Dockerfile) contain none of it.
 
 pub mod api;
+pub mod dpop;
 pub mod idp;
 
 use base64::engine::general_purpose::STANDARD;
@@ -254,6 +255,8 @@ listen = "127.0.0.1:0"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_auth_method = "client_secret_basic"
+# DPoP-bound tokens (RFC 9449): the demo API checks the proof that comes with each call.
+dpop = true
 [session]
 idle_timeout = "{IDLE_TIMEOUT}"
 absolute_timeout = "1h"

@@ -146,6 +146,33 @@ async fn the_demo_tells_the_whole_story_and_no_token_reaches_the_browser() {
     assert!(api["expires_at"].as_i64().unwrap() > api["issued_at"].as_i64().unwrap());
     assert!(api["message"].as_str().unwrap().contains("alice"));
     assert!(!r.body.contains("eyJ"), "no JWT in the API answer");
+    // DPoP (the demo's default): the token is bound to the session's key, and the API checked
+    // the proof Cloakroom signed for this call with it.
+    assert_eq!(api["dpop"]["bound"], true, "{api}");
+    assert_eq!(api["dpop"]["proof_verified"], true, "{api}");
+    assert!(api["message"].as_str().unwrap().contains("DPoP"), "{api}");
+    // The same token without its proof, as a bearer token (say, stolen from a log), is refused.
+    let issued = d.idp.issued_tokens();
+    let stolen = issued
+        .iter()
+        .rev()
+        .find(|t| {
+            t.split('.').next().is_some_and(|h| {
+                URL_SAFE_NO_PAD
+                    .decode(h)
+                    .is_ok_and(|h| String::from_utf8_lossy(&h).contains("at+jwt"))
+            })
+        })
+        .expect("an access token was issued");
+    for scheme in ["Bearer", "DPoP"] {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/api/whoami", d.api_addr))
+            .header("authorization", format!("{scheme} {stolen}"))
+            .send()
+            .await
+            .expect("demo API");
+        assert_eq!(r.status(), 401, "{scheme} without a proof");
+    }
 
     // Logout: Cloakroom ends the session and hands over the dev IdP's end_session URL.
     let r = b.xhr(Method::POST, &url(&d, "/auth/logout")).await;
