@@ -7,6 +7,7 @@
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -120,6 +121,12 @@ const clients = cfg.clients.map((c) => {
   }
   // DPoP (RFC 9449): the client may be made to use DPoP-bound tokens only.
   if (c.dpop_bound_access_tokens) client.dpop_bound_access_tokens = true;
+  // mTLS (RFC 8705): a CA-issued certificate named by its subject DN, or a self-signed one
+  // registered by its x5c; tokens bound to the certificate presented (`cnf.x5t#S256`).
+  if (c.tls_client_auth_subject_dn) client.tls_client_auth_subject_dn = c.tls_client_auth_subject_dn;
+  if (c.tls_client_certificate_bound_access_tokens) {
+    client.tls_client_certificate_bound_access_tokens = true;
+  }
   // FAPI 2.0 (`fapi2`): ID tokens signed with PS256 (the RSA key allows it then).
   if (cfg.fapi2) client.id_token_signed_response_alg = 'PS256';
   if (c.backchannel_logout_uri) {
@@ -238,6 +245,41 @@ await new Promise((resolve, reject) => {
 });
 
 const boundPort = server.address().port;
+
+// `mtls: {cert, key, ca}` (PEM): a second, TLS listener that asks for client certificates
+// (verified against `ca`, but not refused here: oidc-provider decides). Discovery names it in
+// mtls_endpoint_aliases for the token, revocation, PAR and introspection endpoints.
+let mtlsServer = null;
+let mtlsBase = null;
+if (cfg.mtls) {
+  mtlsServer = https.createServer({
+    cert: cfg.mtls.cert,
+    key: cfg.mtls.key,
+    ca: cfg.mtls.ca,
+    requestCert: true,
+    rejectUnauthorized: false,
+  });
+  mtlsServer.on('tlsClientError', () => {});
+  await new Promise((resolve, reject) => {
+    mtlsServer.once('error', reject);
+    mtlsServer.listen(Number(cfg.mtls.port ?? 0), '127.0.0.1', () => {
+      mtlsServer.off('error', reject);
+      resolve();
+    });
+  });
+  mtlsBase = `https://127.0.0.1:${mtlsServer.address().port}`;
+}
+
+// The client certificate of a request on the mTLS listener, as oidc-provider wants it.
+function peerCertificate(ctx) {
+  const socket = ctx.req?.socket;
+  if (!socket || typeof socket.getPeerX509Certificate !== 'function') return undefined;
+  return socket.getPeerX509Certificate() ?? undefined;
+}
+// "CN=a\nO=b" (node's form) as the RFC 4514-ish "CN=a,O=b" a registration names.
+function subjectDn(cert) {
+  return cert.subject.split('\n').join(',');
+}
 // `issuer` lets a test put a proxy (tests/it/support/fault.rs) in front of the IdP: the
 // discovery document then names the proxy's address everywhere.
 const issuer = cfg.issuer ?? `http://127.0.0.1:${boundPort}`;
@@ -315,8 +357,35 @@ const configuration = {
     url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
   },
 
+  clientAuthMethods: [
+    'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
+    ...(mtlsBase ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
+  ],
+  ...(mtlsBase ? {
+    discovery: {
+      claim_types_supported: ['normal'],
+      mtls_endpoint_aliases: {
+        token_endpoint: `${mtlsBase}/token`,
+        revocation_endpoint: `${mtlsBase}/token/revocation`,
+        introspection_endpoint: `${mtlsBase}/token/introspection`,
+        pushed_authorization_request_endpoint: `${mtlsBase}/request`,
+      },
+    },
+  } : {}),
   features: {
     devInteractions: { enabled: false },
+    mTLS: {
+      enabled: Boolean(mtlsBase),
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      getCertificate: peerCertificate,
+      certificateAuthorized: (ctx) => ctx.req?.socket?.authorized === true,
+      certificateSubjectMatches(ctx, property, expected) {
+        const cert = peerCertificate(ctx);
+        return property === 'tls_client_auth_subject_dn' && Boolean(cert) && subjectDn(cert) === expected;
+      },
+    },
     // `fapi2`: oidc-provider's FAPI 2.0 Security Profile (PKCE required, client assertions'
     // aud must be the issuer, redirect_uri required); PAR is made mandatory below.
     fapi: { enabled: Boolean(cfg.fapi2), profile: '2.0' },
@@ -433,7 +502,7 @@ provider.on('grant.error', (ctx, err) => {
 provider.on('server_error', (_ctx, err) => {
   log(`server_error: ${err?.stack ?? err}`);
 });
-for (const ev of ['authorization.error', 'grant.error', 'revocation.error', 'introspection.error',
+for (const ev of ['authorization.error', 'pushed_authorization_request.error', 'grant.error', 'revocation.error', 'introspection.error',
   'end_session.error', 'end_session_confirm.error', 'userinfo.error']) {
   provider.on(ev, (_ctx, err) => {
     log(`${ev}: ${err?.error ?? err?.name} ${err?.error_description ?? err?.message ?? ''}`);
@@ -666,7 +735,7 @@ function outageApplies(pathname) {
 
 const tokenPath = provider.pathFor('token');
 
-server.on('request', async (req, res) => {
+async function onRequest(req, res) {
   const url = new URL(req.url, issuer);
   if (url.pathname === tokenPath) {
     stats.token_endpoint_hits += 1;
@@ -741,7 +810,9 @@ server.on('request', async (req, res) => {
       res.end();
     }
   }
-});
+}
+server.on('request', onRequest);
+if (mtlsServer) mtlsServer.on('request', onRequest);
 
 // ---------------------------------------------------------------------------
 // lifecycle
@@ -751,6 +822,7 @@ function shutdown(signal) {
   log(`${signal} received, shutting down`);
   server.close(() => process.exit(0));
   server.closeAllConnections?.();
+  mtlsServer?.closeAllConnections?.();
   setTimeout(() => process.exit(0), 1000).unref();
 }
 process.on('SIGTERM', () => shutdown('SIGTERM'));

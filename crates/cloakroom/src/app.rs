@@ -214,13 +214,23 @@ impl App {
                 }
             }
         });
-        let forwarder = Forwarder::new(
+        let mut forwarder = Forwarder::new(
             &config.upstream,
             &config.server,
             &config.cookie,
             config.csrf.header.clone(),
             tunnels.clone(),
         );
+        if let Some(cert) = config
+            .oidc
+            .client_cert
+            .as_ref()
+            .filter(|_| config.routes.iter().any(|r| r.upstream_client_cert))
+        {
+            forwarder = forwarder
+                .with_client_cert(&config.upstream, cert)
+                .map_err(StartupError::Tls)?;
+        }
         let tls = match &config.server.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),

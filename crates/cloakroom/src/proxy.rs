@@ -54,6 +54,8 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     client: Client<CountingConnector, Body>,
+    /// HTTPS with the client certificate, for `upstream_client_cert` routes (RFC 8705).
+    mtls: Option<Client<hyper_rustls::HttpsConnector<CountingConnector>, Body>>,
     /// The upstreams' last `DPoP-Nonce`s, by origin.
     nonces: crate::oidc::dpop::Nonces,
     forwarded: ForwardedPolicy,
@@ -208,12 +210,66 @@ impl Forwarder {
             .build(CountingConnector(connector));
         Self {
             client,
+            mtls: None,
             forwarded: ForwardedPolicy::new(server),
             ours: OurCookies::new(cookie),
             csrf_header,
             tunnels,
             nonces: crate::oidc::dpop::Nonces::default(),
         }
+    }
+}
+
+impl Forwarder {
+    /// Adds the HTTPS client for `upstream_client_cert` routes: it presents `cert` and trusts
+    /// the WebPKI roots and `upstream.tls_ca_file`.
+    ///
+    /// # Errors
+    /// When the certificate, its key or a CA cannot be used.
+    pub fn with_client_cert(
+        mut self,
+        upstream: &UpstreamConfig,
+        cert: &crate::oidc::ClientCert,
+    ) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = &upstream.tls_ca {
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| format!("upstream.tls_ca_file: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("upstream.tls_ca_file: {e}"))?;
+            }
+        }
+        let (chain, key) = cert.rustls()?;
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("oidc.client_cert_file: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(CountingConnector(http));
+        self.mtls = Some(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(upstream.pool_idle_timeout)
+                .pool_max_idle_per_host(1024)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .retry_canceled_requests(true)
+                .build(https),
+        );
+        Ok(self)
     }
 }
 
@@ -656,7 +712,13 @@ async fn send(
     route: &Route,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Error> {
-    match tokio::time::timeout(route.timeout, forwarder.client.request(req)).await {
+    let call = async {
+        match &forwarder.mtls {
+            Some(mtls) if route.upstream_client_cert => mtls.request(req).await,
+            _ => forwarder.client.request(req).await,
+        }
+    };
+    match tokio::time::timeout(route.timeout, call).await {
         Err(_) => Err(Error::UpstreamTimeout),
         Ok(Err(e)) => Err(Error::UpstreamUnavailable(Box::new(e))),
         Ok(Ok(r)) => Ok(r),

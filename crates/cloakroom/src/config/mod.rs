@@ -15,9 +15,10 @@ use std::time::Duration;
 use url::Url;
 
 /// The secrets, read only from the environment (or the file named by `<NAME>_FILE`).
-pub const SECRET_VARS: [&str; 4] = [
+pub const SECRET_VARS: [&str; 5] = [
     "CLOAKROOM_OIDC_CLIENT_SECRET",
     "CLOAKROOM_OIDC_CLIENT_KEY",
+    "CLOAKROOM_OIDC_CLIENT_CERT_KEY",
     "CLOAKROOM_COOKIE_KEYS",
     "CLOAKROOM_ADMIN_TOKEN",
 ];
@@ -273,7 +274,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         errs,
         &mut warnings,
     );
-    let upstream = UpstreamConfig::build(raw_upstream);
+    let upstream = UpstreamConfig::build(raw_upstream, errs);
     let routes = routes::build(raw_routes, &server.auth_prefix, &oidc, &upstream, errs);
     let log = LogConfig::build(raw_log, errs);
     let keys = key_ring(env, errs);

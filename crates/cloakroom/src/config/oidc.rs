@@ -16,6 +16,8 @@ pub(super) struct RawOidc {
     client_auth_method: Option<String>,
     client_key_id: Option<String>,
     client_assertion_audience: Option<String>,
+    client_cert_file: Option<String>,
+    tls_ca_file: Option<String>,
     par: Option<String>,
     dpop: Option<bool>,
     profile: Option<String>,
@@ -35,6 +37,24 @@ pub enum ClientAuth {
     Post,
     /// A JWT signed with the client's private key (RFC 7523, OIDC Core §9).
     PrivateKeyJwt,
+    /// Mutual TLS with a CA-issued certificate (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// Mutual TLS with a self-signed certificate registered at the IdP (RFC 8705 §2.2).
+    SelfSignedTlsClientAuth,
+}
+
+impl ClientAuth {
+    /// Whether the client authenticates with its TLS certificate.
+    #[must_use]
+    pub fn is_mtls(self) -> bool {
+        matches!(self, Self::TlsClientAuth | Self::SelfSignedTlsClientAuth)
+    }
+
+    /// Whether a client secret is needed.
+    #[must_use]
+    pub fn needs_secret(self) -> bool {
+        matches!(self, Self::Basic | Self::Post)
+    }
 }
 
 /// The `aud` of a `private_key_jwt` client assertion.
@@ -97,6 +117,12 @@ pub struct OidcConfig {
     pub client_key_id: Option<String>,
     /// The `aud` of assertions.
     pub client_assertion_audience: AssertionAudience,
+    /// The mTLS client certificate (`oidc.client_cert_file` and
+    /// `CLOAKROOM_OIDC_CLIENT_CERT_KEY`), when configured: presented to the IdP (RFC 8705),
+    /// which may bind tokens to it, and to `upstream_client_cert` routes.
+    pub client_cert: Option<crate::oidc::ClientCert>,
+    /// Extra CA certificates (PEM) trusted for the IdP's TLS, besides the WebPKI roots.
+    pub tls_ca: Option<Vec<u8>>,
     /// Scopes requested at login.
     pub scopes: Vec<String>,
     /// Extra authorization request parameters (e.g. `audience`, `resource`).
@@ -143,9 +169,11 @@ impl OidcConfig {
             None | Some("client_secret_basic") => ClientAuth::Basic,
             Some("client_secret_post") => ClientAuth::Post,
             Some("private_key_jwt") => ClientAuth::PrivateKeyJwt,
+            Some("tls_client_auth") => ClientAuth::TlsClientAuth,
+            Some("self_signed_tls_client_auth") => ClientAuth::SelfSignedTlsClientAuth,
             Some(o) => {
                 errs.push(format!(
-                    "oidc.client_auth_method: `{o}` must be client_secret_basic, client_secret_post or private_key_jwt"
+                    "oidc.client_auth_method: `{o}` must be client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth or self_signed_tls_client_auth"
                 ));
                 ClientAuth::Basic
             }
@@ -162,12 +190,75 @@ impl OidcConfig {
                 Some(Err(why)) => errs.push(format!("CLOAKROOM_OIDC_CLIENT_KEY: {why}")),
                 Some(Ok(keys)) => client_keys = keys,
             }
-        } else if client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+        } else if client_auth.needs_secret()
+            && client_secret.as_ref().is_none_or(|s| s.expose().is_empty())
+        {
             errs.push(
                 "CLOAKROOM_OIDC_CLIENT_SECRET: required (set it, or CLOAKROOM_OIDC_CLIENT_SECRET_FILE)"
                     .into(),
             );
         }
+        let client_cert_key = read_secret(env, "CLOAKROOM_OIDC_CLIENT_CERT_KEY", errs);
+        let client_cert = match (raw.client_cert_file.as_deref(), client_cert_key) {
+            (None, None) => {
+                if client_auth.is_mtls() {
+                    errs.push(
+                        "oidc.client_cert_file: required with a tls_client_auth method (with its key in CLOAKROOM_OIDC_CLIENT_CERT_KEY or CLOAKROOM_OIDC_CLIENT_CERT_KEY_FILE)"
+                            .into(),
+                    );
+                }
+                None
+            }
+            (None, Some(_)) => {
+                errs.push(
+                    "oidc.client_cert_file: required when CLOAKROOM_OIDC_CLIENT_CERT_KEY is set"
+                        .into(),
+                );
+                None
+            }
+            (Some(_), None) => {
+                errs.push(
+                    "CLOAKROOM_OIDC_CLIENT_CERT_KEY: required with oidc.client_cert_file (set it, or CLOAKROOM_OIDC_CLIENT_CERT_KEY_FILE)"
+                        .into(),
+                );
+                None
+            }
+            (Some(path), Some(key)) => match std::fs::read(path) {
+                Err(e) => {
+                    errs.push(format!("oidc.client_cert_file: cannot read {path}: {e}"));
+                    None
+                }
+                Ok(pem) => match crate::oidc::ClientCert::load(&pem, key.expose()) {
+                    Ok(c) => Some(c),
+                    Err(("cert", why)) => {
+                        errs.push(format!("oidc.client_cert_file: {path}: {why}"));
+                        None
+                    }
+                    Err((_, why)) => {
+                        errs.push(format!("CLOAKROOM_OIDC_CLIENT_CERT_KEY: {why}"));
+                        None
+                    }
+                },
+            },
+        };
+        let tls_ca = match raw.tls_ca_file.as_deref() {
+            None => None,
+            Some(path) => match std::fs::read(path) {
+                Ok(pem)
+                    if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()) =>
+                {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    errs.push(format!("oidc.tls_ca_file: {path} holds no PEM certificate"));
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("oidc.tls_ca_file: cannot read {path}: {e}"));
+                    None
+                }
+            },
+        };
         let client_assertion_audience = match raw.client_assertion_audience.as_deref() {
             None | Some("issuer") => AssertionAudience::Issuer,
             Some("token_endpoint") => AssertionAudience::TokenEndpoint,
@@ -208,9 +299,9 @@ impl OidcConfig {
                     "oidc.par: must be auto or always {fapi} (PAR is required)"
                 ));
             }
-            if client_auth != ClientAuth::PrivateKeyJwt {
+            if client_auth.needs_secret() {
                 errs.push(format!(
-                    "oidc.client_auth_method: must be private_key_jwt {fapi} (a client secret is not allowed; mTLS client authentication is not supported yet)"
+                    "oidc.client_auth_method: must be private_key_jwt, tls_client_auth or self_signed_tls_client_auth {fapi} (a client secret is not allowed)"
                 ));
             }
             if client_assertion_audience != AssertionAudience::Issuer {
@@ -218,9 +309,9 @@ impl OidcConfig {
                     "oidc.client_assertion_audience: must be issuer {fapi} (the issuer identifier is the assertion's only audience)"
                 ));
             }
-            if !dpop {
+            if !dpop && client_cert.is_none() {
                 errs.push(format!(
-                    "oidc.dpop: must be true {fapi} (sender-constrained tokens; mTLS-bound tokens are not supported yet)"
+                    "oidc.dpop: must be true {fapi}, unless oidc.client_cert_file is set for certificate-bound tokens (sender-constrained tokens are required)"
                 ));
             }
             if clock_skew > FAPI2_MAX_CLOCK_SKEW {
@@ -268,6 +359,8 @@ impl OidcConfig {
             client_keys,
             client_key_id: raw.client_key_id,
             client_assertion_audience,
+            client_cert,
+            tls_ca,
             scopes,
             extra_auth_params: raw.extra_auth_params,
             post_logout_redirect_uri,

@@ -14,6 +14,7 @@ pub(super) struct RawUpstream {
     timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pool_idle_timeout: Option<Duration>,
+    tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +26,8 @@ pub(super) struct RawRoute {
     token: Option<String>,
     #[serde(default)]
     strip_prefix: bool,
+    #[serde(default)]
+    upstream_client_cert: bool,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
 }
@@ -38,6 +41,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// How long idle upstream connections stay pooled.
     pub pool_idle_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides the WebPKI roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Token policy of a route (SPEC §2).
@@ -75,16 +80,35 @@ pub struct Route {
     pub scheme: TokenScheme,
     /// Remove `prefix` from the path before forwarding.
     pub strip_prefix: bool,
+    /// Forward over HTTPS presenting the client certificate (`oidc.client_cert_file`), for an
+    /// upstream that checks certificate-bound tokens (RFC 8705 §3).
+    pub upstream_client_cert: bool,
     /// Upstream response timeout for this route.
     pub timeout: Duration,
 }
 
 impl UpstreamConfig {
-    pub(super) fn build(raw: RawUpstream) -> Self {
+    pub(super) fn build(raw: RawUpstream, errs: &mut Problems) -> Self {
+        let tls_ca = raw.tls_ca_file.as_deref().and_then(|path| {
+            let pem = std::fs::read(path)
+                .map_err(|e| errs.push(format!("upstream.tls_ca_file: cannot read {path}: {e}")))
+                .ok()?;
+            let n = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+                .filter(|c: &Result<rustls_pki_types::CertificateDer<'static>, _>| c.is_ok())
+                .count();
+            if n == 0 {
+                errs.push(format!(
+                    "upstream.tls_ca_file: {path} holds no PEM certificate"
+                ));
+                return None;
+            }
+            Some(pem)
+        });
         Self {
             connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(5)),
             timeout: raw.timeout.unwrap_or(Duration::from_secs(30)),
             pool_idle_timeout: raw.pool_idle_timeout.unwrap_or(Duration::from_secs(90)),
+            tls_ca,
         }
     }
 }
@@ -138,12 +162,28 @@ pub(super) fn build(
                 (TokenPolicy::Required, TokenScheme::AsIssued)
             }
         };
+        // https:// only for routes that present the client certificate.
+        let want = if r.upstream_client_cert {
+            "https"
+        } else {
+            "http"
+        };
+        if r.upstream_client_cert && oidc.client_cert.is_none() {
+            errs.push(format!(
+                "{key}.upstream_client_cert: needs oidc.client_cert_file (the certificate to present)"
+            ));
+        }
         let upstream_url = match Url::parse(&r.upstream) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() && u.query().is_none() => u,
+            Ok(u) if u.scheme() == want && u.host().is_some() && u.query().is_none() => u,
             Ok(_) => {
                 errs.push(format!(
-                    "{key}.upstream: `{}` must be an http:// URL with a host and no query",
-                    r.upstream
+                    "{key}.upstream: `{}` must be an {want}:// URL with a host and no query{}",
+                    r.upstream,
+                    if r.upstream_client_cert {
+                        " (upstream_client_cert = true)"
+                    } else {
+                        " (https:// only with upstream_client_cert = true)"
+                    }
                 ));
                 continue;
             }
@@ -164,6 +204,7 @@ pub(super) fn build(
             token,
             scheme,
             strip_prefix: r.strip_prefix,
+            upstream_client_cert: r.upstream_client_cert,
             timeout: r.timeout.unwrap_or(upstream.timeout),
         });
     }

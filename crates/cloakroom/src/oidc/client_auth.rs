@@ -381,6 +381,9 @@ pub enum Credentials {
     Post(Secret),
     /// `private_key_jwt`.
     PrivateKeyJwt(Signer),
+    /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705): the certificate on the
+    /// connection authenticates; the body names the client.
+    Mtls(ClientAuth),
 }
 
 impl Credentials {
@@ -389,6 +392,9 @@ impl Credentials {
     pub fn new(method: ClientAuth, secret: &Secret, signer: Option<Signer>) -> Self {
         match (method, signer) {
             (ClientAuth::PrivateKeyJwt, Some(s)) => Self::PrivateKeyJwt(s),
+            (m @ (ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth), _) => {
+                Self::Mtls(m)
+            }
             (ClientAuth::Post, _) => Self::Post(secret.clone()),
             _ => Self::Basic(secret.clone()),
         }
@@ -423,6 +429,10 @@ impl Credentials {
             Self::Post(secret) => {
                 id();
                 form.push(("client_secret".into(), secret.expose().to_string()));
+                Ok(None)
+            }
+            Self::Mtls(_) => {
+                id();
                 Ok(None)
             }
             Self::PrivateKeyJwt(signer) => {

@@ -21,6 +21,7 @@ mod errors;
 mod id_token;
 mod jwks;
 mod logout_token;
+mod mtls;
 mod revocation;
 
 use crate::error::error_chain;
@@ -29,6 +30,7 @@ pub use dpop::DpopKey;
 pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
+pub use mtls::ClientCert;
 
 use errors::describe_token_error;
 use jwks::{Jwks, Recorded};
@@ -76,6 +78,19 @@ pub struct ExtraMetadata {
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
     /// RFC 8414: the PKCE methods the IdP supports.
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// RFC 8705 §5: where the calls that present a client certificate go.
+    pub mtls_endpoint_aliases: Option<MtlsAliases>,
+}
+
+/// RFC 8705 §5 `mtls_endpoint_aliases`: the endpoints Cloakroom calls with its certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct MtlsAliases {
+    /// The token endpoint.
+    pub token_endpoint: Option<Url>,
+    /// The revocation endpoint.
+    pub revocation_endpoint: Option<Url>,
+    /// The PAR endpoint.
+    pub pushed_authorization_request_endpoint: Option<Url>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -114,7 +129,7 @@ type Client = openidconnect::Client<
     EndpointNotSet,
     EndpointNotSet,
     EndpointNotSet,
-    EndpointMaybeSet,
+    EndpointSet,
     EndpointMaybeSet,
 >;
 
@@ -255,18 +270,29 @@ async fn send_bounded(
     out.body(buf).map_err(|_| IdpHttpError::Malformed)
 }
 
-/// The IdP HTTP client: no redirects (openidconnect's SSRF advice), bounded timeouts.
+/// The IdP HTTP client: no redirects (openidconnect's SSRF advice), bounded timeouts, the
+/// extra CAs of `oidc.tls_ca_file` trusted besides the WebPKI roots, and the mTLS client
+/// certificate presented to servers that ask for one (RFC 8705).
 ///
 /// # Errors
-/// If the TLS backend cannot initialise.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// If the TLS backend cannot initialise, or a certificate cannot be used.
+pub fn http_client(config: &OidcConfig) -> Result<reqwest::Client, reqwest::Error> {
+    let timeout = config.timeout;
+    let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .timeout(timeout)
         .tcp_nodelay(true)
-        .user_agent(concat!("cloakroom/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("cloakroom/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &config.tls_ca {
+        for c in reqwest::Certificate::from_pem_bundle(pem)? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let Some(cert) = &config.client_cert {
+        b = b.identity(cert.identity()?);
+    }
+    b.build()
 }
 
 /// Our redirect URI: `<server.public_url><server.auth_prefix>/callback`.
@@ -296,7 +322,7 @@ impl OidcClient {
             issuer: config.issuer.to_string(),
             reason,
         };
-        let http = http_client(config.timeout).map_err(|e| fail(e.to_string()))?;
+        let http = http_client(config).map_err(|e| fail(error_chain(&e)))?;
         // Exactly as configured: an issuer with a trailing slash (Auth0) keeps it, one without
         // gets none (OIDC Discovery §4.3 compares them as strings).
         let issuer_str = config.issuer_id.clone();
@@ -339,12 +365,21 @@ impl OidcClient {
             dpop_supported(&extra.additional_metadata).map_err(fail)?;
         }
         let credentials = Credentials::new(config.client_auth, &config.client_secret, signer);
+        // RFC 8705 §5: with a client certificate, the calls that present it go to the IdP's
+        // mTLS endpoint aliases when it has them.
+        let aliases = config
+            .client_cert
+            .as_ref()
+            .and_then(|_| extra.additional_metadata.mtls_endpoint_aliases.clone())
+            .unwrap_or_default();
         let redirect = RedirectUrl::from_url(redirect);
         // With private_key_jwt openidconnect knows no secret and puts client_id in the body;
         // the assertion is added to each grant (`assertion_params`).
-        let secret = (config.client_auth != ClientAuth::PrivateKeyJwt)
+        let secret = config
+            .client_auth
+            .needs_secret()
             .then(|| ClientSecret::new(config.client_secret.expose().to_string()));
-        let client = Client::from_provider_metadata(
+        let client = openidconnect::Client::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
             secret,
@@ -352,15 +387,27 @@ impl OidcClient {
         .set_redirect_uri(redirect)
         .set_auth_type(match config.client_auth {
             ClientAuth::Basic => AuthType::BasicAuth,
-            ClientAuth::Post | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
+            ClientAuth::Post
+            | ClientAuth::PrivateKeyJwt
+            | ClientAuth::TlsClientAuth
+            | ClientAuth::SelfSignedTlsClientAuth => AuthType::RequestBody,
         });
+        let token_url = aliases
+            .token_endpoint
+            .clone()
+            .map(openidconnect::TokenUrl::from_url)
+            .or_else(|| client.token_uri().cloned())
+            .ok_or_else(|| fail("discovery names no token_endpoint".into()))?;
+        let client = client.set_token_uri(token_url);
         Ok(Self {
             client,
             jwks,
             http,
             end_session: extra.end_session_endpoint,
-            revocation: extra.additional_metadata.revocation_endpoint,
-            par,
+            revocation: aliases
+                .revocation_endpoint
+                .or(extra.additional_metadata.revocation_endpoint),
+            par: par.map(|p| aliases.pushed_authorization_request_endpoint.unwrap_or(p)),
             issuer: issuer_str,
             client_id: config.client_id.clone(),
             scopes: config.scopes.clone(),
@@ -584,6 +631,10 @@ impl OidcClient {
             Credentials::Basic(_) => "client_secret_basic".into(),
             Credentials::Post(_) => "client_secret_post".into(),
             Credentials::PrivateKeyJwt(s) => format!("private_key_jwt, {:?}", s.alg()),
+            Credentials::Mtls(ClientAuth::SelfSignedTlsClientAuth) => {
+                "self_signed_tls_client_auth".into()
+            }
+            Credentials::Mtls(_) => "tls_client_auth".into(),
         }
     }
 
@@ -624,7 +675,6 @@ impl OidcClient {
             let mut request = self
                 .client
                 .exchange_code(AuthorizationCode::new(code.to_string()))
-                .map_err(|e| Error::TokenExchange(e.to_string()))?
                 .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()));
             for (k, v) in self.assertion_params().map_err(Error::TokenExchange)? {
                 request = request.add_extra_param(k, v);
@@ -687,10 +737,7 @@ impl OidcClient {
         let http = self.bounded_dpop(Some(within), current.dpop.as_ref());
         let mut asked_nonce = false;
         let outcome = loop {
-            let mut request = self
-                .client
-                .exchange_refresh_token(&rt_oauth)
-                .map_err(|e| RefreshError::Transient(e.to_string()))?;
+            let mut request = self.client.exchange_refresh_token(&rt_oauth);
             for (k, v) in self.assertion_params().map_err(RefreshError::Transient)? {
                 request = request.add_extra_param(k, v);
             }
@@ -985,6 +1032,7 @@ mod tests {
             dpop_signing_alg_values_supported: algs
                 .map(|a| a.iter().map(|s| (*s).to_string()).collect()),
             code_challenge_methods_supported: None,
+            mtls_endpoint_aliases: None,
         }
     }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod login_flow;
 mod login_state;
+mod mtls;
 mod ops;
 mod par;
 mod props;

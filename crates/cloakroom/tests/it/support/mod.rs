@@ -6,6 +6,7 @@ pub(crate) mod browser;
 pub(crate) mod fault;
 pub(crate) mod hostile_idp;
 pub(crate) mod idp;
+pub(crate) mod pki;
 pub(crate) mod redis;
 pub(crate) mod upstream;
 
@@ -91,6 +92,12 @@ pub(crate) struct Opts {
     pub profile: &'static str,
     /// The IdP runs oidc-provider's FAPI 2.0 profile, PAR required, ID tokens PS256.
     pub idp_fapi2: bool,
+    /// Mutual TLS (RFC 8705): the IdP gets an mTLS alias listener with this PKI's server
+    /// certificate, and Cloakroom `oidc.tls_ca_file` and a client certificate (the CA-issued
+    /// one, or with `client_auth = "self_signed_tls_client_auth"` the self-signed one).
+    pub pki: Option<std::sync::Arc<pki::Pki>>,
+    /// The IdP binds the client's tokens to its certificate.
+    pub idp_cert_bound: bool,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -135,6 +142,8 @@ impl Default for Opts {
             idp_dpop_bound: false,
             profile: "none",
             idp_fapi2: false,
+            pki: None,
+            idp_cert_bound: false,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -246,7 +255,11 @@ impl TestEnv {
         redirects: &[String],
         post_logout: &[String],
     ) -> (Idp, Option<fault::FaultProxy>) {
+        let self_signed = opts.client_auth == "self_signed_tls_client_auth";
         let jwks = opts.idp_client_jwks.clone().or_else(|| {
+            if let Some(pki) = opts.pki.as_ref().filter(|_| self_signed) {
+                return Some(pki.self_signed_jwks());
+            }
             let keys = cloakroom::oidc::ClientKey::parse_all(opts.client_key.as_deref()?)
                 .expect("test client key");
             Some(serde_json::json!({
@@ -271,6 +284,11 @@ impl TestEnv {
                 "par": !opts.idp_without_par,
                 "dpop_nonce": opts.idp_dpop_nonce,
                 "fapi2": opts.idp_fapi2,
+                "mtls": opts.pki.as_ref().map(|p| serde_json::json!({
+                    "cert": p.server_cert_pem,
+                    "key": p.server_key_pem,
+                    "ca": p.ca_pem,
+                })),
                 "clients": [{
                     "client_id": CLIENT_ID,
                     "client_secret": CLIENT_SECRET,
@@ -281,6 +299,8 @@ impl TestEnv {
                     "jwks": jwks,
                     "token_endpoint_auth_signing_alg": opts.idp_client_auth_alg,
                     "dpop_bound_access_tokens": opts.idp_dpop_bound,
+                    "tls_client_auth_subject_dn": (opts.client_auth == "tls_client_auth").then_some(pki::CLIENT_DN),
+                    "tls_client_certificate_bound_access_tokens": opts.idp_cert_bound,
                 }]
             }));
             match started {
@@ -347,6 +367,7 @@ par = "{par}"
 client_assertion_audience = "{aud}"
 dpop = {dpop}
 profile = "{profile}"
+{mtls}
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -392,6 +413,18 @@ strip_prefix = true
             aud = self.opts.client_assertion_audience,
             dpop = self.opts.dpop,
             profile = self.opts.profile,
+            mtls = self.opts.pki.as_ref().map_or_else(String::new, |p| {
+                let cert = if self.opts.client_auth == "self_signed_tls_client_auth" {
+                    "self-signed.pem"
+                } else {
+                    "client.pem"
+                };
+                format!(
+                    "client_cert_file = \"{}\"\ntls_ca_file = \"{}\"",
+                    p.path(cert),
+                    p.path("ca.pem")
+                )
+            }),
             idle = self.opts.idle_timeout,
             abs = self.opts.absolute_timeout,
             skew = self.opts.refresh_skew,
@@ -420,6 +453,14 @@ strip_prefix = true
         e.insert("CLOAKROOM_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
         if let Some(key) = &self.opts.client_key {
             e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key.clone());
+        }
+        if let Some(p) = &self.opts.pki {
+            let key = if self.opts.client_auth == "self_signed_tls_client_auth" {
+                &p.self_signed_key_pem
+            } else {
+                &p.client_key_pem
+            };
+            e.insert("CLOAKROOM_OIDC_CLIENT_CERT_KEY".into(), key.clone());
         }
         e
     }

@@ -31,6 +31,9 @@ pub(crate) struct Seen {
     pub dpop_nonce: AtomicUsize,
     /// `/dpop-nonce/*`: how many requests it refused for want of the current nonce.
     pub dpop_nonce_refused: AtomicUsize,
+    /// Over TLS ([`Upstream::start_tls`]): the `x5t#S256` of the client certificate of each
+    /// connection, in order.
+    pub peer_certs: Mutex<Vec<String>>,
 }
 
 /// What `/setcookie/*` answers with, and whether Cloakroom must pass each on (the test
@@ -83,6 +86,67 @@ impl Upstream {
                     let svc = service_fn(move |req| handle(s.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    /// The echo over TLS (a server certificate from `pki`), refusing any connection without a
+    /// client certificate `pki`'s CA issued: an upstream that checks certificate-bound tokens.
+    pub(crate) async fn start_tls(pki: &super::pki::Pki) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+            roots.add(c.expect("ca")).expect("ca");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+                .map(|c| c.expect("cert"))
+                .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, acceptor) = (s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    if let Some(der) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        s.peer_certs
+                            .lock()
+                            .expect("lock")
+                            .push(super::pki::Pki::thumbprint(der.as_ref()));
+                    }
+                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
