@@ -161,9 +161,12 @@ async fn check(config: Config) -> ExitCode {
                 if o.uses_par() { "on" } else { "off" },
                 if o.uses_dpop() { "on (ES256)" } else { "off" }
             );
+            if let Some(c) = o.client_cert_summary() {
+                println!("client certificate: {c}");
+            }
             if o.is_fapi2() {
                 println!(
-                    "profile: fapi2, every requirement met (PAR, PKCE S256, private_key_jwt with the issuer as audience, DPoP-bound tokens, RFC 9207 iss required, ID tokens PS256/ES256/EdDSA, clock skew <= 10s)"
+                    "profile: fapi2, every requirement met (PAR, PKCE S256, private_key_jwt with the issuer as audience or mTLS client authentication, DPoP- or certificate-bound tokens, RFC 9207 iss required, ID tokens PS256/ES256/EdDSA, clock skew <= 10s)"
                 );
             }
         }

@@ -586,6 +586,75 @@ mod tests {
     }
 
     #[test]
+    fn mtls_needs_a_certificate_and_https_upstreams_need_upstream_client_cert() {
+        let routes = r#"
+            [[routes]]
+            prefix = "/m/"
+            upstream = "https://127.0.0.1:9443"
+            upstream_client_cert = true
+            [[routes]]
+            prefix = "/h/"
+            upstream = "https://127.0.0.1:9443"
+        "#;
+        let mut e = env();
+        e.insert(
+            "CLOAKROOM_OIDC_CLIENT_AUTH_METHOD".into(),
+            "tls_client_auth".into(),
+        );
+        let all = Config::from_toml(&format!("{GOOD}{routes}"), &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        for key in [
+            "oidc.client_cert_file",
+            "routes[2].upstream_client_cert",
+            "routes[3].upstream",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+        // A certificate and its key, as files and secrets: valid, no client secret needed.
+        let dir = std::env::temp_dir().join(format!("cloakroom-cfg-mtls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.join("c.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).expect("write");
+        let mut e = env();
+        e.remove("CLOAKROOM_OIDC_CLIENT_SECRET");
+        e.insert(
+            "CLOAKROOM_OIDC_CLIENT_AUTH_METHOD".into(),
+            "self_signed_tls_client_auth".into(),
+        );
+        e.insert(
+            "CLOAKROOM_OIDC_CLIENT_CERT_FILE".into(),
+            dir.join("c.pem").display().to_string(),
+        );
+        e.insert(
+            "CLOAKROOM_OIDC_CLIENT_CERT_KEY_FILE".into(),
+            dir.join("k.pem").display().to_string(),
+        );
+        let routes = "[[routes]]\nprefix = \"/m/\"\nupstream = \"https://127.0.0.1:9443\"\nupstream_client_cert = true\n";
+        let c = Config::from_toml(&format!("{GOOD}{routes}"), &e).expect("valid mTLS config");
+        assert!(c.oidc.client_cert.is_some());
+        assert!(c.routes.iter().any(|r| r.upstream_client_cert));
+        assert!(
+            !format!("{c:?}").contains("PRIVATE KEY"),
+            "the key stays out of Debug"
+        );
+        // A key that is not the certificate's is caught at start-up.
+        let other = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(dir.join("k.pem"), other.serialize_pem()).expect("write");
+        let all = Config::from_toml(&format!("{GOOD}{routes}"), &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("CLOAKROOM_OIDC_CLIENT_CERT_KEY"), "{all}");
+    }
+
+    #[test]
     fn env_overrides_any_key_and_secrets_come_from_files() {
         let dir = std::env::temp_dir().join(format!("cloakroom-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");

@@ -80,6 +80,9 @@ pub struct ExtraMetadata {
     pub code_challenge_methods_supported: Option<Vec<String>>,
     /// RFC 8705 §5: where the calls that present a client certificate go.
     pub mtls_endpoint_aliases: Option<MtlsAliases>,
+    /// RFC 8705 §3.3: the IdP binds access tokens to client certificates.
+    #[serde(default)]
+    pub tls_client_certificate_bound_access_tokens: bool,
 }
 
 /// RFC 8705 §5 `mtls_endpoint_aliases`: the endpoints Cloakroom calls with its certificate.
@@ -185,6 +188,8 @@ pub struct OidcClient {
     dpop: bool,
     /// `oidc.profile = "fapi2"`: ID tokens signed with PS256, ES256 or EdDSA only.
     fapi2: bool,
+    /// With a client certificate: its `x5t#S256`, and whether the IdP's mTLS aliases are used.
+    mtls: Option<(String, bool)>,
     /// The IdP's last `DPoP-Nonce`s.
     nonces: dpop::Nonces,
     credentials: Credentials,
@@ -347,7 +352,7 @@ impl OidcClient {
         let extra = metadata.additional_metadata().clone();
         let fapi2 = config.profile == Profile::Fapi2;
         if fapi2 {
-            let problems = fapi2_problems(&metadata, &extra.additional_metadata);
+            let problems = fapi2_problems(config, &metadata, &extra.additional_metadata);
             if !problems.is_empty() {
                 return Err(fail(format!(
                     "oidc.profile = \"fapi2\" needs what the IdP does not advertise: {}",
@@ -424,6 +429,10 @@ impl OidcClient {
                     .additional_metadata
                     .authorization_response_iss_parameter_supported,
             fapi2,
+            mtls: config
+                .client_cert
+                .as_ref()
+                .map(|c| (c.thumbprint().to_string(), aliases.token_endpoint.is_some())),
             dpop: config.dpop,
             nonces: dpop::Nonces::default(),
             credentials,
@@ -643,6 +652,22 @@ impl OidcClient {
     #[must_use]
     pub fn is_fapi2(&self) -> bool {
         self.fapi2
+    }
+
+    /// The client certificate, for `cloakroom check`: its `x5t#S256` and whether the IdP's
+    /// mTLS endpoint aliases are in use.
+    #[must_use]
+    pub fn client_cert_summary(&self) -> Option<String> {
+        self.mtls.as_ref().map(|(t, aliases)| {
+            format!(
+                "x5t#S256 {t}; {}",
+                if *aliases {
+                    "token, PAR and revocation calls go to the IdP's mtls_endpoint_aliases"
+                } else {
+                    "the IdP advertises no mtls_endpoint_aliases: its plain endpoints get the certificate"
+                }
+            )
+        })
     }
 
     /// Whether tokens are DPoP-bound (`oidc.dpop`).
@@ -916,10 +941,12 @@ fn par_endpoint(par: Par, meta: &ExtraMetadata) -> Result<Option<Url>, String> {
     }
 }
 
-/// What the FAPI 2.0 Security Profile needs of the IdP that its discovery document does not
-/// advertise, one entry each (empty: nothing is missing). A list the IdP omits is taken as
-/// saying nothing, except where FAPI 2.0 needs the IdP to say it (PAR, `iss`, DPoP).
-fn fapi2_problems(metadata: &Metadata, extra: &ExtraMetadata) -> Vec<String> {
+/// What the FAPI 2.0 Security Profile, as `config` meets it (client authentication by
+/// `private_key_jwt` or mTLS; tokens bound by DPoP or by the client certificate), needs of the
+/// IdP that its discovery document does not advertise, one entry each (empty: nothing is
+/// missing). A list the IdP omits is taken as saying nothing, except where FAPI 2.0 needs the
+/// IdP to say it (PAR, `iss`, DPoP, certificate-bound tokens).
+fn fapi2_problems(config: &OidcConfig, metadata: &Metadata, extra: &ExtraMetadata) -> Vec<String> {
     let mut out = Vec::new();
     let names = |v: Option<Vec<serde_json::Value>>| -> Option<Vec<String>> {
         v.map(|v| {
@@ -934,8 +961,14 @@ fn fapi2_problems(metadata: &Metadata, extra: &ExtraMetadata) -> Vec<String> {
     if !extra.authorization_response_iss_parameter_supported {
         out.push("authorization_response_iss_parameter_supported = true (RFC 9207)".into());
     }
-    if let Err(e) = dpop_supported(extra) {
-        out.push(format!("DPoP with ES256 ({e})"));
+    if config.dpop {
+        if let Err(e) = dpop_supported(extra) {
+            out.push(format!("DPoP with ES256 ({e})"));
+        }
+    } else if !extra.tls_client_certificate_bound_access_tokens {
+        out.push(
+            "tls_client_certificate_bound_access_tokens = true (certificate-bound tokens, RFC 8705 §3, as oidc.dpop is false)".into(),
+        );
     }
     if let Some(m) = &extra.code_challenge_methods_supported {
         if !m.iter().any(|x| x == "S256") {
@@ -950,9 +983,14 @@ fn fapi2_problems(metadata: &Metadata, extra: &ExtraMetadata) -> Vec<String> {
             .filter_map(|m| serde_json::to_value(m).ok())
             .collect()
     }));
-    if let Some(a) = auth.filter(|a| !a.iter().any(|x| x == "private_key_jwt")) {
+    let method = match config.client_auth {
+        ClientAuth::TlsClientAuth => "tls_client_auth",
+        ClientAuth::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        _ => "private_key_jwt",
+    };
+    if let Some(a) = auth.filter(|a| !a.iter().any(|x| x == method)) {
         out.push(format!(
-            "private_key_jwt in token_endpoint_auth_methods_supported ({})",
+            "{method} in token_endpoint_auth_methods_supported ({})",
             a.join(", ")
         ));
     }
@@ -1033,6 +1071,7 @@ mod tests {
                 .map(|a| a.iter().map(|s| (*s).to_string()).collect()),
             code_challenge_methods_supported: None,
             mtls_endpoint_aliases: None,
+            tls_client_certificate_bound_access_tokens: false,
         }
     }
 

@@ -45,8 +45,18 @@ impl ClientCert {
         let Some(leaf) = chain.first() else {
             return Err(("cert", "no CERTIFICATE block in it".into()));
         };
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| ("key", format!("not a PEM private key ({e})")))?;
+        // The key must be the leaf's (rustls compares the public key info).
+        let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+        tokio_rustls::rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider).map_err(
+            |e| {
+                (
+                    "key",
+                    format!("not the certificate's key, or unusable ({e})"),
+                )
+            },
+        )?;
         let mut pem = String::from_utf8_lossy(cert_pem).into_owned();
         if !pem.ends_with('\n') {
             pem.push('\n');

@@ -137,6 +137,13 @@ async fn start_up_names_what_the_idp_lacks_for_fapi2() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("fapi2"), "{err}");
+    // `cloakroom check` says the same, and fails.
+    let (code, out) = env.run_check("");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("idp: FAILED") && out.contains("pushed_authorization_request_endpoint"),
+        "{out}"
+    );
     assert!(
         err.contains("pushed_authorization_request_endpoint"),
         "{err}"
@@ -145,4 +152,52 @@ async fn start_up_names_what_the_idp_lacks_for_fapi2() {
         err.contains("id_token_signing_alg_values_supported: RS256"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_fapi2_client_may_authenticate_and_bind_its_tokens_with_mtls_instead() {
+    // FAPI 2.0's other road: tls_client_auth at the IdP's mTLS aliases, certificate-bound
+    // tokens instead of DPoP.
+    let pki = std::sync::Arc::new(crate::support::pki::Pki::new());
+    let env = TestEnv::start_with(Opts {
+        profile: "fapi2",
+        client_auth: "tls_client_auth",
+        pki: Some(pki.clone()),
+        idp_cert_bound: true,
+        idp_fapi2: true,
+        access_token_ttl: 60,
+        ..Opts::default()
+    })
+    .await;
+    // `cloakroom check` reports the method, the certificate and the profile.
+    let (code, out) = env.run_check("");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("client authentication tls_client_auth"),
+        "{out}"
+    );
+    assert!(out.contains("PAR on") && out.contains("DPoP off"), "{out}");
+    let x5t = crate::support::pki::Pki::thumbprint(&pki.client_der);
+    assert!(
+        out.contains(&format!("x5t#S256 {x5t}")) && out.contains("mtls_endpoint_aliases"),
+        "{out}"
+    );
+    assert!(
+        out.contains("profile: fapi2, every requirement met"),
+        "{out}"
+    );
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let s = env.session_of(&b).await.expect("session");
+    assert!(s.tokens.dpop.is_none(), "bound by certificate, not DPoP");
+    assert_eq!(header_of(s.tokens.id_token.expose())["alg"], "PS256");
+    let r = b.xhr(Method::GET, &env.url("/api/orders")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    env.advance(Duration::from_secs(65));
+    assert_eq!(
+        b.xhr(Method::GET, &env.url("/api/orders")).await.status,
+        200
+    );
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    assert_eq!(env.idp.stat(&["grant_errors", "invalid_client"]).await, 0);
 }

@@ -706,6 +706,35 @@ impl TestEnv {
         self.spawn_config(port, text).await
     }
 
+    /// Runs `cloakroom check` on this env's configuration (the instance-0 TOML with `extra`):
+    /// its exit code and what it printed.
+    pub(crate) fn run_check(&self, extra: &str) -> (i32, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "cloakroom-check-{}-{}",
+            std::process::id(),
+            redis::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("config.toml");
+        std::fs::write(&config, self.toml(redis::free_port(), extra)).expect("config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloakroom"));
+        cmd.args(["check", "--config"]).arg(&config);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in self.env_vars(&self.keys) {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run cloakroom check");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     async fn spawn_config(&self, port: u16, text: String) -> Binary {
         let admin_port = redis::free_port();
         let text = text.replacen(
