@@ -114,6 +114,12 @@ const clients = cfg.clients.map((c) => {
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
   };
+  // `resource_server`: a client that only introspects (a resource server checking tokens).
+  if (c.resource_server) {
+    client.grant_types = [];
+    client.response_types = [];
+    client.redirect_uris = [];
+  }
   // private_key_jwt: the client's public keys, and optionally the one algorithm it may use.
   if (c.jwks) client.jwks = c.jwks;
   if (c.token_endpoint_auth_signing_alg) {
@@ -357,6 +363,11 @@ const configuration = {
     url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
   },
 
+  // `client_auth_algs`: the only algorithms offered for client assertions (discovery's
+  // token_endpoint_auth_signing_alg_values_supported).
+  ...(Array.isArray(cfg.client_auth_algs) ? {
+    enabledJWA: { clientAuthSigningAlgValues: cfg.client_auth_algs },
+  } : {}),
   clientAuthMethods: [
     'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
     ...(mtlsBase ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),

@@ -366,7 +366,6 @@ fn router(
             loader,
             refresher: refresher.clone(),
             upstream: Arc::new(forwarder),
-            clock: clock.clone(),
         },
     }
 }

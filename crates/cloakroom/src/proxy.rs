@@ -594,8 +594,6 @@ pub struct ForwardCtx<'a> {
     pub peer: SocketAddr,
     /// The session's access token, when the route and the session give one.
     pub bearer: Option<&'a crate::session::Tokens>,
-    /// Now (unix seconds, the clock seam's): the `iat` of DPoP proofs.
-    pub now: i64,
     /// The request id, passed upstream as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
     /// The session's handle, when there is a session: tunnels and event streams opened by
@@ -645,9 +643,7 @@ async fn forward(
     };
     let started = Instant::now();
     let mut resp = match (ctx.bearer, dpop_key) {
-        (Some(tokens), Some(key)) => {
-            forward_dpop(forwarder, route, req, tokens, key, ctx.now).await?
-        }
+        (Some(tokens), Some(key)) => forward_dpop(forwarder, route, req, tokens, key).await?,
         (bearer, _) => {
             if let Some(tokens) = bearer {
                 let v = tokens
@@ -737,8 +733,9 @@ async fn forward_dpop(
     req: Request<Incoming>,
     tokens: &crate::session::Tokens,
     key: &crate::oidc::DpopKey,
-    now: i64,
 ) -> Result<Response<Incoming>, Error> {
+    // Wall-clock time: the upstream compares `iat` with its own clock.
+    let now = crate::session::now_unix();
     let mut auth = HeaderValue::from_str(&format!("DPoP {}", tokens.access_token.expose()))
         .map_err(|_| Error::Internal("access token is not a header value".into()))?;
     auth.set_sensitive(true);

@@ -53,8 +53,6 @@ pub(crate) struct Api {
     pub(crate) loader: SessionLoader,
     pub(crate) refresher: Arc<Refresher>,
     pub(crate) upstream: Arc<dyn Upstream>,
-    /// The `iat` of DPoP proofs to upstreams.
-    pub(crate) clock: crate::clock::Clock,
 }
 
 /// The first `n` characters of `s`.
@@ -222,7 +220,6 @@ impl Api {
         };
         let fwd = ForwardCtx {
             peer: ctx.peer,
-            now: self.clock.unix(),
             bearer: session.as_ref().map(|(s, _)| &s.tokens),
             request_id: &ctx.id,
             session: session.as_ref().map(|(_, h)| h.as_str()),

@@ -483,10 +483,11 @@ impl OidcClient {
         >,
     > {
         let http = self.http.clone();
-        let (key, nonces, clock) = (key.cloned(), self.nonces.clone(), self.clock.clone());
+        let (key, nonces) = (key.cloned(), self.nonces.clone());
         move |mut r| {
             let (http, key, nonces) = (http.clone(), key.clone(), nonces.clone());
-            let now = clock.unix();
+            // Wall-clock time: the IdP compares `iat` with its own clock.
+            let now = crate::session::now_unix();
             Box::pin(async move {
                 let Some(key) = key else {
                     return idp_call_within(http, r, timeout).await;
@@ -588,7 +589,7 @@ impl OidcClient {
                     .header(http::header::ACCEPT, "application/json"),
                 &self.client_id,
                 form,
-                self.clock.unix(),
+                crate::session::now_unix(),
             )
             .map_err(fail)?;
         let resp = send_bounded(builder)
@@ -623,7 +624,7 @@ impl OidcClient {
                 (
                     "client_assertion".into(),
                     signer
-                        .assertion(&self.client_id, self.clock.unix())?
+                        .assertion(&self.client_id, crate::session::now_unix())?
                         .expose()
                         .to_string(),
                 ),
@@ -903,6 +904,12 @@ fn signer(config: &OidcConfig, metadata: &Metadata) -> Result<Option<client_auth
                 .collect()
         });
     let alg = client_auth::choose_alg(key.kind(), offered.as_deref())?;
+    if config.profile == Profile::Fapi2 && alg == jsonwebtoken::Algorithm::RS256 {
+        return Err(format!(
+            "oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA client assertions, and the IdP's token_endpoint_auth_signing_alg_values_supported ({}) leaves only RS256 for the RSA client key",
+            offered.as_deref().map(|o| o.join(", ")).unwrap_or_default()
+        ));
+    }
     let audience = match config.client_assertion_audience {
         AssertionAudience::Issuer => config.issuer_id.clone(),
         AssertionAudience::TokenEndpoint => metadata

@@ -58,7 +58,7 @@ impl OidcClient {
             self.http.post(endpoint.clone()),
             &self.client_id,
             form,
-            self.clock.unix(),
+            crate::session::now_unix(),
         )?;
         let resp = send_bounded(req).await.map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {

@@ -201,3 +201,154 @@ async fn a_fapi2_client_may_authenticate_and_bind_its_tokens_with_mtls_instead()
     assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
     assert_eq!(env.idp.stat(&["grant_errors", "invalid_client"]).await, 0);
 }
+
+/// The whole FAPI 2.0 lifecycle for one client kind against the IdP's FAPI 2.0 profile (PAR
+/// required, DPoP, mTLS aliases), every API call checked by the echo upstream as a resource
+/// server would (`/checked/`: introspection for the binding, the proof in full).
+async fn full_fapi2_lifecycle(client_auth: &'static str) {
+    let pki = std::sync::Arc::new(crate::support::pki::Pki::new());
+    let key = (client_auth == "private_key_jwt").then(|| {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .expect("key pair")
+            .serialize_pem()
+    });
+    let env = TestEnv::start_with(Opts {
+        profile: "fapi2",
+        client_auth,
+        client_key: key,
+        pki: Some(pki),
+        dpop: true,
+        idp_dpop_bound: true,
+        idp_fapi2: true,
+        access_token_ttl: 60,
+        ..Opts::default()
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let r = b.xhr(Method::GET, &env.url("/api/checked/orders")).await;
+    assert_eq!(r.status, 200, "{client_auth}: {}", r.body);
+    assert_eq!(r.json()["rs_check"]["binding"], "dpop", "{}", r.body);
+    let token = env
+        .session_of(&b)
+        .await
+        .expect("session")
+        .tokens
+        .access_token;
+    let sent_proof = env.upstream.last()["headers"]["dpop"]
+        .as_str()
+        .expect("proof")
+        .to_string();
+
+    // A stolen token, without the session's key: as a bearer, or with a proof of another key,
+    // or with a proof replayed; the resource server refuses each.
+    let echo = format!("http://{}/api/checked/orders", env.upstream.addr);
+    let thief = cloakroom::oidc::DpopKey::generate();
+    let forged = thief
+        .proof(
+            "GET",
+            &echo,
+            Some(token.expose()),
+            None,
+            cloakroom::session::now_unix(),
+        )
+        .expect("proof");
+    for (auth, proof, why) in [
+        (
+            format!("Bearer {}", token.expose()),
+            None,
+            "as a bearer token",
+        ),
+        (
+            format!("DPoP {}", token.expose()),
+            Some(forged.expose().to_string()),
+            "not the token's",
+        ),
+        (
+            format!("DPoP {}", token.expose()),
+            Some(sent_proof),
+            "replayed",
+        ),
+    ] {
+        let mut req = reqwest::Client::new()
+            .get(&echo)
+            .header("authorization", auth);
+        if let Some(p) = proof {
+            req = req.header("dpop", p);
+        }
+        let r = req.send().await.expect("echo");
+        assert_eq!(r.status(), 401, "{client_auth}: {why}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert!(
+            body["why"].as_str().is_some_and(|w| w.contains(why)),
+            "{why}: {body}"
+        );
+    }
+
+    // The refresh: a new proof with the same key, a new token bound to it.
+    env.advance(Duration::from_secs(65));
+    let r = b.xhr(Method::GET, &env.url("/api/checked/after")).await;
+    assert_eq!(r.status, 200, "{client_auth}: {}", r.body);
+    assert_eq!(r.json()["rs_check"]["binding"], "dpop");
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    let fresh = env
+        .session_of(&b)
+        .await
+        .expect("session")
+        .tokens
+        .access_token;
+    assert_ne!(fresh.expose(), token.expose());
+
+    // Logout revokes at the IdP (through the alias, authenticated as this client kind).
+    let r = b.xhr(Method::POST, &env.url("/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    env.idp.wait_stat(&["revocations"], 1).await;
+    assert_eq!(env.idp.stat(&["grant_errors", "invalid_client"]).await, 0);
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/api/checked/gone", env.upstream.addr))
+        .header("authorization", format!("DPoP {}", fresh.expose()))
+        .send()
+        .await
+        .expect("echo");
+    assert_eq!(r.status(), 401, "the revoked token is no longer active");
+}
+
+#[tokio::test]
+async fn fapi2_lifecycle_with_private_key_jwt() {
+    full_fapi2_lifecycle("private_key_jwt").await;
+}
+
+#[tokio::test]
+async fn fapi2_lifecycle_with_tls_client_auth() {
+    full_fapi2_lifecycle("tls_client_auth").await;
+}
+
+#[tokio::test]
+async fn fapi2_lifecycle_with_self_signed_tls_client_auth() {
+    full_fapi2_lifecycle("self_signed_tls_client_auth").await;
+}
+
+#[tokio::test]
+async fn an_idp_offering_only_rs256_client_assertions_is_refused_under_fapi2() {
+    let rsa = std::fs::read_to_string(
+        crate::support::repo_root()
+            .join("crates/cloakroom/tests/it/fixtures/test-client-rsa-2048.pem"),
+    )
+    .expect("RSA fixture");
+    let mut env = TestEnv::start_with(Opts {
+        client_auth: "private_key_jwt",
+        client_key: Some(rsa),
+        idp_client_auth_algs: Some(vec!["RS256"]),
+        ..Opts::default()
+    })
+    .await;
+    env.opts.profile = "fapi2";
+    env.opts.dpop = true;
+    let (code, out) = env.run_check("");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("idp: FAILED") && out.contains("RS256"),
+        "{out}"
+    );
+    assert!(out.contains("fapi2"), "{out}");
+}

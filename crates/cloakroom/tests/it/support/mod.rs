@@ -98,6 +98,8 @@ pub(crate) struct Opts {
     pub pki: Option<std::sync::Arc<pki::Pki>>,
     /// The IdP binds the client's tokens to its certificate.
     pub idp_cert_bound: bool,
+    /// The only algorithms the IdP offers for client assertions.
+    pub idp_client_auth_algs: Option<Vec<&'static str>>,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -144,6 +146,7 @@ impl Default for Opts {
             idp_fapi2: false,
             pki: None,
             idp_cert_bound: false,
+            idp_client_auth_algs: None,
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -215,6 +218,7 @@ impl TestEnv {
             port
         });
         let (idp, idp_fault) = Self::start_idp(&opts, &redirects, &post_logout).await;
+        *upstream.seen.introspection.lock().expect("lock") = Some(idp.url("/token/introspection"));
         let keys = KeyRing::generate_entry(1);
         let redis_fault = if opts.redis_fault {
             Some(fault::FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await)
@@ -284,6 +288,7 @@ impl TestEnv {
                 "par": !opts.idp_without_par,
                 "dpop_nonce": opts.idp_dpop_nonce,
                 "fapi2": opts.idp_fapi2,
+                "client_auth_algs": opts.idp_client_auth_algs,
                 "mtls": opts.pki.as_ref().map(|p| serde_json::json!({
                     "cert": p.server_cert_pem,
                     "key": p.server_key_pem,
@@ -301,6 +306,11 @@ impl TestEnv {
                     "dpop_bound_access_tokens": opts.idp_dpop_bound,
                     "tls_client_auth_subject_dn": (opts.client_auth == "tls_client_auth").then_some(pki::CLIENT_DN),
                     "tls_client_certificate_bound_access_tokens": opts.idp_cert_bound,
+                }, {
+                    // The echo upstream's resource server (`/checked/*`): introspection only.
+                    "client_id": upstream::RS_CLIENT_ID,
+                    "client_secret": upstream::RS_CLIENT_SECRET,
+                    "resource_server": true,
                 }]
             }));
             match started {

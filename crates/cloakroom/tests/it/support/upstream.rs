@@ -5,7 +5,10 @@
 //! `/sse/*` (one server-sent event, then silence), `/dpop-nonce/*` (a resource server that
 //! wants a DPoP nonce, RFC 9449 §9: a proof without its current one gets `401
 //! WWW-Authenticate: DPoP error="use_dpop_nonce"` and `DPoP-Nonce`; `/dpop-nonce/upload` then
-//! hashes the body like `/upload`). Counts every request.
+//! hashes the body like `/upload`), `/checked/*` (a resource server's check of the token
+//! ([`rs_check`]): its binding found by introspection at the test IdP, a DPoP proof verified
+//! in full, a certificate-bound token compared with the TLS client certificate; anything else
+//! is `401 invalid_token`). Counts every request.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -34,7 +37,17 @@ pub(crate) struct Seen {
     /// Over TLS ([`Upstream::start_tls`]): the `x5t#S256` of the client certificate of each
     /// connection, in order.
     pub peer_certs: Mutex<Vec<String>>,
+    /// `/checked/*`: the IdP's introspection endpoint (set by the test support once the IdP
+    /// runs); the resource server authenticates there as [`RS_CLIENT_ID`].
+    pub introspection: Mutex<Option<String>>,
+    /// `/checked/*`: the DPoP proof `jti`s seen (a replay is refused).
+    pub jtis: Mutex<std::collections::HashSet<String>>,
 }
+
+/// The resource server's client at the test IdP (introspection only).
+pub(crate) const RS_CLIENT_ID: &str = "resource-server";
+/// Its secret.
+pub(crate) const RS_CLIENT_SECRET: &str = "resource-server-secret-0123456789";
 
 /// What `/setcookie/*` answers with, and whether Cloakroom must pass each on (the test
 /// config's cookie names are `__Host-cloakroom` and `__Host-cloakroom-login`).
@@ -83,7 +96,7 @@ impl Upstream {
                 };
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let svc = service_fn(move |req| handle(s.clone(), req, None));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
@@ -138,13 +151,16 @@ impl Upstream {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    if let Some(der) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                        s.peer_certs
-                            .lock()
-                            .expect("lock")
-                            .push(super::pki::Pki::thumbprint(der.as_ref()));
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|der| Arc::new(super::pki::Pki::thumbprint(der.as_ref())));
+                    if let Some(p) = &peer {
+                        s.peer_certs.lock().expect("lock").push(p.to_string());
                     }
-                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let svc = service_fn(move |req| handle(s.clone(), req, peer.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
@@ -189,9 +205,122 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A resource server's check of the request's token (RFC 9449 §7.1, RFC 8705 §3): the
+/// binding comes from introspection at the IdP. A DPoP-bound token must come as `DPoP` with a
+/// proof signed by the bound key for this method and URL, with `ath`, a fresh `iat` and a `jti`
+/// never seen before; a certificate-bound one with the bound certificate on the connection; a
+/// bearer token as `Bearer`. Returns the binding (`dpop`, `cert` or `none`).
+pub(crate) async fn rs_check<B>(
+    seen: &Seen,
+    req: &hyper::Request<B>,
+    peer_cert: Option<&str>,
+) -> Result<&'static str, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Authorization")?;
+    let (scheme, token) = auth.split_once(' ').ok_or("malformed Authorization")?;
+    let endpoint = seen
+        .introspection
+        .lock()
+        .expect("lock")
+        .clone()
+        .ok_or("no introspection endpoint configured")?;
+    let info: serde_json::Value = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| e.to_string())?
+        .post(endpoint)
+        .basic_auth(RS_CLIENT_ID, Some(RS_CLIENT_SECRET))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .map_err(|e| format!("introspection: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("introspection: {e}"))?;
+    if info["active"] != true {
+        return Err(format!("token not active: {info}"));
+    }
+    if let Some(x5t) = info["cnf"]["x5t#S256"].as_str() {
+        if peer_cert != Some(x5t) {
+            return Err("certificate-bound token without its certificate".into());
+        }
+        return Ok("cert");
+    }
+    let Some(jkt) = info["cnf"]["jkt"].as_str() else {
+        return if scheme.eq_ignore_ascii_case("bearer") {
+            Ok("none")
+        } else {
+            Err(format!("{scheme} scheme for a bearer token"))
+        };
+    };
+    if !scheme.eq_ignore_ascii_case("dpop") {
+        return Err("DPoP-bound token sent as a bearer token".into());
+    }
+    let proof = req
+        .headers()
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no DPoP proof")?;
+    let header = jsonwebtoken::decode_header(proof).map_err(|e| format!("proof header: {e}"))?;
+    if header.typ.as_deref() != Some("dpop+jwt") || header.alg != jsonwebtoken::Algorithm::ES256 {
+        return Err("proof typ or alg".into());
+    }
+    let jwk = header.jwk.ok_or("proof without jwk")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| format!("proof jwk: {e}"))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(proof, &key, &v)
+        .map_err(|e| format!("proof signature: {e}"))?
+        .claims;
+    if claims["htm"] != req.method().as_str() {
+        return Err("proof htm".into());
+    }
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let scheme = if peer_cert.is_some() { "https" } else { "http" };
+    if claims["htu"] != format!("{scheme}://{host}{}", req.uri().path()).as_str() {
+        return Err(format!("proof htu {}", claims["htu"]));
+    }
+    let ath = b64.encode(Sha256::digest(token.as_bytes()));
+    if claims["ath"] != ath.as_str() {
+        return Err("proof ath".into());
+    }
+    let now = cloakroom::session::now_unix();
+    if claims["iat"]
+        .as_i64()
+        .is_none_or(|iat| (iat - now).abs() > 60)
+    {
+        return Err("proof iat not fresh".into());
+    }
+    let jti = claims["jti"]
+        .as_str()
+        .ok_or("proof without jti")?
+        .to_string();
+    if !seen.jtis.lock().expect("lock").insert(jti) {
+        return Err("proof replayed (jti seen before)".into());
+    }
+    let thumbprint = jwk
+        .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+        .map_err(|e| format!("thumbprint: {e}"))?;
+    if thumbprint != jkt {
+        return Err("proof key is not the token's (cnf.jkt)".into());
+    }
+    Ok("dpop")
+}
+
 async fn handle(
     seen: Arc<Seen>,
     mut req: hyper::Request<hyper::body::Incoming>,
+    peer_cert: Option<Arc<String>>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     seen.count.fetch_add(1, Ordering::SeqCst);
     if req
@@ -285,6 +414,18 @@ async fn handle(
             return Ok(resp);
         }
     }
+    let mut rs = None;
+    if path.contains("/checked/") {
+        match rs_check(&seen, &req, peer_cert.as_deref().map(String::as_str)).await {
+            Ok(binding) => rs = Some(binding),
+            Err(why) => {
+                let body = serde_json::json!({"error": "invalid_token", "why": why});
+                let mut resp = hyper::Response::new(full(body.to_string()));
+                *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                return Ok(resp);
+            }
+        }
+    }
     if path.contains("/sse") {
         // One event, then nothing: the stream stays open until the proxy ends it.
         let first = futures_util::stream::once(async {
@@ -331,6 +472,9 @@ async fn handle(
     }
     // The echo never reflects credentials: the browser-side scan must only catch our leaks.
     let mut echoed = info.clone();
+    if let Some(binding) = rs {
+        echoed["rs_check"] = serde_json::json!({"ok": true, "binding": binding});
+    }
     if let Some(h) = echoed["headers"].as_object_mut() {
         for k in ["authorization", "cookie", "dpop"] {
             if h.contains_key(k) {
