@@ -148,6 +148,18 @@ async fn check(config: Config) -> ExitCode {
             println!("store: FAILED ({e})");
         }
     }
+    match cloakroom::oidc::capability_report(&config.oidc).await {
+        Ok(lines) => {
+            println!("idp capabilities ({}):", config.oidc.issuer_id);
+            for l in &lines {
+                println!("  {l}");
+            }
+            if lines.iter().any(|l| l.verdict == "MISSING") {
+                ok = false;
+            }
+        }
+        Err(e) => println!("idp capabilities: not read ({e})"),
+    }
     let discovered = match cloakroom::oidc::redirect_uri(&config) {
         Ok(redirect) => cloakroom::oidc::OidcClient::discover(&config.oidc, redirect).await,
         Err(e) => Err(e),

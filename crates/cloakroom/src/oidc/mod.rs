@@ -22,6 +22,7 @@ mod id_token;
 mod jwks;
 mod logout_token;
 mod mtls;
+mod report;
 mod revocation;
 
 use crate::error::error_chain;
@@ -31,6 +32,7 @@ pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
 pub use mtls::ClientCert;
+pub use report::{capability_report, ReportLine};
 
 use errors::describe_token_error;
 use jwks::{Jwks, Recorded};

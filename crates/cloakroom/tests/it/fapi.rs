@@ -144,6 +144,14 @@ async fn start_up_names_what_the_idp_lacks_for_fapi2() {
         out.contains("idp: FAILED") && out.contains("pushed_authorization_request_endpoint"),
         "{out}"
     );
+    // ... and the report names the same pieces, line by line.
+    assert!(
+        out.contains(
+            "MISSING  PAR (RFC 9126): config asks always (fapi2); the IdP advertises no endpoint"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("MISSING  ID token signature: config asks one of [PS256, ES256, EdDSA]; the IdP advertises [RS256]"), "{out}");
     assert!(
         err.contains("pushed_authorization_request_endpoint"),
         "{err}"
@@ -186,6 +194,18 @@ async fn a_fapi2_client_may_authenticate_and_bind_its_tokens_with_mtls_instead()
         out.contains("profile: fapi2, every requirement met"),
         "{out}"
     );
+    // The capability report: each line config against discovery, all met here.
+    for what in [
+        "ok       client authentication: config asks tls_client_auth",
+        "ok       PAR (RFC 9126): config asks always (fapi2); the IdP advertises an endpoint, and requires it",
+        "ok       mTLS (RFC 8705)",
+        "ok       iss in authorization responses (RFC 9207): config asks required (fapi2)",
+        "ok       ID token signature",
+        "ok       revocation (RFC 7009)",
+    ] {
+        assert!(out.contains(what), "{what} not in:\n{out}");
+    }
+    assert!(!out.contains("MISSING"), "{out}");
     let mut b = Browser::new();
     env.login(&mut b).await;
     let s = env.session_of(&b).await.expect("session");
@@ -351,4 +371,8 @@ async fn an_idp_offering_only_rs256_client_assertions_is_refused_under_fapi2() {
         "{out}"
     );
     assert!(out.contains("fapi2"), "{out}");
+    assert!(
+        out.contains("MISSING  client assertion algorithm: config asks a Rsa key"),
+        "{out}"
+    );
 }
