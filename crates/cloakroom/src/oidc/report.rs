@@ -193,7 +193,7 @@ fn lines(config: &OidcConfig, doc: &Value, extra: &ExtraMetadata) -> Vec<ReportL
         ),
         config.client_cert.as_ref().map(|_| {
             // Certificate-bound tokens are what FAPI 2.0 needs of mTLS without DPoP.
-            !(fapi2 && !config.dpop) || extra.tls_client_certificate_bound_access_tokens
+            !fapi2 || config.dpop || extra.tls_client_certificate_bound_access_tokens
         }),
     );
     line(
