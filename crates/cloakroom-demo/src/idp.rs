@@ -12,6 +12,10 @@
 //! | `POST /authorize/login` | checks the demo credentials, sets `devidp_session`, redirects |
 //! | `POST /token` | `authorization_code`; `refresh_token` with rotation and reuse detection; with a `DPoP` proof (RFC 9449), DPoP-bound access tokens (`cnf.jkt`, `token_type: DPoP`), the code bound to `dpop_jkt` when the authorization request sent one |
 //! | `POST /revoke` | refresh tokens (the whole grant) and access tokens (by `jti`) |
+//!
+//! The client authenticates with its secret (Basic or in the body) or, when registered with a
+//! public JWK set, with `private_key_jwt` only (RFC 7523 assertions: ES256, PS256 or EdDSA,
+//! `aud` the issuer or the token endpoint, each `jti` once).
 //! | `GET`/`POST /end_session` | ends the IdP session, back to a registered URI |
 //!
 //! One client, one user ([`DEMO_USER`] / [`DEMO_PASSWORD`]), all state in memory, a fresh key
@@ -80,6 +84,9 @@ pub struct ClientRegistration {
     pub redirect_uri: String,
     /// The one registered post-logout redirect URI (exact match).
     pub post_logout_redirect_uri: String,
+    /// With a public JWK set, the client authenticates with `private_key_jwt` (RFC 7523)
+    /// only, its assertions signed by one of these keys; without, with its secret.
+    pub jwks: Option<Value>,
 }
 
 /// How the development IdP behaves.
@@ -126,6 +133,7 @@ impl DevIdp {
             state: Mutex::new(State::default()),
             revoked: Arc::new(RevokedJtis::default()),
             proofs: crate::dpop::ProofChecker::default(),
+            assertion_jtis: Mutex::default(),
         });
         let s = shared.clone();
         let server = LocalServer::serve(listener, move |req, _peer| {
@@ -415,6 +423,8 @@ struct Shared {
     revoked: Arc<RevokedJtis>,
     /// DPoP proofs at the token endpoint.
     proofs: crate::dpop::ProofChecker,
+    /// The `jti`s of the client assertions seen (each is good once).
+    assertion_jtis: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -615,8 +625,9 @@ impl Shared {
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "code_challenge_methods_supported": ["S256"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
+                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
                 "grant_types_supported": ["authorization_code", "refresh_token"],
                 "scopes_supported": SCOPES,
                 "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
@@ -862,6 +873,19 @@ impl Shared {
                 "client authentication failed",
             )
         };
+        let assertion_type =
+            single(form, "client_assertion_type").map_err(|e| invalid_request(&e))?;
+        if let Some(jwks) = &self.client().jwks {
+            // private_key_jwt only: a secret is not this client's way in.
+            if assertion_type != Some(cloakroom::oidc::ASSERTION_TYPE) {
+                tracing::info!("dev-idp: a private_key_jwt client came without an assertion");
+                return Err(invalid_client());
+            }
+            return self.check_assertion(jwks, form).map_err(|why| {
+                tracing::info!(reason = why, "dev-idp: client assertion refused");
+                invalid_client()
+            });
+        }
         let basic = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -900,6 +924,67 @@ impl Shared {
             tracing::info!("dev-idp: client authentication failed");
             Err(invalid_client())
         }
+    }
+
+    /// RFC 7523 §3: a client assertion signed by one of the registered keys, `iss` = `sub` =
+    /// the client, `aud` the issuer or the token endpoint, not expired, its `jti` new.
+    fn check_assertion(&self, jwks: &Value, form: &[(String, String)]) -> Result<(), &'static str> {
+        #[derive(Deserialize)]
+        struct Claims {
+            sub: String,
+            jti: String,
+        }
+        let jwt = single(form, "client_assertion")
+            .ok()
+            .flatten()
+            .ok_or("no client_assertion")?;
+        let client_id = &self.client().client_id;
+        if single(form, "client_id")
+            .ok()
+            .flatten()
+            .is_some_and(|c| c != client_id)
+        {
+            return Err("client_id is another client's");
+        }
+        let header = jsonwebtoken::decode_header(jwt).map_err(|_| "malformed assertion")?;
+        if !matches!(
+            header.alg,
+            Algorithm::ES256 | Algorithm::PS256 | Algorithm::EdDSA
+        ) {
+            return Err("assertion algorithm not allowed");
+        }
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_value(jwks.clone()).map_err(|_| "registered jwks unreadable")?;
+        let jwk = match header.kid.as_deref() {
+            Some(kid) => set.find(kid),
+            None if set.keys.len() == 1 => set.keys.first(),
+            None => None,
+        }
+        .ok_or("assertion signed by an unregistered key")?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| "registered key unusable")?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[client_id.as_str()]);
+        let token_endpoint = format!("{}/token", self.issuer);
+        v.set_audience(&[self.issuer.as_str(), token_endpoint.as_str()]);
+        v.set_required_spec_claims(&["iss", "sub", "aud", "exp"]);
+        v.leeway = 5;
+        let claims = jsonwebtoken::decode::<Claims>(jwt, &key, &v)
+            .map_err(|_| "assertion signature, audience or expiry invalid")?
+            .claims;
+        if claims.sub != *client_id {
+            return Err("assertion sub is not the client");
+        }
+        let mut seen = self
+            .assertion_jtis
+            .lock()
+            .map_err(|_| "replay set poisoned")?;
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        if !seen.insert(claims.jti) {
+            return Err("assertion replayed");
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- /token
@@ -1300,6 +1385,7 @@ mod tests {
                 client_secret: Secret::new("s"),
                 redirect_uri: "http://localhost:1/cb".into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
+                jwks: None,
             },
             access_token_ttl: Duration::from_secs(60),
         }

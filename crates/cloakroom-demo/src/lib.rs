@@ -65,6 +65,18 @@ pub struct DemoOptions {
     pub redis: Option<String>,
     /// Lifetime of the access tokens the development IdP issues.
     pub access_token_ttl: Duration,
+    /// How Cloakroom authenticates to the development IdP.
+    pub client_auth: DemoClientAuth,
+}
+
+/// The demo's client authentication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoClientAuth {
+    /// A client secret (`client_secret_basic`), made at start-up.
+    #[default]
+    Secret,
+    /// `private_key_jwt` with an EC P-256 key made at start-up and registered at the IdP.
+    PrivateKeyJwt,
 }
 
 impl Default for DemoOptions {
@@ -73,6 +85,7 @@ impl Default for DemoOptions {
             port: 8080,
             redis: None,
             access_token_ttl: Duration::from_secs(60),
+            client_auth: DemoClientAuth::Secret,
         }
     }
 }
@@ -180,6 +193,20 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
     let public_url = format!("http://localhost:{port}");
 
     let client_secret = cloakroom::crypto::random_token();
+    let client_key = match opts.client_auth {
+        DemoClientAuth::Secret => None,
+        DemoClientAuth::PrivateKeyJwt => Some(
+            cloakroom::oidc::ClientKey::generate_pem(cloakroom::oidc::KeyKind::P256)
+                .map_err(DemoError::Key)?,
+        ),
+    };
+    let jwks = match &client_key {
+        None => None,
+        Some(pem) => {
+            let keys = cloakroom::oidc::ClientKey::parse_all(pem).map_err(DemoError::Key)?;
+            Some(serde_json::json!({ "keys": [keys[0].public_jwk(None)] }))
+        }
+    };
     let idp = idp::DevIdp::start(
         loopback(0),
         idp::IdpOptions {
@@ -188,6 +215,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
                 client_secret: cloakroom::secret::Secret::new(client_secret.clone()),
                 redirect_uri: format!("{public_url}/auth/callback"),
                 post_logout_redirect_uri: format!("{public_url}/"),
+                jwks,
             },
             access_token_ttl: opts.access_token_ttl,
         },
@@ -205,6 +233,13 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
     );
     let mut env = Env::new();
     env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), client_secret);
+    if let Some(key) = client_key {
+        env.insert(
+            "CLOAKROOM_OIDC_CLIENT_AUTH_METHOD".into(),
+            "private_key_jwt".into(),
+        );
+        env.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key);
+    }
     env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
     let config = Config::from_toml(&toml, &env)?;
     let app = App::start_with(

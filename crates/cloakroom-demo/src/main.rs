@@ -17,6 +17,10 @@ struct Cli {
     /// Keep sessions in this Redis (redis://…) instead of memory.
     #[arg(long)]
     redis: Option<String>,
+    /// How Cloakroom authenticates to the development IdP: `secret` (client_secret_basic) or
+    /// `private_key_jwt` (a key made at start-up and registered at the IdP).
+    #[arg(long, default_value = "secret", value_parser = ["secret", "private_key_jwt"])]
+    client_auth: String,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,11 @@ async fn demo(cli: Cli) -> ExitCode {
     let opts = cloakroom_demo::DemoOptions {
         port: cli.port,
         redis: cli.redis,
+        client_auth: if cli.client_auth == "private_key_jwt" {
+            cloakroom_demo::DemoClientAuth::PrivateKeyJwt
+        } else {
+            cloakroom_demo::DemoClientAuth::Secret
+        },
         ..Default::default()
     };
     let demo = match cloakroom_demo::start(opts).await {

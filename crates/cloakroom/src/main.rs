@@ -50,14 +50,12 @@ enum Command {
 /// A new private key of `key_type` in PEM, then its public JWK set (what the IdP registers;
 /// text outside the PEM block is ignored when the key is read back).
 fn client_key(key_type: &str) -> Result<String, String> {
-    let alg = match key_type {
-        "ec" => &rcgen::PKCS_ECDSA_P256_SHA256,
-        "ed25519" => &rcgen::PKCS_ED25519,
+    let kind = match key_type {
+        "ec" => cloakroom::oidc::KeyKind::P256,
+        "ed25519" => cloakroom::oidc::KeyKind::Ed25519,
         o => return Err(format!("--key-type: `{o}` must be ec or ed25519")),
     };
-    let pem = rcgen::KeyPair::generate_for(alg)
-        .map_err(|e| format!("cannot generate a key: {e}"))?
-        .serialize_pem();
+    let pem = cloakroom::oidc::ClientKey::generate_pem(kind)?;
     let key = cloakroom::oidc::ClientKey::parse_all(&pem)?;
     let jwks = serde_json::json!({ "keys": [key[0].public_jwk(None)] });
     Ok(format!(

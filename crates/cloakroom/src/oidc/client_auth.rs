@@ -219,6 +219,22 @@ impl ClientKey {
         })
     }
 
+    /// A new private key of `kind` (EC P-256 or Ed25519), as PKCS#8 PEM: what
+    /// `cloakroom keygen --client-key` prints.
+    ///
+    /// # Errors
+    /// For RSA (generate one with openssl), or when generation fails.
+    pub fn generate_pem(kind: KeyKind) -> Result<String, String> {
+        let alg = match kind {
+            KeyKind::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyKind::Rsa => return Err("RSA keys are not generated here".into()),
+        };
+        rcgen::KeyPair::generate_for(alg)
+            .map(|k| k.serialize_pem())
+            .map_err(|e| format!("cannot generate a key: {e}"))
+    }
+
     /// The kind of key.
     #[must_use]
     pub fn kind(&self) -> KeyKind {

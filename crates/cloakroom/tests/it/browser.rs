@@ -619,10 +619,13 @@ async fn logout(c: &Chrome, s: &Setup<'_>, confirm_at_idp: Option<&str>) {
 
 #[tokio::test]
 async fn browser_demo_login_api_logout() {
+    // The demo with private_key_jwt (and DPoP, its default): what a FAPI-minded deployment
+    // runs, in a real browser.
     let d = demo::start(DemoOptions {
         port: 0,
         redis: None,
         access_token_ttl: Duration::from_secs(60),
+        client_auth: demo::DemoClientAuth::PrivateKeyJwt,
     })
     .await
     .unwrap_or_else(|e| panic!("the demo did not start: {e}"));

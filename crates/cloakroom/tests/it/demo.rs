@@ -13,10 +13,18 @@ use sha2::Digest;
 use std::time::Duration;
 
 async fn start_demo(access_token_ttl: Duration) -> DemoHandle {
+    start_demo_with(access_token_ttl, demo::DemoClientAuth::Secret).await
+}
+
+async fn start_demo_with(
+    access_token_ttl: Duration,
+    client_auth: demo::DemoClientAuth,
+) -> DemoHandle {
     demo::start(DemoOptions {
         port: 0,
         redis: None,
         access_token_ttl,
+        client_auth,
     })
     .await
     .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
@@ -329,6 +337,7 @@ async fn idp() -> DevIdp {
                 client_secret: Secret::new(SECRET),
                 redirect_uri: REDIRECT.into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
+                jwks: None,
             },
             access_token_ttl: Duration::from_secs(60),
         },
@@ -557,6 +566,7 @@ async fn the_dev_idp_validates_authorization_requests_and_binds_loopback_only() 
                 client_secret: Secret::new(SECRET),
                 redirect_uri: REDIRECT.into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
+                jwks: None,
             },
             access_token_ttl: Duration::from_secs(60),
         },
@@ -622,4 +632,63 @@ async fn the_dev_idp_validates_authorization_requests_and_binds_loopback_only() 
     assert_eq!(jwks["keys"][0]["kty"], "RSA");
     assert!(jwks["keys"][0]["kid"].as_str().is_some());
     idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_demo_runs_with_private_key_jwt_and_its_idp_takes_nothing_else() {
+    let d = start_demo_with(Duration::from_secs(60), demo::DemoClientAuth::PrivateKeyJwt).await;
+    let mut b = Browser::new();
+    login(&d, &mut b).await;
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["dpop"]["proof_verified"], true, "{}", r.body);
+    // The dev IdP advertises the method, and refuses this client a secret (or nothing).
+    let meta: serde_json::Value = reqwest::get(format!(
+        "{}/.well-known/openid-configuration",
+        d.idp.issuer()
+    ))
+    .await
+    .expect("discovery")
+    .json()
+    .await
+    .expect("json");
+    assert!(meta["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .expect("methods")
+        .iter()
+        .any(|m| m == "private_key_jwt"));
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", d.idp.issuer()))
+        .basic_auth(demo::CLIENT_ID, Some("guess"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+        .send()
+        .await
+        .expect("token endpoint");
+    assert_eq!(r.status(), 401);
+    // A well-formed assertion signed by a key the IdP does not know is refused too.
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let now = cloakroom::session::now_unix();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &serde_json::json!({
+            "iss": demo::CLIENT_ID, "sub": demo::CLIENT_ID, "aud": d.idp.issuer(),
+            "jti": "forged-1", "iat": now, "exp": now + 60,
+        }),
+        &jsonwebtoken::EncodingKey::from_ec_pem(stranger.serialize_pem().as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", d.idp.issuer()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            ("client_id", demo::CLIENT_ID),
+            ("client_assertion_type", cloakroom::oidc::ASSERTION_TYPE),
+            ("client_assertion", jwt.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token endpoint");
+    assert_eq!(r.status(), 401);
+    d.shutdown().await;
 }
