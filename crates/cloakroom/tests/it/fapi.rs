@@ -4,7 +4,7 @@
 //! refusal: an IdP that lacks pieces stops start-up with every missing piece named.
 
 use crate::support::browser::Browser;
-use crate::support::{bind0, query, Opts, TestEnv};
+use crate::support::{query, start_up_error, Opts, TestEnv};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::Method;
@@ -117,25 +117,7 @@ async fn start_up_names_what_the_idp_lacks_for_fapi2() {
     })
     .await;
     env.opts.profile = "fapi2";
-    let public = bind0();
-    let port = public.local_addr().expect("addr").port();
-    let config = env.config(port, &env.keys, "");
-    let err = match cloakroom::App::start_with(
-        config,
-        cloakroom::Listeners {
-            public: Some(public),
-            admin: Some(bind0()),
-            ..Default::default()
-        },
-    )
-    .await
-    {
-        Ok(app) => {
-            app.shutdown().await;
-            panic!("started without PAR under fapi2")
-        }
-        Err(e) => e.to_string(),
-    };
+    let err = start_up_error(env.config(1, &env.keys, "")).await;
     assert!(err.contains("fapi2"), "{err}");
     // `cloakroom check` says the same, and fails.
     let (code, out) = env.run_check("");

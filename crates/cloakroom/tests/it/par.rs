@@ -2,29 +2,9 @@
 
 use crate::support::browser::Browser;
 use crate::support::fault::Fault;
-use crate::support::{bind0, query, Opts, TestEnv, CLIENT_ID};
+use crate::support::{query, start_up_error, Opts, TestEnv, CLIENT_ID};
 use cloakroom::config::Par;
 use reqwest::Method;
-
-/// Starts an instance with `config` and returns its start-up error.
-async fn start_up_error(config: cloakroom::config::Config) -> String {
-    match cloakroom::App::start_with(
-        config,
-        cloakroom::Listeners {
-            public: Some(bind0()),
-            admin: Some(bind0()),
-            ..Default::default()
-        },
-    )
-    .await
-    {
-        Ok(app) => {
-            app.shutdown().await;
-            panic!("cloakroom started")
-        }
-        Err(e) => e.to_string(),
-    }
-}
 
 #[tokio::test]
 async fn a_login_pushes_its_request_and_the_browser_carries_only_client_id_and_request_uri() {

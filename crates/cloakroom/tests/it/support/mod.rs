@@ -188,6 +188,26 @@ pub(crate) fn query(url: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// Starts an instance with `config`, which must fail, and returns its start-up error.
+pub(crate) async fn start_up_error(config: Config) -> String {
+    match App::start_with(
+        config,
+        Listeners {
+            public: Some(bind0()),
+            admin: Some(bind0()),
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Ok(app) => {
+            app.shutdown().await;
+            panic!("cloakroom started")
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
 pub(crate) fn bind0() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }

@@ -94,13 +94,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(s.clone(), req, None));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(serve(s.clone(), stream, None));
             }
         });
         Self { addr, seen, task }
@@ -160,10 +154,7 @@ impl Upstream {
                     if let Some(p) = &peer {
                         s.peer_certs.lock().expect("lock").push(p.to_string());
                     }
-                    let svc = service_fn(move |req| handle(s.clone(), req, peer.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                        .await;
+                    serve(s, tls, peer).await;
                 });
             }
         });
@@ -193,6 +184,18 @@ impl Upstream {
             .clone()
             .expect("the upstream saw a request")
     }
+}
+
+/// Serves one connection with the echo; `peer_cert` is its TLS client certificate's
+/// `x5t#S256`.
+async fn serve<I>(seen: Arc<Seen>, io: I, peer_cert: Option<Arc<String>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(seen.clone(), req, peer_cert.clone()));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
 }
 
 impl Drop for Upstream {
