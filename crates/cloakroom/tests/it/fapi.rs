@@ -221,6 +221,7 @@ async fn full_fapi2_lifecycle(client_auth: &'static str) {
         pki: Some(pki),
         dpop: true,
         idp_dpop_bound: true,
+        idp_dpop_nonce: true,
         idp_fapi2: true,
         access_token_ttl: 60,
         ..Opts::default()
@@ -228,15 +229,29 @@ async fn full_fapi2_lifecycle(client_auth: &'static str) {
     .await;
     let mut b = Browser::new();
     env.login(&mut b).await;
+    // The IdP asked for a DPoP nonce once, and got it.
+    assert_eq!(env.idp.stat(&["dpop_proofs", "without_nonce"]).await, 1);
+    assert!(env.idp.stat(&["dpop_proofs", "with_nonce"]).await >= 1);
+    // An upstream nonce challenge, answered by one retry that the resource server accepts.
+    let before = env.upstream.count();
+    let r = b
+        .xhr(Method::GET, &env.url("/api/checked/dpop-nonce/x"))
+        .await;
+    assert_eq!(r.status, 200, "{client_auth}: {}", r.body);
+    assert_eq!(r.json()["rs_check"]["binding"], "dpop", "{}", r.body);
+    assert_eq!(env.upstream.count() - before, 2, "one challenge, one retry");
     let r = b.xhr(Method::GET, &env.url("/api/checked/orders")).await;
     assert_eq!(r.status, 200, "{client_auth}: {}", r.body);
     assert_eq!(r.json()["rs_check"]["binding"], "dpop", "{}", r.body);
-    let token = env
-        .session_of(&b)
-        .await
-        .expect("session")
-        .tokens
-        .access_token;
+    let tokens = env.session_of(&b).await.expect("session").tokens;
+    let token = tokens.access_token.clone();
+    let jkt = tokens
+        .dpop
+        .as_ref()
+        .expect("DPoP key")
+        .thumbprint()
+        .expect("jkt")
+        .to_string();
     let sent_proof = env.upstream.last()["headers"]["dpop"]
         .as_str()
         .expect("proof")
@@ -293,13 +308,22 @@ async fn full_fapi2_lifecycle(client_auth: &'static str) {
     assert_eq!(r.status, 200, "{client_auth}: {}", r.body);
     assert_eq!(r.json()["rs_check"]["binding"], "dpop");
     assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
-    let fresh = env
-        .session_of(&b)
-        .await
-        .expect("session")
-        .tokens
-        .access_token;
+    assert_eq!(
+        env.idp.stat(&["dpop_proofs", "without_nonce"]).await,
+        1,
+        "the refresh went out with the IdP's last nonce"
+    );
+    let refreshed = env.session_of(&b).await.expect("session").tokens;
+    let fresh = refreshed.access_token.clone();
     assert_ne!(fresh.expose(), token.expose());
+    assert_eq!(
+        refreshed
+            .dpop
+            .as_ref()
+            .map(|k| k.thumbprint().map(String::from)),
+        Some(Ok(jkt)),
+        "the same key proves the refresh"
+    );
 
     // Logout revokes at the IdP (through the alias, authenticated as this client kind).
     let r = b.xhr(Method::POST, &env.url("/auth/logout")).await;
