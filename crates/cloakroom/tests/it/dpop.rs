@@ -321,3 +321,40 @@ async fn a_session_without_a_bound_token_is_refused_by_a_dpop_route_and_sent_as_
     assert!(auth.starts_with("Bearer "), "{auth:.12}");
     assert!(proof.is_none());
 }
+
+#[tokio::test]
+async fn a_refresh_refused_for_want_of_a_nonce_is_retried_and_loses_no_refresh_token() {
+    // Another instance has not met the IdP yet, so its first refresh proof carries no nonce:
+    // the IdP refuses it with use_dpop_nonce before it looks at the refresh token (RFC 9449
+    // §8), and the retry with the nonce refreshes. Nothing is reused, no grant revoked.
+    let mut env = start(Opts {
+        idp_dpop_nonce: true,
+        ..opts()
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let i = env.start_extra(&env.keys.clone()).await;
+    env.advance(Duration::from_secs(65));
+    let without = env.idp.stat(&["dpop_proofs", "without_nonce"]).await;
+    let r = b
+        .xhr(Method::GET, &format!("{}/dpop/after", env.base(i)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    assert_eq!(
+        env.idp.stat(&["dpop_proofs", "without_nonce"]).await,
+        without + 1,
+        "the first refresh proof had no nonce and was refused"
+    );
+    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
+    // The session goes on refreshing with the rotated refresh token.
+    env.advance(Duration::from_secs(65));
+    let r = b
+        .xhr(Method::GET, &format!("{}/dpop/again", env.base(i)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 2);
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
+}
