@@ -175,10 +175,12 @@ impl App {
         }
         let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config.store).await?;
+        let (resources, resource_scopes) = crate::config::login_resources(&config.routes);
         let oidc = Arc::new(
             OidcClient::discover(&config.oidc, crate::oidc::redirect_uri(&config)?)
                 .await?
-                .with_clock(clock.clone()),
+                .with_clock(clock.clone())
+                .with_login_resources(resources, resource_scopes),
         );
         let sessions = Sessions::new(
             store,
@@ -189,13 +191,26 @@ impl App {
         .with_clock(clock.clone())
         .with_local_cache();
         let ender = Ender::new(sessions.clone(), oidc.clone());
-        let refresher = Arc::new(Refresher::new(
-            sessions.clone(),
+        let refresh_cfg = RefreshConfig::from_config(&config);
+        let clients = Arc::new(crate::client_tokens::ClientTokens::new(
             oidc.clone(),
-            ender.clone(),
+            sessions.store().clone(),
+            config.keys.clone(),
             clock.clone(),
-            RefreshConfig::from_config(&config),
+            refresh_cfg.skew,
+            refresh_cfg.cooloff,
+            refresh_cfg.lease,
         ));
+        let refresher = Arc::new(
+            Refresher::new(
+                sessions.clone(),
+                oidc.clone(),
+                ender.clone(),
+                clock.clone(),
+                refresh_cfg,
+            )
+            .with_client_tokens(clients.clone()),
+        );
         let tunnels = crate::tunnels::Tunnels::new(config.server.tunnel_idle_timeout);
         // A session that ends — logout, admin, back-channel, re-login, a dead grant, here or
         // (through the invalidation channel) on another instance — takes its WebSocket tunnels
@@ -248,7 +263,7 @@ impl App {
         let limits = Limits::from_config(&config.server);
         let state = Arc::new(AppState {
             router: Arc::new(router(
-                &config, &sessions, &oidc, &ender, &refresher, &clock, forwarder,
+                &config, &sessions, &oidc, &ender, &refresher, &clock, forwarder, clients,
             )),
             admin: Arc::new(Admin {
                 sessions: sessions.clone(),
@@ -291,6 +306,7 @@ impl App {
 }
 
 /// The public service's stages, each given what it uses.
+#[allow(clippy::too_many_arguments)]
 fn router(
     config: &Config,
     sessions: &Sessions,
@@ -299,6 +315,7 @@ fn router(
     refresher: &Arc<Refresher>,
     clock: &Clock,
     forwarder: Forwarder,
+    clients: Arc<crate::client_tokens::ClientTokens>,
 ) -> Router {
     let cookies = Arc::new(Cookies::new(
         &config.cookie,
@@ -365,6 +382,8 @@ fn router(
             origins,
             loader,
             refresher: refresher.clone(),
+            clients,
+            auth_prefix: config.server.auth_prefix.clone(),
             upstream: Arc::new(forwarder),
         },
     }

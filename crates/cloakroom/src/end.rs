@@ -106,6 +106,47 @@ impl Ender {
         Ok(true)
     }
 
+    /// Upgrades a session in place after a step-up login of the same user: the record under
+    /// `handle` is replaced by `new` (the browser's cookie keeps naming it), and the old
+    /// tokens are revoked unless they came from the same IdP session (see
+    /// [`Ender::end_replaced`]). False, and nothing written, if the old record is gone.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn upgrade(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
+        let Some(deleted) = self.sessions.take(handle, None).await? else {
+            return Ok(false);
+        };
+        self.sessions.save(handle, new).await?;
+        tracing::info!(
+            event = "session_upgraded",
+            session = %short(handle),
+            sub = %new.sub,
+            "step-up login: the session was upgraded in place"
+        );
+        match deleted {
+            Some(s) if s.sub == new.sub && s.sid.is_some() && s.sid == new.sid => {
+                // One grant: the login's refresh token is the new session's now. Only the
+                // routes' own tokens of the old one are revoked.
+                let mut old = s.tokens;
+                if !old.derived.is_empty() {
+                    old.refresh_token = None;
+                    self.revoke_derived_later(old);
+                }
+            }
+            Some(s) => self.revoke_later(s.tokens),
+            None => tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked"),
+        }
+        Ok(true)
+    }
+
+    /// Revokes only the routes' own tokens of `tokens` (not the login's access token, which
+    /// is the same grant's as a live session's).
+    fn revoke_derived_later(&self, tokens: Tokens) {
+        let oidc = self.oidc.clone();
+        tokio::spawn(async move { oidc.revoke_derived(&tokens).await });
+    }
+
     /// Ends each session, going on past failures: every one is attempted, and every one that
     /// was deleted has its tokens revoked. Returns how many were deleted.
     ///

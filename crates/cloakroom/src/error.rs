@@ -39,6 +39,11 @@ pub enum Error {
     /// A `token = "dpop"` route, and the session's token is not DPoP-bound.
     #[error("the route needs a DPoP-bound token")]
     DpopRequired,
+    /// The session's authentication is not strong or recent enough for this route (its
+    /// `acr_values`/`max_age`, or an upstream's RFC 9470 challenge): the SPA runs a step-up
+    /// login.
+    #[error("step-up authentication required")]
+    StepUpRequired(Box<StepUpChallenge>),
     /// Too many logins from this client IP.
     #[error("rate limited")]
     RateLimited {
@@ -55,6 +60,31 @@ pub enum Error {
     /// The code exchange failed.
     #[error("token exchange failed: {0}")]
     TokenExchange(String),
+    /// The IdP refused to exchange the user's token for this route's (`invalid_target`, …).
+    #[error("token exchange refused: {0}")]
+    TokenExchangeDenied(String),
+    /// The IdP refused a per-resource token for this route (`invalid_target`, `invalid_scope`).
+    #[error("resource token refused: {0}")]
+    ResourceTokenDenied(String),
+    /// No exchanged token can be had now (the IdP is down or slow).
+    #[error("token exchange unavailable: {why}")]
+    TokenExchangeUnavailable {
+        /// Why (for the log).
+        why: String,
+        /// The `Retry-After` header.
+        retry_after: std::time::Duration,
+    },
+    /// No client-credentials token can be had now (the IdP is down or slow).
+    #[error("client token unavailable: {why}")]
+    ClientTokenUnavailable {
+        /// Why (for the log).
+        why: String,
+        /// The `Retry-After` header.
+        retry_after: std::time::Duration,
+    },
+    /// The IdP refused Cloakroom's client-credentials request (a configuration problem).
+    #[error("client token refused: {0}")]
+    ClientTokenRefused(String),
     /// The IdP could not refresh a token and the current one is expired.
     #[error("token refresh unavailable: {why}")]
     RefreshUnavailable {
@@ -94,6 +124,7 @@ impl Error {
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Error::DpopRequired => (StatusCode::FORBIDDEN, "dpop_required"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Error::StepUpRequired(_) => (StatusCode::UNAUTHORIZED, "step_up_required"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
             Error::AuthorizationRequest(_) => {
@@ -103,6 +134,15 @@ impl Error {
             Error::RefreshUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "token_refresh_unavailable")
             }
+            Error::TokenExchangeDenied(_) => (StatusCode::FORBIDDEN, "token_exchange_denied"),
+            Error::ResourceTokenDenied(_) => (StatusCode::FORBIDDEN, "resource_token_denied"),
+            Error::TokenExchangeUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "token_exchange_unavailable")
+            }
+            Error::ClientTokenUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "client_token_unavailable")
+            }
+            Error::ClientTokenRefused(_) => (StatusCode::BAD_GATEWAY, "client_token_refused"),
             Error::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
             Error::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Error::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -114,9 +154,21 @@ impl Error {
     #[must_use]
     pub fn into_response(&self) -> Response<Body> {
         let (status, code) = self.status_and_code();
-        let mut resp = json_response(status, &serde_json::json!({ "error": code }));
+        let body = match self {
+            Error::StepUpRequired(c) => serde_json::json!({
+                "error": code,
+                "acr_values": c.acr_values,
+                "max_age": c.max_age,
+                "login_url": c.login_url,
+            }),
+            _ => serde_json::json!({ "error": code }),
+        };
+        let mut resp = json_response(status, &body);
         match self {
-            Error::RefreshUnavailable { retry_after, .. } | Error::RateLimited { retry_after } => {
+            Error::RefreshUnavailable { retry_after, .. }
+            | Error::RateLimited { retry_after }
+            | Error::TokenExchangeUnavailable { retry_after, .. }
+            | Error::ClientTokenUnavailable { retry_after, .. } => {
                 // Whole seconds, rounded up, at least 1.
                 let secs = retry_after.as_millis().div_ceil(1000).max(1);
                 resp.headers_mut().insert(
@@ -131,6 +183,37 @@ impl Error {
             _ => {}
         }
         resp
+    }
+}
+
+/// What a step-up answer tells the SPA: what to ask for, and the login URL that asks for it
+/// (relative to the public URL; the SPA appends `&return_to=…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUpChallenge {
+    /// Space-separated `acr` values, one of which the new login must reach.
+    pub acr_values: Option<String>,
+    /// The longest time since authentication, in seconds.
+    pub max_age: Option<u64>,
+    /// `/auth/login?acr_values=…&max_age=…`.
+    pub login_url: String,
+}
+
+impl StepUpChallenge {
+    /// The challenge for these requirements, its login URL under `auth_prefix`.
+    #[must_use]
+    pub fn new(auth_prefix: &str, acr_values: Option<String>, max_age: Option<u64>) -> Self {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(a) = &acr_values {
+            q.append_pair("acr_values", a);
+        }
+        if let Some(m) = max_age {
+            q.append_pair("max_age", &m.to_string());
+        }
+        Self {
+            login_url: format!("{auth_prefix}/login?{}", q.finish()),
+            acr_values,
+            max_age,
+        }
     }
 }
 
@@ -210,6 +293,42 @@ mod tests {
             (Error::InvalidRequest("x".into()), 400, "invalid_request"),
             (Error::NotFound, 404, "not_found"),
             (Error::DpopRequired, 403, "dpop_required"),
+            (
+                Error::StepUpRequired(Box::new(StepUpChallenge::new("/auth", None, Some(5)))),
+                401,
+                "step_up_required",
+            ),
+            (
+                Error::TokenExchangeDenied("x".into()),
+                403,
+                "token_exchange_denied",
+            ),
+            (
+                Error::ResourceTokenDenied("x".into()),
+                403,
+                "resource_token_denied",
+            ),
+            (
+                Error::TokenExchangeUnavailable {
+                    why: "x".into(),
+                    retry_after: std::time::Duration::from_secs(5),
+                },
+                503,
+                "token_exchange_unavailable",
+            ),
+            (
+                Error::ClientTokenUnavailable {
+                    why: "x".into(),
+                    retry_after: std::time::Duration::from_secs(5),
+                },
+                503,
+                "client_token_unavailable",
+            ),
+            (
+                Error::ClientTokenRefused("x".into()),
+                502,
+                "client_token_refused",
+            ),
             (Error::MethodNotAllowed, 405, "method_not_allowed"),
             (Error::InvalidIdToken("x".into()), 401, "invalid_id_token"),
             (
@@ -246,5 +365,17 @@ mod tests {
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         }
+    }
+
+    #[test]
+    fn a_step_up_answer_says_what_to_ask_for() {
+        let c = StepUpChallenge::new(
+            "/auth",
+            Some("urn:a urn:b".into()),
+            Some(300),
+        );
+        assert_eq!(c.login_url, "/auth/login?acr_values=urn%3Aa+urn%3Ab&max_age=300");
+        let resp = Error::StepUpRequired(Box::new(c)).into_response();
+        assert_eq!(resp.status(), 401);
     }
 }

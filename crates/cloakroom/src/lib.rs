@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod client_tokens;
 pub mod clock;
 pub mod config;
 pub(crate) mod context;
@@ -28,6 +29,7 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod stepup;
 pub mod telemetry;
 pub mod tunnels;
 

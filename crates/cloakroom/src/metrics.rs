@@ -130,6 +130,12 @@ pub fn refresh(outcome: &'static str) {
     metrics::counter!("cloakroom_refreshes_total", "outcome" => outcome).increment(1);
 }
 
+/// A route's own token (`kind`: `resource`, `exchange`, `client`) was asked for, with `outcome`.
+pub fn route_token(kind: &'static str, outcome: &'static str) {
+    metrics::counter!("cloakroom_route_tokens_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
 /// A back-channel logout was handled with `outcome`.
 pub fn backchannel_logout(outcome: &'static str) {
     metrics::counter!("cloakroom_backchannel_logouts_total", "outcome" => outcome).increment(1);

@@ -592,8 +592,9 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, Error> {
 pub struct ForwardCtx<'a> {
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// The session's access token, when the route and the session give one.
-    pub bearer: Option<&'a crate::session::Tokens>,
+    /// The access token to attach, when the route and the session (or Cloakroom's own client
+    /// token) give one.
+    pub bearer: Option<crate::session::Credential<'a>>,
     /// The request id, passed upstream as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
     /// The session's handle, when there is a session: tunnels and event streams opened by
@@ -637,18 +638,18 @@ async fn forward(
         headers.insert(header::UPGRADE, proto);
     }
     let dpop_key = match (ctx.bearer, route.scheme) {
-        (Some(t), TokenScheme::AsIssued | TokenScheme::Dpop) if t.dpop.is_some() => t.dpop.as_ref(),
+        (Some(t), TokenScheme::AsIssued | TokenScheme::Dpop) if t.dpop.is_some() => t.dpop,
         (Some(_), TokenScheme::Dpop) => return Err(Error::DpopRequired),
         _ => None,
     };
     let started = Instant::now();
     let mut resp = match (ctx.bearer, dpop_key) {
-        (Some(tokens), Some(key)) => forward_dpop(forwarder, route, req, tokens, key).await?,
+        (Some(cred), Some(key)) => forward_dpop(forwarder, route, req, cred.token, key).await?,
         (bearer, _) => {
-            if let Some(tokens) = bearer {
-                let v = tokens
-                    .bearer_header
-                    .get(&tokens.access_token)
+            if let Some(cred) = bearer {
+                let v = cred
+                    .header
+                    .get(cred.token)
                     .ok_or_else(|| Error::Internal("access token is not a header value".into()))?;
                 req.headers_mut().insert(header::AUTHORIZATION, v);
             }
@@ -731,12 +732,12 @@ async fn forward_dpop(
     forwarder: &Forwarder,
     route: &Route,
     req: Request<Incoming>,
-    tokens: &crate::session::Tokens,
+    token: &crate::secret::Secret,
     key: &crate::oidc::DpopKey,
 ) -> Result<Response<Incoming>, Error> {
     // Wall-clock time: the upstream compares `iat` with its own clock.
     let now = crate::session::now_unix();
-    let mut auth = HeaderValue::from_str(&format!("DPoP {}", tokens.access_token.expose()))
+    let mut auth = HeaderValue::from_str(&format!("DPoP {}", token.expose()))
         .map_err(|_| Error::Internal("access token is not a header value".into()))?;
     auth.set_sensitive(true);
     let (mut parts, body) = req.into_parts();
@@ -749,7 +750,7 @@ async fn forward_dpop(
             .proof(
                 method.as_str(),
                 &uri,
-                Some(tokens.access_token.expose()),
+                Some(token.expose()),
                 nonce.as_deref(),
                 now,
             )

@@ -49,11 +49,14 @@
 //! Owns: when and how tokens are refreshed. Never builds a response (it returns [`Error`]s for
 //! `routes` to map) and never reads a cookie.
 
+use crate::client_tokens::ClientTokens;
 use crate::clock::Clock;
+use crate::config::{ExchangeSpec, ResourceSpec};
 use crate::end::Ender;
 use crate::error::Error;
+use crate::oidc::grants::GrantError;
 use crate::oidc::{OidcClient, RefreshError};
-use crate::session::{short, LockState, RefreshWrite, Session, Sessions, StoreError};
+use crate::session::{short, DerivedToken, LockState, RefreshWrite, Session, Sessions, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -102,6 +105,93 @@ pub fn lease(oidc_timeout: Duration, store_timeout: Duration) -> Duration {
         + Duration::from_secs(2)
 }
 
+/// Which of a session's tokens a flight renews.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The login's access token (refresh grant).
+    Login,
+    /// A per-resource token (the refresh grant with `resource`, RFC 8707): it uses, and may
+    /// rotate, the session's refresh token, so it is serialized with the login's refreshes.
+    Resource(Arc<ResourceSpec>),
+    /// An exchanged token (RFC 8693), the login's access token as the subject.
+    Exchange(Arc<ExchangeSpec>),
+}
+
+impl Target {
+    /// Where the session keeps this token (`Tokens::derived`); `None` for the login's.
+    fn key(&self) -> Option<&str> {
+        match self {
+            Target::Login => None,
+            Target::Resource(r) => Some(&r.key),
+            Target::Exchange(x) => Some(&x.key),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Target::Login => "login",
+            Target::Resource(_) => "resource",
+            Target::Exchange(_) => "exchange",
+        }
+    }
+
+    fn derived<'s>(&self, s: &'s Session) -> Option<&'s DerivedToken> {
+        self.key().and_then(|k| s.tokens.derived.get(k))
+    }
+
+    /// Whether this token of `s` needs renewing now.
+    fn due(&self, s: &Session, now: i64, skew: Duration) -> bool {
+        match self.key() {
+            None => s.tokens.refresh_due(now, skew),
+            Some(_) => self.derived(s).is_none_or(|d| d.due(now, skew)),
+        }
+    }
+
+    /// Whether this token of `s` can still be sent.
+    fn valid(&self, s: &Session, now: i64) -> bool {
+        match self.key() {
+            None => s.tokens.access_valid(now),
+            Some(_) => self
+                .derived(s)
+                .is_some_and(|d| d.expires_at.is_none_or(|e| e > now)),
+        }
+    }
+
+    /// The in-process flight (and cool-off) key of this token of session `handle`.
+    fn flight(&self, handle: &str) -> String {
+        match self.key() {
+            None => handle.to_string(),
+            Some(k) => format!("{handle}\u{0}{k}"),
+        }
+    }
+
+    /// The error for "cannot be had now".
+    pub(crate) fn unavailable(&self, why: String, retry_after: Duration) -> Error {
+        match self {
+            Target::Exchange(_) => Error::TokenExchangeUnavailable { why, retry_after },
+            _ => Error::RefreshUnavailable { why, retry_after },
+        }
+    }
+
+    /// The error for a renewal that finished without this token (its write was fenced by
+    /// another): the next request has it.
+    #[must_use]
+    pub fn unavailable_now(&self) -> Error {
+        self.unavailable(
+            "the token was renewed by another request; try again".into(),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// The error for "the IdP refuses it".
+    fn denied(&self, why: String) -> Error {
+        match self {
+            Target::Exchange(_) => Error::TokenExchangeDenied(why),
+            _ => Error::ResourceTokenDenied(why),
+        }
+    }
+}
+
 /// What a flight ended with; every waiter of that flight gets the same.
 #[derive(Debug, Clone)]
 enum Outcome {
@@ -114,6 +204,8 @@ enum Outcome {
         why: Arc<str>,
         retry_after: Duration,
     },
+    /// The IdP refuses this route's token (`invalid_target`, …); the session is kept.
+    Denied(Arc<str>),
 }
 
 struct Flight {
@@ -124,8 +216,9 @@ struct Flight {
 #[derive(Default)]
 struct State {
     flights: HashMap<String, Flight>,
-    /// Sessions whose last refresh failed transiently, until when (this process's view).
-    cooling: HashMap<String, (Instant, Arc<str>)>,
+    /// Flights whose last attempt failed, until when, why, and whether the IdP refused
+    /// (rather than failed): this process's view.
+    cooling: HashMap<String, (Instant, Arc<str>, bool)>,
     next_id: u64,
 }
 
@@ -137,6 +230,8 @@ pub struct Refresher {
     clock: Clock,
     cfg: RefreshConfig,
     state: Mutex<State>,
+    /// Cloakroom's own tokens, for an exchange's `actor_token`.
+    clients: Option<Arc<ClientTokens>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -169,7 +264,15 @@ impl Refresher {
             clock,
             cfg,
             state: Mutex::new(State::default()),
+            clients: None,
         }
+    }
+
+    /// Takes exchanges' `actor_token`s from `clients`.
+    #[must_use]
+    pub fn with_client_tokens(mut self, clients: Arc<ClientTokens>) -> Self {
+        self.clients = Some(clients);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -194,25 +297,53 @@ impl Refresher {
         handle: &str,
         session: Arc<Session>,
     ) -> Result<Arc<Session>, Error> {
+        self.ensure(handle, session, &Target::Login).await
+    }
+
+    /// As [`Refresher::ensure_fresh`] for one of the session's tokens: the session returned
+    /// holds `target`'s token, not due or still valid. For an exchange, the login's token must
+    /// be fresh first ([`Refresher::ensure_fresh`]): it is the subject token.
+    ///
+    /// # Errors
+    /// As [`Refresher::ensure_fresh`]; and [`Error::ResourceTokenDenied`],
+    /// [`Error::TokenExchangeDenied`] when the IdP refuses the token,
+    /// [`Error::TokenExchangeUnavailable`] when it cannot be had now.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        handle: &str,
+        session: Arc<Session>,
+        target: &Target,
+    ) -> Result<Arc<Session>, Error> {
         let now = self.clock.unix();
-        if !session.tokens.refresh_due(now, self.cfg.skew) {
+        if !target.due(&session, now, self.cfg.skew) {
             return Ok(session);
         }
-        let valid = session.tokens.access_valid(now);
+        let valid = target.valid(&session, now);
         if session.tokens.refresh_token.is_none() {
-            // Nothing to refresh with: use the token while it lasts, then the session is over.
-            if valid {
-                return Ok(session);
+            match target {
+                Target::Exchange(_) => {}
+                Target::Resource(_) if valid => return Ok(session),
+                Target::Resource(_) => {
+                    return Err(target.denied(
+                        "the session has no refresh token to ask for a per-resource token with"
+                            .into(),
+                    ))
+                }
+                // Nothing to refresh with: use the token while it lasts, then the session is over.
+                Target::Login if valid => return Ok(session),
+                Target::Login => {
+                    self.ender
+                        .end(handle, Some(&session), "expired_without_refresh_token")
+                        .await?;
+                    return Err(Error::Unauthenticated);
+                }
             }
-            self.ender
-                .end(handle, Some(&session), "expired_without_refresh_token")
-                .await?;
-            return Err(Error::Unauthenticated);
         }
-        if let Some((remaining, why)) = self.cooling(handle) {
-            return fallback(session, valid, &why, remaining);
+        let flight = target.flight(handle);
+        if let Some((remaining, why, refused)) = self.cooling(&flight) {
+            return fallback(session, valid, &why, refused, remaining, target);
         }
-        let mut result = self.join_or_start(handle);
+        let mut result = self.join_or_start(handle, &flight, target);
         if valid {
             // Forwarded at once; the flight goes on without us.
             return Ok(session);
@@ -225,53 +356,60 @@ impl Refresher {
         match outcome {
             Some(Outcome::Fresh(s)) => Ok(s),
             Some(Outcome::Ended) => Err(Error::Unauthenticated),
-            Some(Outcome::Unavailable { why, retry_after }) => Err(Error::RefreshUnavailable {
-                why: why.to_string(),
-                retry_after,
-            }),
-            None => Err(Error::RefreshUnavailable {
-                why: "the refresh is taking longer than session.refresh_wait".into(),
-                retry_after: Duration::from_secs(1),
-            }),
+            Some(Outcome::Unavailable { why, retry_after }) => {
+                Err(target.unavailable(why.to_string(), retry_after))
+            }
+            Some(Outcome::Denied(why)) => Err(target.denied(why.to_string())),
+            None => Err(target.unavailable(
+                "the refresh is taking longer than session.refresh_wait".into(),
+                Duration::from_secs(1),
+            )),
         }
     }
 
-    fn cooling(&self, handle: &str) -> Option<(Duration, Arc<str>)> {
+    fn cooling(&self, flight: &str) -> Option<(Duration, Arc<str>, bool)> {
         let now = self.clock.now();
         let mut st = self.state();
-        match st.cooling.get(handle) {
-            Some((until, why)) if *until > now => Some((*until - now, why.clone())),
+        match st.cooling.get(flight) {
+            Some((until, why, refused)) if *until > now => {
+                Some((*until - now, why.clone(), *refused))
+            }
             Some(_) => {
-                st.cooling.remove(handle);
+                st.cooling.remove(flight);
                 None
             }
             None => None,
         }
     }
 
-    fn remember_cooloff(&self, handle: &str, d: Duration, why: &Arc<str>) {
+    fn remember_cooloff(&self, flight: &str, d: Duration, why: &Arc<str>, refused: bool) {
         let now = self.clock.now();
         let mut st = self.state();
         if st.cooling.len() >= MAX_COOLING {
-            st.cooling.retain(|_, (until, _)| *until > now);
+            st.cooling.retain(|_, (until, _, _)| *until > now);
         }
         if st.cooling.len() < MAX_COOLING {
             st.cooling
-                .insert(handle.to_string(), (now + d, why.clone()));
+                .insert(flight.to_string(), (now + d, why.clone(), refused));
         }
     }
 
     /// The result of this session's flight, starting one if none is running.
-    fn join_or_start(self: &Arc<Self>, handle: &str) -> watch::Receiver<Option<Outcome>> {
+    fn join_or_start(
+        self: &Arc<Self>,
+        handle: &str,
+        flight: &str,
+        target: &Target,
+    ) -> watch::Receiver<Option<Outcome>> {
         let mut st = self.state();
-        if let Some(f) = st.flights.get(handle) {
+        if let Some(f) = st.flights.get(flight) {
             return f.result.clone();
         }
         let (tx, rx) = watch::channel(None);
         st.next_id += 1;
         let id = st.next_id;
         st.flights.insert(
-            handle.to_string(),
+            flight.to_string(),
             Flight {
                 id,
                 result: rx.clone(),
@@ -279,13 +417,13 @@ impl Refresher {
         );
         drop(st);
         let this = self.clone();
-        let handle = handle.to_string();
+        let (handle, flight, target) = (handle.to_string(), flight.to_string(), target.clone());
         tokio::spawn(async move {
-            let outcome = this.fly(&handle).await;
+            let outcome = this.fly(&handle, &flight, &target).await;
             let _ = tx.send(Some(outcome));
             let mut st = this.state();
-            if st.flights.get(&handle).is_some_and(|f| f.id == id) {
-                st.flights.remove(&handle);
+            if st.flights.get(&flight).is_some_and(|f| f.id == id) {
+                st.flights.remove(&flight);
             }
         });
         rx
@@ -293,8 +431,8 @@ impl Refresher {
 
     /// One flight (see the module documentation). Never panics, never returns early without
     /// releasing the lock it took.
-    async fn fly(&self, handle: &str) -> Outcome {
-        match self.fly_inner(handle).await {
+    async fn fly(&self, handle: &str, flight: &str, target: &Target) -> Outcome {
+        match self.fly_inner(handle, flight, target).await {
             Ok(o) => o,
             Err(e) => Outcome::Unavailable {
                 why: format!("session store: {e}").into(),
@@ -303,14 +441,19 @@ impl Refresher {
         }
     }
 
-    async fn fly_inner(&self, handle: &str) -> Result<Outcome, StoreError> {
+    async fn fly_inner(
+        &self,
+        handle: &str,
+        flight: &str,
+        target: &Target,
+    ) -> Result<Outcome, StoreError> {
         let owner = crate::crypto::random_token();
         let deadline = Instant::now() + self.cfg.lease + Duration::from_secs(1);
         loop {
             let Some(s) = self.sessions.load(handle).await? else {
                 return Ok(Outcome::Ended);
             };
-            if !s.tokens.refresh_due(self.clock.unix(), self.cfg.skew) {
+            if !target.due(&s, self.clock.unix(), self.cfg.skew) {
                 return Ok(Outcome::Fresh(Arc::new(s)));
             }
             match self
@@ -321,14 +464,14 @@ impl Refresher {
             {
                 LockState::Acquired => {
                     let guard = LockGuard::new(&self.sessions, handle, &owner);
-                    let outcome = self.refresh_locked(handle, &guard).await;
+                    let outcome = self.refresh_locked(handle, flight, target, &guard).await;
                     guard.release().await;
                     return Ok(outcome);
                 }
                 LockState::CoolingOff(remaining) => {
                     // Another instance's refresh failed moments ago: remember it here too.
                     let why: Arc<str> = "a refresh of this session failed moments ago".into();
-                    self.remember_cooloff(handle, remaining, &why);
+                    self.remember_cooloff(flight, remaining, &why, false);
                     return Ok(Outcome::Unavailable {
                         why,
                         retry_after: remaining,
@@ -348,7 +491,13 @@ impl Refresher {
         }
     }
 
-    async fn refresh_locked(&self, handle: &str, lock: &LockGuard) -> Outcome {
+    async fn refresh_locked(
+        &self,
+        handle: &str,
+        flight: &str,
+        target: &Target,
+        lock: &LockGuard,
+    ) -> Outcome {
         if self.cfg.lock_replicas > 0 {
             self.wait_replicas("lock").await;
         }
@@ -363,26 +512,134 @@ impl Refresher {
                 }
             }
         };
-        if !s.tokens.refresh_due(self.clock.unix(), self.cfg.skew) {
+        if !target.due(&s, self.clock.unix(), self.cfg.skew) {
             return Outcome::Fresh(Arc::new(s));
         }
-
-        let resp = match self.oidc.refresh_grant(&s.tokens).await {
-            Ok(r) => r,
-            Err(e) => return self.failed(handle, &s, e, lock).await,
-        };
-        // The IdP has answered: from here on its new refresh token is the only valid one, and
-        // nothing below may lose it.
-        let tokens = match self.oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
-            Ok(t) => t,
-            Err(e) => {
-                self.ender
-                    .revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
-                return self.failed(handle, &s, e, lock).await;
+        let new = match target {
+            Target::Exchange(spec) => match self.exchange(&s, spec).await {
+                Ok(d) => {
+                    let mut new = s.clone();
+                    new.tokens.derived.insert(spec.key.clone(), d);
+                    new
+                }
+                Err(e) => return self.exchange_failed(handle, flight, e, lock).await,
+            },
+            Target::Login | Target::Resource(_) => {
+                let resource = match target {
+                    Target::Resource(r) => Some(&**r),
+                    _ => None,
+                };
+                let resp = match self.oidc.refresh_grant_for(&s.tokens, resource).await {
+                    Ok(r) => r,
+                    Err(e) => return self.failed(handle, flight, &s, e, lock).await,
+                };
+                // The IdP has answered: from here on its new refresh token is the only valid
+                // one, and nothing below may lose it.
+                let tokens = match self.oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.ender
+                            .revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
+                        return self.failed(handle, flight, &s, e, lock).await;
+                    }
+                };
+                let mut new = s.clone();
+                match resource {
+                    None => {
+                        new.tokens = tokens;
+                        new.tokens.derived = s.tokens.derived.clone();
+                    }
+                    Some(spec) => {
+                        // The login's access token stays; the refresh token (rotated or not)
+                        // and any new ID token are the session's from now on.
+                        new.tokens.refresh_token = tokens.refresh_token;
+                        new.tokens.id_token = tokens.id_token;
+                        new.tokens.derived.insert(
+                            spec.key.clone(),
+                            DerivedToken {
+                                dpop_bound: tokens.dpop.is_some(),
+                                access_token: tokens.access_token,
+                                expires_at: tokens.access_expires_at,
+                                lifetime: tokens.access_lifetime,
+                                bearer_header: crate::session::BearerHeader::default(),
+                            },
+                        );
+                    }
+                }
+                new
             }
         };
-        let mut new = s.clone();
-        new.tokens = tokens;
+        self.write(handle, target, lock, new).await
+    }
+
+    /// The exchanged token for `spec`, the login's access token as the subject.
+    async fn exchange(&self, s: &Session, spec: &ExchangeSpec) -> Result<DerivedToken, GrantError> {
+        let actor = match (&spec.actor, &self.clients) {
+            (Some(a), Some(clients)) => Some(
+                clients
+                    .get(a)
+                    .await
+                    .map_err(|e| GrantError::Transient(format!("actor token: {e}")))?,
+            ),
+            (Some(_), None) => {
+                return Err(GrantError::Transient(
+                    "no client-token cache for the actor token".into(),
+                ))
+            }
+            _ => None,
+        };
+        let g = self
+            .oidc
+            .exchange_token(
+                &s.tokens.access_token,
+                spec,
+                actor.as_ref().map(|a| &a.access_token),
+            )
+            .await?;
+        let now = self.clock.unix();
+        Ok(DerivedToken {
+            access_token: g.access_token,
+            expires_at: g.lifetime.map(|l| now.saturating_add(l)),
+            lifetime: g.lifetime,
+            dpop_bound: false,
+            bearer_header: crate::session::BearerHeader::default(),
+        })
+    }
+
+    async fn exchange_failed(
+        &self,
+        handle: &str,
+        flight: &str,
+        e: GrantError,
+        lock: &LockGuard,
+    ) -> Outcome {
+        match e {
+            GrantError::Denied(why) => {
+                crate::metrics::route_token("exchange", "refused");
+                tracing::warn!(event = "token_exchange_refused", session = %short(handle), reason = %why, "the IdP refused the token exchange");
+                self.denied(flight, why)
+            }
+            GrantError::ClientRejected(why) | GrantError::Transient(why) => {
+                crate::metrics::route_token("exchange", "failed");
+                tracing::error!(event = "token_exchange_unavailable", session = %short(handle), reason = %why, "token exchange failed; retried after the cool-off");
+                self.cool_off(handle, flight, lock, why, false).await
+            }
+        }
+    }
+
+    /// Remembers a refusal for the cool-off, in this process only (other tokens of the
+    /// session, and other instances, are not held back by it).
+    fn denied(&self, flight: &str, why: String) -> Outcome {
+        let why: Arc<str> = why.into();
+        let d = self.cfg.cooloff;
+        if !d.is_zero() {
+            self.remember_cooloff(flight, d, &why, true);
+        }
+        Outcome::Denied(why)
+    }
+
+    /// Writes the renewed session (see the module documentation, step 4).
+    async fn write(&self, handle: &str, target: &Target, lock: &LockGuard, mut new: Session) -> Outcome {
         let write_deadline = lock.acquired + self.cfg.lease - self.cfg.store_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -391,8 +648,12 @@ impl Refresher {
                     if self.cfg.lock_replicas > 0 {
                         self.wait_replicas("refresh write").await;
                     }
-                    crate::metrics::refresh("ok");
-                    tracing::info!(event = "refresh", session = %short(handle), sub = %s.sub, "tokens refreshed");
+                    if let Target::Login = target {
+                        crate::metrics::refresh("ok");
+                    } else {
+                        crate::metrics::route_token(target.kind(), "ok");
+                    }
+                    tracing::info!(event = "refresh", token = target.kind(), session = %short(handle), sub = %new.sub, "tokens refreshed");
                     new.generation += 1;
                     return Outcome::Fresh(Arc::new(new));
                 }
@@ -462,11 +723,17 @@ impl Refresher {
     async fn failed(
         &self,
         handle: &str,
+        flight: &str,
         s: &Session,
         e: RefreshError,
         lock: &LockGuard,
     ) -> Outcome {
         match e {
+            RefreshError::Denied(why) => {
+                crate::metrics::route_token("resource", "refused");
+                tracing::warn!(event = "resource_token_refused", session = %short(handle), reason = %why, "the IdP refused a per-resource token");
+                self.denied(flight, why)
+            }
             RefreshError::Fatal(why) => {
                 crate::metrics::refresh("fatal");
                 tracing::info!(event = "refresh_refused", session = %short(handle), sub = %s.sub, reason = %why, "refresh refused; session ended");
@@ -483,23 +750,38 @@ impl Refresher {
                     reason = %why,
                     "the IdP refused this client's credentials on a refresh (client secret rotated? client disabled?); sessions are kept"
                 );
-                self.cool_off(handle, lock, why).await
+                self.cool_off(handle, flight, lock, why, true).await
             }
             RefreshError::Transient(why) => {
                 crate::metrics::refresh("transient");
                 tracing::error!(event = "refresh_unavailable", session = %short(handle), reason = %why, "refresh failed (IdP unreachable, slow or failing); the session is kept, retried after the cool-off");
-                self.cool_off(handle, lock, why).await
+                self.cool_off(handle, flight, lock, why, true).await
             }
         }
     }
 
     /// Remembers a transient failure for the cool-off, here and (through the lock) for every
     /// instance.
-    async fn cool_off(&self, handle: &str, lock: &LockGuard, why: String) -> Outcome {
+    /// With `shared`, every instance's flights of this session hold back (the IdP is down for
+    /// all of them); without, only this flight here.
+    async fn cool_off(
+        &self,
+        handle: &str,
+        flight: &str,
+        lock: &LockGuard,
+        why: String,
+        shared: bool,
+    ) -> Outcome {
         let d = self.cfg.cooloff;
         let why: Arc<str> = why.into();
         if !d.is_zero() {
-            self.remember_cooloff(handle, d, &why);
+            self.remember_cooloff(flight, d, &why, false);
+            if !shared {
+                return Outcome::Unavailable {
+                    why,
+                    retry_after: d.max(Duration::from_secs(1)),
+                };
+            }
             if let Err(e) = self
                 .sessions
                 .store()
@@ -520,15 +802,16 @@ fn fallback(
     session: Arc<Session>,
     valid: bool,
     why: &str,
+    refused: bool,
     retry_after: Duration,
+    target: &Target,
 ) -> Result<Arc<Session>, Error> {
     if valid {
         Ok(session)
+    } else if refused {
+        Err(target.denied(why.to_string()))
     } else {
-        Err(Error::RefreshUnavailable {
-            why: why.to_string(),
-            retry_after,
-        })
+        Err(target.unavailable(why.to_string(), retry_after))
     }
 }
 

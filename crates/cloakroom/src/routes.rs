@@ -16,7 +16,11 @@ use crate::cors::Origins;
 use crate::error::Error;
 use crate::loader::SessionLoader;
 use crate::proxy::{self, ForwardCtx, Upstream};
-use crate::refresh::Refresher;
+use crate::client_tokens::{ClientToken, ClientTokens};
+use crate::config::{StepUp, UserToken};
+use crate::error::StepUpChallenge;
+use crate::refresh::{Refresher, Target};
+use crate::session::{Credential, Session};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -52,7 +56,36 @@ pub(crate) struct Api {
     pub(crate) origins: Arc<Origins>,
     pub(crate) loader: SessionLoader,
     pub(crate) refresher: Arc<Refresher>,
+    /// Cloakroom's own tokens (`token = "client"` / `"user_or_client"` routes).
+    pub(crate) clients: Arc<ClientTokens>,
+    /// `server.auth_prefix`, for the step-up answer's login URL.
+    pub(crate) auth_prefix: String,
     pub(crate) upstream: Arc<dyn Upstream>,
+}
+
+/// The token a request is forwarded with, kept alive while it is forwarded.
+enum Held {
+    /// None (an anonymous request on an optional route, or `token = "none"`).
+    Nothing,
+    /// The user's: the login's token, or the derived one under this key.
+    User(Arc<Session>, Option<String>),
+    /// Cloakroom's own.
+    Client(Arc<ClientToken>),
+}
+
+impl Held {
+    fn credential(&self) -> Option<Credential<'_>> {
+        match self {
+            Held::Nothing => None,
+            Held::User(s, None) => Some(s.tokens.credential()),
+            Held::User(s, Some(k)) => s
+                .tokens
+                .derived
+                .get(k)
+                .map(|d| d.credential(s.tokens.dpop.as_ref())),
+            Held::Client(t) => Some(t.credential()),
+        }
+    }
 }
 
 /// The first `n` characters of `s`.
@@ -183,14 +216,14 @@ impl Api {
         };
         let label = self.labels[idx];
         let route = &self.routes[idx];
-        let token_route = route.token != TokenPolicy::None;
+        let token_route = route.token.sends_token();
         if token_route && crate::cors::is_preflight(req.method(), req.headers()) {
             return ("preflight", false, self.origins.preflight(req.headers()));
         }
         (label, token_route, self.call(route, label, req, ctx).await)
     }
 
-    /// CSRF → session → fresh token → upstream.
+    /// CSRF → session → step-up → fresh token → upstream (→ an RFC 9470 challenge).
     async fn call(
         &self,
         route: &Route,
@@ -201,29 +234,131 @@ impl Api {
         if proxy::has_dot_segment(req.uri().path()) {
             return Err(Error::InvalidRequest("dot segments in path".into()));
         }
-        let session = match route.token {
-            TokenPolicy::None => None,
-            TokenPolicy::Required | TokenPolicy::Optional => {
-                self.origins
-                    .check_csrf(req.headers(), proxy::is_upgrade(req.headers()))?;
-                let s = match self.loader.current_shared(req.headers(), true).await? {
-                    Some((handle, s)) => {
-                        Some((self.refresher.ensure_fresh(&handle, s).await?, handle))
-                    }
-                    None => None,
+        // CSRF on every route that attaches a token; with `csrf = false` (client routes only)
+        // a request that fails it is an anonymous machine caller, never the user.
+        let csrf_ok = if route.token.sends_token() {
+            match self
+                .origins
+                .check_csrf(req.headers(), proxy::is_upgrade(req.headers()))
+            {
+                Ok(()) => true,
+                Err(e) if route.csrf => return Err(e),
+                Err(_) => false,
+            }
+        } else {
+            true
+        };
+        let mut session_handle = None;
+        let held = match route.token {
+            TokenPolicy::None => Held::Nothing,
+            TokenPolicy::Client => Held::Client(self.client_token(route).await?),
+            TokenPolicy::Required | TokenPolicy::Optional | TokenPolicy::UserOrClient => {
+                let current = if csrf_ok {
+                    self.loader.current_shared(req.headers(), true).await?
+                } else {
+                    None
                 };
-                if s.is_none() && route.token == TokenPolicy::Required {
-                    return Err(Error::Unauthenticated);
+                match current {
+                    Some((handle, s)) => {
+                        let held = self.user_token(route, &handle, s).await?;
+                        session_handle = Some(handle);
+                        held
+                    }
+                    None => match route.token {
+                        TokenPolicy::Required => return Err(Error::Unauthenticated),
+                        TokenPolicy::UserOrClient => Held::Client(self.client_token(route).await?),
+                        _ => Held::Nothing,
+                    },
                 }
-                s
             }
         };
         let fwd = ForwardCtx {
             peer: ctx.peer,
-            bearer: session.as_ref().map(|(s, _)| &s.tokens),
+            bearer: held.credential(),
             request_id: &ctx.id,
-            session: session.as_ref().map(|(_, h)| h.as_str()),
+            session: session_handle.as_deref(),
         };
-        self.upstream.forward(route, label, req, fwd).await
+        let resp = self.upstream.forward(route, label, req, fwd).await?;
+        if matches!(held, Held::User(..)) && resp.status() == http::StatusCode::UNAUTHORIZED {
+            if let Some(c) = crate::stepup::upstream_challenge(resp.headers(), &self.auth_prefix) {
+                tracing::info!(
+                    event = "step_up_challenge",
+                    route = label,
+                    "the upstream asks for a stronger or more recent authentication (RFC 9470)"
+                );
+                return Err(Error::StepUpRequired(Box::new(c)));
+            }
+        }
+        Ok(resp)
     }
+
+    /// Cloakroom's own token for a client route.
+    async fn client_token(&self, route: &Route) -> Result<Arc<ClientToken>, Error> {
+        let spec = route
+            .client
+            .as_ref()
+            .ok_or_else(|| Error::Internal("client route without a client token".into()))?;
+        self.clients.get(spec).await
+    }
+
+    /// The session's token for this route: step-up first, then the login's token fresh, then
+    /// the route's own (per resource or exchanged).
+    async fn user_token(
+        &self,
+        route: &Route,
+        handle: &str,
+        s: Arc<Session>,
+    ) -> Result<Held, Error> {
+        if let Some(step) = &route.step_up {
+            check_step_up(step, &s, &self.auth_prefix)?;
+        }
+        let (target, key) = match &route.user_token {
+            UserToken::Login => {
+                let s = self.refresher.ensure_fresh(handle, s).await?;
+                return Ok(Held::User(s, None));
+            }
+            UserToken::Resource(spec) => (Target::Resource(spec.clone()), spec.key.clone()),
+            UserToken::Exchange(spec) => {
+                let s = self.refresher.ensure_fresh(handle, s).await?;
+                let t = Target::Exchange(spec.clone());
+                let s = self.refresher.ensure(handle, s, &t).await?;
+                return held_derived(s, spec.key.clone(), &t);
+            }
+        };
+        let s = self.refresher.ensure(handle, s, &target).await?;
+        held_derived(s, key, &target)
+    }
+}
+
+/// The session holding the derived token under `key`, or "not now" if a fenced write left a
+/// copy without it.
+fn held_derived(s: Arc<Session>, key: String, target: &Target) -> Result<Held, Error> {
+    if s.tokens.derived.contains_key(&key) {
+        Ok(Held::User(s, Some(key)))
+    } else {
+        Err(target.unavailable_now())
+    }
+}
+
+/// A session that does not meet the route's `acr_values`/`max_age` gets a step-up answer.
+/// `auth_time` is the IdP's timestamp: compared with the wall clock, like DPoP's `iat`.
+fn check_step_up(step: &StepUp, s: &Session, auth_prefix: &str) -> Result<(), Error> {
+    let max_age = step.max_age.map(|d| d.as_secs());
+    let acr = (!step.acr_values.is_empty())
+        .then(|| step.acr_values.iter().map(String::as_str).collect::<Vec<_>>());
+    if crate::session::auth_satisfies(
+        &s.claims,
+        acr,
+        max_age,
+        crate::session::now_unix(),
+        0,
+    ) {
+        return Ok(());
+    }
+    let acr_values = (!step.acr_values.is_empty()).then(|| step.acr_values.join(" "));
+    Err(Error::StepUpRequired(Box::new(StepUpChallenge::new(
+        auth_prefix,
+        acr_values,
+        max_age,
+    ))))
 }

@@ -46,9 +46,85 @@ pub struct Tokens {
     /// upstream as `Authorization: DPoP` with a proof, and every token request carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop: Option<crate::oidc::DpopKey>,
+    /// The tokens particular routes need besides the login's, by [`crate::config::ResourceSpec`]
+    /// or [`crate::config::ExchangeSpec`] key: per-resource tokens (RFC 8707) and exchanged
+    /// ones (RFC 8693). Revoked with the session.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub derived: std::collections::BTreeMap<String, DerivedToken>,
     /// `Authorization: Bearer <access_token>`, built on first use (never stored).
     #[serde(skip)]
     pub bearer_header: BearerHeader,
+}
+
+/// A route's own access token, kept in the session beside the login's.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DerivedToken {
+    /// The access token.
+    pub access_token: Secret,
+    /// When it expires (unix seconds), if the IdP said.
+    pub expires_at: Option<i64>,
+    /// Its issued lifetime in seconds, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<i64>,
+    /// Bound to the session's DPoP key (`token_type` `DPoP`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_bound: bool,
+    /// `Authorization: Bearer <access_token>`, built on first use (never stored).
+    #[serde(skip)]
+    pub bearer_header: BearerHeader,
+}
+
+impl fmt::Debug for DerivedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DerivedToken")
+            .field("expires_at", &self.expires_at)
+            .field("dpop_bound", &self.dpop_bound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DerivedToken {
+    /// Due for renewal by the same rule as the login's token ([`Tokens::refresh_due`]).
+    #[must_use]
+    pub fn due(&self, now: i64, skew: Duration) -> bool {
+        due(self.expires_at, self.lifetime, now, skew)
+    }
+
+    /// What the proxy sends: this token, with the session's DPoP key when bound to it.
+    #[must_use]
+    pub fn credential<'a>(&'a self, key: Option<&'a crate::oidc::DpopKey>) -> Credential<'a> {
+        Credential {
+            token: &self.access_token,
+            header: &self.bearer_header,
+            dpop: key.filter(|_| self.dpop_bound),
+        }
+    }
+}
+
+/// An access token as the proxy attaches it: the token, its cached `Bearer` header, and the
+/// DPoP key it is bound to, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Credential<'a> {
+    /// The access token.
+    pub token: &'a Secret,
+    /// Its `Authorization: Bearer` value, built once.
+    pub header: &'a BearerHeader,
+    /// The key a DPoP-bound token needs a proof from.
+    pub dpop: Option<&'a crate::oidc::DpopKey>,
+}
+
+/// SPEC §3: due when less than `min(skew, ½ × issued lifetime)` is left; never without an
+/// expiry.
+fn due(exp: Option<i64>, lifetime: Option<i64>, now: i64, skew: Duration) -> bool {
+    let Some(exp) = exp else {
+        return false;
+    };
+    let skew = secs(skew);
+    let window = match lifetime {
+        Some(l) if l > 0 => skew.min(l / 2),
+        _ => skew,
+    };
+    exp - now < window
 }
 
 /// The `Authorization` header value for an access token, built once per token (a cached
@@ -87,15 +163,17 @@ impl Tokens {
     /// without an expiry is never due.
     #[must_use]
     pub fn refresh_due(&self, now: i64, skew: Duration) -> bool {
-        let Some(exp) = self.access_expires_at else {
-            return false;
-        };
-        let skew = secs(skew);
-        let window = match self.access_lifetime {
-            Some(l) if l > 0 => skew.min(l / 2),
-            _ => skew,
-        };
-        exp - now < window
+        due(self.access_expires_at, self.access_lifetime, now, skew)
+    }
+
+    /// The login's access token as the proxy sends it.
+    #[must_use]
+    pub fn credential(&self) -> Credential<'_> {
+        Credential {
+            token: &self.access_token,
+            header: &self.bearer_header,
+            dpop: self.dpop.as_ref(),
+        }
     }
 
     /// Whether the access token can still be forwarded (not expired, or no known expiry).
@@ -112,6 +190,7 @@ impl fmt::Debug for Tokens {
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_token", &self.refresh_token.is_some())
             .field("dpop", &self.dpop.is_some())
+            .field("derived", &self.derived.len())
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +265,67 @@ pub struct PendingLogin {
     /// `dpop_jkt`: the code exchange proves it, and the session keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop: Option<crate::oidc::DpopKey>,
+    /// A step-up login (`/auth/login?acr_values=…&max_age=…`): what the new ID token must
+    /// show, and the callback then upgrades the browser's session in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<StepUpRequest>,
+}
+
+/// What a step-up login asks the IdP for (RFC 9470 §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepUpRequest {
+    /// Space-separated `acr` values; the new ID token's `acr` must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
+    /// The new ID token's `auth_time` must be at most this many seconds old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+}
+
+impl StepUpRequest {
+    /// Whether an ID token's claims satisfy it at `now` (wall-clock unix seconds: `auth_time`
+    /// is the IdP's clock), with `skew` of tolerance.
+    #[must_use]
+    pub fn satisfied_by(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: i64,
+        skew: Duration,
+    ) -> bool {
+        auth_satisfies(
+            claims,
+            self.acr_values.as_deref().map(|a| a.split(' ').collect()),
+            self.max_age,
+            now,
+            secs(skew),
+        )
+    }
+}
+
+/// Whether a session's (or an ID token's) `acr` is one of `acr_values` (when given) and its
+/// `auth_time` at most `max_age` seconds before `now`, plus `skew` (when given). A claim that
+/// is missing satisfies nothing.
+#[must_use]
+pub fn auth_satisfies(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    acr_values: Option<Vec<&str>>,
+    max_age: Option<u64>,
+    now: i64,
+    skew: i64,
+) -> bool {
+    let acr_ok = acr_values.is_none_or(|want| {
+        claims
+            .get("acr")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|a| want.contains(&a))
+    });
+    let age_ok = max_age.is_none_or(|m| {
+        claims
+            .get("auth_time")
+            .and_then(serde_json::Value::as_i64)
+            .is_some_and(|t| now.saturating_sub(t) <= i64::try_from(m).unwrap_or(i64::MAX).saturating_add(skew))
+    });
+    acr_ok && age_ok
 }
 
 impl fmt::Debug for PendingLogin {
@@ -393,6 +533,26 @@ impl Store {
     /// [`StoreError`] when the store does not answer.
     pub async fn remember_once(&self, hash: &str, ttl: Duration) -> Result<bool, StoreError> {
         dispatch!(self, s => s.remember_once(hash, ttl).await)
+    }
+    /// Writes a sealed value every instance shares (not a session: e.g. a client-credentials
+    /// token), replacing any, for `ttl`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn put_shared(
+        &self,
+        hash: &str,
+        blob: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_shared(hash, blob, ttl).await)
+    }
+    /// Reads a value written by [`Store::put_shared`], if it has not expired.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.get_shared(hash).await)
     }
     /// Whether `hash` was recorded by [`Store::remember_once`] and has not expired.
     ///

@@ -138,7 +138,29 @@ impl Callback {
             }
         };
 
+        // A step-up login must have reached what it asked for (RFC 9470 §4: the IdP may
+        // answer with less); if not, back to the SPA with an error, nothing changed.
+        if let Some(up) = &pending.step_up {
+            if !up.satisfied_by(
+                &result.claims,
+                crate::session::now_unix(),
+                state.oidc.clock_skew(),
+            ) {
+                tracing::info!(event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
+                crate::metrics::login_finished("step_up_failed");
+                state.ender.revoke_later(result.tokens);
+                let sep = if pending.return_to.contains('?') { '&' } else { '?' };
+                set_location(&mut resp, &format!("{}{sep}error=step_up_failed", pending.return_to))?;
+                return Ok(resp);
+            }
+        }
         let now = state.clock.unix();
+        if let (Some(_), Some(old)) = (&pending.step_up, &pending.previous) {
+            if state.upgrade_in_place(old, &result, req, ctx, now).await? {
+                set_location(&mut resp, &pending.return_to)?;
+                return Ok(resp);
+            }
+        }
         let id = SessionId::generate();
         let handle = id.handle();
         let session = Session {
@@ -197,6 +219,51 @@ impl Callback {
             .append(header::SET_COOKIE, state.cookies.set_session(&id));
         set_location(&mut resp, &pending.return_to)?;
         Ok(resp)
+    }
+}
+
+impl Callback {
+    /// A step-up login of the session's own user replaces that session's record under its
+    /// handle: the browser keeps its cookie, the SPA its state. False when there is no such
+    /// session (gone, or another user signed in): the caller makes a new one.
+    async fn upgrade_in_place<B>(
+        &self,
+        old: &str,
+        result: &crate::oidc::LoginResult,
+        req: &Request<B>,
+        ctx: &RequestCtx,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let Some(prev) = self.sessions.load(old).await? else {
+            return Ok(false);
+        };
+        if prev.sub != result.sub {
+            return Ok(false);
+        }
+        let upgraded = Session {
+            v: FORMAT_VERSION,
+            sub: result.sub.clone(),
+            sid: result.sid.clone(),
+            claims: result.claims.clone(),
+            tokens: result.tokens.clone(),
+            // Same session: its lifetime is not extended by the step-up.
+            created_at: prev.created_at,
+            last_seen: now,
+            absolute_expires_at: prev.absolute_expires_at,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect())
+                .or(prev.user_agent),
+            ip: Some(ctx.client_ip.to_string()),
+            generation: 0,
+        };
+        if !self.ender.upgrade(old, &upgraded).await? {
+            return Ok(false);
+        }
+        crate::metrics::login_finished("ok");
+        Ok(true)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::oidc::OidcClient;
 use crate::query::{query_pairs, query_param};
 use crate::ratelimit::LoginLimiter;
-use crate::session::{PendingLogin, PENDING_TTL};
+use crate::session::{PendingLogin, StepUpRequest, PENDING_TTL};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 
@@ -46,7 +46,8 @@ impl Login {
             Some(_) => return Err(Error::InvalidRequest("prompt must be none".into())),
         };
 
-        let auth = state.oidc.authorize(prompt_none).await?;
+        let step_up = step_up_request(&pairs)?;
+        let auth = state.oidc.authorize(prompt_none, step_up.as_ref()).await?;
         // The session this browser has now (its Strict cookie comes with this same-site
         // navigation, never with the cross-site callback): ended once the new one exists.
         let previous = state
@@ -61,6 +62,7 @@ impl Login {
             created_at: now,
             previous,
             dpop: auth.dpop,
+            step_up,
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;
@@ -94,4 +96,33 @@ impl Login {
         );
         Ok(resp)
     }
+}
+
+/// `acr_values` (space-separated words) and `max_age` (seconds), if the login is a step-up.
+fn step_up_request(pairs: &[(String, String)]) -> Result<Option<StepUpRequest>, Error> {
+    let acr_values = query_param(pairs, "acr_values")?
+        .map(|a| a.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|a| !a.is_empty());
+    if let Some(a) = &acr_values {
+        if a.len() > 512 || !a.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(Error::InvalidRequest(
+                "acr_values must be at most 512 printable ASCII characters".into(),
+            ));
+        }
+    }
+    let max_age = match query_param(pairs, "max_age")? {
+        None => None,
+        Some(m) => Some(
+            m.parse::<u64>()
+                .ok()
+                .filter(|m| *m <= 366 * 24 * 3600)
+                .ok_or_else(|| {
+                    Error::InvalidRequest("max_age must be a number of seconds".into())
+                })?,
+        ),
+    };
+    Ok((acr_values.is_some() || max_age.is_some()).then_some(StepUpRequest {
+        acr_values,
+        max_age,
+    }))
 }

@@ -31,8 +31,13 @@ impl User {
             .await?
             .ok_or(Error::Unauthenticated)?;
         let idle = self.idle_timeout;
+        let claim = |k: &str| s.claims.get(k).cloned().unwrap_or(serde_json::Value::Null);
         let body = serde_json::json!({
             "sub": s.sub,
+            // How the user authenticated (step-up: compare with a route's acr_values/max_age).
+            "acr": claim("acr"),
+            "amr": claim("amr"),
+            "auth_time": claim("auth_time"),
             "claims": s.claims,
             "session": {
                 "created_at": s.created_at,

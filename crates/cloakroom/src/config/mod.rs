@@ -36,7 +36,10 @@ pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
 pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par, Profile, FAPI2_MAX_CLOCK_SKEW};
-pub use routes::{Route, TokenPolicy, TokenScheme, UpstreamConfig};
+pub use routes::{
+    login_resources, ClientSpec, ExchangeSpec, ResourceSpec, Route, StepUp, TokenPolicy,
+    TokenScheme, UpstreamConfig, UserToken,
+};
 pub use server::{AdminConfig, ServerConfig};
 pub use session::SessionConfig;
 pub use store::{StoreConfig, StoreKind, Topology};

@@ -30,6 +30,31 @@ pub(super) struct RawRoute {
     upstream_client_cert: bool,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    /// RFC 8707 resource indicator of this route's API.
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    exchange: Option<RawExchange>,
+    #[serde(default)]
+    csrf: Option<bool>,
+    #[serde(default)]
+    acr_values: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExchange {
+    audience: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    requested_token_type: Option<String>,
+    #[serde(default)]
+    actor_token: bool,
 }
 
 /// `[upstream]`, validated: the shared upstream client's settings.
@@ -45,15 +70,107 @@ pub struct UpstreamConfig {
     pub tls_ca: Option<Vec<u8>>,
 }
 
-/// Token policy of a route (SPEC §2).
+/// Token policy of a route (SPEC §2): whose token it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenPolicy {
-    /// A session is needed; the bearer is attached.
+    /// A session is needed; the user's token is attached.
     Required,
-    /// The bearer is attached when there is a session.
+    /// The user's token is attached when there is a session.
     Optional,
     /// Plain pass-through: no session lookup, no CSRF check.
     None,
+    /// Cloakroom's own token (client credentials grant); no session is looked at.
+    Client,
+    /// The user's token when there is a session, else Cloakroom's own.
+    UserOrClient,
+}
+
+impl TokenPolicy {
+    /// Whether the route looks at the browser's session.
+    #[must_use]
+    pub fn uses_session(self) -> bool {
+        matches!(self, Self::Required | Self::Optional | Self::UserOrClient)
+    }
+
+    /// Whether the route attaches any token (and so is CSRF-checked unless it says otherwise).
+    #[must_use]
+    pub fn sends_token(self) -> bool {
+        self != Self::None
+    }
+}
+
+/// Which of the session's tokens a route sends the user's (SPEC §2 v2 "route tokens").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserToken {
+    /// The access token from login.
+    Login,
+    /// A token for one resource (RFC 8707), obtained with the refresh token.
+    Resource(std::sync::Arc<ResourceSpec>),
+    /// A token exchanged for the user's (RFC 8693).
+    Exchange(std::sync::Arc<ExchangeSpec>),
+}
+
+/// A per-resource user token: `resource`, and the `scopes` asked for with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceSpec {
+    /// The resource indicator.
+    pub resource: String,
+    /// Space-separated scopes, if any.
+    pub scope: Option<String>,
+    /// Where the session keeps this token (`Tokens::derived`).
+    pub key: String,
+}
+
+/// `[routes.exchange]`: what the user's token is exchanged for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// `audience`.
+    pub audience: String,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// Cloakroom's own token as `actor_token`, when `actor_token = true`.
+    pub actor: Option<std::sync::Arc<ClientSpec>>,
+    /// Where the session keeps the result (`Tokens::derived`).
+    pub key: String,
+}
+
+/// A client-credentials token: its optional `scope` and `resource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    /// Space-separated scopes, if any.
+    pub scope: Option<String>,
+    /// The resource indicator, if any.
+    pub resource: Option<String>,
+    /// The cache key (routes asking for the same token share it).
+    pub key: String,
+}
+
+impl ClientSpec {
+    /// A client token with these parameters.
+    #[must_use]
+    pub fn new(scope: Option<String>, resource: Option<String>) -> Self {
+        let key = format!(
+            "client|{}|{}",
+            scope.as_deref().unwrap_or(""),
+            resource.as_deref().unwrap_or("")
+        );
+        Self {
+            scope,
+            resource,
+            key,
+        }
+    }
+}
+
+/// Step-up: what the session's authentication must satisfy (`acr_values`, `max_age`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// One of these `acr` values (empty: any).
+    pub acr_values: Vec<String>,
+    /// At most this long since the user authenticated (`auth_time`).
+    pub max_age: Option<Duration>,
 }
 
 /// How a route's token is sent (`token = "dpop"` or `"bearer"`; otherwise as issued).
@@ -85,6 +202,16 @@ pub struct Route {
     pub upstream_client_cert: bool,
     /// Upstream response timeout for this route.
     pub timeout: Duration,
+    /// Which of the user's tokens is sent (with `Required`, `Optional`, `UserOrClient`).
+    pub user_token: UserToken,
+    /// Cloakroom's own token (with `Client`, `UserOrClient`).
+    pub client: Option<std::sync::Arc<ClientSpec>>,
+    /// Whether the CSRF header is required (`csrf = false` only on client routes). On a
+    /// `user_or_client` route without it, a request without the header is anonymous: it gets
+    /// the client token, never the user's.
+    pub csrf: bool,
+    /// What the session's authentication must satisfy.
+    pub step_up: Option<StepUp>,
 }
 
 impl UpstreamConfig {
@@ -155,9 +282,12 @@ pub(super) fn build(
                 (TokenPolicy::Required, TokenScheme::Bearer)
             }
             "none" => (TokenPolicy::None, TokenScheme::AsIssued),
+            "exchange" => (TokenPolicy::Required, TokenScheme::Bearer),
+            "client" => (TokenPolicy::Client, TokenScheme::Bearer),
+            "user_or_client" => (TokenPolicy::UserOrClient, TokenScheme::AsIssued),
             o => {
                 errs.push(format!(
-                    "{key}.token: `{o}` must be required, optional, dpop, bearer or none"
+                    "{key}.token: `{o}` must be required, optional, dpop, bearer, none, exchange, client or user_or_client"
                 ));
                 (TokenPolicy::Required, TokenScheme::AsIssued)
             }
@@ -195,6 +325,15 @@ pub(super) fn build(
                 continue;
             }
         };
+        let kind = r.token.as_deref().unwrap_or("required");
+        let (user_token, client) = route_tokens(&key, kind, &r, token, errs);
+        let csrf = r.csrf.unwrap_or(true);
+        if !csrf && !matches!(token, TokenPolicy::Client | TokenPolicy::UserOrClient) {
+            errs.push(format!(
+                "{key}.csrf: `false` is allowed only with token = \"client\" or \"user_or_client\" (machine callers); a route that sends the user's token always checks CSRF"
+            ));
+        }
+        let step_up = step_up(&key, &r, token, errs);
         if routes.iter().any(|x: &Route| x.prefix == r.prefix) {
             errs.push(format!("{key}.prefix: `{}` is given twice", r.prefix));
         }
@@ -206,8 +345,157 @@ pub(super) fn build(
             strip_prefix: r.strip_prefix,
             upstream_client_cert: r.upstream_client_cert,
             timeout: r.timeout.unwrap_or(upstream.timeout),
+            user_token,
+            client,
+            csrf,
+            step_up,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     routes
+}
+
+/// A resource indicator (RFC 8707 §2): an absolute URI without a fragment.
+fn resource_ok(r: &str) -> bool {
+    Url::parse(r).is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base())
+}
+
+fn joined(scopes: Option<&Vec<String>>) -> Option<String> {
+    scopes
+        .filter(|s| !s.is_empty())
+        .map(|s| s.join(" "))
+}
+
+/// The route's user token and client token, from `token`, `resource`, `scopes` and
+/// `[routes.exchange]`.
+fn route_tokens(
+    key: &str,
+    kind: &str,
+    r: &RawRoute,
+    token: TokenPolicy,
+    errs: &mut Problems,
+) -> (UserToken, Option<std::sync::Arc<ClientSpec>>) {
+    use std::sync::Arc;
+    if let Some(res) = &r.resource {
+        if !resource_ok(res) {
+            errs.push(format!(
+                "{key}.resource: `{res}` must be an absolute URI without a fragment (RFC 8707)"
+            ));
+        }
+        if matches!(kind, "none" | "exchange") {
+            errs.push(format!(
+                "{key}.resource: not with token = \"{kind}\"{}",
+                if kind == "exchange" {
+                    " (the exchange's audience names the target)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    if let Some(sc) = &r.scopes {
+        if sc.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            errs.push(format!("{key}.scopes: each scope must be one non-empty word"));
+        }
+        if r.resource.is_none() && !matches!(kind, "client" | "user_or_client") {
+            errs.push(format!(
+                "{key}.scopes: needs resource (a per-resource token), or token = \"client\" / \"user_or_client\""
+            ));
+        }
+    }
+    if r.exchange.is_some() != (kind == "exchange") {
+        errs.push(format!(
+            "{key}.exchange: {}",
+            if kind == "exchange" {
+                "token = \"exchange\" needs a [routes.exchange] table with an audience"
+            } else {
+                "only with token = \"exchange\""
+            }
+        ));
+    }
+    let scope = joined(r.scopes.as_ref());
+    let user = match (&r.exchange, &r.resource) {
+        (Some(x), _) if kind == "exchange" => {
+            if x.audience.trim().is_empty() {
+                errs.push(format!("{key}.exchange.audience: must not be empty"));
+            }
+            if let Some(t) = &x.requested_token_type {
+                if !t.starts_with("urn:") {
+                    errs.push(format!(
+                        "{key}.exchange.requested_token_type: `{t}` must be a token type URI (RFC 8693 §3), e.g. urn:ietf:params:oauth:token-type:access_token"
+                    ));
+                }
+            }
+            UserToken::Exchange(Arc::new(ExchangeSpec {
+                key: format!(
+                    "exchange|{}|{}|{}|{}",
+                    x.audience,
+                    x.scope.as_deref().unwrap_or(""),
+                    x.requested_token_type.as_deref().unwrap_or(""),
+                    x.actor_token
+                ),
+                audience: x.audience.clone(),
+                scope: x.scope.clone(),
+                requested_token_type: x.requested_token_type.clone(),
+                actor: x
+                    .actor_token
+                    .then(|| Arc::new(ClientSpec::new(None, None))),
+            }))
+        }
+        (_, Some(res)) if token != TokenPolicy::Client => {
+            UserToken::Resource(Arc::new(ResourceSpec {
+                key: format!("resource|{res}|{}", scope.as_deref().unwrap_or("")),
+                resource: res.clone(),
+                scope: scope.clone(),
+            }))
+        }
+        _ => UserToken::Login,
+    };
+    let client = matches!(token, TokenPolicy::Client | TokenPolicy::UserOrClient)
+        .then(|| Arc::new(ClientSpec::new(scope, r.resource.clone())));
+    (user, client)
+}
+
+/// `acr_values` and `max_age`: only on routes that send the user's token.
+fn step_up(key: &str, r: &RawRoute, token: TokenPolicy, errs: &mut Problems) -> Option<StepUp> {
+    let acr = r.acr_values.clone().unwrap_or_default();
+    if acr.is_empty() && r.max_age.is_none() {
+        if r.acr_values.is_some() {
+            errs.push(format!("{key}.acr_values: must not be empty"));
+        }
+        return None;
+    }
+    if !token.uses_session() {
+        errs.push(format!(
+            "{key}: acr_values and max_age need a route that sends the user's token"
+        ));
+    }
+    if acr.iter().any(|a| a.is_empty() || a.contains(char::is_whitespace)) {
+        errs.push(format!("{key}.acr_values: each value must be one non-empty word"));
+    }
+    Some(StepUp {
+        acr_values: acr,
+        max_age: r.max_age,
+    })
+}
+
+/// What the login must ask for so that every route's per-resource token can be had with the
+/// refresh token: the distinct resources of the routes' user tokens, and their scopes.
+#[must_use]
+pub fn login_resources(routes: &[Route]) -> (Vec<String>, Vec<String>) {
+    let mut resources: Vec<String> = Vec::new();
+    let mut scopes: Vec<String> = Vec::new();
+    for r in routes {
+        if let UserToken::Resource(spec) = &r.user_token {
+            if !resources.contains(&spec.resource) {
+                resources.push(spec.resource.clone());
+            }
+            for s in spec.scope.iter().flat_map(|s| s.split(' ')) {
+                if !scopes.iter().any(|x| x == s) {
+                    scopes.push(s.to_string());
+                }
+            }
+        }
+    }
+    (resources, scopes)
 }

@@ -14,6 +14,10 @@ pub enum RefreshError {
     /// a misconfiguration): keep the session, tell the operator loudly.
     #[error("client refused by the IdP: {0}")]
     ClientRejected(String),
+    /// The IdP refused what was asked on top of the refresh (`invalid_target`, `invalid_scope`
+    /// for a per-resource token): the grant is fine, that token cannot be had.
+    #[error("refused: {0}")]
+    Denied(String),
     /// Unreachable, timed out, 5xx, unreadable: try again after the cool-off; keep the session.
     #[error("refresh unavailable: {0}")]
     Transient(String),
@@ -27,6 +31,8 @@ pub enum FailureKind {
     /// `invalid_client`, `unauthorized_client`: our credentials are refused (a secret rollover
     /// at the IdP); the user's grant may be fine. Keep the session.
     ClientRejected,
+    /// `invalid_target`, `invalid_scope`: what was asked for cannot be had; the grant is fine.
+    Denied,
     /// Network, timeout, 5xx, anything else: try again later.
     Transient,
 }
@@ -53,6 +59,8 @@ pub fn classify<RE: std::error::Error + 'static>(
             CoreErrorResponseType::InvalidClient | CoreErrorResponseType::UnauthorizedClient => {
                 FailureKind::ClientRejected
             }
+            CoreErrorResponseType::InvalidScope => FailureKind::Denied,
+            CoreErrorResponseType::Extension(x) if x == "invalid_target" => FailureKind::Denied,
             _ => FailureKind::Transient,
         },
         _ => FailureKind::Transient,

@@ -18,6 +18,7 @@
 mod client_auth;
 pub mod dpop;
 mod errors;
+pub mod grants;
 mod id_token;
 mod jwks;
 mod logout_token;
@@ -197,6 +198,8 @@ pub struct OidcClient {
     credentials: Credentials,
     timeout: Duration,
     clock: Clock,
+    /// Resources asked for at login (see [`OidcClient::with_login_resources`]).
+    login_resources: Vec<String>,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -440,7 +443,22 @@ impl OidcClient {
             credentials,
             timeout: config.timeout,
             clock: Clock::system(),
+            login_resources: Vec::new(),
         })
+    }
+
+    /// Asks at login for these resources (RFC 8707 §2.1, one `resource` parameter each) and
+    /// these scopes besides `oidc.scopes`: what the routes' per-resource tokens need the grant
+    /// to hold.
+    #[must_use]
+    pub fn with_login_resources(mut self, resources: Vec<String>, scopes: Vec<String>) -> Self {
+        for s in scopes {
+            if !self.scopes.contains(&s) {
+                self.scopes.push(s);
+            }
+        }
+        self.login_resources = resources;
+        self
     }
 
     /// Times token lifetimes with `clock` (tests advance it).
@@ -454,6 +472,12 @@ impl OidcClient {
     #[must_use]
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// `oidc.clock_skew`: the tolerance for the IdP's timestamps.
+    #[must_use]
+    pub fn clock_skew(&self) -> Duration {
+        self.clock_skew
     }
 
     /// RFC 9207: whether the IdP promises `iss` in authorization responses.
@@ -529,7 +553,11 @@ impl OidcClient {
     ///
     /// # Errors
     /// [`Error::AuthorizationRequest`] when the IdP refuses or does not answer the push.
-    pub async fn authorize(&self, prompt_none: bool) -> Result<AuthRequest, Error> {
+    pub async fn authorize(
+        &self,
+        prompt_none: bool,
+        step_up: Option<&crate::session::StepUpRequest>,
+    ) -> Result<AuthRequest, Error> {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = crate::crypto::random_token();
         let nonce = crate::crypto::random_token();
@@ -555,6 +583,18 @@ impl OidcClient {
         }
         if prompt_none {
             req = req.add_prompt(CoreAuthPrompt::None);
+        }
+        for r in &self.login_resources {
+            req = req.add_extra_param("resource", r.clone());
+        }
+        if let Some(up) = step_up {
+            // OIDC Core 3.1.2.1; RFC 9470 §4 names these two for a step-up.
+            if let Some(a) = &up.acr_values {
+                req = req.add_extra_param("acr_values", a.clone());
+            }
+            if let Some(m) = up.max_age {
+                req = req.add_extra_param("max_age", m.to_string());
+            }
         }
         for (k, v) in &self.extra_params {
             req = req.add_extra_param(k.clone(), v.clone());
@@ -757,6 +797,21 @@ impl OidcClient {
     /// # Errors
     /// [`RefreshError`], classified (SPEC §3).
     pub async fn refresh_grant(&self, current: &Tokens) -> Result<RefreshResponse, RefreshError> {
+        self.refresh_grant_for(current, None).await
+    }
+
+    /// As [`OidcClient::refresh_grant`], asking for a token for one resource (RFC 8707 §2.2:
+    /// `resource` and the scopes on the refresh grant). The answer's refresh token, rotated or
+    /// not, is the session's from then on, like any refresh.
+    ///
+    /// # Errors
+    /// [`RefreshError`], classified; `invalid_target` and `invalid_scope` are
+    /// [`RefreshError::Denied`].
+    pub async fn refresh_grant_for(
+        &self,
+        current: &Tokens,
+        resource: Option<&crate::config::ResourceSpec>,
+    ) -> Result<RefreshResponse, RefreshError> {
         let Some(rt) = &current.refresh_token else {
             return Err(RefreshError::Fatal("no refresh token".into()));
         };
@@ -766,6 +821,12 @@ impl OidcClient {
         let mut asked_nonce = false;
         let outcome = loop {
             let mut request = self.client.exchange_refresh_token(&rt_oauth);
+            if let Some(spec) = resource {
+                request = request.add_extra_param("resource", spec.resource.clone());
+                for s in spec.scope.iter().flat_map(|s| s.split(' ')) {
+                    request = request.add_scope(Scope::new(s.to_string()));
+                }
+            }
             for (k, v) in self.assertion_params().map_err(RefreshError::Transient)? {
                 request = request.add_extra_param(k, v);
             }
@@ -794,6 +855,7 @@ impl OidcClient {
                 Err(match classify(&e) {
                     FailureKind::Fatal => RefreshError::Fatal(why),
                     FailureKind::ClientRejected => RefreshError::ClientRejected(why),
+                    FailureKind::Denied => RefreshError::Denied(why),
                     FailureKind::Transient => RefreshError::Transient(why),
                 })
             }
@@ -879,6 +941,7 @@ impl OidcClient {
                 .or(old_refresh),
             id_token: Secret::new(id_token),
             dpop: dpop.filter(|_| bound).cloned(),
+            derived: std::collections::BTreeMap::new(),
             bearer_header: crate::session::BearerHeader::default(),
         }
     }

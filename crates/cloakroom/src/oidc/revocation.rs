@@ -36,7 +36,12 @@ impl OidcClient {
         let Some(endpoint) = &self.revocation else {
             return;
         };
-        let mut list: Vec<(&Secret, &str)> = Vec::with_capacity(2);
+        let mut list: Vec<(&Secret, &str)> = Vec::with_capacity(2 + tokens.derived.len());
+        // The routes' own tokens first: revoking the refresh token may end the grant they
+        // came from, and with it the IdP's record of them.
+        for d in tokens.derived.values() {
+            list.push((&d.access_token, "access_token"));
+        }
         if let Some(rt) = &tokens.refresh_token {
             list.push((rt, "refresh_token"));
         }
@@ -45,6 +50,19 @@ impl OidcClient {
             if let Err(reason) = self.revoke_one(endpoint, token, hint).await {
                 crate::metrics::revocation_failed();
                 tracing::warn!(event = "revocation_failed", token_type = hint, %reason, "token revocation failed");
+            }
+        }
+    }
+
+    /// Revokes only the routes' own tokens (`Tokens::derived`).
+    pub async fn revoke_derived(&self, tokens: &Tokens) {
+        let Some(endpoint) = &self.revocation else {
+            return;
+        };
+        for d in tokens.derived.values() {
+            if let Err(reason) = self.revoke_one(endpoint, &d.access_token, "access_token").await {
+                crate::metrics::revocation_failed();
+                tracing::warn!(event = "revocation_failed", token_type = "access_token", %reason, "token revocation failed");
             }
         }
     }

@@ -257,6 +257,7 @@ mod tests {
                 refresh_token: None,
                 id_token: Secret::new("i"),
                 dpop: None,
+                derived: Default::default(),
                 bearer_header: Default::default(),
             },
             created_at: 0,

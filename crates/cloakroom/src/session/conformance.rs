@@ -28,6 +28,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
             refresh_token: Some(Secret::new("rt-conformance")),
             id_token: Secret::new("id-conformance"),
             dpop: None,
+            derived: Default::default(),
             bearer_header: Default::default(),
         },
         created_at: now - last_seen_ago,
@@ -319,6 +320,24 @@ pub async fn run(store: Store) {
         .remember_once(&jti, Duration::from_millis(300))
         .await
         .expect("once"));
+
+    // 10b. shared values: written, read back, replaced, gone after their TTL
+    let sh = crypto::hash(&crypto::random_token());
+    assert!(store.get_shared(&sh).await.expect("get").is_none());
+    store
+        .put_shared(&sh, b"one".to_vec(), Duration::from_millis(300))
+        .await
+        .expect("put");
+    store
+        .put_shared(&sh, b"two".to_vec(), Duration::from_millis(300))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get_shared(&sh).await.expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.get_shared(&sh).await.expect("get").is_none());
 
     // 11. index pruning: an entry whose record is gone is pruned; a record this key ring
     // cannot open (another instance's newer key, first in its ring; ours second there) is

@@ -30,6 +30,8 @@ struct Inner {
     /// Refresh locks: owner (or a cool-off marker) and expiry.
     locks: HashMap<String, (Lock, Instant)>,
     seen_once: HashMap<String, Instant>,
+    /// Shared values (`Store::put_shared`) and their expiry.
+    shared: HashMap<String, (Vec<u8>, Instant)>,
 }
 
 impl Inner {
@@ -309,6 +311,28 @@ impl MemoryStore {
         }
         g.seen_once.insert(hash.to_string(), now + ttl);
         Ok(true)
+    }
+
+    pub(super) async fn put_shared(
+        &self,
+        hash: &str,
+        blob: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        g.shared.retain(|_, (_, exp)| *exp > now);
+        g.shared.insert(hash.to_string(), (blob, now + ttl));
+        Ok(())
+    }
+
+    pub(super) async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let now = Instant::now();
+        let g = self.lock();
+        Ok(g.shared
+            .get(hash)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(b, _)| b.clone()))
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

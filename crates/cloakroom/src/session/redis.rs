@@ -349,6 +349,36 @@ impl RedisStore {
         Ok(r.is_some())
     }
 
+    pub(super) async fn put_shared(
+        &self,
+        hash: &str,
+        blob: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let k = self.keys.shared(hash);
+        let ms = millis(ttl);
+        self.run(move |mut c| {
+            Box::pin(async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(blob)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = self.keys.shared(hash);
+        self.run(move |mut c| {
+            Box::pin(async move { redis::cmd("GET").arg(k).query_async(&mut c).await })
+        })
+        .await
+    }
+
     pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
         let k = self.keys.once(hash);
         let n: i64 = self

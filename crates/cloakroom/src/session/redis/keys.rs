@@ -10,6 +10,7 @@
 //! | `<prefix>:u:{<index key of sub>}` | set of handles | absolute timeout, renewed on write |
 //! | `<prefix>:sid:{<index key of sid>}` | set of handles | absolute timeout, renewed on write |
 //! | `<prefix>:once:{<hash>}` | string: a back-channel logout `jti` or a used login `state` | its TTL |
+//! | `<prefix>:shared:{<hash>}` | string: a sealed value every instance shares (a client-credentials token) | until it is due |
 //!
 //! And one pub/sub channel, `<prefix>:invalidate` (its messages: `invalidation.rs`).
 //!
@@ -61,6 +62,11 @@ impl Keys {
     /// A once-only marker.
     pub(super) fn once(&self, hash: &str) -> String {
         format!("{}:once:{{{hash}}}", self.prefix)
+    }
+
+    /// A sealed value shared by every instance (not a session).
+    pub(super) fn shared(&self, hash: &str) -> String {
+        format!("{}:shared:{{{hash}}}", self.prefix)
     }
 
     /// The invalidation channel.

@@ -100,6 +100,12 @@ pub(crate) struct Opts {
     pub idp_cert_bound: bool,
     /// The only algorithms the IdP offers for client assertions.
     pub idp_client_auth_algs: Option<Vec<&'static str>>,
+    /// Extra top-level keys of the test IdP's configuration (tests/idp/README.md), e.g.
+    /// `resource_servers`, `token_exchange`, `acr_values`.
+    pub idp_extra: serde_json::Map<String, serde_json::Value>,
+    /// Extra keys of Cloakroom's client registration at the test IdP, e.g.
+    /// `client_credentials`, `token_exchange`, `scope`.
+    pub idp_client_extra: serde_json::Map<String, serde_json::Value>,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
     pub extra_toml: String,
@@ -147,6 +153,8 @@ impl Default for Opts {
             pki: None,
             idp_cert_bound: false,
             idp_client_auth_algs: None,
+            idp_extra: serde_json::Map::new(),
+            idp_client_extra: serde_json::Map::new(),
             refresh_skew: "60s",
             oidc_timeout: "5s",
             extra_toml: String::new(),
@@ -300,7 +308,7 @@ impl TestEnv {
             } else {
                 None
             };
-            let started = Idp::start_once(&serde_json::json!({
+            let mut config = serde_json::json!({
                 "port": idp_port,
                 "issuer": idp_fault.as_ref().map(|f| f.url("http")),
                 "access_token_ttl": opts.access_token_ttl,
@@ -332,7 +340,14 @@ impl TestEnv {
                     "client_secret": upstream::RS_CLIENT_SECRET,
                     "resource_server": true,
                 }]
-            }));
+            });
+            for (k, v) in &opts.idp_extra {
+                config[k] = v.clone();
+            }
+            for (k, v) in &opts.idp_client_extra {
+                config["clients"][0][k] = v.clone();
+            }
+            let started = Idp::start_once(&config);
             match started {
                 Ok(idp) => return (idp, idp_fault),
                 Err(e) => why.push(format!("port {idp_port}: {e}")),

@@ -42,6 +42,8 @@ pub(crate) struct Seen {
     pub introspection: Mutex<Option<String>>,
     /// `/checked/*`: the DPoP proof `jti`s seen (a replay is refused).
     pub jtis: Mutex<std::collections::HashSet<String>>,
+    /// `/stepup/<acr>/*`: how many requests it answered with an RFC 9470 challenge.
+    pub step_up_challenges: AtomicUsize,
 }
 
 /// The resource server's client at the test IdP (introspection only).
@@ -417,6 +419,34 @@ async fn handle(
             return Ok(resp);
         }
     }
+    // What the token says, for JWT access tokens (RFC 9068): read, not verified (a test
+    // upstream); and the token's hash, to match it with what the IdP was asked to revoke.
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.to_string()));
+    let claims = bearer.as_deref().and_then(jwt_claims);
+    // `/stepup/<acr>/…`: an API that wants that `acr`, and says so the RFC 9470 way.
+    if let Some(want) = path
+        .split_once("/stepup/")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .filter(|a| !a.is_empty())
+    {
+        let got = claims.as_ref().and_then(|c| c["acr"].as_str().map(String::from));
+        if got.as_deref() != Some(want) {
+            seen.step_up_challenges.fetch_add(1, Ordering::SeqCst);
+            let mut resp = hyper::Response::new(full(r#"{"error":"insufficient_user_authentication"}"#));
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+            resp.headers_mut().insert(
+                "www-authenticate",
+                format!(r#"Bearer error="insufficient_user_authentication", error_description="A different authentication level is required", acr_values="{want}""#)
+                    .parse()
+                    .expect("challenge"),
+            );
+            return Ok(resp);
+        }
+    }
     let mut rs = None;
     if path.contains("/checked/") {
         match rs_check(&seen, &req, peer_cert.as_deref().map(String::as_str)).await {
@@ -475,6 +505,17 @@ async fn handle(
     }
     // The echo never reflects credentials: the browser-side scan must only catch our leaks.
     let mut echoed = info.clone();
+    if let Some(c) = &claims {
+        let pick = |k: &str| c.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        echoed["token_claims"] = serde_json::json!({
+            "aud": pick("aud"), "sub": pick("sub"), "client_id": pick("client_id"),
+            "acr": pick("acr"), "auth_time": pick("auth_time"), "scope": pick("scope"),
+            "act": pick("act"),
+        });
+    }
+    if let Some(t) = &bearer {
+        echoed["token_sha256"] = serde_json::Value::String(hex(&Sha256::digest(t.as_bytes())));
+    }
     if let Some(binding) = rs {
         echoed["rs_check"] = serde_json::json!({"ok": true, "binding": binding});
     }
@@ -506,6 +547,17 @@ fn add_set_cookies(h: &mut hyper::HeaderMap) {
     }
     h.append("clear-site-data", "\"cookies\"".parse().expect("static"));
     h.append("clear-site-data", "\"*\"".parse().expect("static"));
+}
+
+/// The payload of a JWT, unverified; `None` for an opaque token.
+pub(crate) fn jwt_claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
