@@ -79,6 +79,7 @@ pub(crate) async fn seed(
                         refresh_token: None,
                         id_token: Secret::new(fake_jwt(700, i)),
                         dpop: None,
+                        derived: Default::default(),
                         bearer_header: Default::default(),
                     },
                     created_at: now,
