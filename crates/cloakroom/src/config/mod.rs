@@ -553,6 +553,105 @@ mod tests {
     }
 
     #[test]
+    fn route_token_kinds_are_read_and_misuse_is_named() {
+        let good = r#"
+            [[routes]]
+            prefix = "/orders/"
+            upstream = "http://127.0.0.1:9"
+            resource = "https://orders.test"
+            scopes = ["orders:read"]
+            acr_values = ["urn:loa:2"]
+            max_age = "5m"
+            [[routes]]
+            prefix = "/ledger/"
+            upstream = "http://127.0.0.1:9"
+            token = "exchange"
+            [routes.exchange]
+            audience = "https://ledger.test"
+            scope = "ledger"
+            actor_token = true
+            [[routes]]
+            prefix = "/jobs/"
+            upstream = "http://127.0.0.1:9"
+            token = "client"
+            csrf = false
+            scopes = ["jobs"]
+            [[routes]]
+            prefix = "/either/"
+            upstream = "http://127.0.0.1:9"
+            token = "user_or_client"
+            resource = "https://orders.test"
+        "#;
+        let c = Config::from_toml(&format!("{GOOD}{good}"), &env()).expect("valid");
+        let r = |p: &str| c.routes.iter().find(|r| r.prefix == p).expect("route");
+        let orders = r("/orders/");
+        assert!(matches!(&orders.user_token, UserToken::Resource(s) if s.resource == "https://orders.test" && s.scope.as_deref() == Some("orders:read")));
+        let step = orders.step_up.as_ref().expect("step-up");
+        assert_eq!(step.acr_values, ["urn:loa:2"]);
+        assert_eq!(step.max_age, Some(std::time::Duration::from_secs(300)));
+        assert!(orders.csrf && orders.client.is_none());
+        let ledger = r("/ledger/");
+        assert!(matches!(&ledger.user_token, UserToken::Exchange(x) if x.audience == "https://ledger.test" && x.actor.is_some()));
+        assert_eq!(ledger.token, TokenPolicy::Required);
+        let jobs = r("/jobs/");
+        assert_eq!(jobs.token, TokenPolicy::Client);
+        assert!(!jobs.csrf);
+        assert_eq!(jobs.client.as_ref().and_then(|c| c.scope.clone()).as_deref(), Some("jobs"));
+        let either = r("/either/");
+        assert_eq!(either.token, TokenPolicy::UserOrClient);
+        assert!(matches!(&either.user_token, UserToken::Resource(_)));
+        assert_eq!(either.client.as_ref().and_then(|c| c.resource.clone()).as_deref(), Some("https://orders.test"));
+        // The login asks for each resource once, with the scopes the routes need.
+        assert_eq!(
+            login_resources(&c.routes),
+            (vec!["https://orders.test".to_string()], vec!["orders:read".to_string()])
+        );
+
+        let bad = r#"
+            [[routes]]
+            prefix = "/a/"
+            upstream = "http://127.0.0.1:9"
+            csrf = false
+            [[routes]]
+            prefix = "/b/"
+            upstream = "http://127.0.0.1:9"
+            token = "exchange"
+            [[routes]]
+            prefix = "/c/"
+            upstream = "http://127.0.0.1:9"
+            resource = "not a uri"
+            [[routes]]
+            prefix = "/d/"
+            upstream = "http://127.0.0.1:9"
+            token = "none"
+            max_age = "1m"
+            [[routes]]
+            prefix = "/e/"
+            upstream = "http://127.0.0.1:9"
+            scopes = ["x"]
+            [[routes]]
+            prefix = "/f/"
+            upstream = "http://127.0.0.1:9"
+            token = "client"
+            acr_values = ["a"]
+        "#;
+        let all = Config::from_toml(&format!("{GOOD}{bad}"), &env())
+            .unwrap_err()
+            .0
+            .join("\n");
+        for key in [
+            "routes[2].csrf",
+            "routes[3].exchange",
+            "routes[4].resource",
+            "routes[5]: acr_values and max_age",
+            "routes[6].scopes",
+            "routes[7]: acr_values and max_age",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+    }
+
+    #[test]
     fn the_fapi2_profile_names_every_missing_piece() {
         let text = format!(
             "{GOOD}\n[[routes]]\nprefix = \"/b/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"bearer\"\n"
