@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+#[derive(Clone)]
 pub(crate) struct Browser {
     client: reqwest::Client,
     pub jar: BTreeMap<String, String>,

@@ -133,23 +133,37 @@ impl Idp {
         user: &str,
         password: &str,
     ) -> String {
+        self.login_with(browser, authorize_url, user, password, &[])
+            .await
+            .0
+    }
+
+    /// As [`Idp::login`], with extra fields for the login form (e.g. `acr`, `auth_age`); also
+    /// says whether the IdP asked for a login at all (it does not over a live IdP session
+    /// whose authentication satisfies the request).
+    pub(crate) async fn login_with(
+        &self,
+        browser: &mut Browser,
+        authorize_url: &str,
+        user: &str,
+        password: &str,
+        extra: &[(&str, &str)],
+    ) -> (String, bool) {
         let r = browser.get(authorize_url).await;
         assert_eq!(r.status, 303, "authorize: {}", r.body);
         let mut loc = self.absolute(&r.location());
-        if loc.contains("/interaction/") {
-            let r = browser
-                .post_form(
-                    &format!("{loc}/login"),
-                    &[("login", user), ("password", password)],
-                )
-                .await;
+        let asked = loc.contains("/interaction/");
+        if asked {
+            let mut form = vec![("login", user), ("password", password)];
+            form.extend_from_slice(extra);
+            let r = browser.post_form(&format!("{loc}/login"), &form).await;
             assert_eq!(r.status, 303, "interaction login: {}", r.body);
             loc = self.absolute(&r.location());
         }
         // Follow the IdP's own redirects until it sends the browser back to us.
         for _ in 0..5 {
             if !loc.starts_with(&self.issuer) {
-                return loc;
+                return (loc, asked);
             }
             let r = browser.get(&loc).await;
             assert!(
