@@ -135,7 +135,9 @@ impl Ender {
                 }
             }
             Some(s) => self.revoke_later(s.tokens),
-            None => tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked"),
+            None => {
+                tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked")
+            }
         }
         Ok(true)
     }

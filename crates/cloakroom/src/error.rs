@@ -136,9 +136,10 @@ impl Error {
             }
             Error::TokenExchangeDenied(_) => (StatusCode::FORBIDDEN, "token_exchange_denied"),
             Error::ResourceTokenDenied(_) => (StatusCode::FORBIDDEN, "resource_token_denied"),
-            Error::TokenExchangeUnavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "token_exchange_unavailable")
-            }
+            Error::TokenExchangeUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_exchange_unavailable",
+            ),
             Error::ClientTokenUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "client_token_unavailable")
             }
@@ -369,12 +370,11 @@ mod tests {
 
     #[test]
     fn a_step_up_answer_says_what_to_ask_for() {
-        let c = StepUpChallenge::new(
-            "/auth",
-            Some("urn:a urn:b".into()),
-            Some(300),
+        let c = StepUpChallenge::new("/auth", Some("urn:a urn:b".into()), Some(300));
+        assert_eq!(
+            c.login_url,
+            "/auth/login?acr_values=urn%3Aa+urn%3Ab&max_age=300"
         );
-        assert_eq!(c.login_url, "/auth/login?acr_values=urn%3Aa+urn%3Ab&max_age=300");
         let resp = Error::StepUpRequired(Box::new(c)).into_response();
         assert_eq!(resp.status(), 401);
     }

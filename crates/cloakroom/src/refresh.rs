@@ -639,7 +639,13 @@ impl Refresher {
     }
 
     /// Writes the renewed session (see the module documentation, step 4).
-    async fn write(&self, handle: &str, target: &Target, lock: &LockGuard, mut new: Session) -> Outcome {
+    async fn write(
+        &self,
+        handle: &str,
+        target: &Target,
+        lock: &LockGuard,
+        mut new: Session,
+    ) -> Outcome {
         let write_deadline = lock.acquired + self.cfg.lease - self.cfg.store_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {

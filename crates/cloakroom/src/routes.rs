@@ -9,16 +9,16 @@
 
 use crate::auth::Endpoints;
 use crate::body::Body;
+use crate::client_tokens::{ClientToken, ClientTokens};
 use crate::config::{Route, TokenPolicy};
+use crate::config::{StepUp, UserToken};
 use crate::context::{request_id, ClientIp, RequestCtx};
 use crate::cookies::Cookies;
 use crate::cors::Origins;
 use crate::error::Error;
+use crate::error::StepUpChallenge;
 use crate::loader::SessionLoader;
 use crate::proxy::{self, ForwardCtx, Upstream};
-use crate::client_tokens::{ClientToken, ClientTokens};
-use crate::config::{StepUp, UserToken};
-use crate::error::StepUpChallenge;
 use crate::refresh::{Refresher, Target};
 use crate::session::{Credential, Session};
 use http::{Method, Request, Response};
@@ -344,15 +344,13 @@ fn held_derived(s: Arc<Session>, key: String, target: &Target) -> Result<Held, E
 /// `auth_time` is the IdP's timestamp: compared with the wall clock, like DPoP's `iat`.
 fn check_step_up(step: &StepUp, s: &Session, auth_prefix: &str) -> Result<(), Error> {
     let max_age = step.max_age.map(|d| d.as_secs());
-    let acr = (!step.acr_values.is_empty())
-        .then(|| step.acr_values.iter().map(String::as_str).collect::<Vec<_>>());
-    if crate::session::auth_satisfies(
-        &s.claims,
-        acr,
-        max_age,
-        crate::session::now_unix(),
-        0,
-    ) {
+    let acr = (!step.acr_values.is_empty()).then(|| {
+        step.acr_values
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    });
+    if crate::session::auth_satisfies(&s.claims, acr, max_age, crate::session::now_unix(), 0) {
         return Ok(());
     }
     let acr_values = (!step.acr_values.is_empty()).then(|| step.acr_values.join(" "));

@@ -323,7 +323,9 @@ pub fn auth_satisfies(
         claims
             .get("auth_time")
             .and_then(serde_json::Value::as_i64)
-            .is_some_and(|t| now.saturating_sub(t) <= i64::try_from(m).unwrap_or(i64::MAX).saturating_add(skew))
+            .is_some_and(|t| {
+                now.saturating_sub(t) <= i64::try_from(m).unwrap_or(i64::MAX).saturating_add(skew)
+            })
     });
     acr_ok && age_ok
 }

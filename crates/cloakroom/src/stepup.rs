@@ -26,7 +26,11 @@ pub fn upstream_challenge(headers: &HeaderMap, auth_prefix: &str) -> Option<Step
         }
         let acr_values = get("acr_values")
             .map(|a| a.split_whitespace().collect::<Vec<_>>().join(" "))
-            .filter(|a| !a.is_empty() && a.len() <= 512 && a.chars().all(|c| c.is_ascii_graphic() || c == ' '));
+            .filter(|a| {
+                !a.is_empty()
+                    && a.len() <= 512
+                    && a.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+            });
         let max_age = get("max_age").and_then(|m| m.trim().parse::<u64>().ok());
         return Some(StepUpChallenge::new(auth_prefix, acr_values, max_age));
     }
@@ -111,8 +115,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_age, Some(5));
         assert_eq!(c.login_url, "/auth/login?max_age=5");
-        let c = upstream_challenge(&h("DPoP error=insufficient_user_authentication, max_age=60"), "/a")
-            .unwrap();
+        let c = upstream_challenge(
+            &h("DPoP error=insufficient_user_authentication, max_age=60"),
+            "/a",
+        )
+        .unwrap();
         assert_eq!(c.max_age, Some(60));
     }
 

@@ -149,8 +149,15 @@ impl Callback {
                 tracing::info!(event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
                 state.ender.revoke_later(result.tokens);
-                let sep = if pending.return_to.contains('?') { '&' } else { '?' };
-                set_location(&mut resp, &format!("{}{sep}error=step_up_failed", pending.return_to))?;
+                let sep = if pending.return_to.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                set_location(
+                    &mut resp,
+                    &format!("{}{sep}error=step_up_failed", pending.return_to),
+                )?;
                 return Ok(resp);
             }
         }

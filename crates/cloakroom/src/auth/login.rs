@@ -121,8 +121,10 @@ fn step_up_request(pairs: &[(String, String)]) -> Result<Option<StepUpRequest>, 
                 })?,
         ),
     };
-    Ok((acr_values.is_some() || max_age.is_some()).then_some(StepUpRequest {
-        acr_values,
-        max_age,
-    }))
+    Ok(
+        (acr_values.is_some() || max_age.is_some()).then_some(StepUpRequest {
+            acr_values,
+            max_age,
+        }),
+    )
 }

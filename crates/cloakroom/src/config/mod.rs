@@ -585,26 +585,46 @@ mod tests {
         let c = Config::from_toml(&format!("{GOOD}{good}"), &env()).expect("valid");
         let r = |p: &str| c.routes.iter().find(|r| r.prefix == p).expect("route");
         let orders = r("/orders/");
-        assert!(matches!(&orders.user_token, UserToken::Resource(s) if s.resource == "https://orders.test" && s.scope.as_deref() == Some("orders:read")));
+        assert!(
+            matches!(&orders.user_token, UserToken::Resource(s) if s.resource == "https://orders.test" && s.scope.as_deref() == Some("orders:read"))
+        );
         let step = orders.step_up.as_ref().expect("step-up");
         assert_eq!(step.acr_values, ["urn:loa:2"]);
         assert_eq!(step.max_age, Some(std::time::Duration::from_secs(300)));
         assert!(orders.csrf && orders.client.is_none());
         let ledger = r("/ledger/");
-        assert!(matches!(&ledger.user_token, UserToken::Exchange(x) if x.audience == "https://ledger.test" && x.actor.is_some()));
+        assert!(
+            matches!(&ledger.user_token, UserToken::Exchange(x) if x.audience == "https://ledger.test" && x.actor.is_some())
+        );
         assert_eq!(ledger.token, TokenPolicy::Required);
         let jobs = r("/jobs/");
         assert_eq!(jobs.token, TokenPolicy::Client);
         assert!(!jobs.csrf);
-        assert_eq!(jobs.client.as_ref().and_then(|c| c.scope.clone()).as_deref(), Some("jobs"));
+        assert_eq!(
+            jobs.client
+                .as_ref()
+                .and_then(|c| c.scope.clone())
+                .as_deref(),
+            Some("jobs")
+        );
         let either = r("/either/");
         assert_eq!(either.token, TokenPolicy::UserOrClient);
         assert!(matches!(&either.user_token, UserToken::Resource(_)));
-        assert_eq!(either.client.as_ref().and_then(|c| c.resource.clone()).as_deref(), Some("https://orders.test"));
+        assert_eq!(
+            either
+                .client
+                .as_ref()
+                .and_then(|c| c.resource.clone())
+                .as_deref(),
+            Some("https://orders.test")
+        );
         // The login asks for each resource once, with the scopes the routes need.
         assert_eq!(
             login_resources(&c.routes),
-            (vec!["https://orders.test".to_string()], vec!["orders:read".to_string()])
+            (
+                vec!["https://orders.test".to_string()],
+                vec!["orders:read".to_string()]
+            )
         );
 
         let bad = r#"

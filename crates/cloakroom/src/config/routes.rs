@@ -361,9 +361,7 @@ fn resource_ok(r: &str) -> bool {
 }
 
 fn joined(scopes: Option<&Vec<String>>) -> Option<String> {
-    scopes
-        .filter(|s| !s.is_empty())
-        .map(|s| s.join(" "))
+    scopes.filter(|s| !s.is_empty()).map(|s| s.join(" "))
 }
 
 /// The route's user token and client token, from `token`, `resource`, `scopes` and
@@ -394,8 +392,13 @@ fn route_tokens(
         }
     }
     if let Some(sc) = &r.scopes {
-        if sc.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-            errs.push(format!("{key}.scopes: each scope must be one non-empty word"));
+        if sc
+            .iter()
+            .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            errs.push(format!(
+                "{key}.scopes: each scope must be one non-empty word"
+            ));
         }
         if r.resource.is_none() && !matches!(kind, "client" | "user_or_client") {
             errs.push(format!(
@@ -437,9 +440,7 @@ fn route_tokens(
                 audience: x.audience.clone(),
                 scope: x.scope.clone(),
                 requested_token_type: x.requested_token_type.clone(),
-                actor: x
-                    .actor_token
-                    .then(|| Arc::new(ClientSpec::new(None, None))),
+                actor: x.actor_token.then(|| Arc::new(ClientSpec::new(None, None))),
             }))
         }
         (_, Some(res)) if token != TokenPolicy::Client => {
@@ -470,8 +471,13 @@ fn step_up(key: &str, r: &RawRoute, token: TokenPolicy, errs: &mut Problems) -> 
             "{key}: acr_values and max_age need a route that sends the user's token"
         ));
     }
-    if acr.iter().any(|a| a.is_empty() || a.contains(char::is_whitespace)) {
-        errs.push(format!("{key}.acr_values: each value must be one non-empty word"));
+    if acr
+        .iter()
+        .any(|a| a.is_empty() || a.contains(char::is_whitespace))
+    {
+        errs.push(format!(
+            "{key}.acr_values: each value must be one non-empty word"
+        ));
     }
     Some(StepUp {
         acr_values: acr,

@@ -60,7 +60,10 @@ impl OidcClient {
             return;
         };
         for d in tokens.derived.values() {
-            if let Err(reason) = self.revoke_one(endpoint, &d.access_token, "access_token").await {
+            if let Err(reason) = self
+                .revoke_one(endpoint, &d.access_token, "access_token")
+                .await
+            {
                 crate::metrics::revocation_failed();
                 tracing::warn!(event = "revocation_failed", token_type = "access_token", %reason, "token revocation failed");
             }

@@ -23,6 +23,7 @@ mod refresh;
 mod route_tokens;
 mod session_cache;
 mod soak;
+mod step_up;
 mod store;
 mod tls;
 mod topology;

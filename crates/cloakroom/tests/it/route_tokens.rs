@@ -77,7 +77,8 @@ fn opts() -> Opts {
         access_token_ttl: 600,
         ..Opts::default()
     };
-    let rs = |indicator: &str, scope: &str| serde_json::json!({"indicator": indicator, "scope": scope});
+    let rs =
+        |indicator: &str, scope: &str| serde_json::json!({"indicator": indicator, "scope": scope});
     o.idp_extra.insert(
         "resource_servers".into(),
         serde_json::json!([
@@ -96,8 +97,10 @@ fn opts() -> Opts {
         .insert("client_credentials".into(), true.into());
     o.idp_client_extra
         .insert("token_exchange".into(), true.into());
-    o.idp_client_extra
-        .insert("scope".into(), "openid profile email offline_access jobs:run ledger:write".into());
+    o.idp_client_extra.insert(
+        "scope".into(),
+        "openid profile email offline_access jobs:run ledger:write".into(),
+    );
     o
 }
 
@@ -120,8 +123,7 @@ async fn stat(env: &TestEnv, path: &[&str]) -> u64 {
 }
 
 #[tokio::test]
-async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_revokes_them_all()
-{
+async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_revokes_them_all() {
     let env = TestEnv::start_with(opts()).await;
     let mut b = Browser::new();
     env.login(&mut b).await;
@@ -161,7 +163,11 @@ async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_re
     assert_eq!(seen.len(), 1, "every call got the one new token");
     assert!(!seen.contains(&orders_tok));
     assert_eq!(
-        stat(&env, &["resource_tokens", &format!("refresh_token {ORDERS}")]).await,
+        stat(
+            &env,
+            &["resource_tokens", &format!("refresh_token {ORDERS}")]
+        )
+        .await,
         2,
         "one refresh for the orders resource at login time, one after expiry"
     );
@@ -185,7 +191,11 @@ async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_re
     loop {
         let revoked: Vec<String> = env.idp.stats().await["revoked_tokens"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if held.iter().all(|h| revoked.contains(h)) {
             break;
@@ -196,8 +206,14 @@ async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_re
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for t in [&s.tokens.access_token, s.tokens.refresh_token.as_ref().expect("rt")] {
-        assert!(!b.received.contains(t.expose()), "a token reached the browser");
+    for t in [
+        &s.tokens.access_token,
+        s.tokens.refresh_token.as_ref().expect("rt"),
+    ] {
+        assert!(
+            !b.received.contains(t.expose()),
+            "a token reached the browser"
+        );
     }
     for d in s.tokens.derived.values() {
         assert!(!b.received.contains(d.access_token.expose()));
@@ -237,7 +253,10 @@ async fn exchanged_tokens_carry_the_audience_and_the_actor_are_cached_and_refusa
     let r = b.xhr(Method::GET, &env.url("/nowhere/x")).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["error"], "token_exchange_denied");
-    assert_eq!(b.xhr(Method::GET, &env.url("/ledger/post")).await.status, 200);
+    assert_eq!(
+        b.xhr(Method::GET, &env.url("/ledger/post")).await.status,
+        200
+    );
     let s = env.session_of(&b).await.expect("session");
     for d in s.tokens.derived.values() {
         assert!(!b.received.contains(d.access_token.expose()));
@@ -272,7 +291,10 @@ async fn client_routes_send_cloakrooms_own_token_once_for_all_instances() {
     // The other instance takes the same token from the store.
     let (_, v) = call(1, "/jobs/run").await;
     assert_eq!(v["token_sha256"], first);
-    assert_eq!(stat(&env, &["token_requests", "client_credentials"]).await, 1);
+    assert_eq!(
+        stat(&env, &["token_requests", "client_credentials"]).await,
+        1
+    );
 
     // Due: 16 parallel calls over both instances, one grant.
     env.advance(Duration::from_secs(700));
@@ -283,7 +305,10 @@ async fn client_routes_send_cloakrooms_own_token_once_for_all_instances() {
         seen.insert(v["token_sha256"].to_string());
     }
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(stat(&env, &["token_requests", "client_credentials"]).await, 2);
+    assert_eq!(
+        stat(&env, &["token_requests", "client_credentials"]).await,
+        2
+    );
 
     // user_or_client: without a session (or without the CSRF header) the client's token; with
     // a session and the header, the user's.
@@ -295,12 +320,21 @@ async fn client_routes_send_cloakrooms_own_token_once_for_all_instances() {
     assert_eq!(c["sub"], "alice", "{c}");
     assert_eq!(c["aud"], JOBS);
     let r = b.get(&env.url("/either/x")).await;
-    assert_eq!(r.json()["token_claims"]["sub"], CLIENT_ID, "no CSRF header: not the user");
+    assert_eq!(
+        r.json()["token_claims"]["sub"],
+        CLIENT_ID,
+        "no CSRF header: not the user"
+    );
 }
 
 /// Follows a step-up `login_url` back to the SPA: (the IdP asked for a login, where the
 /// browser ended).
-async fn step_up(env: &TestEnv, b: &mut Browser, login_url: &str, extra: &[(&str, &str)]) -> (bool, String) {
+async fn step_up(
+    env: &TestEnv,
+    b: &mut Browser,
+    login_url: &str,
+    extra: &[(&str, &str)],
+) -> (bool, String) {
     let r = b
         .get(&env.url(&format!("{login_url}&return_to=/app/page")))
         .await;
@@ -322,7 +356,13 @@ async fn a_route_that_needs_a_recent_or_stronger_login_gets_it_by_upgrading_the_
     let r = b.get(&env.url("/auth/login?return_to=/app")).await;
     let (callback, _) = env
         .idp
-        .login_with(&mut b, &r.location(), "alice", "wonderland", &[("auth_age", "600")])
+        .login_with(
+            &mut b,
+            &r.location(),
+            "alice",
+            "wonderland",
+            &[("auth_age", "600")],
+        )
         .await;
     assert_eq!(b.get(&callback).await.status, 302);
     let cookie = b.jar.clone();
@@ -366,7 +406,12 @@ async fn a_route_that_needs_a_recent_or_stronger_login_gets_it_by_upgrading_the_
     assert_eq!(b.xhr(Method::GET, &env.url("/gold/x")).await.status, 200);
     let user = b.xhr(Method::GET, &env.url("/auth/user")).await.json();
     assert_eq!(user["acr"], LOA2, "{user}");
-    assert!(user["amr"].as_array().is_some_and(|a| a.iter().any(|m| m == "otp")), "{user}");
+    assert!(
+        user["amr"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "otp")),
+        "{user}"
+    );
     // Still one session for the user, and its other routes work on.
     assert_eq!(b.xhr(Method::GET, &env.url("/orders/x")).await.status, 200);
     assert!(!b.received.contains("access_token"));
@@ -383,7 +428,10 @@ async fn an_upstreams_rfc_9470_challenge_becomes_a_step_up_and_the_upgraded_sess
     let v = r.json();
     assert_eq!(v["error"], "step_up_required", "{v}");
     assert_eq!(v["acr_values"], LOA2);
-    assert!(r.headers.get("www-authenticate").is_none(), "the SPA gets JSON only");
+    assert!(
+        r.headers.get("www-authenticate").is_none(),
+        "the SPA gets JSON only"
+    );
     let cookie = b.jar.clone();
     let login_url = v["login_url"].as_str().expect("login_url").to_string();
     let (asked, _) = step_up(&env, &mut b, &login_url, &[("acr", LOA2)]).await;

@@ -433,10 +433,13 @@ async fn handle(
         .and_then(|(_, rest)| rest.split('/').next())
         .filter(|a| !a.is_empty())
     {
-        let got = claims.as_ref().and_then(|c| c["acr"].as_str().map(String::from));
+        let got = claims
+            .as_ref()
+            .and_then(|c| c["acr"].as_str().map(String::from));
         if got.as_deref() != Some(want) {
             seen.step_up_challenges.fetch_add(1, Ordering::SeqCst);
-            let mut resp = hyper::Response::new(full(r#"{"error":"insufficient_user_authentication"}"#));
+            let mut resp =
+                hyper::Response::new(full(r#"{"error":"insufficient_user_authentication"}"#));
             *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
             resp.headers_mut().insert(
                 "www-authenticate",
@@ -446,6 +449,20 @@ async fn handle(
             );
             return Ok(resp);
         }
+    }
+    // `/challenge/…`: an API that always wants a login at most a minute old (RFC 9470).
+    if path.contains("/challenge/") {
+        seen.step_up_challenges.fetch_add(1, Ordering::SeqCst);
+        let mut resp =
+            hyper::Response::new(full(r#"{"error":"insufficient_user_authentication"}"#));
+        *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        resp.headers_mut().insert(
+            "www-authenticate",
+            r#"Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age="60""#
+                .parse()
+                .expect("static"),
+        );
+        return Ok(resp);
     }
     let mut rs = None;
     if path.contains("/checked/") {
