@@ -1,4 +1,5 @@
-//! The demo API, behind Cloakroom's `/api/` route (`token = "required"`).
+//! The demo API, behind Cloakroom's `/api/` route (`token = "required"`) and its
+//! `/api/sensitive` route (`token = "required"`, `max_age`: step-up).
 //!
 //! `GET /api/whoami` verifies the token Cloakroom attached, against the development IdP's key
 //! and its revoked set, and answers with what it learned from it, never the token:
@@ -7,8 +8,13 @@
 //! `Authorization: DPoP` with a proof for this request signed by that key (RFC 9449 §7.1), and
 //! `dpop` says what was checked; a bound token sent as a bearer is refused. Without a valid
 //! token it answers 401 JSON (RFC 6750, RFC 9449 §7.1).
+//!
+//! `GET /api/sensitive` makes the same checks and stands for an action that wants a recent
+//! login: Cloakroom's route asks for one (`max_age`), so a call with an older login gets
+//! Cloakroom's `step_up_required` and never arrives here. It answers `{"ok", "what",
+//! "subject", "auth_time", "acr", "authenticated_ago"}` from the token's RFC 9068 claims.
 
-use super::idp::AccessTokenVerifier;
+use super::idp::{AccessClaims, AccessTokenVerifier};
 use super::{DemoError, LocalServer};
 use cloakroom::body::Body;
 use cloakroom::error::json_response;
@@ -73,15 +79,35 @@ fn answer<B>(
     proofs: &crate::dpop::ProofChecker,
     req: &Request<B>,
 ) -> Response<Body> {
-    if req.uri().path() != "/api/whoami" {
-        return json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"}));
-    }
+    let sensitive = match req.uri().path() {
+        "/api/whoami" => false,
+        "/api/sensitive" => true,
+        _ => return json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+    };
     if req.method() != Method::GET {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "method_not_allowed"}),
         );
     }
+    let (claims, proof_checked) = match check_token(verifier, proofs, req) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if sensitive {
+        sensitive_action(&claims)
+    } else {
+        whoami(&claims, proof_checked.as_deref())
+    }
+}
+
+/// The access token (and, for a DPoP-bound one, the proof that came with it): its claims and
+/// the proof key's thumbprint, or the 401 to answer.
+fn check_token<B>(
+    verifier: &AccessTokenVerifier,
+    proofs: &crate::dpop::ProofChecker,
+    req: &Request<B>,
+) -> Result<(AccessClaims, Option<String>), Response<Body>> {
     let credentials = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -92,21 +118,24 @@ fn answer<B>(
             (dpop || scheme.eq_ignore_ascii_case("bearer")).then(|| (dpop, token.trim()))
         });
     let Some((dpop, token)) = credentials else {
-        return unauthorized("unauthenticated", "no access token");
+        return Err(unauthorized("unauthenticated", "no access token"));
     };
     let claims = match verifier.verify(token) {
         Ok(c) => c,
         Err(why) => {
             tracing::info!(reason = why, "demo API: access token refused");
-            return unauthorized("invalid_token", why);
+            return Err(unauthorized("invalid_token", why));
         }
     };
     let bound = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
     let proof_checked = match (&bound, dpop) {
         (Some(_), false) => {
-            return unauthorized("invalid_token", "a DPoP-bound token sent as a bearer token")
+            return Err(unauthorized(
+                "invalid_token",
+                "a DPoP-bound token sent as a bearer token",
+            ))
         }
-        (None, true) => return unauthorized("invalid_token", "not a DPoP-bound token"),
+        (None, true) => return Err(unauthorized("invalid_token", "not a DPoP-bound token")),
         (None, false) => None,
         (Some(jkt), true) => {
             let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
@@ -119,18 +148,49 @@ fn answer<B>(
             match proof
                 .map(|p| proofs.check(p, req.method().as_str(), &htu, Some(token), now_unix()))
             {
-                None => return unauthorized("invalid_token", "no DPoP proof"),
+                None => return Err(unauthorized("invalid_token", "no DPoP proof")),
                 Some(Err(why)) => {
                     tracing::info!(reason = why, "demo API: DPoP proof refused");
-                    return unauthorized("invalid_token", why);
+                    return Err(unauthorized("invalid_token", why));
                 }
                 Some(Ok(k)) if k != *jkt => {
-                    return unauthorized("invalid_token", "the DPoP proof's key is not the token's")
+                    return Err(unauthorized(
+                        "invalid_token",
+                        "the DPoP proof's key is not the token's",
+                    ))
                 }
                 Some(Ok(k)) => Some(k),
             }
         }
     };
+    Ok((claims, proof_checked))
+}
+
+/// `GET /api/sensitive`: Cloakroom let it through, so the login behind it is recent enough.
+fn sensitive_action(claims: &AccessClaims) -> Response<Body> {
+    let now = now_unix();
+    tracing::info!(sub = %claims.sub, auth_time = ?claims.auth_time, "demo API: sensitive action");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "ok": true,
+            "what": "a sensitive action",
+            "subject": claims.sub,
+            "auth_time": claims.auth_time,
+            "acr": claims.acr,
+            "authenticated_ago": claims.auth_time.map(|t| now - t),
+            "message": format!(
+                "Done, {}. Cloakroom only forwards this call when your login is recent enough \
+                 (the route's max_age); otherwise it answers step_up_required and the app asks \
+                 you to sign in again.",
+                claims.sub
+            ),
+        }),
+    )
+}
+
+/// `GET /api/whoami`: what the token says.
+fn whoami(claims: &AccessClaims, proof_checked: Option<&str>) -> Response<Body> {
     let now = now_unix();
     let scopes: Vec<&str> = claims.scope.split(' ').filter(|s| !s.is_empty()).collect();
     json_response(
@@ -142,7 +202,7 @@ fn answer<B>(
             "expires_at": claims.exp,
             "expires_in": claims.exp - now,
             "issuer": claims.iss,
-            "dpop": match &proof_checked {
+            "dpop": match proof_checked {
                 Some(jkt) => json!({
                     "bound": true,
                     "proof_verified": true,

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /.well-known/openid-configuration` | discovery |
 //! | `GET /jwks` | the RSA public key (generated at start-up, `kid` = RFC 7638 thumbprint) |
-//! | `GET /authorize` | code flow, PKCE S256 required, `prompt=none`/`login`; login page |
+//! | `GET /authorize` | code flow, PKCE S256 required, `prompt=none`/`login`, `max_age` (a login older than that, or `max_age=0`, means the login page again); login page |
 //! | `POST /authorize/login` | checks the demo credentials, sets `devidp_session`, redirects |
 //! | `POST /token` | `authorization_code`; `refresh_token` with rotation and reuse detection; with a `DPoP` proof (RFC 9449), DPoP-bound access tokens (`cnf.jkt`, `token_type: DPoP`), the code bound to `dpop_jkt` when the authorization request sent one |
 //! | `POST /revoke` | refresh tokens (the whole grant) and access tokens (by `jti`) |
@@ -20,6 +20,12 @@
 //!
 //! One client, one user ([`DEMO_USER`] / [`DEMO_PASSWORD`]), all state in memory, a fresh key
 //! on every start, and it binds loopback addresses only.
+//!
+//! Every ID token carries `auth_time` (when the user last typed the password at this IdP),
+//! `acr` ([`DEMO_ACR`]) and `amr` (`["pwd"]`); access tokens carry `auth_time` and `acr` too
+//! (RFC 9068 §2.2.1), so an API can see how recent the login behind a call is. `acr_values` in
+//! an authorization request is accepted and, there being one way to log in, does not change
+//! the answer (OIDC Core 3.1.2.1: it is a voluntary claim request).
 
 use super::{
     csp_hash_of_element, escape_html, html, parse_pairs, read_form, redirect, single, DemoError,
@@ -55,6 +61,8 @@ pub const DEMO_PASSWORD: &str = "demo";
 pub const SESSION_COOKIE: &str = "devidp_session";
 /// The `aud` of every access token: the demo API.
 pub const API_AUDIENCE: &str = "cloakroom-demo-api";
+/// The `acr` of every login at the development IdP: user name and password.
+pub const DEMO_ACR: &str = "urn:cloakroom:demo:pwd";
 
 const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 const CODE_TTL: i64 = 60;
@@ -294,6 +302,10 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
+    /// RFC 9068 §2.2.1: when the user last authenticated (unix seconds).
+    pub auth_time: Option<i64>,
+    /// RFC 9068 §2.2.1: how the user authenticated.
+    pub acr: Option<String>,
     /// RFC 9449 §6: the DPoP key the token is bound to.
     pub cnf: Option<Confirmation>,
 }
@@ -362,6 +374,8 @@ struct AuthRequest {
     dpop_jkt: Option<String>,
     force_login: bool,
     prompt_none: bool,
+    /// OIDC Core 3.1.2.1: the longest time since the user last authenticated, in seconds.
+    max_age: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -549,6 +563,19 @@ fn parse_auth_request(
     if prompt.contains(&"none") && prompt.len() > 1 {
         return Err(bad("prompt=none cannot be combined".into()));
     }
+    let max_age = match get("max_age").map_err(bad)? {
+        None => None,
+        Some(m) => Some(
+            m.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| m.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| bad("max_age must be a non-negative integer (seconds)".into()))?,
+        ),
+    };
+    // Voluntary (OIDC Core 3.1.2.1, 5.5.1.1): one way to log in here, so it changes nothing,
+    // but it is still one parameter.
+    get("acr_values").map_err(bad)?;
     Ok(AuthRequest {
         redirect_uri: redirect_uri.to_string(),
         scope,
@@ -558,6 +585,7 @@ fn parse_auth_request(
         dpop_jkt: get("dpop_jkt").map_err(bad)?.map(String::from),
         force_login: prompt.contains(&"login"),
         prompt_none: prompt == ["none"],
+        max_age,
     })
 }
 
@@ -631,7 +659,8 @@ impl Shared {
                 "grant_types_supported": ["authorization_code", "refresh_token"],
                 "scopes_supported": SCOPES,
                 "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
-                    "at_hash", "name", "email", "email_verified"],
+                    "at_hash", "acr", "amr", "name", "email", "email_verified"],
+                "acr_values_supported": [DEMO_ACR],
                 "prompt_values_supported": ["none", "login"],
                 "authorization_response_iss_parameter_supported": true,
                 "dpop_signing_alg_values_supported": ["ES256"],
@@ -686,8 +715,12 @@ impl Shared {
         status: StatusCode,
         interaction: &str,
         req: &AuthRequest,
+        reauth: Option<&str>,
         error: Option<&str>,
     ) -> Response<Body> {
+        let reauth = reauth
+            .map(|r| format!("<p id=\"reauth\"><strong>Sign in again:</strong> {}</p>\n", escape_html(r)))
+            .unwrap_or_default();
         let error = error
             .map(|e| {
                 format!(
@@ -697,7 +730,7 @@ impl Shared {
             })
             .unwrap_or_default();
         let body = format!(
-            "<h1>Sign in</h1>\n<p><strong>{client}</strong> asks for: {scopes}.</p>\n{error}\n\
+            "<h1>Sign in</h1>\n<p><strong>{client}</strong> asks for: {scopes}.</p>\n{reauth}{error}\n\
              <form method=\"post\" action=\"/authorize/login\">\n\
              <input type=\"hidden\" name=\"interaction\" value=\"{interaction}\">\n\
              <label>User name <input name=\"username\" value=\"{user}\" autocomplete=\"username\" required></label>\n\
@@ -791,14 +824,36 @@ impl Shared {
         };
 
         let mut st = self.lock();
-        if !auth.force_login {
-            if let Some((_, session)) = self.current_session(&st, req.headers()) {
-                tracing::info!(sub = %session.sub, "dev-idp: code issued from the existing IdP session");
-                return self.issue_code(&mut st, auth, session);
+        let session = self.current_session(&st, req.headers()).map(|(_, s)| s);
+        let reauth = match (&session, auth.max_age) {
+            _ if auth.force_login => {
+                Some("the application asks for a fresh login (prompt=login).".to_string())
             }
+            (Some(_), Some(0)) => {
+                Some("the application asks for a fresh login (max_age=0).".to_string())
+            }
+            (Some(s), Some(max)) if now_unix() - s.auth_time > max => Some(format!(
+                "the application wants a login at most {max} s old, and yours is {} s old.",
+                now_unix() - s.auth_time
+            )),
+            _ => None,
+        };
+        if let (Some(session), None) = (session.clone(), &reauth) {
+            tracing::info!(sub = %session.sub, "dev-idp: code issued from the existing IdP session");
+            return self.issue_code(&mut st, auth, session);
         }
         if auth.prompt_none {
-            return fail("login_required", "no session at the development IdP");
+            return fail(
+                "login_required",
+                if session.is_some() {
+                    "the IdP session is older than max_age"
+                } else {
+                    "no session at the development IdP"
+                },
+            );
+        }
+        if let (Some(s), Some(why)) = (&session, &reauth) {
+            tracing::info!(sub = %s.sub, reason = %why, "dev-idp: asking for the password again");
         }
         let interaction = random_token();
         st.interactions.insert(
@@ -806,12 +861,15 @@ impl Shared {
             (auth.clone(), now_unix() + INTERACTION_TTL),
         );
         drop(st);
-        self.login_page(StatusCode::OK, &interaction, &auth, None)
+        // Only an existing session is "again"; prompt=login without one is a first login.
+        let reauth = session.and(reauth);
+        self.login_page(StatusCode::OK, &interaction, &auth, reauth.as_deref(), None)
     }
 
     // ---------------------------------------------------------------- /authorize/login
 
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let headers = req.headers().clone();
         let Some(form) = read_form(req).await else {
             return self.error_page(StatusCode::BAD_REQUEST, "Unreadable form.");
         };
@@ -832,20 +890,37 @@ impl Shared {
                 StatusCode::UNAUTHORIZED,
                 field("interaction"),
                 &auth,
+                None,
                 Some("Wrong user name or password."),
             );
         }
         st.interactions.remove(field("interaction"));
         let now = now_unix();
+        // Signing in again (prompt=login, max_age) renews the IdP session: same `sid`, a new
+        // `auth_time`, and a new cookie value (the old one stops working).
+        let previous = self.current_session(&st, &headers);
+        let sid = match &previous {
+            Some((old_cookie, s)) if s.sub == DEMO_USER => {
+                let sid = s.sid.clone();
+                st.sessions.remove(old_cookie);
+                Some(sid)
+            }
+            _ => None,
+        };
+        let renewed = sid.is_some();
         let session = IdpSession {
             sub: DEMO_USER.into(),
-            sid: random_token(),
+            sid: sid.unwrap_or_else(random_token),
             auth_time: now,
             expires_at: now + SESSION_TTL,
         };
         let cookie_value = random_token();
         st.sessions.insert(cookie_value.clone(), session.clone());
-        tracing::info!(sub = %session.sub, "dev-idp: user logged in; IdP session started");
+        if renewed {
+            tracing::info!(sub = %session.sub, "dev-idp: user signed in again; IdP session renewed");
+        } else {
+            tracing::info!(sub = %session.sub, "dev-idp: user logged in; IdP session started");
+        }
         let mut resp = self.issue_code(&mut st, auth, session);
         *resp.status_mut() = StatusCode::SEE_OTHER;
         let mut c = cookie::Cookie::new(SESSION_COOKIE, cookie_value);
@@ -1175,6 +1250,7 @@ impl Shared {
         let mut access_claims = json!({
             "iss": self.issuer, "sub": grant.sub, "aud": API_AUDIENCE, "client_id": client_id,
             "scope": scope.join(" "), "iat": now, "exp": now + ttl, "jti": jti,
+            "auth_time": grant.auth_time, "acr": DEMO_ACR,
         });
         if let Some(jkt) = jkt {
             access_claims["cnf"] = json!({ "jkt": jkt });
@@ -1186,6 +1262,7 @@ impl Shared {
         let mut id_claims = json!({
             "iss": self.issuer, "sub": grant.sub, "aud": client_id, "iat": now,
             "exp": now + ID_TOKEN_TTL, "auth_time": grant.auth_time, "sid": grant.sid,
+            "acr": DEMO_ACR, "amr": ["pwd"],
             "at_hash": URL_SAFE_NO_PAD.encode(&digest[..16]),
         });
         if let Some(n) = nonce {
