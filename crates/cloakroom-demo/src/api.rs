@@ -92,7 +92,7 @@ fn answer<B>(
     }
     let (claims, proof_checked) = match check_token(verifier, proofs, req) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err((error, message)) => return unauthorized(error, message),
     };
     if sensitive {
         sensitive_action(&claims)
@@ -101,13 +101,16 @@ fn answer<B>(
     }
 }
 
+/// Why a call is refused: the 401's `error` and `message`.
+type Refusal = (&'static str, &'static str);
+
 /// The access token (and, for a DPoP-bound one, the proof that came with it): its claims and
-/// the proof key's thumbprint, or the 401 to answer.
+/// the proof key's thumbprint, or why it is refused.
 fn check_token<B>(
     verifier: &AccessTokenVerifier,
     proofs: &crate::dpop::ProofChecker,
     req: &Request<B>,
-) -> Result<(AccessClaims, Option<String>), Response<Body>> {
+) -> Result<(AccessClaims, Option<String>), Refusal> {
     let credentials = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -118,24 +121,21 @@ fn check_token<B>(
             (dpop || scheme.eq_ignore_ascii_case("bearer")).then(|| (dpop, token.trim()))
         });
     let Some((dpop, token)) = credentials else {
-        return Err(unauthorized("unauthenticated", "no access token"));
+        return Err(("unauthenticated", "no access token"));
     };
     let claims = match verifier.verify(token) {
         Ok(c) => c,
         Err(why) => {
             tracing::info!(reason = why, "demo API: access token refused");
-            return Err(unauthorized("invalid_token", why));
+            return Err(("invalid_token", why));
         }
     };
     let bound = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
     let proof_checked = match (&bound, dpop) {
         (Some(_), false) => {
-            return Err(unauthorized(
-                "invalid_token",
-                "a DPoP-bound token sent as a bearer token",
-            ))
+            return Err(("invalid_token", "a DPoP-bound token sent as a bearer token"))
         }
-        (None, true) => return Err(unauthorized("invalid_token", "not a DPoP-bound token")),
+        (None, true) => return Err(("invalid_token", "not a DPoP-bound token")),
         (None, false) => None,
         (Some(jkt), true) => {
             let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
@@ -148,16 +148,13 @@ fn check_token<B>(
             match proof
                 .map(|p| proofs.check(p, req.method().as_str(), &htu, Some(token), now_unix()))
             {
-                None => return Err(unauthorized("invalid_token", "no DPoP proof")),
+                None => return Err(("invalid_token", "no DPoP proof")),
                 Some(Err(why)) => {
                     tracing::info!(reason = why, "demo API: DPoP proof refused");
-                    return Err(unauthorized("invalid_token", why));
+                    return Err(("invalid_token", why));
                 }
                 Some(Ok(k)) if k != *jkt => {
-                    return Err(unauthorized(
-                        "invalid_token",
-                        "the DPoP proof's key is not the token's",
-                    ))
+                    return Err(("invalid_token", "the DPoP proof's key is not the token's"))
                 }
                 Some(Ok(k)) => Some(k),
             }

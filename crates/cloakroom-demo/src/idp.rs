@@ -719,7 +719,12 @@ impl Shared {
         error: Option<&str>,
     ) -> Response<Body> {
         let reauth = reauth
-            .map(|r| format!("<p id=\"reauth\"><strong>Sign in again:</strong> {}</p>\n", escape_html(r)))
+            .map(|r| {
+                format!(
+                    "<p id=\"reauth\"><strong>Sign in again:</strong> {}</p>\n",
+                    escape_html(r)
+                )
+            })
             .unwrap_or_default();
         let error = error
             .map(|e| {

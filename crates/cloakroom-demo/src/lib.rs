@@ -5,9 +5,16 @@
 //!   rotation, revocation, end_session), clearly labelled as such;
 //! - [`api::DemoApi`], an API that verifies the bearer token and says what it learned from it;
 //! - a static server for the demo SPA (`spa.html`);
-//! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`) and `/` → the
-//!   SPA (`token = "none"`), the memory store (or Redis with `--redis`), a fresh key ring and
+//! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`),
+//!   `/api/sensitive` → the API's "sensitive action", which needs a recent login (`max_age`,
+//!   [`DemoOptions::sensitive_max_age`]: step-up authentication), and `/` → the SPA
+//!   (`token = "none"`), the memory store (or Redis with `--redis`), a fresh key ring and
 //!   client secret on every run.
+//!
+//! The step-up story: a call to `/api/sensitive` with a login older than `max_age` gets
+//! Cloakroom's 401 `step_up_required` with a `login_url`; the SPA offers "Confirm it's you",
+//! which goes there (with `max_age` for the IdP, which then asks for the password again), and
+//! Cloakroom upgrades the same session in place: same cookie, newer `auth_time`.
 //!
 //! The demo runs over plain http on `http://localhost:<port>`, so its cookies are not `Secure`
 //! and therefore cannot carry the `__Host-` prefix: they are `cloakroom-demo` and
@@ -52,6 +59,10 @@ pub const IDLE_TIMEOUT: &str = "5m";
 /// Refresh this long before the access token expires: with the IdP's 60 s access tokens,
 /// refreshes happen during the demo.
 pub const REFRESH_SKEW: &str = "20s";
+/// The route prefix of the demo API's sensitive action (step-up: `max_age`).
+pub const SENSITIVE_PREFIX: &str = "/api/sensitive";
+/// The default [`DemoOptions::sensitive_max_age`].
+pub const SENSITIVE_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
 const SPA_HTML: &str = include_str!("spa.html");
 
@@ -67,6 +78,9 @@ pub struct DemoOptions {
     pub access_token_ttl: Duration,
     /// How Cloakroom authenticates to the development IdP.
     pub client_auth: DemoClientAuth,
+    /// The `max_age` of the `/api/sensitive` route: a login older than this (whole seconds,
+    /// at least 1) must be confirmed again before the sensitive action is forwarded.
+    pub sensitive_max_age: Duration,
 }
 
 /// The demo's client authentication.
@@ -86,6 +100,7 @@ impl Default for DemoOptions {
             redis: None,
             access_token_ttl: Duration::from_secs(60),
             client_auth: DemoClientAuth::Secret,
+            sensitive_max_age: SENSITIVE_MAX_AGE,
         }
     }
 }
@@ -230,6 +245,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
         api.addr(),
         spa.addr,
         opts.redis.as_deref(),
+        opts.sensitive_max_age,
     );
     let mut env = Env::new();
     env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), client_secret);
@@ -269,7 +285,10 @@ fn demo_toml(
     api: SocketAddr,
     spa: SocketAddr,
     redis: Option<&str>,
+    sensitive_max_age: Duration,
 ) -> String {
+    // Whole seconds (what `auth_time` counts in), at least one.
+    let max_age = sensitive_max_age.as_secs().max(1);
     let store = match redis {
         None => "kind = \"memory\"".to_string(),
         // A TOML string value, quoted and escaped.
@@ -306,6 +325,12 @@ secure = false
 [log]
 format = "pretty"
 level = "info"
+# Step-up: the sensitive action needs a login at most {max_age} s old (longest prefix wins).
+[[routes]]
+prefix = "{SENSITIVE_PREFIX}"
+upstream = "http://{api}"
+token = "required"
+max_age = "{max_age}s"
 [[routes]]
 prefix = "/api/"
 upstream = "http://{api}"
@@ -568,6 +593,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
             Some("redis://127.0.0.1:6379/\"odd"),
+            Duration::from_secs(90),
         );
         let mut env = Env::new();
         env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
@@ -576,8 +602,17 @@ mod tests {
         assert!(!c.cookie.secure);
         assert_eq!(c.cookie.name, COOKIE_NAME);
         assert_eq!(c.server.public_origin, "http://localhost:8080");
-        assert_eq!(c.routes.len(), 2);
-        assert_eq!(c.routes[0].prefix, "/api/");
+        assert_eq!(c.routes.len(), 3);
+        // Longest prefix first: the sensitive route, with its step-up, before `/api/`.
+        assert_eq!(c.routes[0].prefix, SENSITIVE_PREFIX);
+        let step = c.routes[0]
+            .step_up
+            .as_ref()
+            .expect("step-up on the sensitive route");
+        assert_eq!(step.max_age, Some(Duration::from_secs(90)));
+        assert!(step.acr_values.is_empty());
+        assert_eq!(c.routes[1].prefix, "/api/");
+        assert!(c.routes[1].step_up.is_none());
         assert!(matches!(
             c.store.kind,
             cloakroom::config::StoreKind::Redis(_)

@@ -108,13 +108,7 @@ impl Callback {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
                 .collect();
-            let sep = if pending.return_to.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            let target = format!("{}{sep}error={code}", pending.return_to);
-            set_location(&mut resp, &target)?;
+            set_location(&mut resp, &with_error(&pending.return_to, &code))?;
             crate::metrics::login_finished("idp_error");
             return Ok(resp);
         }
@@ -149,15 +143,7 @@ impl Callback {
                 tracing::info!(event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
                 state.ender.revoke_later(result.tokens);
-                let sep = if pending.return_to.contains('?') {
-                    '&'
-                } else {
-                    '?'
-                };
-                set_location(
-                    &mut resp,
-                    &format!("{}{sep}error=step_up_failed", pending.return_to),
-                )?;
+                set_location(&mut resp, &with_error(&pending.return_to, "step_up_failed"))?;
                 return Ok(resp);
             }
         }
@@ -271,6 +257,32 @@ impl Callback {
         }
         crate::metrics::login_finished("ok");
         Ok(true)
+    }
+}
+
+/// `return_to` with `error=<code>` added to its query (before any `#fragment`).
+fn with_error(return_to: &str, code: &str) -> String {
+    let (path, fragment) = return_to
+        .split_once('#')
+        .map_or((return_to, None), |(p, f)| (p, Some(f)));
+    let sep = if path.contains('?') { '&' } else { '?' };
+    match fragment {
+        Some(f) => format!("{path}{sep}error={code}#{f}"),
+        None => format!("{path}{sep}error={code}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_error_goes_into_the_query_before_the_fragment() {
+        assert_eq!(super::with_error("/app", "x"), "/app?error=x");
+        assert_eq!(super::with_error("/app?a=1", "x"), "/app?a=1&error=x");
+        assert_eq!(
+            super::with_error("/app?a=1#/pay", "x"),
+            "/app?a=1&error=x#/pay"
+        );
+        assert_eq!(super::with_error("/#/pay?q", "x"), "/?error=x#/pay?q");
     }
 }
 

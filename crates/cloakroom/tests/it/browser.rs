@@ -626,6 +626,7 @@ async fn browser_demo_login_api_logout() {
         redis: None,
         access_token_ttl: Duration::from_secs(60),
         client_auth: demo::DemoClientAuth::PrivateKeyJwt,
+        sensitive_max_age: demo::SENSITIVE_MAX_AGE,
     })
     .await
     .unwrap_or_else(|e| panic!("the demo did not start: {e}"));

@@ -20,14 +20,26 @@ async fn start_demo_with(
     access_token_ttl: Duration,
     client_auth: demo::DemoClientAuth,
 ) -> DemoHandle {
-    demo::start(DemoOptions {
+    start_demo_opts(DemoOptions {
         port: 0,
         redis: None,
         access_token_ttl,
         client_auth,
+        sensitive_max_age: demo::SENSITIVE_MAX_AGE,
     })
     .await
-    .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
+}
+
+async fn start_demo_opts(opts: DemoOptions) -> DemoHandle {
+    demo::start(opts)
+        .await
+        .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
+}
+
+/// The claims of a JWT, unverified (tests only look).
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON")
 }
 
 fn url(d: &DemoHandle, path: &str) -> String {
@@ -320,6 +332,144 @@ async fn the_demo_spa_moves_other_hosts_to_localhost() {
     assert!(r
         .body
         .contains(r#"location.replace(location.href.replace(location.hostname, CANONICAL_HOST))"#));
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_demo_sensitive_route_asks_for_a_recent_login_and_the_session_is_upgraded_in_place() {
+    // max_age 2 s. Cloakroom and the dev IdP compare whole seconds (`now - auth_time <=
+    // max_age`), so a call less than 2 s after the login it rests on always passes, whatever
+    // the sub-second phase, and one sleep of 3.1 s always makes that login too old, for both.
+    let d = start_demo_opts(DemoOptions {
+        port: 0,
+        sensitive_max_age: Duration::from_secs(2),
+        ..DemoOptions::default()
+    })
+    .await;
+    let mut b = Browser::new();
+    let spa = b.get(&d.url).await;
+    for id in [
+        "sensitive",
+        "sensitive-status",
+        "sensitive-result",
+        "step-up",
+        "step-up-confirm",
+        "auth-info",
+    ] {
+        assert!(spa.body.contains(&format!("id=\"{id}\"")), "#{id}");
+    }
+    login(&d, &mut b).await;
+    let cookie = b.jar[demo::COOKIE_NAME].clone();
+
+    // A fresh login: both routes answer.
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b.xhr(Method::GET, &url(&d, "/api/sensitive")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = r.json();
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["what"], "a sensitive action");
+    assert_eq!(first["acr"], demo::idp::DEMO_ACR);
+    let t1 = first["auth_time"]
+        .as_i64()
+        .expect("auth_time from the access token");
+    let r = b.xhr(Method::GET, &url(&d, "/auth/user?slide=false")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let u = r.json();
+    assert_eq!(u["auth_time"], t1, "{u}");
+    assert_eq!(u["acr"], demo::idp::DEMO_ACR, "{u}");
+    assert_eq!(u["amr"], serde_json::json!(["pwd"]), "{u}");
+    let created_at = u["session"]["created_at"].clone();
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+
+    // The ordinary route does not care; the sensitive one asks for a step-up, as JSON.
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b.xhr(Method::GET, &url(&d, "/api/sensitive")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.headers.get("location").is_none(), "never a redirect");
+    let up = r.json();
+    assert_eq!(up["error"], "step_up_required", "{up}");
+    assert_eq!(up["max_age"], 2, "{up}");
+    assert!(up["acr_values"].is_null(), "{up}");
+    let login_url = up["login_url"].as_str().expect("login_url").to_string();
+    assert!(login_url.starts_with("/auth/login?"), "{login_url}");
+    assert_eq!(query(&format!("http://x{login_url}"))["max_age"], "2");
+    assert!(!login_url.contains("return_to"), "{login_url}");
+
+    // What the SPA's "Confirm it's you" does: login_url + return_to, through the dev IdP.
+    let return_to = "/?step_up=sensitive";
+    let step_up = format!(
+        "{login_url}&return_to={}",
+        url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+    );
+    let r = b.get(&url(&d, &step_up)).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let authorize = r.location();
+    assert!(
+        authorize.starts_with(&format!("{}/authorize?", d.idp.issuer())),
+        "{authorize}"
+    );
+    assert_eq!(query(&authorize)["max_age"], "2", "max_age goes to the IdP");
+    let idp_cookie = b.jar["devidp_session"].clone();
+    // The IdP session is 3 s old: the IdP asks for the password again.
+    let page = b.get(&authorize).await;
+    assert_eq!(page.status, 200, "the login page again: {}", page.body);
+    assert!(page.body.contains("id=\"reauth\""), "{}", page.body);
+    assert!(page.body.contains("at most 2 s old"), "{}", page.body);
+    let r = b
+        .post_form(
+            &format!("{}/authorize/login", d.idp.issuer()),
+            &[
+                ("interaction", &interaction_of(&page)),
+                ("username", "alice"),
+                ("password", "demo"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_ne!(
+        b.jar["devidp_session"], idp_cookie,
+        "the IdP session cookie is renewed"
+    );
+    let callback = r.location();
+    assert!(
+        callback.starts_with(&url(&d, "/auth/callback?")),
+        "{callback}"
+    );
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), return_to);
+
+    // Upgraded in place: the same cookie, the same session, a newer auth_time.
+    assert_eq!(b.jar[demo::COOKIE_NAME], cookie, "the same session cookie");
+    let r = b.xhr(Method::GET, &url(&d, "/api/sensitive")).await;
+    assert_eq!(r.status, 200, "right after the new login: {}", r.body);
+    let t2 = r.json()["auth_time"].as_i64().expect("auth_time");
+    assert!(t2 >= t1 + 3, "a new login: {t1} then {t2}");
+    let r = b.xhr(Method::GET, &url(&d, "/auth/user?slide=false")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let u = r.json();
+    assert_eq!(u["auth_time"], t2, "{u}");
+    assert_eq!(
+        u["session"]["created_at"], created_at,
+        "the same session: {u}"
+    );
+
+    // No token reached the browser on the way.
+    let tokens = d.idp.issued_tokens();
+    assert!(tokens.len() >= 6, "two logins' worth of tokens");
+    for t in &tokens {
+        assert!(
+            !b.received.contains(t.as_str()),
+            "a token reached the browser"
+        );
+    }
+    assert!(
+        !b.received.contains("eyJ"),
+        "no JWT-shaped string reached the browser"
+    );
     d.shutdown().await;
 }
 
@@ -691,4 +841,121 @@ async fn the_demo_runs_with_private_key_jwt_and_its_idp_takes_nothing_else() {
         .expect("token endpoint");
     assert_eq!(r.status(), 401);
     d.shutdown().await;
+}
+
+/// Redeems `code` (with the [`pkce`] verifier) and returns the token response.
+async fn exchange(idp: &DevIdp, verifier: &str, code: &str) -> serde_json::Value {
+    let (status, body) = token(
+        idp,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn the_dev_idp_honours_max_age_and_prompt_login_and_refuses_a_bad_max_age() {
+    let idp = idp().await;
+    let api = idp.access_token_verifier();
+    let mut b = Browser::new();
+    let (verifier, challenge) = pkce();
+    let good = authorize_url(&idp, &challenge);
+    // The first login: auth_time, acr and amr in the ID token, auth_time and acr in the
+    // access token (RFC 9068).
+    let first = exchange(&idp, &verifier, &code(&idp, &mut b, &challenge).await).await;
+    let id1 = jwt_claims(first["id_token"].as_str().unwrap());
+    let t1 = id1["auth_time"].as_i64().expect("auth_time");
+    assert_eq!(id1["acr"], demo::idp::DEMO_ACR);
+    assert_eq!(id1["amr"], serde_json::json!(["pwd"]));
+    let at = api
+        .verify(first["access_token"].as_str().unwrap())
+        .expect("access token");
+    assert_eq!(
+        (at.auth_time, at.acr.as_deref()),
+        (Some(t1), Some(demo::idp::DEMO_ACR))
+    );
+
+    // A login younger than max_age: the code at once.
+    let r = b.get(&format!("{good}&max_age=3600")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(query(&r.location()).contains_key("code"));
+    let r = b
+        .get(&format!(
+            "{good}&acr_values=urn%3Aother%20{}",
+            demo::idp::DEMO_ACR
+        ))
+        .await;
+    assert_eq!(r.status, 302, "acr_values is accepted: {}", r.body);
+
+    // max_age=0 and prompt=login: the login page again, saying why; never without a page.
+    for extra in ["&max_age=0", "&prompt=login", "&prompt=login&max_age=3600"] {
+        let page = b.get(&format!("{good}{extra}")).await;
+        assert_eq!(page.status, 200, "{extra}: {}", page.body);
+        assert!(
+            page.body.contains("id=\"reauth\""),
+            "{extra}: {}",
+            page.body
+        );
+    }
+    let r = b.get(&format!("{good}&prompt=none&max_age=0")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(query(&r.location())["error"], "login_required");
+
+    // Signing in again renews the IdP session: a new cookie, the same sid, a new auth_time.
+    let idp_cookie = b.jar["devidp_session"].clone();
+    let page = b.get(&format!("{good}&max_age=0")).await;
+    let r = b
+        .post_form(
+            &format!("{}/authorize/login", idp.issuer()),
+            &[
+                ("interaction", &interaction_of(&page)),
+                ("username", "alice"),
+                ("password", "demo"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_ne!(b.jar["devidp_session"], idp_cookie);
+    let second = exchange(&idp, &verifier, &query(&r.location())["code"]).await;
+    let id2 = jwt_claims(second["id_token"].as_str().unwrap());
+    assert_eq!(id2["sid"], id1["sid"], "the same IdP session");
+    assert!(id2["auth_time"].as_i64().unwrap() >= t1);
+    // The old cookie is no IdP session any more.
+    let mut old = Browser::new();
+    old.jar.insert("devidp_session".into(), idp_cookie);
+    assert_eq!(
+        old.get(&good).await.status,
+        200,
+        "the old cookie logs nobody in"
+    );
+
+    // A bad max_age goes back to the client as invalid_request.
+    for bad in ["-1", "abc", "1.5", "1e3", "%2B5", "99999999999999999999"] {
+        let r = b.get(&format!("{good}&max_age={bad}")).await;
+        assert_eq!(r.status, 302, "{bad}: {}", r.body);
+        let q = query(&r.location());
+        assert_eq!(q["error"], "invalid_request", "{bad}");
+        assert_eq!(q["state"], "st");
+    }
+    let r = b.get(&format!("{good}&max_age=1&max_age=2")).await;
+    assert_eq!(query(&r.location())["error"], "invalid_request", "repeated");
+
+    let meta = b
+        .get(&format!(
+            "{}/.well-known/openid-configuration",
+            idp.issuer()
+        ))
+        .await
+        .json();
+    assert_eq!(
+        meta["acr_values_supported"],
+        serde_json::json!([demo::idp::DEMO_ACR])
+    );
+    idp.shutdown().await;
 }
