@@ -18,8 +18,8 @@ prefix = "/plain/"
 upstream = "http://@UPSTREAM@"
 "#;
 
-#[tokio::test]
-async fn a_max_age_route_asks_for_a_step_up_and_the_session_is_upgraded_in_place() {
+/// A test env with the routes above, and a browser logged in there.
+async fn logged_in() -> (TestEnv, Browser) {
     let env = TestEnv::start_with(Opts {
         extra_toml: ROUTES.into(),
         ..Opts::default()
@@ -27,6 +27,12 @@ async fn a_max_age_route_asks_for_a_step_up_and_the_session_is_upgraded_in_place
     .await;
     let mut b = Browser::new();
     env.login(&mut b).await;
+    (env, b)
+}
+
+#[tokio::test]
+async fn a_max_age_route_asks_for_a_step_up_and_the_session_is_upgraded_in_place() {
+    let (env, mut b) = logged_in().await;
     let before = env.session_of(&b).await.expect("session");
     // The first login asked for no max_age, so its ID token need not carry auth_time: the
     // route cannot know the login is recent.
@@ -98,13 +104,7 @@ async fn a_max_age_route_asks_for_a_step_up_and_the_session_is_upgraded_in_place
 
 #[tokio::test]
 async fn an_upstreams_rfc_9470_challenge_reaches_the_spa_as_a_step_up_answer() {
-    let env = TestEnv::start_with(Opts {
-        extra_toml: ROUTES.into(),
-        ..Opts::default()
-    })
-    .await;
-    let mut b = Browser::new();
-    env.login(&mut b).await;
+    let (env, mut b) = logged_in().await;
     let r = b.xhr(Method::GET, &env.url("/plain/challenge/pay")).await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.headers.get("www-authenticate").is_none(), "JSON only");
