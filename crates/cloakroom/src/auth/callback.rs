@@ -272,6 +272,13 @@ fn with_error(return_to: &str, code: &str) -> String {
     }
 }
 
+fn set_location(resp: &mut Response<Body>, target: &str) -> Result<(), Error> {
+    let v = HeaderValue::from_str(target)
+        .map_err(|_| Error::Internal("return_to is not a header value".into()))?;
+    resp.headers_mut().insert(header::LOCATION, v);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -284,11 +291,4 @@ mod tests {
         );
         assert_eq!(super::with_error("/#/pay?q", "x"), "/?error=x#/pay?q");
     }
-}
-
-fn set_location(resp: &mut Response<Body>, target: &str) -> Result<(), Error> {
-    let v = HeaderValue::from_str(target)
-        .map_err(|_| Error::Internal("return_to is not a header value".into()))?;
-    resp.headers_mut().insert(header::LOCATION, v);
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The token requests that are not about the login's grant: Cloakroom's own token (client
 //! credentials, RFC 6749 §4.4) and token exchange (RFC 8693). Both are form POSTs to the token
-//! endpoint with the configured client authentication ([`Credentials::request`]); openidconnect
+//! endpoint with the configured client authentication ([`super::Credentials::request`]); openidconnect
 //! has neither grant with the parameters these need (`resource`, `audience`, `actor_token`).
 //!
 //! Owns: the request parameters and reading the answer. Never caches: `client_tokens.rs` and the

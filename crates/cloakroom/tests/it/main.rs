@@ -20,7 +20,6 @@ mod par;
 mod props;
 mod proxying;
 mod refresh;
-mod route_tokens;
 mod session_cache;
 mod soak;
 mod step_up;
