@@ -9,7 +9,7 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 function log(...args) {
   process.stderr.write(`[idp] ${args.join(' ')}\n`);
@@ -103,6 +103,27 @@ if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) {
   fail('IDP_CONFIG.clients must be a non-empty array');
 }
 
+// `resource_servers: [{indicator, scope, access_token_ttl?}]` (RFC 8707): resources a client may
+// ask for, at login and on the refresh and client-credentials grants; each gets JWT access
+// tokens whose `aud` is its indicator and whose `scope` is the asked-for part of its `scope`.
+const resourceServers = new Map();
+for (const rs of cfg.resource_servers ?? []) {
+  if (typeof rs.indicator !== 'string') fail('every resource server needs an indicator');
+  resourceServers.set(rs.indicator, {
+    scope: String(rs.scope ?? ''),
+    ttl: Number(rs.access_token_ttl ?? accessTokenTtl),
+  });
+}
+// `token_exchange: {audiences: [...], access_token_ttl?}` (RFC 8693): the audiences the
+// token-exchange grant issues JWT access tokens for.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const exchangeAudiences = new Set(cfg.token_exchange?.audiences ?? []);
+const exchangeTtl = Number(cfg.token_exchange?.access_token_ttl ?? accessTokenTtl);
+// `acr_values` (weakest first): the levels a login can reach; a login is at the first unless
+// the login form says `acr`. `amr` is `["pwd"]`, plus `"otp"` above the first level.
+const acrValues = Array.isArray(cfg.acr_values) ? cfg.acr_values.map(String) : [];
+
 const clients = cfg.clients.map((c) => {
   if (!c.client_id) fail('every client needs a client_id');
   const client = {
@@ -114,6 +135,13 @@ const clients = cfg.clients.map((c) => {
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
   };
+  // `client_credentials` / `token_exchange`: the client may use those grants too; `scope` limits
+  // the OpenID scopes it may ask for (resource scopes come from `resource_servers`).
+  if (c.client_credentials) client.grant_types.push('client_credentials');
+  if (c.token_exchange) client.grant_types.push(TOKEN_EXCHANGE);
+  if (c.scope) client.scope = c.scope;
+  // `require_auth_time`: every ID token carries `auth_time` (OIDC Dynamic Registration §2).
+  if (c.require_auth_time) client.require_auth_time = true;
   // `resource_server`: a client that only introspects (a resource server checking tokens).
   if (c.resource_server) {
     client.grant_types = [];
@@ -191,6 +219,15 @@ function freshStats() {
     grants_revoked: 0,
     // private_key_jwt: the `aud` of every client assertion received, counted by value
     assertion_audiences: {},
+    // successful grants that named a resource, by "<grant_type> <indicator>"
+    resource_tokens: {},
+    // successful token exchanges, by audience
+    token_exchanges: {},
+    // sha256 (hex) of every token sent to /token/revocation and answered 200
+    revoked_tokens: [],
+    // sha256 (hex) -> OAuth error code of every token the revocation endpoint refused
+    // (a JWT access token: `unsupported_token_type`)
+    revocation_refused: {},
   };
 }
 let stats = freshStats();
@@ -294,16 +331,45 @@ const issuer = cfg.issuer ?? `http://127.0.0.1:${boundPort}`;
 // provider
 // ---------------------------------------------------------------------------
 
+// What a grant's login reached (`acr`, `auth_time`), by grant id, for tokens issued without
+// the login's code or refresh token at hand (token exchange).
+const grantAuth = new Map();
+// Claims to add to one token being issued (an exchanged token's `act`).
+const tokenExtras = new WeakMap();
+
+// oidc-provider's own login checks, plus one: a request whose `acr_values` the IdP session's
+// `acr` is not among asks for a new login (as real IdPs do for a step-up).
+function loginPolicy() {
+  const policy = interactionPolicy.base();
+  policy.get('login').checks.add(new interactionPolicy.Check(
+    'acr_values',
+    'the requested authentication level was not reached',
+    (ctx) => {
+      const { oidc } = ctx;
+      const wanted = String(oidc.params.acr_values ?? '').split(' ').filter(Boolean);
+      if (!wanted.length || !oidc.session.accountId || oidc.result?.login) {
+        return interactionPolicy.Check.NO_NEED_TO_PROMPT;
+      }
+      return wanted.includes(oidc.session.acr)
+        ? interactionPolicy.Check.NO_NEED_TO_PROMPT
+        : interactionPolicy.Check.REQUEST_PROMPT;
+    },
+  ));
+  return policy;
+}
+
 const configuration = {
   clients,
   jwks: { keys: [signingJwk] },
   findAccount,
 
   claims: {
-    openid: ['sub'],
+    // `acr` and `amr` go with `openid` (set only when `acr_values` is configured).
+    openid: ['sub', 'acr', 'amr'],
     profile: ['name'],
     email: ['email', 'email_verified'],
     acr: null,
+    amr: null,
     auth_time: null,
     sid: null,
     iss: null,
@@ -338,8 +404,31 @@ const configuration = {
   },
   rotateRefreshToken: true,
 
+  ...(acrValues.length ? { acrValues } : {}),
+  // JWT access tokens (resource servers, token exchange) carry the login's `acr` and
+  // `auth_time`, and an exchanged token its actor (`act`).
+  async extraTokenClaims(ctx, token) {
+    const extra = tokenExtras.get(token) ?? {};
+    const source = ctx?.oidc?.entities?.RefreshToken ?? ctx?.oidc?.entities?.AuthorizationCode;
+    if (source?.grantId) {
+      grantAuth.set(source.grantId, { acr: source.acr, auth_time: source.authTime, amr: source.amr });
+    }
+    const auth = source ?? (token.grantId ? grantAuth.get(token.grantId) : undefined);
+    if (token.resourceServer && auth) {
+      if (auth.acr) extra.acr = auth.acr;
+      const t = auth.authTime ?? auth.auth_time;
+      if (t) extra.auth_time = t;
+    }
+    return Object.keys(extra).length ? extra : undefined;
+  },
+
   ttl: {
-    AccessToken: accessTokenTtl,
+    AccessToken: (_ctx, token) => (token.resourceServer
+      ? (resourceServers.get(token.resourceServer.identifier())?.ttl ?? exchangeTtl)
+      : accessTokenTtl),
+    ClientCredentials: (_ctx, token) => (token.resourceServer
+      ? (resourceServers.get(token.resourceServer.identifier())?.ttl ?? accessTokenTtl)
+      : accessTokenTtl),
     IdToken: idTokenTtl,
     RefreshToken: refreshTokenTtl,
     AuthorizationCode: 60,
@@ -361,6 +450,7 @@ const configuration = {
 
   interactions: {
     url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    policy: loginPolicy(),
   },
 
   // `client_auth_algs`: the only algorithms offered for client assertions (discovery's
@@ -385,6 +475,17 @@ const configuration = {
   } : {}),
   features: {
     devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: resourceServers.size > 0 || exchangeAudiences.size > 0,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo(_ctx, indicator) {
+        const rs = resourceServers.get(indicator);
+        if (!rs) throw new errors.InvalidTarget(`unknown resource ${indicator}`);
+        return { scope: rs.scope, audience: indicator, accessTokenTTL: rs.ttl, accessTokenFormat: 'jwt' };
+      },
+    },
+    clientCredentials: { enabled: cfg.clients.some((c) => c.client_credentials) },
     mTLS: {
       enabled: Boolean(mtlsBase),
       certificateBoundAccessTokens: true,
@@ -474,11 +575,71 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 
+// RFC 8693 token exchange: the subject is one of our own (opaque) access tokens; the actor, if
+// sent, a client-credentials token of the calling client. The result is a JWT for `audience`
+// with the subject's `sub`, the asked-for `scope`, and `act: {sub: <actor client>}`.
+if (cfg.clients.some((c) => c.token_exchange)) {
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { client, params } = ctx.oidc;
+    if (!client.grantTypeAllowed(TOKEN_EXCHANGE)) {
+      throw new errors.UnauthorizedClient('token exchange is not allowed for this client');
+    }
+    if (!params.subject_token || params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('subject_token of type access_token is required');
+    }
+    const subject = await provider.AccessToken.find(params.subject_token);
+    if (!subject || subject.isExpired) throw new errors.InvalidGrant('subject token is invalid');
+    const audience = params.audience;
+    if (!audience || !exchangeAudiences.has(audience)) {
+      throw new errors.InvalidTarget(`audience ${audience ?? '(none)'} is not served`);
+    }
+    const extra = {};
+    if (params.actor_token) {
+      if (params.actor_token_type !== ACCESS_TOKEN_TYPE) {
+        throw new errors.InvalidRequest('actor_token_type must be access_token');
+      }
+      const actor = await provider.ClientCredentials.find(params.actor_token);
+      if (!actor || actor.isExpired) throw new errors.InvalidGrant('actor token is invalid');
+      extra.act = { sub: actor.clientId };
+    }
+    const at = new provider.AccessToken({
+      accountId: subject.accountId,
+      client,
+      grantId: subject.grantId,
+      gty: 'token_exchange',
+      scope: params.scope || undefined,
+      sessionUid: subject.sessionUid,
+      sid: subject.sid,
+      expiresWithSession: subject.expiresWithSession,
+    });
+    at.resourceServer = new provider.ResourceServer(audience, {
+      audience, scope: params.scope ?? '', accessTokenTTL: exchangeTtl, accessTokenFormat: 'jwt',
+    });
+    tokenExtras.set(at, extra);
+    ctx.oidc.entity('AccessToken', at);
+    const value = await at.save();
+    stats.token_exchanges[audience] = (stats.token_exchanges[audience] ?? 0) + 1;
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: at.expiration,
+      ...(at.scope ? { scope: at.scope } : {}),
+    };
+  }, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'audience',
+    'scope', 'requested_token_type', 'resource']);
+}
+
 // --- events ----------------------------------------------------------------
 
 provider.on('grant.success', (ctx) => {
   const gt = ctx.oidc.params?.grant_type;
   if (gt) stats.token_requests[gt] = (stats.token_requests[gt] ?? 0) + 1;
+  const resource = ctx.oidc.params?.resource;
+  if (gt && typeof resource === 'string') {
+    const key = `${gt} ${resource}`;
+    stats.resource_tokens[key] = (stats.resource_tokens[key] ?? 0) + 1;
+  }
 });
 provider.on('backchannel.success', (_ctx, client, accountId, sid) => {
   stats.backchannel_logouts_sent += 1;
@@ -535,11 +696,23 @@ provider.use(async (ctx, next) => {
   stats.assertion_audiences[key] = (stats.assertion_audiences[key] ?? 0) + 1;
 });
 
-// Count revocation calls that succeeded (the endpoint answers 200).
+// Count revocation calls that succeeded (the endpoint answers 200), and record which tokens
+// were revoked or refused (by hash).
 provider.use(async (ctx, next) => {
   await next();
-  if (ctx.oidc?.route === 'revocation' && ctx.status === 200) {
+  if (ctx.oidc?.route !== 'revocation') return;
+  const token = ctx.oidc?.body?.token ?? ctx.oidc?.params?.token;
+  const hash = typeof token === 'string'
+    ? crypto.createHash('sha256').update(token).digest('hex') : undefined;
+  if (ctx.status === 200) {
     stats.revocations += 1;
+    if (hash) stats.revoked_tokens.push(hash);
+  } else if (hash) {
+    let code = 'unknown';
+    try {
+      code = JSON.parse(typeof ctx.body === 'string' ? ctx.body : JSON.stringify(ctx.body)).error ?? code;
+    } catch { /* not JSON */ }
+    stats.revocation_refused[hash] = code;
   }
 });
 
@@ -704,10 +877,18 @@ async function handleInteraction(req, res, uid, action) {
     }
     const accountId = body.login;
     const grantId = await grantEverything(interaction, accountId);
+    // `acr` (one of `acr_values`) and `auth_age` (seconds since the authentication, to make a
+    // login look old) are test knobs of the login form.
+    const login = { accountId };
+    if (acrValues.length) {
+      login.acr = acrValues.includes(body.acr) ? body.acr : acrValues[0];
+      login.amr = login.acr === acrValues[0] ? ['pwd'] : ['pwd', 'otp'];
+    }
+    if (body.auth_age) login.ts = Math.floor(Date.now() / 1000) - Number(body.auth_age);
     await provider.interactionFinished(
       req,
       res,
-      { login: { accountId }, consent: { grantId } },
+      { login, consent: { grantId } },
       { mergeWithLastSubmission: false },
     );
     return;

@@ -20,6 +20,7 @@ mod par;
 mod props;
 mod proxying;
 mod refresh;
+mod route_tokens;
 mod session_cache;
 mod soak;
 mod step_up;
