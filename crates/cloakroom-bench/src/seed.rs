@@ -80,6 +80,7 @@ pub(crate) async fn seed(
                         id_token: Secret::new(fake_jwt(700, i)),
                         dpop: None,
                         derived: Default::default(),
+                        resources: None,
                         bearer_header: Default::default(),
                     },
                     created_at: now,

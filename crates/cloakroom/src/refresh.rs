@@ -319,6 +319,14 @@ impl Refresher {
             return Ok(session);
         }
         let valid = target.valid(&session, now);
+        if let (Target::Resource(r), Some(asked)) = (target, &session.tokens.resources) {
+            if !asked.contains(&r.resource) {
+                return Err(target.denied(format!(
+                    "the login did not ask for {} (a route added after this session signed in); a new login will",
+                    r.resource
+                )));
+            }
+        }
         if session.tokens.refresh_token.is_none() {
             match target {
                 Target::Exchange(_) => {}
@@ -548,6 +556,7 @@ impl Refresher {
                     None => {
                         new.tokens = tokens;
                         new.tokens.derived = s.tokens.derived.clone();
+                        new.tokens.resources = s.tokens.resources.clone();
                     }
                     Some(spec) => {
                         // The login's access token stays; the refresh token (rotated or not)

@@ -51,6 +51,13 @@ pub struct Tokens {
     /// ones (RFC 8693). Revoked with the session.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub derived: std::collections::BTreeMap<String, DerivedToken>,
+    /// The resources (RFC 8707) the login asked for, recorded at login. A per-resource token
+    /// is asked for only with one of these: an IdP may use the refresh token up before it
+    /// refuses a resource the grant does not hold (oidc-provider does), which would end the
+    /// session at the next refresh. `None` in sessions from before it was recorded: not
+    /// checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
     /// `Authorization: Bearer <access_token>`, built on first use (never stored).
     #[serde(skip)]
     pub bearer_header: BearerHeader,

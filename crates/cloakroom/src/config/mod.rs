@@ -674,7 +674,10 @@ mod tests {
     #[test]
     fn the_fapi2_profile_names_every_missing_piece() {
         let text = format!(
-            "{GOOD}\n[[routes]]\nprefix = \"/b/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"bearer\"\n"
+            "{GOOD}\n[[routes]]\nprefix = \"/b/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"bearer\"\n\
+             [[routes]]\nprefix = \"/c/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"client\"\ncsrf = false\n\
+             [[routes]]\nprefix = \"/x/\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"exchange\"\n\
+             [routes.exchange]\naudience = \"https://x.example\"\n"
         );
         let mut e = env();
         e.insert("CLOAKROOM_OIDC_PROFILE".into(), "fapi2".into());
@@ -686,7 +689,9 @@ mod tests {
             "oidc.client_auth_method",
             "oidc.dpop",
             "oidc.clock_skew",
-            "routes[2].token",
+            "routes[2].token: `bearer`",
+            "routes[3].token: `client`",
+            "routes[4].token: `exchange`",
         ] {
             assert!(all.contains(key), "missing {key} in:\n{all}");
         }

@@ -282,9 +282,21 @@ pub(super) fn build(
                 (TokenPolicy::Required, TokenScheme::Bearer)
             }
             "none" => (TokenPolicy::None, TokenScheme::AsIssued),
-            "exchange" => (TokenPolicy::Required, TokenScheme::Bearer),
-            "client" => (TokenPolicy::Client, TokenScheme::Bearer),
-            "user_or_client" => (TokenPolicy::UserOrClient, TokenScheme::AsIssued),
+            k @ ("exchange" | "client" | "user_or_client") => {
+                // Exchanged and client tokens are obtained without a proof of possession and
+                // sent as Bearer (README "Route tokens"): FAPI 2.0 wants every token
+                // sender-constrained (Security Profile §5.3.3).
+                if oidc.profile == super::Profile::Fapi2 {
+                    errs.push(format!(
+                        "{key}.token: `{k}` sends a Bearer token Cloakroom obtains unbound, which oidc.profile = \"fapi2\" does not allow"
+                    ));
+                }
+                match k {
+                    "exchange" => (TokenPolicy::Required, TokenScheme::Bearer),
+                    "client" => (TokenPolicy::Client, TokenScheme::Bearer),
+                    _ => (TokenPolicy::UserOrClient, TokenScheme::AsIssued),
+                }
+            }
             o => {
                 errs.push(format!(
                     "{key}.token: `{o}` must be required, optional, dpop, bearer, none, exchange, client or user_or_client"

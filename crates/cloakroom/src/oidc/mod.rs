@@ -782,7 +782,10 @@ impl OidcClient {
             sub,
             sid,
             claims,
-            tokens: self.tokens_from(&resp, id_token.to_string(), None, dpop),
+            tokens: crate::session::Tokens {
+                resources: Some(self.login_resources.clone()),
+                ..self.tokens_from(&resp, id_token.to_string(), None, dpop)
+            },
         })
     }
 
@@ -942,6 +945,7 @@ impl OidcClient {
             id_token: Secret::new(id_token),
             dpop: dpop.filter(|_| bound).cloned(),
             derived: std::collections::BTreeMap::new(),
+            resources: None,
             bearer_header: crate::session::BearerHeader::default(),
         }
     }

@@ -258,6 +258,7 @@ mod tests {
                 id_token: Secret::new("i"),
                 dpop: None,
                 derived: Default::default(),
+                resources: None,
                 bearer_header: Default::default(),
             },
             created_at: 0,

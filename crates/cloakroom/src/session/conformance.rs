@@ -29,6 +29,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
             id_token: Secret::new("id-conformance"),
             dpop: None,
             derived: Default::default(),
+            resources: None,
             bearer_header: Default::default(),
         },
         created_at: now - last_seen_ago,

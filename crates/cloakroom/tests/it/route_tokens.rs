@@ -102,10 +102,8 @@ fn opts() -> Opts {
         .insert("token_exchange".into(), true.into());
     // Only the OpenID scopes are the client's own; resource scopes belong to the resource
     // servers.
-    o.idp_client_extra.insert(
-        "scope".into(),
-        "openid profile email offline_access".into(),
-    );
+    o.idp_client_extra
+        .insert("scope".into(), "openid profile email offline_access".into());
     o
 }
 
@@ -187,7 +185,7 @@ async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_re
     // route's own. The IdP revokes the opaque ones; a JWT it cannot revoke (oidc-provider
     // answers `unsupported_token_type`), but it must have been sent.
     let s = env.session_of(&b).await.expect("session");
-    let mut held: Vec<String> = s
+    let held: Vec<String> = s
         .tokens
         .derived
         .values()
@@ -398,7 +396,11 @@ async fn a_route_that_needs_a_recent_or_stronger_login_gets_it_by_upgrading_the_
     let (asked, back) = step_up(&env, &mut b, &login_url, &[]).await;
     assert!(asked, "the IdP made the user sign in again");
     assert_eq!(back, "/app/page");
-    assert_eq!(ours(&b), cookie, "the same session cookie: upgraded in place");
+    assert_eq!(
+        ours(&b),
+        cookie,
+        "the same session cookie: upgraded in place"
+    );
     assert_eq!(b.xhr(Method::GET, &env.url("/recent/x")).await.status, 200);
     let user = b.xhr(Method::GET, &env.url("/auth/user")).await.json();
     assert!(
@@ -457,4 +459,41 @@ async fn an_upstreams_rfc_9470_challenge_becomes_a_step_up_and_the_upgraded_sess
     assert_eq!(ours(&b), cookie);
     let (c, _) = got(&b.xhr(Method::GET, &env.url(&path)).await);
     assert_eq!(c["acr"], LOA2, "the resource token now says {c}");
+}
+
+#[tokio::test]
+async fn a_resource_the_login_did_not_ask_for_is_refused_without_spending_the_refresh_token() {
+    // oidc-provider rotates the refresh token before it checks the resource, so asking it for
+    // a resource the grant does not hold would use the refresh token up and the next refresh
+    // would revoke the grant. A route added after the user signed in must not do that.
+    const LATE: &str = "https://late.test";
+    let mut o = opts();
+    let servers = o.idp_extra["resource_servers"]
+        .as_array_mut()
+        .expect("list");
+    servers.push(serde_json::json!({"indicator": LATE, "scope": "late:read"}));
+    let mut env = TestEnv::start_with(o).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    // The same deployment, one route more (a config change after this login).
+    let late = format!(
+        "{ROUTES}\n[[routes]]\nprefix = \"/late/\"\nupstream = \"http://@UPSTREAM@\"\nresource = \"{LATE}\"\n"
+    );
+    let i = env.start_extra_routes(&late).await;
+
+    let r = b.xhr(Method::GET, &format!("{}/late/x", env.base(i))).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "resource_token_denied");
+    assert_eq!(
+        stat(&env, &["grant_errors", "invalid_target"]).await,
+        0,
+        "the IdP was not asked"
+    );
+    // The session lives on: its routes work, and after expiry its refresh is not reuse.
+    assert_eq!(b.xhr(Method::GET, &env.url("/orders/x")).await.status, 200);
+    env.advance(Duration::from_secs(700));
+    let (c, _) = got(&b.xhr(Method::GET, &env.url("/orders/x")).await);
+    assert_eq!(c["aud"], ORDERS);
+    assert_eq!(b.xhr(Method::GET, &env.url("/recent/x")).await.status, 200);
+    assert_eq!(stat(&env, &["refresh_reuse"]).await, 0);
 }

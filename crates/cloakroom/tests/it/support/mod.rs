@@ -536,6 +536,16 @@ strip_prefix = true
         self.start_app(config, public, bind0()).await
     }
 
+    /// As [`TestEnv::start_extra`] with the same keys and `extra` in place of the routes and
+    /// other TOML of [`Opts::extra_toml`] (a changed deployment over the same store).
+    pub(crate) async fn start_extra_routes(&mut self, extra: &str) -> usize {
+        let public = bind0();
+        let port = public.local_addr().expect("addr").port();
+        let keys = self.keys.clone();
+        let config = self.config(port, &keys, extra);
+        self.start_app(config, public, bind0()).await
+    }
+
     /// As [`TestEnv::start_extra`] with a whole config of the caller's (e.g. another client
     /// secret, another store URL); `toml(port)` gets the new instance's port.
     pub(crate) async fn start_extra_with(
