@@ -47,10 +47,7 @@ impl OidcClient {
         }
         list.push((&tokens.access_token, "access_token"));
         for (token, hint) in list {
-            if let Err(reason) = self.revoke_one(endpoint, token, hint).await {
-                crate::metrics::revocation_failed();
-                tracing::warn!(event = "revocation_failed", token_type = hint, %reason, "token revocation failed");
-            }
+            self.revoke_logged(endpoint, token, hint).await;
         }
     }
 
@@ -60,17 +57,35 @@ impl OidcClient {
             return;
         };
         for d in tokens.derived.values() {
-            if let Err(reason) = self
-                .revoke_one(endpoint, &d.access_token, "access_token")
-                .await
-            {
+            self.revoke_logged(endpoint, &d.access_token, "access_token")
+                .await;
+        }
+    }
+
+    /// One revocation, its failure logged and counted. An IdP that cannot revoke the token's
+    /// type (RFC 7009 §2.2.1 `unsupported_token_type`: oidc-provider for JWT access tokens,
+    /// which live until they expire) has not failed: that is logged at info, not counted.
+    async fn revoke_logged(&self, endpoint: &Url, token: &Secret, hint: &str) {
+        match self.revoke_one(endpoint, token, hint).await {
+            Ok(Revoked::Yes) => {}
+            Ok(Revoked::Unsupported) => tracing::info!(
+                event = "revocation_unsupported",
+                token_type = hint,
+                "the IdP cannot revoke this token; it lapses when it expires"
+            ),
+            Err(reason) => {
                 crate::metrics::revocation_failed();
-                tracing::warn!(event = "revocation_failed", token_type = "access_token", %reason, "token revocation failed");
+                tracing::warn!(event = "revocation_failed", token_type = hint, %reason, "token revocation failed");
             }
         }
     }
 
-    async fn revoke_one(&self, endpoint: &Url, token: &Secret, hint: &str) -> Result<(), String> {
+    async fn revoke_one(
+        &self,
+        endpoint: &Url,
+        token: &Secret,
+        hint: &str,
+    ) -> Result<Revoked, String> {
         let form = vec![
             ("token".to_string(), token.expose().to_string()),
             ("token_type_hint".to_string(), hint.to_string()),
@@ -83,11 +98,28 @@ impl OidcClient {
         )?;
         let resp = send_bounded(req).await.map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
-            Ok(())
+            Ok(Revoked::Yes)
+        } else if unsupported_token_type(resp.status(), resp.body()) {
+            Ok(Revoked::Unsupported)
         } else {
             Err(format!("IdP answered {}", resp.status()))
         }
     }
+}
+
+/// What the IdP did with a token sent for revocation.
+enum Revoked {
+    /// Revoked (or already dead: RFC 7009 §2.2 answers 200 either way).
+    Yes,
+    /// The IdP does not revoke tokens of this type.
+    Unsupported,
+}
+
+/// A `400` whose JSON error is `unsupported_token_type` (RFC 7009 §2.2.1).
+fn unsupported_token_type(status: http::StatusCode, body: &[u8]) -> bool {
+    status == http::StatusCode::BAD_REQUEST
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|v| v["error"] == "unsupported_token_type")
 }
 
 /// The end-session URL: `id_token_hint` (the session's ID token), `client_id` and
@@ -131,6 +163,24 @@ mod tests {
             q.append_pair("client_id", client_id);
         }
         url
+    }
+
+    #[test]
+    fn unsupported_token_type_is_only_that_400() {
+        let body = br#"{"error":"unsupported_token_type","error_description":"x"}"#;
+        assert!(unsupported_token_type(http::StatusCode::BAD_REQUEST, body));
+        assert!(!unsupported_token_type(
+            http::StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid_request"}"#
+        ));
+        assert!(!unsupported_token_type(
+            http::StatusCode::UNAUTHORIZED,
+            body
+        ));
+        assert!(!unsupported_token_type(
+            http::StatusCode::BAD_REQUEST,
+            b"<html>"
+        ));
     }
 
     fn id_token() -> Secret {
