@@ -497,3 +497,67 @@ async fn a_resource_the_login_did_not_ask_for_is_refused_without_spending_the_re
     assert_eq!(b.xhr(Method::GET, &env.url("/recent/x")).await.status, 200);
     assert_eq!(stat(&env, &["refresh_reuse"]).await, 0);
 }
+
+#[tokio::test]
+async fn an_idp_that_is_down_answers_503_with_retry_after_for_each_kind_and_keeps_the_session() {
+    // Exchanged and per-resource tokens shorter-lived than the login's, so they fall due while
+    // the login's token is still good.
+    let mut o = opts();
+    o.idp_extra["token_exchange"]["access_token_ttl"] = 120.into();
+    for rs in o.idp_extra["resource_servers"]
+        .as_array_mut()
+        .expect("list")
+    {
+        rs["access_token_ttl"] = 120.into();
+    }
+    let env = TestEnv::start_with(o).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    for path in ["/ledger/x", "/orders/x"] {
+        assert_eq!(b.xhr(Method::GET, &env.url(path)).await.status, 200);
+    }
+    let jobs = reqwest::Client::new();
+    assert_eq!(
+        jobs.get(env.url("/jobs/run"))
+            .send()
+            .await
+            .expect("jobs")
+            .status(),
+        200
+    );
+
+    env.advance(Duration::from_secs(200));
+    env.idp.outage("503").await;
+    for (path, error) in [
+        ("/ledger/x", "token_exchange_unavailable"),
+        ("/orders/x", "token_refresh_unavailable"),
+    ] {
+        let r = b.xhr(Method::GET, &env.url(path)).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"], error, "{path}");
+        assert!(r.headers.get("retry-after").is_some(), "{path}");
+    }
+    let r = jobs.get(env.url("/jobs/run")).send().await.expect("jobs");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "client_token_unavailable");
+    // The login's own token is still good: its routes work on, and the session is kept.
+    assert_eq!(b.xhr(Method::GET, &env.url("/recent/x")).await.status, 200);
+
+    // Back up, and past the cool-off: every kind gets its token again.
+    env.idp.outage("none").await;
+    env.advance(Duration::from_secs(60));
+    for path in ["/ledger/x", "/orders/x"] {
+        let r = b.xhr(Method::GET, &env.url(path)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    assert_eq!(
+        jobs.get(env.url("/jobs/run"))
+            .send()
+            .await
+            .expect("jobs")
+            .status(),
+        200
+    );
+}
