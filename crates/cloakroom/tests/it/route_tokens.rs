@@ -126,6 +126,16 @@ fn got(r: &Resp) -> (serde_json::Value, String) {
     )
 }
 
+/// 16 parallel calls of `b` to `<prefix>/p<i>`.
+async fn sixteen(env: &TestEnv, b: &Browser, prefix: &str) -> Vec<Resp> {
+    let calls = (0..16).map(|i| {
+        let mut b = b.clone();
+        let url = env.url(&format!("{prefix}/p{i}"));
+        async move { b.xhr(Method::GET, &url).await }
+    });
+    futures_util::future::join_all(calls).await
+}
+
 async fn stat(env: &TestEnv, path: &[&str]) -> u64 {
     env.idp.stat(path).await
 }
@@ -156,14 +166,8 @@ async fn each_route_gets_its_own_audience_cached_and_single_flight_and_logout_re
 
     // Expired: 16 parallel calls, one refresh for that resource.
     env.advance(Duration::from_secs(700));
-    let calls = (0..16).map(|i| {
-        let mut b = b.clone();
-        let url = env.url(&format!("/orders/p{i}"));
-        async move { b.xhr(Method::GET, &url).await }
-    });
-    let answers = futures_util::future::join_all(calls).await;
     let mut seen = std::collections::BTreeSet::new();
-    for r in &answers {
+    for r in &sixteen(&env, &b, "/orders").await {
         let (c, t) = got(r);
         assert_eq!(c["aud"], ORDERS);
         seen.insert(t);
@@ -253,13 +257,8 @@ async fn exchanged_tokens_carry_the_audience_and_the_actor_are_cached_and_refusa
 
     // Due again: 16 parallel calls, one exchange.
     env.advance(Duration::from_secs(700));
-    let calls = (0..16).map(|i| {
-        let mut b = b.clone();
-        let url = env.url(&format!("/ledger/p{i}"));
-        async move { b.xhr(Method::GET, &url).await }
-    });
     let mut seen = std::collections::BTreeSet::new();
-    for r in futures_util::future::join_all(calls).await {
+    for r in sixteen(&env, &b, "/ledger").await {
         seen.insert(got(&r).1);
     }
     assert_eq!(seen.len(), 1);
