@@ -696,6 +696,16 @@ provider.use(async (ctx, next) => {
   stats.assertion_audiences[key] = (stats.assertion_audiences[key] ?? 0) + 1;
 });
 
+// `refresh_expires_in: true`: token responses with a refresh token say how long it lives, as
+// Keycloak does (not standard).
+provider.use(async (ctx, next) => {
+  await next();
+  if (cfg.refresh_expires_in && ctx.oidc?.route === 'token' && ctx.status === 200
+    && ctx.body && typeof ctx.body === 'object' && ctx.body.refresh_token) {
+    ctx.body = { ...ctx.body, refresh_expires_in: refreshTokenTtl };
+  }
+});
+
 // Count revocation calls that succeeded (the endpoint answers 200), and record which tokens
 // were revoked or refused (by hash).
 provider.use(async (ctx, next) => {

@@ -88,6 +88,8 @@ pub(crate) async fn seed(
                     absolute_expires_at: now + absolute,
                     user_agent: Some("cloakroom-bench".into()),
                     ip: Some("127.0.0.1".into()),
+                    remembered: false,
+                    idle_timeout: None,
                     generation: 0,
                 };
                 let id = SessionId::generate();

@@ -347,6 +347,7 @@ fn router(
                 oidc: oidc.clone(),
                 cookies: cookies.clone(),
                 clock: clock.clone(),
+                remember_enabled: config.session.remember.enabled,
             },
             callback: Callback {
                 limiter,
@@ -356,11 +357,13 @@ fn router(
                 ender: ender.clone(),
                 clock: clock.clone(),
                 absolute_timeout: config.session.absolute_timeout,
+                remember: config.session.remember,
             },
             user: User {
                 origins: origins.clone(),
                 loader: loader.clone(),
                 idle_timeout: sessions.idle_timeout(),
+                clock: clock.clone(),
             },
             logout: Logout {
                 origins: origins.clone(),
@@ -368,6 +371,13 @@ fn router(
                 ender: ender.clone(),
                 oidc: oidc.clone(),
                 cookies,
+                sessions: sessions.clone(),
+            },
+            devices: crate::auth::Devices {
+                origins: origins.clone(),
+                loader: loader.clone(),
+                sessions: sessions.clone(),
+                ender: ender.clone(),
             },
             backchannel: Backchannel {
                 oidc: oidc.clone(),

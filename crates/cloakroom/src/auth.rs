@@ -8,12 +8,15 @@ mod backchannel;
 mod callback;
 mod login;
 mod logout;
+mod sessions;
 mod user;
 
 pub(crate) use backchannel::Backchannel;
 pub(crate) use callback::Callback;
 pub(crate) use login::Login;
 pub(crate) use logout::Logout;
+pub(crate) use sessions::Devices;
+pub use sessions::{device, MAX_STATE};
 pub(crate) use user::User;
 
 /// The browser-facing endpoints, each holding what it uses.
@@ -23,6 +26,7 @@ pub(crate) struct Endpoints {
     pub(crate) callback: Callback,
     pub(crate) user: User,
     pub(crate) logout: Logout,
+    pub(crate) devices: Devices,
     pub(crate) backchannel: Backchannel,
 }
 

@@ -148,6 +148,17 @@ impl Cookies {
         to_header(&c)
     }
 
+    /// `Set-Cookie` for a remembered session: always persistent, for `max_age` seconds (the
+    /// session's absolute lifetime).
+    #[must_use]
+    pub fn set_persistent_session(&self, id: &SessionId, max_age: i64) -> HeaderValue {
+        let raw = URL_SAFE_NO_PAD.decode(id.expose()).unwrap_or_default();
+        let value = self.keys.seal_text(self.cfg.name.as_bytes(), &raw);
+        let mut c = self.base(self.cfg.name.clone(), value, SameSite::Strict);
+        c.set_max_age(cookie::time::Duration::seconds(max_age));
+        to_header(&c)
+    }
+
     /// `Set-Cookie` that removes the session cookie.
     #[must_use]
     pub fn expire_session(&self) -> HeaderValue {

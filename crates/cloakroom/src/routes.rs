@@ -176,26 +176,28 @@ async fn handle_inner(
                 ("backchannel", false, Err(Error::MethodNotAllowed))
             };
         }
-        let m = req.method();
-        if matches!(rest, "/user" | "/logout") {
-            if crate::cors::is_preflight(m, req.headers()) {
+        let m = req.method().clone();
+        let device = rest.strip_prefix("/sessions/").map(str::to_string);
+        if matches!(rest, "/user" | "/logout" | "/sessions" | "/session/state") || device.is_some()
+        {
+            if crate::cors::is_preflight(&m, req.headers()) {
                 return ("preflight", false, state.origins.preflight(req.headers()));
             }
-            let r = match (rest, m) {
-                ("/user", &Method::GET) => ("user", auth.user.handle(&req).await),
-                ("/logout", &Method::POST) => ("logout", auth.logout.handle(&req).await),
+            let r = match (rest, m, device) {
+                ("/user", Method::GET, _) => ("user", auth.user.handle(&req).await),
+                ("/logout", Method::POST, _) => ("logout", auth.logout.handle(req).await),
+                ("/sessions", Method::GET, _) => ("sessions", auth.devices.list(&req).await),
+                (_, Method::DELETE, Some(id)) => ("sessions", auth.devices.end(&req, &id).await),
+                ("/session/state", Method::GET, _) => ("state", auth.devices.get_state(&req).await),
+                ("/session/state", Method::PUT, _) => ("state", auth.devices.put_state(req).await),
                 _ => ("auth", Err(Error::MethodNotAllowed)),
             };
             return (r.0, true, r.1);
         }
-        let r = match (rest, m) {
+        let r = match (rest, &m) {
             ("/login", &Method::GET) => ("login", auth.login.handle(&req, ctx).await),
             ("/callback", &Method::GET) => ("callback", auth.callback.handle(&req, ctx).await),
-            ("/user", &Method::GET) => ("user", auth.user.handle(&req).await),
-            ("/logout", &Method::POST) => ("logout", auth.logout.handle(&req).await),
-            ("/login" | "/callback" | "/user" | "/logout", _) => {
-                ("auth", Err(Error::MethodNotAllowed))
-            }
+            ("/login" | "/callback", _) => ("auth", Err(Error::MethodNotAllowed)),
             _ => ("auth", Err(Error::NotFound)),
         };
         return (r.0, false, r.1);

@@ -226,6 +226,14 @@ pub struct Session {
     pub user_agent: Option<String>,
     /// Client IP at login (for the admin listing).
     pub ip: Option<String>,
+    /// "Remember me": a persistent cookie, and this session's own idle timeout
+    /// ([`Session::idle_timeout`]) and absolute lifetime (`session.remember`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remembered: bool,
+    /// This session's own idle timeout in seconds, instead of `session.idle_timeout`
+    /// (a remembered session's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<i64>,
     /// The record's refresh generation as read from the store (not sealed: it lives beside the
     /// sealed data). A refresh writes only if the generation is still the one it read, so a
     /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
@@ -237,7 +245,8 @@ impl Session {
     /// When the idle timeout ends this session.
     #[must_use]
     pub fn idle_expires_at(&self, idle: Duration) -> i64 {
-        self.last_seen.saturating_add(secs(idle))
+        self.last_seen
+            .saturating_add(self.idle_timeout.unwrap_or_else(|| secs(idle)))
     }
 
     /// When this session ends, whichever comes first.
@@ -276,6 +285,9 @@ pub struct PendingLogin {
     /// show, and the callback then upgrades the browser's session in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up: Option<StepUpRequest>,
+    /// "Remember me" was asked for (`/auth/login?remember=true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remember: bool,
 }
 
 /// What a step-up login asks the IdP for (RFC 9470 §4).
@@ -562,6 +574,13 @@ impl Store {
     /// [`StoreError`] when the store does not answer.
     pub async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
         dispatch!(self, s => s.get_shared(hash).await)
+    }
+    /// Deletes a value written by [`Store::put_shared`] (gone already is fine).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_shared(hash).await)
     }
     /// Whether `hash` was recorded by [`Store::remember_once`] and has not expired.
     ///
@@ -1007,6 +1026,10 @@ impl Sessions {
             return Ok(None);
         };
         self.ended.run(handle);
+        // The SPA's state goes with its session.
+        if let Err(e) = self.store.delete_shared(&Self::state_key(handle)).await {
+            tracing::warn!(session = %short(handle), error = %e, "the ended session's state was not deleted; it lapses with the session's lifetime");
+        }
         let deleted = self.open(handle, &rec);
         if let Some(d) = &deleted {
             // The copy may be older than the record (or absent): unindex by what was deleted.
@@ -1016,6 +1039,52 @@ impl Sessions {
             }
         }
         Ok(Some(deleted))
+    }
+
+    /// The store key of the SPA's state of session `handle`.
+    fn state_key(handle: &str) -> String {
+        crate::crypto::hash(&format!("state:{handle}"))
+    }
+
+    fn state_aad(handle: &str) -> Vec<u8> {
+        [b"cloakroom-state\0".as_slice(), handle.as_bytes()].concat()
+    }
+
+    /// Keeps `json` (the SPA's state) with session `s`, sealed, for as long as the session can
+    /// live (its absolute expiry).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn save_state(
+        &self,
+        handle: &str,
+        s: &Session,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        let left = s.absolute_expires_at - self.clock.unix();
+        let Ok(ttl) = u64::try_from(left) else {
+            return Ok(());
+        };
+        let blob = self.keys.seal(&Self::state_aad(handle), json);
+        self.store
+            .put_shared(
+                &Self::state_key(handle),
+                blob,
+                Duration::from_secs(ttl.max(1)),
+            )
+            .await
+    }
+
+    /// The SPA's state of session `handle`, if any (and if it opens here).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn load_state(&self, handle: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .store
+            .get_shared(&Self::state_key(handle))
+            .await?
+            .and_then(|b| self.keys.open(&Self::state_aad(handle), &b)))
     }
 
     /// Deletes a session and its index entries; true if it existed.

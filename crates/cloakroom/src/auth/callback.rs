@@ -29,6 +29,8 @@ pub(crate) struct Callback {
     pub(crate) ender: Ender,
     pub(crate) clock: Clock,
     pub(crate) absolute_timeout: Duration,
+    /// `session.remember`.
+    pub(crate) remember: crate::config::RememberConfig,
 }
 
 impl Callback {
@@ -156,6 +158,18 @@ impl Callback {
         }
         let id = SessionId::generate();
         let handle = id.handle();
+        let remembered = pending.remember && state.remember.enabled;
+        let absolute = if remembered {
+            // Never past the refresh token's own end, where the IdP says it: a session that
+            // can no longer refresh is not worth remembering.
+            let own = secs(state.remember.absolute_timeout);
+            result
+                .refresh_expires_in
+                .filter(|r| *r > 0)
+                .map_or(own, |r| own.min(r))
+        } else {
+            secs(state.absolute_timeout)
+        };
         let session = Session {
             v: FORMAT_VERSION,
             sub: result.sub,
@@ -164,14 +178,15 @@ impl Callback {
             tokens: result.tokens,
             created_at: now,
             last_seen: now,
-            absolute_expires_at: now
-                + i64::try_from(state.absolute_timeout.as_secs()).unwrap_or(i64::MAX / 2),
+            absolute_expires_at: now + absolute,
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.chars().take(256).collect()),
             ip: Some(ctx.client_ip.to_string()),
+            remembered,
+            idle_timeout: remembered.then(|| secs(state.remember.idle_timeout)),
             generation: 0,
         };
         state.sessions.save(&handle, &session).await?;
@@ -208,8 +223,12 @@ impl Callback {
             }
         }
 
-        resp.headers_mut()
-            .append(header::SET_COOKIE, state.cookies.set_session(&id));
+        let cookie = if remembered {
+            state.cookies.set_persistent_session(&id, absolute)
+        } else {
+            state.cookies.set_session(&id)
+        };
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
         set_location(&mut resp, &pending.return_to)?;
         Ok(resp)
     }
@@ -250,6 +269,8 @@ impl Callback {
                 .map(|s| s.chars().take(256).collect())
                 .or(prev.user_agent),
             ip: Some(ctx.client_ip.to_string()),
+            remembered: prev.remembered,
+            idle_timeout: prev.idle_timeout,
             generation: 0,
         };
         if !self.ender.upgrade(old, &upgraded).await? {
@@ -258,6 +279,10 @@ impl Callback {
         crate::metrics::login_finished("ok");
         Ok(true)
     }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
 /// `return_to` with `error=<code>` added to its query (before any `#fragment`).

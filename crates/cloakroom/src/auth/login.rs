@@ -25,6 +25,8 @@ pub(crate) struct Login {
     pub(crate) oidc: Arc<OidcClient>,
     pub(crate) cookies: Arc<Cookies>,
     pub(crate) clock: Clock,
+    /// `session.remember.enabled`.
+    pub(crate) remember_enabled: bool,
 }
 
 impl Login {
@@ -46,6 +48,16 @@ impl Login {
             Some(_) => return Err(Error::InvalidRequest("prompt must be none".into())),
         };
 
+        let remember = match query_param(&pairs, "remember")?.as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") if state.remember_enabled => true,
+            Some("true" | "1") => return Err(Error::RememberDisabled),
+            Some(_) => {
+                return Err(Error::InvalidRequest(
+                    "remember must be true or false".into(),
+                ))
+            }
+        };
         let step_up = step_up_request(&pairs)?;
         let auth = state.oidc.authorize(prompt_none, step_up.as_ref()).await?;
         // The session this browser has now (its Strict cookie comes with this same-site
@@ -63,6 +75,7 @@ impl Login {
             previous,
             dpop: auth.dpop,
             step_up,
+            remember,
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

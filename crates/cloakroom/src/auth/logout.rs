@@ -1,6 +1,9 @@
 //! `POST /auth/logout`: read and delete the session and its index entries in one step, revoke
 //! the tokens the deleted record held at the IdP (RFC 7009, after the answer), expire the
 //! cookie, return the end_session URL (SPEC §1). Idempotent.
+//!
+//! A JSON body `{"scope": "others"}` ends the user's other sessions instead (this one stays),
+//! `{"scope": "everywhere"}` all of them; the default is `"this"`.
 
 use crate::body::Body;
 use crate::cookies::Cookies;
@@ -9,7 +12,9 @@ use crate::end::Ender;
 use crate::error::{json_response, Error};
 use crate::loader::SessionLoader;
 use crate::oidc::OidcClient;
+use crate::session::{short, Index};
 use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use std::sync::Arc;
 
 /// `POST /auth/logout` and what it uses.
@@ -20,15 +25,81 @@ pub(crate) struct Logout {
     pub(crate) ender: Ender,
     pub(crate) oidc: Arc<OidcClient>,
     pub(crate) cookies: Arc<Cookies>,
+    pub(crate) sessions: crate::session::Sessions,
+}
+
+/// Which sessions a logout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    This,
+    Others,
+    Everywhere,
+}
+
+/// The `scope` of the JSON body, if there is one (an empty body is `"this"`).
+async fn scope(req: Request<hyper::body::Incoming>) -> Result<Scope, Error> {
+    let body = Limited::new(req.into_body(), 1024)
+        .collect()
+        .await
+        .map_err(|_| Error::InvalidRequest("logout body unreadable or too large".into()))?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Scope::This);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| Error::InvalidRequest("logout body must be JSON".into()))?;
+    match v.get("scope").and_then(serde_json::Value::as_str) {
+        None | Some("this") => Ok(Scope::This),
+        Some("others") => Ok(Scope::Others),
+        Some("everywhere") => Ok(Scope::Everywhere),
+        Some(_) => Err(Error::InvalidRequest(
+            "scope must be this, others or everywhere".into(),
+        )),
+    }
 }
 
 impl Logout {
-    pub(crate) async fn handle<B>(&self, req: &Request<B>) -> Result<Response<Body>, Error> {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Body>, Error> {
         let state = self;
         state.origins.check_csrf(req.headers(), false)?;
-        let end_session_url = match state.loader.current(req.headers(), false).await? {
+        let current = state.loader.current(req.headers(), false).await?;
+        let scope = scope(req).await?;
+        let mut ended = 0;
+        if scope != Scope::This {
+            if let Some((handle, s)) = &current {
+                // The same path as the admin API: every instance's cache is told.
+                let found = state.sessions.find(Index::Sub, &s.sub).await?;
+                let others: Vec<(String, Option<crate::session::Session>)> = found
+                    .live
+                    .into_iter()
+                    .map(|(h, x)| (h, Some(x)))
+                    .chain(found.unreadable.into_iter().map(|h| (h, None)))
+                    .filter(|(h, _)| h != handle)
+                    .collect();
+                ended = state.ender.end_all(others, "logout_others").await?;
+                tracing::info!(
+                    event = "audit",
+                    action = if scope == Scope::Others { "logout_others" } else { "logout_everywhere" },
+                    sub = %s.sub,
+                    session = %short(handle),
+                    ended,
+                    "the user ended their other sessions"
+                );
+            }
+        }
+        if scope == Scope::Others {
+            return Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "end_session_url": null, "ended": ended }),
+            ));
+        }
+        let end_session_url = match current {
             None => None,
             Some((handle, s)) => {
+                ended += 1;
                 // Reads and deletes the record in one step and revokes the tokens it held (a
                 // refresh that landed after our read is revoked too), after this answer.
                 state.ender.end(&handle, Some(&s), "logout").await?;
@@ -47,7 +118,7 @@ impl Logout {
         };
         let mut resp = json_response(
             StatusCode::OK,
-            &serde_json::json!({ "end_session_url": end_session_url }),
+            &serde_json::json!({ "end_session_url": end_session_url, "ended": ended }),
         );
         resp.headers_mut()
             .append(header::SET_COOKIE, state.cookies.expire_session());

@@ -15,6 +15,8 @@ pub(crate) struct User {
     pub(crate) origins: Arc<Origins>,
     pub(crate) loader: SessionLoader,
     pub(crate) idle_timeout: Duration,
+    /// The server's clock: `session.now`, so an SPA with a wrong clock still counts down right.
+    pub(crate) clock: crate::clock::Clock,
 }
 
 impl User {
@@ -39,7 +41,12 @@ impl User {
             "amr": claim("amr"),
             "auth_time": claim("auth_time"),
             "claims": s.claims,
+            // "Remember me": a persistent cookie and the session's own lifetimes.
+            "remembered": s.remembered,
+            // Whether this session took over the state of an earlier one of the same user.
+            "reconstituted": false,
             "session": {
+                "now": self.clock.unix(),
                 "created_at": s.created_at,
                 "expires_at": s.expires_at(idle),
                 "idle_expires_at": s.idle_expires_at(idle),

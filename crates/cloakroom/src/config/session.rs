@@ -17,6 +17,47 @@ pub(super) struct RawSession {
     refresh_cooloff: Option<Duration>,
     #[serde(with = "humantime_serde")]
     refresh_wait: Option<Duration>,
+    remember: RawRemember,
+    reconstitute: RawReconstitute,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRemember {
+    enabled: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    absolute_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconstitute {
+    enabled: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    window: Option<Duration>,
+}
+
+/// `[session.remember]`: "remember me" sessions (`/auth/login?remember=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RememberConfig {
+    /// Whether a login may ask for it.
+    pub enabled: bool,
+    /// A remembered session's absolute lifetime (bounded by the refresh token's, when the IdP
+    /// says it).
+    pub absolute_timeout: Duration,
+    /// A remembered session's idle timeout.
+    pub idle_timeout: Duration,
+}
+
+/// `[session.reconstitute]`: what is kept of a session that timed out idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconstituteConfig {
+    /// Whether a small record (user, creation time, the SPA's state) outlives an idle timeout.
+    pub enabled: bool,
+    /// How long it is kept.
+    pub window: Duration,
 }
 
 /// `[session]`, validated.
@@ -32,6 +73,10 @@ pub struct SessionConfig {
     pub refresh_cooloff: Duration,
     /// How long a request with an expired token waits for its session's refresh.
     pub refresh_wait: Duration,
+    /// "Remember me".
+    pub remember: RememberConfig,
+    /// Re-constituted sessions.
+    pub reconstitute: ReconstituteConfig,
 }
 
 impl SessionConfig {
@@ -73,12 +118,51 @@ impl SessionConfig {
         if refresh_wait > Duration::from_secs(120) {
             errs.push("session.refresh_wait: must be at most 2m".into());
         }
+        let remember = RememberConfig {
+            enabled: raw.remember.enabled.unwrap_or(false),
+            absolute_timeout: raw
+                .remember
+                .absolute_timeout
+                .unwrap_or(Duration::from_secs(30 * 24 * 3600)),
+            idle_timeout: raw
+                .remember
+                .idle_timeout
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+        };
+        if remember.enabled {
+            if remember.idle_timeout < Duration::from_secs(1) {
+                errs.push("session.remember.idle_timeout: must be at least 1s".into());
+            }
+            if remember.absolute_timeout <= refresh_skew {
+                errs.push(
+                    "session.remember.absolute_timeout: must be longer than session.refresh_skew"
+                        .into(),
+                );
+            }
+            if remember.absolute_timeout > Duration::from_secs(400 * 24 * 3600) {
+                errs.push(
+                    "session.remember.absolute_timeout: must be at most 400d (browsers cap a cookie's Max-Age there)".into(),
+                );
+            }
+        }
+        let reconstitute = ReconstituteConfig {
+            enabled: raw.reconstitute.enabled.unwrap_or(false),
+            window: raw
+                .reconstitute
+                .window
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+        };
+        if reconstitute.enabled && reconstitute.window < Duration::from_secs(60) {
+            errs.push("session.reconstitute.window: must be at least 1m".into());
+        }
         Self {
             idle_timeout,
             absolute_timeout,
             refresh_skew,
             refresh_cooloff,
             refresh_wait,
+            remember,
+            reconstitute,
         }
     }
 }

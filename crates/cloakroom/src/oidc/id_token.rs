@@ -8,9 +8,7 @@ use crate::session::now_unix;
 use openidconnect::core::{
     CoreGenderClaim, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
 };
-use openidconnect::{
-    AccessTokenHash, AdditionalClaims, ClientId, EmptyExtraTokenFields, IssuerUrl, Nonce,
-};
+use openidconnect::{AccessTokenHash, AdditionalClaims, ClientId, IssuerUrl, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -29,6 +27,16 @@ impl ExtraClaims {
     }
 }
 
+/// Token-response fields besides the standard ones that Cloakroom reads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub(super) struct ExtraTokenFields {
+    /// The refresh token's lifetime in seconds, where the IdP says it (Keycloak and others:
+    /// not standard, so only ever a bound, never required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) refresh_expires_in: Option<u64>,
+}
+impl openidconnect::ExtraTokenFields for ExtraTokenFields {}
+
 /// An ID token with our [`ExtraClaims`].
 pub(super) type IdToken = openidconnect::IdToken<
     ExtraClaims,
@@ -40,7 +48,7 @@ pub(super) type IdToken = openidconnect::IdToken<
 /// The `id_token` field of a token response, with our [`ExtraClaims`].
 pub(super) type IdTokenFields = openidconnect::IdTokenFields<
     ExtraClaims,
-    EmptyExtraTokenFields,
+    ExtraTokenFields,
     CoreGenderClaim,
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,

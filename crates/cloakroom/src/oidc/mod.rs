@@ -169,6 +169,8 @@ pub struct LoginResult {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Tokens.
     pub tokens: Tokens,
+    /// The refresh token's lifetime in seconds, if the IdP said (`refresh_expires_in`).
+    pub refresh_expires_in: Option<i64>,
 }
 
 /// The relying party, built once at start-up.
@@ -778,7 +780,14 @@ impl OidcClient {
         let (sub, sid, claims) = self
             .verify_id_token(id_token, resp.access_token(), Some(nonce))
             .await?;
+        let refresh_expires_in = resp
+            .extra_fields()
+            .extra_fields()
+            .refresh_expires_in
+            .and_then(|s| i64::try_from(s).ok())
+            .filter(|_| resp.refresh_token().is_some());
         Ok(LoginResult {
+            refresh_expires_in,
             sub,
             sid,
             claims,

@@ -266,6 +266,8 @@ mod tests {
             absolute_expires_at: i64::MAX,
             user_agent: None,
             ip: None,
+            remembered: false,
+            idle_timeout: None,
             generation: 0,
         })
     }

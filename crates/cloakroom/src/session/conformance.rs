@@ -37,6 +37,8 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         absolute_expires_at: now + 3600,
         user_agent: None,
         ip: None,
+        remembered: false,
+        idle_timeout: None,
         generation: 0,
     }
 }
@@ -322,7 +324,7 @@ pub async fn run(store: Store) {
         .await
         .expect("once"));
 
-    // 10b. shared values: written, read back, replaced, gone after their TTL
+    // 10b. shared values: written, read back, replaced, gone after their TTL or deleted
     let sh = crypto::hash(&crypto::random_token());
     assert!(store.get_shared(&sh).await.expect("get").is_none());
     store
@@ -339,6 +341,14 @@ pub async fn run(store: Store) {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.get_shared(&sh).await.expect("get").is_none());
+    // ... and deleted before their TTL; deleting what is gone is fine.
+    store
+        .put_shared(&sh, b"three".to_vec(), Duration::from_secs(60))
+        .await
+        .expect("put");
+    store.delete_shared(&sh).await.expect("delete");
+    assert!(store.get_shared(&sh).await.expect("get").is_none());
+    store.delete_shared(&sh).await.expect("delete again");
 
     // 11. index pruning: an entry whose record is gone is pruned; a record this key ring
     // cannot open (another instance's newer key, first in its ring; ours second there) is

@@ -335,6 +335,11 @@ impl MemoryStore {
             .map(|(b, _)| b.clone()))
     }
 
+    pub(super) async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {
+        self.lock().shared.remove(hash);
+        Ok(())
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

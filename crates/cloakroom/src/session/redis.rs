@@ -379,6 +379,14 @@ impl RedisStore {
         .await
     }
 
+    pub(super) async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {
+        let k = self.keys.shared(hash);
+        self.run(move |mut c| {
+            Box::pin(async move { redis::cmd("DEL").arg(k).query_async::<()>(&mut c).await })
+        })
+        .await
+    }
+
     pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
         let k = self.keys.once(hash);
         let n: i64 = self

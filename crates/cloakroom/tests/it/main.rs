@@ -6,6 +6,7 @@ mod support;
 mod browser;
 mod client_auth;
 mod demo;
+mod devices;
 mod dpop;
 mod fapi;
 mod hardening;

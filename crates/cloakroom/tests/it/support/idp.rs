@@ -272,6 +272,27 @@ impl Idp {
         }
     }
 
+    /// Waits (at most 10 s) until `token` was revoked (answered 200 at `/token/revocation`).
+    pub(crate) async fn wait_revoked(&self, token: &str) {
+        use sha2::Digest;
+        let h = super::upstream::hex(&sha2::Sha256::digest(token.as_bytes()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stats = self.stats().await;
+            if stats["revoked_tokens"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == &serde_json::Value::String(h.clone())))
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the token was not revoked within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// `none`, `503` or `reset` (see tests/idp/README.md).
     pub(crate) async fn outage(&self, mode: &str) {
         let r = reqwest::Client::new()
