@@ -90,6 +90,7 @@ pub(crate) async fn seed(
                     ip: Some("127.0.0.1".into()),
                     remembered: false,
                     idle_timeout: None,
+                    reconstituted: false,
                     generation: 0,
                 };
                 let id = SessionId::generate();

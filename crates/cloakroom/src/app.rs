@@ -190,7 +190,19 @@ impl App {
         )
         .with_clock(clock.clone())
         .with_local_cache();
+        let sessions = if config.session.reconstitute.enabled {
+            sessions.with_linger(crate::reaper::LINGER)
+        } else {
+            sessions
+        };
         let ender = Ender::new(sessions.clone(), oidc.clone());
+        let reaper = config.session.reconstitute.enabled.then(|| {
+            crate::reaper::Reaper::new(
+                sessions.clone(),
+                ender.clone(),
+                config.session.reconstitute.window,
+            )
+        });
         let refresh_cfg = RefreshConfig::from_config(&config);
         let clients = Arc::new(crate::client_tokens::ClientTokens::new(
             oidc.clone(),
@@ -263,7 +275,15 @@ impl App {
         let limits = Limits::from_config(&config.server);
         let state = Arc::new(AppState {
             router: Arc::new(router(
-                &config, &sessions, &oidc, &ender, &refresher, &clock, forwarder, clients,
+                &config,
+                &sessions,
+                &oidc,
+                &ender,
+                &refresher,
+                &clock,
+                forwarder,
+                clients,
+                reaper.clone(),
             )),
             admin: Arc::new(Admin {
                 sessions: sessions.clone(),
@@ -274,6 +294,9 @@ impl App {
             tunnels: tunnels.clone(),
         });
         spawn_tunnel_sweep(Arc::downgrade(&state));
+        if let Some(r) = reaper {
+            r.spawn(Arc::downgrade(&state));
+        }
         let (tx, rx) = watch::channel(false);
         let router = state.router.clone();
         let public_task = tokio::spawn(server::serve(
@@ -316,6 +339,7 @@ fn router(
     clock: &Clock,
     forwarder: Forwarder,
     clients: Arc<crate::client_tokens::ClientTokens>,
+    reaper: Option<crate::reaper::Reaper>,
 ) -> Router {
     let cookies = Arc::new(Cookies::new(
         &config.cookie,
@@ -358,6 +382,7 @@ fn router(
                 clock: clock.clone(),
                 absolute_timeout: config.session.absolute_timeout,
                 remember: config.session.remember,
+                reaper,
             },
             user: User {
                 origins: origins.clone(),

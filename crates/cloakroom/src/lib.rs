@@ -24,6 +24,7 @@ pub mod oidc;
 pub mod proxy;
 pub(crate) mod query;
 pub mod ratelimit;
+pub mod reaper;
 pub mod refresh;
 pub mod routes;
 pub mod secret;

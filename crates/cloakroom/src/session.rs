@@ -234,6 +234,10 @@ pub struct Session {
     /// (a remembered session's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<i64>,
+    /// It took over the state of an earlier session of the same user that had timed out idle
+    /// (`session.reconstitute`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconstituted: bool,
     /// The record's refresh generation as read from the store (not sealed: it lives beside the
     /// sealed data). A refresh writes only if the generation is still the one it read, so a
     /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
@@ -575,6 +579,27 @@ impl Store {
     pub async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
         dispatch!(self, s => s.get_shared(hash).await)
     }
+    /// Puts `handle` on the reaper's schedule at `at` (unix s), replacing its time.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn schedule(&self, handle: &str, at: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.schedule(handle, at).await)
+    }
+    /// Takes `handle` off the reaper's schedule.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn unschedule(&self, handle: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unschedule(handle).await)
+    }
+    /// Up to `n` handles whose scheduled time is `now` or earlier, earliest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn due(&self, now: i64, n: usize) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.due(now, n).await)
+    }
     /// Deletes a value written by [`Store::put_shared`] (gone already is fine).
     ///
     /// # Errors
@@ -658,6 +683,23 @@ pub struct Sessions {
     cache: Option<Arc<cache::SessionCache>>,
     /// Told of every session that ends.
     ended: Arc<EndedHooks>,
+    /// With the reaper (`session.reconstitute`): how long a record stays past its expiry, so
+    /// the reaper can still read it (revoke its tokens, keep what a re-login takes over).
+    /// Records are then on the store's expiry schedule.
+    linger: Option<Duration>,
+}
+
+/// What is left of a session that timed out idle (`session.reconstitute`), sealed, for a
+/// re-login of the same user in the same browser to take over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Leftover {
+    /// The user it belonged to.
+    pub sub: String,
+    /// When the session that timed out was made.
+    pub created_at: i64,
+    /// The SPA's state of that session, if it had saved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation
@@ -766,7 +808,16 @@ impl Sessions {
             clock: Clock::system(),
             cache: None,
             ended: Arc::default(),
+            linger: None,
         }
+    }
+
+    /// Keeps records `linger` past their expiry, on the store's expiry schedule, for the
+    /// reaper (`crate::reaper`).
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
     }
 
     /// The callbacks run when a session ends, here or on another instance.
@@ -878,7 +929,15 @@ impl Sessions {
 
     fn ttl(&self, s: &Session) -> Option<Duration> {
         let ttl = s.expires_at(self.idle) - self.clock.unix();
-        (ttl > 0).then(|| Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
+        let linger = self.linger.map_or(0, secs);
+        (ttl > 0).then(|| Duration::from_secs(u64::try_from(ttl + linger).unwrap_or(1)))
+    }
+
+    async fn schedule(&self, handle: &str, s: &Session) -> Result<(), StoreError> {
+        if self.linger.is_some() {
+            self.store.schedule(handle, s.expires_at(self.idle)).await?;
+        }
+        Ok(())
     }
 
     fn seal(&self, handle: &str, s: &Session) -> Result<Vec<u8>, StoreError> {
@@ -905,6 +964,7 @@ impl Sessions {
                 self.absolute,
             )
             .await?;
+        self.schedule(handle, s).await?;
         Ok(true)
     }
 
@@ -918,6 +978,9 @@ impl Sessions {
             return Ok(false);
         };
         let live = self.store.touch_session(handle, s.last_seen, ttl).await?;
+        if live {
+            self.schedule(handle, s).await?;
+        }
         if let Some(c) = &self.cache {
             if live {
                 c.touched(handle, s.last_seen);
@@ -1026,6 +1089,9 @@ impl Sessions {
             return Ok(None);
         };
         self.ended.run(handle);
+        if self.linger.is_some() {
+            self.store.unschedule(handle).await?;
+        }
         // The SPA's state goes with its session.
         if let Err(e) = self.store.delete_shared(&Self::state_key(handle)).await {
             tracing::warn!(session = %short(handle), error = %e, "the ended session's state was not deleted; it lapses with the session's lifetime");
@@ -1085,6 +1151,65 @@ impl Sessions {
             .get_shared(&Self::state_key(handle))
             .await?
             .and_then(|b| self.keys.open(&Self::state_aad(handle), &b)))
+    }
+
+    /// A record as it is, expired or not: what the reaper looks at.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn peek(&self, handle: &str) -> Result<Option<Option<Session>>, StoreError> {
+        Ok(self
+            .store
+            .get_session(handle)
+            .await?
+            .map(|rec| self.open(handle, &rec)))
+    }
+
+    fn leftover_key(handle: &str) -> String {
+        crate::crypto::hash(&format!("leftover:{handle}"))
+    }
+
+    fn leftover_aad(handle: &str) -> Vec<u8> {
+        [b"cloakroom-leftover\0".as_slice(), handle.as_bytes()].concat()
+    }
+
+    /// Keeps what is left of session `handle` for `window`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn save_leftover(
+        &self,
+        handle: &str,
+        left: &Leftover,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(left).map_err(|e| StoreError(format!("encode: {e}")))?;
+        let blob = self.keys.seal(&Self::leftover_aad(handle), &json);
+        self.store
+            .put_shared(&Self::leftover_key(handle), blob, window)
+            .await
+    }
+
+    /// Takes (reads and deletes) what is left of session `handle`, if anything.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn take_leftover(&self, handle: &str) -> Result<Option<Leftover>, StoreError> {
+        let key = Self::leftover_key(handle);
+        let Some(blob) = self.store.get_shared(&key).await? else {
+            return Ok(None);
+        };
+        self.store.delete_shared(&key).await?;
+        Ok(self
+            .keys
+            .open(&Self::leftover_aad(handle), &blob)
+            .and_then(|j| serde_json::from_slice(&j).ok()))
+    }
+
+    /// The idle timeout's reaping: how long records linger past expiry, if they do.
+    #[must_use]
+    pub fn linger(&self) -> Option<Duration> {
+        self.linger
     }
 
     /// Deletes a session and its index entries; true if it existed.

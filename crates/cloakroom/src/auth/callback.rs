@@ -31,6 +31,8 @@ pub(crate) struct Callback {
     pub(crate) absolute_timeout: Duration,
     /// `session.remember`.
     pub(crate) remember: crate::config::RememberConfig,
+    /// `session.reconstitute`: ends this browser's timed-out session and hands over its state.
+    pub(crate) reaper: Option<crate::reaper::Reaper>,
 }
 
 impl Callback {
@@ -170,6 +172,35 @@ impl Callback {
         } else {
             secs(state.absolute_timeout)
         };
+        // The browser's earlier sessions (the one it had when the login started, and the one
+        // its cookie names now, should the callback carry it).
+        let current = state
+            .cookies
+            .session_id(req.headers())
+            .map(|id| id.handle());
+        let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
+        previous.dedup();
+        // Re-constitution: one that timed out idle leaves its state to the same user; anyone
+        // else gets nothing, and the leftover is gone either way.
+        let mut restored: Option<String> = None;
+        let mut reconstituted = false;
+        if let Some(reaper) = &state.reaper {
+            for old in &previous {
+                if let Err(e) = reaper.reap(old).await {
+                    tracing::debug!(session = %crate::session::short(old), error = %e, "reaping the previous session at login failed");
+                }
+                match state.sessions.take_leftover(old).await? {
+                    Some(left) if left.sub == result.sub => {
+                        reconstituted = true;
+                        restored = restored.or(left.state);
+                    }
+                    Some(_) => {
+                        tracing::info!(event = "reconstitution_refused", session = %crate::session::short(old), "another user signed in; the timed-out session's leftover was dropped")
+                    }
+                    None => {}
+                }
+            }
+        }
         let session = Session {
             v: FORMAT_VERSION,
             sub: result.sub,
@@ -187,9 +218,16 @@ impl Callback {
             ip: Some(ctx.client_ip.to_string()),
             remembered,
             idle_timeout: remembered.then(|| secs(state.remember.idle_timeout)),
+            reconstituted,
             generation: 0,
         };
         state.sessions.save(&handle, &session).await?;
+        if let Some(st) = &restored {
+            state
+                .sessions
+                .save_state(&handle, &session, st.as_bytes())
+                .await?;
+        }
         // Frequent re-logins must not grow the user's index: drop the handles whose records are
         // gone (expired, ended elsewhere) while we are here.
         if let Err(e) = state
@@ -207,15 +245,8 @@ impl Callback {
         );
         crate::metrics::login_finished("ok");
 
-        // No fixation and no orphan: the session this browser had when the login started (and
-        // the one its cookie names now, should the callback carry it) ends — deleted, its tokens
+        // No fixation and no orphan: the browser's earlier sessions end — deleted, their tokens
         // revoked (see `Ender::end_replaced` for the one exception). The new session has a new id.
-        let current = state
-            .cookies
-            .session_id(req.headers())
-            .map(|id| id.handle());
-        let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
-        previous.dedup();
         for old in previous.into_iter().filter(|h| *h != handle) {
             if let Err(e) = state.ender.end_replaced(&old, &session).await {
                 // The new session stands; the old one expires by its TTL.
@@ -271,6 +302,7 @@ impl Callback {
             ip: Some(ctx.client_ip.to_string()),
             remembered: prev.remembered,
             idle_timeout: prev.idle_timeout,
+            reconstituted: prev.reconstituted,
             generation: 0,
         };
         if !self.ender.upgrade(old, &upgraded).await? {

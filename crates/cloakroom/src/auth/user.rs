@@ -44,7 +44,7 @@ impl User {
             // "Remember me": a persistent cookie and the session's own lifetimes.
             "remembered": s.remembered,
             // Whether this session took over the state of an earlier one of the same user.
-            "reconstituted": false,
+            "reconstituted": s.reconstituted,
             "session": {
                 "now": self.clock.unix(),
                 "created_at": s.created_at,

@@ -268,6 +268,7 @@ mod tests {
             ip: None,
             remembered: false,
             idle_timeout: None,
+            reconstituted: false,
             generation: 0,
         })
     }

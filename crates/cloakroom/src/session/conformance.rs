@@ -39,6 +39,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         ip: None,
         remembered: false,
         idle_timeout: None,
+        reconstituted: false,
         generation: 0,
     }
 }
@@ -349,6 +350,29 @@ pub async fn run(store: Store) {
     store.delete_shared(&sh).await.expect("delete");
     assert!(store.get_shared(&sh).await.expect("get").is_none());
     store.delete_shared(&sh).await.expect("delete again");
+
+    // 10c. the reaper's schedule: due in time order, rescheduled, removed
+    let (x, y) = (crypto::random_token(), crypto::random_token());
+    store.schedule(&x, 2_000).await.expect("schedule");
+    store.schedule(&y, 1_000).await.expect("schedule");
+    let due = store.due(1_500, 100).await.expect("due");
+    assert!(due.contains(&y) && !due.contains(&x), "{due:?}");
+    let due = store.due(2_000, 100).await.expect("due");
+    let (ix, iy) = (
+        due.iter().position(|h| *h == x).expect("x due"),
+        due.iter().position(|h| *h == y).expect("y due"),
+    );
+    assert!(iy < ix, "earliest first");
+    store.schedule(&y, 3_000).await.expect("reschedule");
+    assert!(!store.due(2_500, 100).await.expect("due").contains(&y));
+    store.unschedule(&x).await.expect("unschedule");
+    store.unschedule(&y).await.expect("unschedule");
+    assert!(store
+        .due(i64::MAX / 2, 100)
+        .await
+        .expect("due")
+        .iter()
+        .all(|h| *h != x && *h != y));
 
     // 11. index pruning: an entry whose record is gone is pruned; a record this key ring
     // cannot open (another instance's newer key, first in its ring; ours second there) is

@@ -32,6 +32,8 @@ struct Inner {
     seen_once: HashMap<String, Instant>,
     /// Shared values (`Store::put_shared`) and their expiry.
     shared: HashMap<String, (Vec<u8>, Instant)>,
+    /// The reaper's schedule: handle → expiry (unix s).
+    expiry: HashMap<String, i64>,
 }
 
 impl Inner {
@@ -333,6 +335,28 @@ impl MemoryStore {
             .get(hash)
             .filter(|(_, exp)| *exp > now)
             .map(|(b, _)| b.clone()))
+    }
+
+    pub(super) async fn schedule(&self, handle: &str, at: i64) -> Result<(), StoreError> {
+        self.lock().expiry.insert(handle.to_string(), at);
+        Ok(())
+    }
+
+    pub(super) async fn unschedule(&self, handle: &str) -> Result<(), StoreError> {
+        self.lock().expiry.remove(handle);
+        Ok(())
+    }
+
+    pub(super) async fn due(&self, now: i64, n: usize) -> Result<Vec<String>, StoreError> {
+        let g = self.lock();
+        let mut due: Vec<(i64, String)> = g
+            .expiry
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(h, at)| (*at, h.clone()))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(n).map(|(_, h)| h).collect())
     }
 
     pub(super) async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {

@@ -379,6 +379,55 @@ impl RedisStore {
         .await
     }
 
+    pub(super) async fn schedule(&self, handle: &str, at: i64) -> Result<(), StoreError> {
+        let k = self.keys.expiry();
+        let h = handle.to_string();
+        self.run(move |mut c| {
+            Box::pin(async move {
+                redis::cmd("ZADD")
+                    .arg(k)
+                    .arg(at)
+                    .arg(h)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn unschedule(&self, handle: &str) -> Result<(), StoreError> {
+        let k = self.keys.expiry();
+        let h = handle.to_string();
+        self.run(move |mut c| {
+            Box::pin(async move {
+                redis::cmd("ZREM")
+                    .arg(k)
+                    .arg(h)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn due(&self, now: i64, n: usize) -> Result<Vec<String>, StoreError> {
+        let k = self.keys.expiry();
+        self.run(move |mut c| {
+            Box::pin(async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(k)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(n)
+                    .query_async(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
     pub(super) async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {
         let k = self.keys.shared(hash);
         self.run(move |mut c| {

@@ -20,6 +20,7 @@ mod ops;
 mod par;
 mod props;
 mod proxying;
+mod reconstitute;
 mod refresh;
 mod route_tokens;
 mod session_cache;

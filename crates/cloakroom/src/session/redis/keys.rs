@@ -10,7 +10,8 @@
 //! | `<prefix>:u:{<index key of sub>}` | set of handles | absolute timeout, renewed on write |
 //! | `<prefix>:sid:{<index key of sid>}` | set of handles | absolute timeout, renewed on write |
 //! | `<prefix>:once:{<hash>}` | string: a back-channel logout `jti` or a used login `state` | its TTL |
-//! | `<prefix>:shared:{<hash>}` | string: a sealed value every instance shares (a client-credentials token) | until it is due |
+//! | `<prefix>:shared:{<hash>}` | string: a sealed value every instance shares (a client-credentials token, the SPA's state of a session, what a re-constituted session gets back) | until it is due |
+//! | `<prefix>:expiry:{all}` | sorted set: handle → when the session expires (unix s), kept only with `session.reconstitute` (the reaper's schedule) | none |
 //!
 //! And one pub/sub channel, `<prefix>:invalidate` (its messages: `invalidation.rs`).
 //!
@@ -67,6 +68,11 @@ impl Keys {
     /// A sealed value shared by every instance (not a session).
     pub(super) fn shared(&self, hash: &str) -> String {
         format!("{}:shared:{{{hash}}}", self.prefix)
+    }
+
+    /// The reaper's schedule (one key: one slot in a Cluster).
+    pub(super) fn expiry(&self) -> String {
+        format!("{}:expiry:{{all}}", self.prefix)
     }
 
     /// The invalidation channel.
