@@ -4,7 +4,8 @@
 //! - [`idp::DevIdp`], a development OpenID provider (code flow with PKCE, refresh-token
 //!   rotation, revocation, end_session), clearly labelled as such;
 //! - [`api::DemoApi`], an API that verifies the bearer token and says what it learned from it;
-//! - a static server for the demo SPA (`spa.html`);
+//! - a static server for the demo SPA (`spa.html`, `deep.html`, and the client library
+//!   `clients/js` at `/cloakroom.js`);
 //! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`),
 //!   `/api/sensitive` → the API's "sensitive action", which needs a recent login (`max_age`,
 //!   [`DemoOptions::sensitive_max_age`]: step-up authentication), and `/` → the SPA
@@ -65,6 +66,13 @@ pub const SENSITIVE_PREFIX: &str = "/api/sensitive";
 pub const SENSITIVE_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
 const SPA_HTML: &str = include_str!("spa.html");
+/// A page that needs a session: the client library sends it to the login and back (`/deep`).
+const DEEP_HTML: &str = include_str!("deep.html");
+/// The SPA client library (`clients/js`, `@cloakroom/client`), as built and checked in: the
+/// Rust build never needs npm. Served at [`CLIENT_JS_PATH`].
+pub const CLIENT_JS: &str = include_str!("../../../clients/js/dist/index.js");
+/// Where the demo serves [`CLIENT_JS`] (the pages import it from there).
+pub const CLIENT_JS_PATH: &str = "/cloakroom.js";
 
 /// What `cloakroom-demo` accepts.
 #[derive(Debug, Clone)]
@@ -315,6 +323,16 @@ dpop = true
 idle_timeout = "{IDLE_TIMEOUT}"
 absolute_timeout = "1h"
 refresh_skew = "{REFRESH_SKEW}"
+# The SPA's "Remember me" checkbox: a persistent cookie and longer lifetimes.
+[session.remember]
+enabled = true
+absolute_timeout = "1d"
+idle_timeout = "1h"
+# A session that timed out idle leaves its saved state (the SPA's notes) for the same user's
+# next login in this browser.
+[session.reconstitute]
+enabled = true
+window = "1h"
 [cookie]
 # Plain http on localhost: not Secure, hence no __Host- prefix.
 name = "{COOKIE_NAME}"
@@ -345,40 +363,66 @@ token = "none"
 
 // ------------------------------------------------------------------ the SPA's static server
 
-/// Serves `spa.html` at `/`. A request that did not come in as `expected_host` (e.g. someone
-/// opened `http://127.0.0.1:8080/`) is sent to the public URL: the session cookie lives on
+/// Serves `spa.html` at `/`, `deep.html` at `/deep` and the client library at
+/// [`CLIENT_JS_PATH`]. A request that did not come in as `expected_host` (e.g. someone opened
+/// `http://127.0.0.1:8080/`) is sent to the public URL: the session cookie lives on
 /// `localhost`, and the CSRF check wants that origin.
 fn start_spa(
     addr: SocketAddr,
     expected_host: String,
     public_url: String,
 ) -> Result<LocalServer, DemoError> {
-    let page = Arc::new(SpaPage::new());
+    let pages = Arc::new(SpaPages::new());
     let expected_host = Arc::new(expected_host);
     let public_url = Arc::new(public_url);
     LocalServer::start(addr, move |req, _peer| {
-        let page = page.clone();
+        let pages = pages.clone();
         let expected_host = expected_host.clone();
         let public_url = public_url.clone();
-        async move { Ok(page.answer(&req, &expected_host, &public_url)) }
+        async move { Ok(pages.answer(&req, &expected_host, &public_url)) }
     })
 }
 
-struct SpaPage {
+/// One HTML page of the SPA and its Content-Security-Policy: scripts from this origin (the
+/// client library) and the page's own inline module script, by hash; its inline style, by hash.
+struct Page {
+    html: &'static str,
     csp: HeaderValue,
 }
 
-impl SpaPage {
-    fn new() -> Self {
+impl Page {
+    fn new(html: &'static str) -> Self {
         let csp = format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
-             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-            csp_hash_of_element(SPA_HTML, "script"),
-            csp_hash_of_element(SPA_HTML, "style"),
+            "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
+             img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            csp_hash_of_element(html, "script"),
+            csp_hash_of_element(html, "style"),
         );
         Self {
+            html,
             csp: HeaderValue::from_str(&csp)
                 .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
+        }
+    }
+
+    fn answer(&self) -> Response<Body> {
+        let mut resp = html(StatusCode::OK, self.html.to_string());
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+        resp
+    }
+}
+
+struct SpaPages {
+    spa: Page,
+    deep: Page,
+}
+
+impl SpaPages {
+    fn new() -> Self {
+        Self {
+            spa: Page::new(SPA_HTML),
+            deep: Page::new(DEEP_HTML),
         }
     }
 
@@ -390,22 +434,39 @@ impl SpaPage {
         if host.is_some_and(|h| h != expected_host) {
             return redirect(StatusCode::FOUND, &format!("{public_url}/"));
         }
-        match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/" | "/index.html") => {
-                let mut resp = html(StatusCode::OK, SPA_HTML.to_string());
-                resp.headers_mut()
-                    .insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
-                resp
-            }
+        if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        match req.uri().path() {
+            "/" | "/index.html" => self.spa.answer(),
+            "/deep" => self.deep.answer(),
+            CLIENT_JS_PATH => client_js(),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 }
 
-impl std::fmt::Debug for SpaPage {
+impl std::fmt::Debug for SpaPages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpaPage").finish_non_exhaustive()
+        f.debug_struct("SpaPages").finish_non_exhaustive()
     }
+}
+
+/// The client library: a JavaScript module, revalidated on every load (a rebuilt demo serves
+/// the new one at once).
+fn client_js() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(CLIENT_JS.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 // ------------------------------------------------------------------ shared HTTP helpers
@@ -565,14 +626,18 @@ pub(crate) fn escape_html(s: &str) -> String {
     out
 }
 
-/// The CSP source (`'sha256-…'`) of the first `<tag>…</tag>` in `page`, so the demo pages can
-/// keep their inline script and style under a strict policy.
+/// The CSP source (`'sha256-…'`) of the first `<tag>…</tag>` (attributes allowed, e.g.
+/// `<script type="module">`) in `page`, so the demo pages can keep their inline script and
+/// style under a strict policy.
 pub(crate) fn csp_hash_of_element(page: &str, tag: &str) -> String {
-    let open = format!("<{tag}>");
     let close = format!("</{tag}>");
+    let open = format!("<{tag}");
     let content = page
-        .find(&open)
-        .map(|i| &page[i + open.len()..])
+        .match_indices(&open)
+        .map(|(i, _)| &page[i + open.len()..])
+        // `<script>` or `<script …>`, not `<scripts>`.
+        .find(|rest| rest.starts_with('>') || rest.starts_with(char::is_whitespace))
+        .and_then(|rest| rest.find('>').map(|j| &rest[j + 1..]))
         .and_then(|rest| rest.find(&close).map(|j| &rest[..j]))
         .unwrap_or_default();
     format!(
@@ -600,6 +665,7 @@ mod tests {
         env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
         let c = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.cookie.secure);
+        assert!(c.session.remember.enabled && c.session.reconstitute.enabled);
         assert_eq!(c.cookie.name, COOKIE_NAME);
         assert_eq!(c.server.public_origin, "http://localhost:8080");
         assert_eq!(c.routes.len(), 3);
@@ -619,14 +685,87 @@ mod tests {
         ));
     }
 
+    fn sha(s: &str) -> String {
+        format!(
+            "'sha256-{}'",
+            STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
+        )
+    }
+
     #[test]
     fn csp_hashes_cover_the_inline_script_and_style() {
         let page = "<style>a{}</style><script>x()</script>";
+        assert_eq!(csp_hash_of_element(page, "script"), sha("x()"));
+        assert_eq!(csp_hash_of_element(page, "style"), sha("a{}"));
+        // Attributes are skipped; so are other elements whose names start alike.
+        let page = "<scripts>no</scripts><script type=\"module\">\nimport \"/x.js\";\n</script>";
         assert_eq!(
             csp_hash_of_element(page, "script"),
-            format!("'sha256-{}'", STANDARD.encode(sha2::Sha256::digest(b"x()")))
+            sha("\nimport \"/x.js\";\n")
         );
-        assert!(SPA_HTML.contains("<script>") && SPA_HTML.contains("<style>"));
+    }
+
+    /// The inline part of each page, as the browser hashes it.
+    fn inline(page: &str, open: &str, close: &str) -> String {
+        let start = page.find(open).expect(open) + open.len();
+        let len = page[start..].find(close).expect(close);
+        page[start..start + len].to_string()
+    }
+
+    #[test]
+    fn each_page_is_allowed_its_own_module_script_and_style_and_the_library() {
+        let pages = SpaPages::new();
+        for (page, html) in [(&pages.spa, SPA_HTML), (&pages.deep, DEEP_HTML)] {
+            let csp = page.csp.to_str().expect("ASCII");
+            let script = inline(html, "<script type=\"module\">", "</script>");
+            assert!(
+                script.contains(&format!("from \"{CLIENT_JS_PATH}\"")),
+                "the page imports the library"
+            );
+            assert!(
+                csp.contains(&format!("script-src 'self' {};", sha(&script))),
+                "{csp}"
+            );
+            let style = inline(html, "<style>", "</style>");
+            assert!(
+                csp.contains(&format!("style-src {};", sha(&style))),
+                "{csp}"
+            );
+            assert!(csp.starts_with("default-src 'none';"), "{csp}");
+            assert_eq!(html.matches("<script").count(), 1, "one inline script");
+        }
+    }
+
+    #[test]
+    fn the_spa_server_serves_the_pages_and_the_library() {
+        let pages = SpaPages::new();
+        let get = |path: &str| {
+            let req = Request::get(path)
+                .header("x-forwarded-host", "localhost:8080")
+                .body(())
+                .unwrap();
+            pages.answer(&req, "localhost:8080", "http://localhost:8080")
+        };
+        let js = get(CLIENT_JS_PATH);
+        assert_eq!(js.status(), StatusCode::OK);
+        assert_eq!(
+            js.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(js.headers()[header::CACHE_CONTROL], "no-cache");
+        assert!(CLIENT_JS.contains("export function createCloakroom("));
+        for path in ["/", "/index.html", "/deep"] {
+            let r = get(path);
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            assert!(r.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        }
+        assert_eq!(get("/nope").status(), StatusCode::NOT_FOUND);
+        let other = Request::get("/")
+            .header("x-forwarded-host", "127.0.0.1:8080")
+            .body(())
+            .unwrap();
+        let r = pages.answer(&other, "localhost:8080", "http://localhost:8080");
+        assert_eq!(r.status(), StatusCode::FOUND);
     }
 
     #[test]

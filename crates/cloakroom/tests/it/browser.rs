@@ -693,7 +693,8 @@ async fn browser_demo_login_api_logout() {
 
 // ------------------------------------------------------------------ (b) the real IdP
 
-/// Serves the demo SPA at `/` (what `[[routes]] prefix = "/" token = "none"` points at).
+/// Serves the demo SPA at `/` and the client library it imports (what `[[routes]] prefix = "/"
+/// token = "none"` points at).
 async fn spa_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -706,10 +707,11 @@ async fn spa_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
             };
             tokio::spawn(async move {
                 let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let (status, ctype, body) = if req.uri().path() == "/" {
-                        (200, "text/html; charset=utf-8", spa_html())
-                    } else {
-                        (404, "text/plain", "not found\n")
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/" => (200, "text/html; charset=utf-8", spa_html()),
+                        // The page imports the client library (clients/js), as the demo serves it.
+                        demo::CLIENT_JS_PATH => (200, "text/javascript", demo::CLIENT_JS),
+                        _ => (404, "text/plain", "not found\n"),
                     };
                     let resp = hyper::Response::builder()
                         .status(status)

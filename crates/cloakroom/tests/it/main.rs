@@ -25,6 +25,7 @@ mod refresh;
 mod route_tokens;
 mod session_cache;
 mod soak;
+mod spa_client;
 mod step_up;
 mod store;
 mod tls;

@@ -1,0 +1,911 @@
+/**
+ * `@cloakroom/client`: the browser side of Cloakroom, the backend-for-frontend token handler.
+ *
+ * The single-page app never sees a token: Cloakroom keeps them on the server and the browser
+ * holds only an HttpOnly session cookie. What is left for the SPA, and what this module does:
+ *
+ * - {@link Cloakroom.fetch}: `window.fetch` with the CSRF header Cloakroom wants, same-origin
+ *   credentials, and the two 401s handled (`unauthenticated`: go and log in, coming back to this
+ *   page; `step_up_required`: sign in again, more strongly or more recently).
+ * - {@link Cloakroom.login}, {@link Cloakroom.logout} (this tab, other devices, everywhere),
+ *   {@link Cloakroom.user}, {@link Cloakroom.sessions}, {@link Cloakroom.endSession},
+ *   {@link Cloakroom.saveState} and {@link Cloakroom.restoredState}.
+ * - {@link Cloakroom.start}: watches the session without keeping it alive (`GET /auth/user
+ *   ?slide=false`, polled only when something can have changed: shortly before it expires, at
+ *   expiry, after the app's own calls, at most every `maxPollSeconds`) and emits `expiring`,
+ *   `expired`, `loggedOut` and `loggedIn`, using the server's clock, not the browser's. Tabs
+ *   tell each other about logins and logouts over a `BroadcastChannel`.
+ *
+ * No runtime dependencies; no Web Storage (nothing about the session is kept in the browser).
+ *
+ * @packageDocumentation
+ */
+
+/** Unix time in seconds. */
+export type UnixSeconds = number;
+
+/** The `session` part of `GET /auth/user`: when the session started and when it ends. */
+export interface SessionTimes {
+  /** When the session was created. */
+  created_at: UnixSeconds;
+  /** When it ends unless something slides it: the earlier of the two below. */
+  expires_at: UnixSeconds;
+  /** When the idle timeout ends it (moves on with activity). */
+  idle_expires_at: UnixSeconds;
+  /** When it ends whatever happens. */
+  absolute_expires_at: UnixSeconds;
+  /** The server's clock when it answered (the library corrects the browser's clock with it). */
+  now?: UnixSeconds;
+}
+
+/** The answer of `GET /auth/user`: who is logged in, never a token. */
+export interface User {
+  /** The user's subject identifier at the identity provider. */
+  sub: string;
+  /** How the user authenticated (`acr` claim), if the IdP said. */
+  acr?: string | null;
+  /** Authentication methods (`amr` claim), if the IdP said. */
+  amr?: string[] | null;
+  /** When the user last signed in at the IdP (`auth_time` claim). */
+  auth_time?: UnixSeconds | null;
+  /** The ID token's claims (minus `nonce`, `at_hash`, `c_hash`). */
+  claims: Record<string, unknown>;
+  /** The session was started with "remember me". */
+  remembered?: boolean;
+  /** The session was rebuilt from a timed-out one of the same user (its saved state too). */
+  reconstituted?: boolean;
+  /** When the session started and ends. */
+  session: SessionTimes;
+}
+
+/** One of the user's sessions (devices), from `GET /auth/sessions`. */
+export interface DeviceSession {
+  /** Short id, for {@link Cloakroom.endSession}. */
+  id: string;
+  /** When that session was created. */
+  created_at: UnixSeconds;
+  /** When it was last used. */
+  last_seen: UnixSeconds;
+  /** The client address it was last used from, if known. */
+  ip: string | null;
+  /** A description of the browser, e.g. "Chrome on Linux", if known. */
+  device: string | null;
+  /** This is the session of this browser. */
+  current: boolean;
+  /** Started with "remember me". */
+  remembered: boolean;
+}
+
+/** The body of Cloakroom's `401 step_up_required`. */
+export interface StepUpChallenge {
+  /** Always `step_up_required`. */
+  error: "step_up_required";
+  /** The `acr_values` the route needs, if any. */
+  acr_values: string | null;
+  /** How recent (seconds) the sign-in must be, if the route says. */
+  max_age: number | null;
+  /** Where to sign in again (`/auth/login?…`, without `return_to`). */
+  login_url: string;
+}
+
+/** Which sessions {@link Cloakroom.logout} ends. */
+export type LogoutScope = "this" | "others" | "everywhere";
+
+/** Why a `loggedOut` event was emitted. */
+export type LoggedOutReason =
+  /** This tab called {@link Cloakroom.logout}. */
+  | "this_tab"
+  /** Another tab of this browser logged out. */
+  | "other_tab"
+  /** The server ended the session before it was due to expire (another device, an admin, the IdP). */
+  | "server";
+
+/** The events and what their handlers receive. */
+export interface CloakroomEvents {
+  /** The session ends in at most `expiringLeadSeconds`, unless something slides it. Once per expiry time. */
+  expiring: { expiresAt: UnixSeconds; secondsLeft: number };
+  /** The session reached its expiry time. */
+  expired: { expiresAt: UnixSeconds };
+  /** The session was ended (see {@link LoggedOutReason}). */
+  loggedOut: { reason: LoggedOutReason };
+  /** A session appeared where there was none, or another user's (e.g. another tab logged in). */
+  loggedIn: { sub: string };
+  /** A {@link Cloakroom.fetch} got `401 unauthenticated`. `loginUrl` is where "login" mode goes. */
+  unauthenticated: { url: string; loginUrl: string };
+  /** A {@link Cloakroom.fetch} got `401 step_up_required` (emitted before navigating). */
+  stepUpRequired: StepUpChallenge;
+  /** Every answer of `/auth/user` the library reads (polls and {@link Cloakroom.user}); `null`: no session. */
+  user: User | null;
+}
+
+/** An event name. */
+export type CloakroomEventName = keyof CloakroomEvents;
+
+/** A handler of event `K`. */
+export type CloakroomHandler<K extends CloakroomEventName> = (detail: CloakroomEvents[K]) => void;
+
+/** `window.fetch`'s shape. */
+export type FetchLike = (input: RequestInfo | URL, init?: RequestInit) => Promise<Response>;
+
+/** The part of `window.location` the library uses (tests pass their own). */
+export interface LocationLike {
+  readonly pathname: string;
+  readonly search: string;
+  readonly hash: string;
+  assign(url: string): void;
+}
+
+/** Time and timers (tests pass their own). */
+export interface Timers {
+  /** The browser's clock, in milliseconds since the Unix epoch (like `Date.now`). */
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
+/** What an unauthenticated call or step-up does. */
+export type NavigationMode = "login" | "event";
+
+/** Options of {@link createCloakroom}; every one has a default. */
+export interface CloakroomOptions {
+  /** Cloakroom's auth prefix. Default `"/auth"`. */
+  base?: string;
+  /** The CSRF header's name. Default `"x-csrf"`. */
+  csrfHeader?: string;
+  /** The CSRF header's value. Default `"1"`. */
+  csrfValue?: string;
+  /** Emit `expiring` this many seconds before the session ends. Default 60. */
+  expiringLeadSeconds?: number;
+  /** On `401 unauthenticated` from {@link Cloakroom.fetch}: `"login"` (default) emits
+   *  `unauthenticated` and goes to the login, coming back to this page; `"event"` only emits. */
+  onUnauthenticated?: NavigationMode;
+  /** On `401 step_up_required` from {@link Cloakroom.fetch}: `"login"` (default) emits
+   *  `stepUpRequired` and goes to its `login_url`, coming back here; `"event"` only emits
+   *  (then call {@link Cloakroom.stepUp} yourself). */
+  onStepUpRequired?: NavigationMode;
+  /** The fetch to use. Default `globalThis.fetch`. */
+  fetch?: FetchLike;
+  /** Where the app is and how to navigate. Default `globalThis.location`. */
+  location?: LocationLike;
+  /** The `BroadcastChannel` tabs talk on; `null` turns cross-tab messages off. Default `"cloakroom"`. */
+  channelName?: string | null;
+  /** The longest time between two polls, in seconds. Default 300. */
+  maxPollSeconds?: number;
+  /** Where {@link Cloakroom.logout} goes when the IdP has no end-session URL. Default `"/"`. */
+  afterLogout?: string;
+  /** After a {@link Cloakroom.fetch} (which slides the session), poll this much later to read
+   *  the new expiry; calls in quick succession share one poll. Default 1000 ms. */
+  activityPollDelayMs?: number;
+  /** The clock and timers. Default `Date.now`, `setTimeout`, `clearTimeout`. */
+  timers?: Timers;
+}
+
+/** Options of {@link Cloakroom.login}. */
+export interface LoginOptions {
+  /** Where to come back to (a same-origin path). Default: the current path, query and fragment. */
+  returnTo?: string;
+  /** OIDC `prompt`, e.g. `"none"` (silent login: fails with `?error=login_required` when the
+   *  IdP has no session) or `"login"`. */
+  prompt?: "none" | "login" | "consent" | "select_account" | (string & {});
+  /** Keep the session across browser restarts (`remember=true`; the deployment must allow it). */
+  remember?: boolean;
+  /** OIDC `acr_values` to ask for. */
+  acrValues?: string;
+  /** OIDC `max_age` (seconds). */
+  maxAge?: number;
+}
+
+/** Options of {@link Cloakroom.logout}. */
+export interface LogoutOptions {
+  /** Shorthand for `scope: "everywhere"`. */
+  everywhere?: boolean;
+  /** `"this"` (default): this browser's session; `"others"`: every other session of the user,
+   *  this one stays; `"everywhere"`: all of them. */
+  scope?: LogoutScope;
+}
+
+/** What {@link Cloakroom.logout} learned. */
+export interface LogoutResult {
+  scope: LogoutScope;
+  /** The IdP's end-session URL (the library has navigated there), or null. */
+  endSessionUrl: string | null;
+}
+
+/** Options of {@link Cloakroom.stepUp}. */
+export interface StepUpOptions {
+  /** Where to come back to. Default: the current path, query and fragment. */
+  returnTo?: string;
+}
+
+/** A call to Cloakroom failed: `status` and the error `code` of its JSON body, if any. */
+export class CloakroomError extends Error {
+  /** The HTTP status (0: no answer). */
+  readonly status: number;
+  /** Cloakroom's error code (`{"error": "…"}`), if the body had one. */
+  readonly code: string | null;
+  /** The parsed JSON body, if any. */
+  readonly body: unknown;
+
+  constructor(message: string, status: number, code: string | null, body: unknown) {
+    super(message);
+    this.name = "CloakroomError";
+    this.status = status;
+    this.code = code;
+    this.body = body;
+  }
+}
+
+/** {@link Cloakroom.saveState} was refused: the state is larger than the server keeps (413). */
+export class StateTooLargeError extends CloakroomError {
+  constructor(status: number, code: string | null, body: unknown) {
+    super("the session state is too large for the server (413 state_too_large)", status, code, body);
+    this.name = "StateTooLargeError";
+  }
+}
+
+/** {@link CloakroomOptions} with every default filled in ({@link Cloakroom.options}). */
+export interface ResolvedCloakroomOptions {
+  base: string;
+  csrfHeader: string;
+  csrfValue: string;
+  expiringLeadSeconds: number;
+  onUnauthenticated: NavigationMode;
+  onStepUpRequired: NavigationMode;
+  channelName: string | null;
+  maxPollSeconds: number;
+  afterLogout: string;
+  activityPollDelayMs: number;
+}
+
+/** What tabs tell each other. */
+type Message =
+  | { cloakroom: 1; type: "logout"; scope: LogoutScope }
+  | { cloakroom: 1; type: "login"; sub: string; createdAt: UnixSeconds };
+
+/** No poll sooner than this after the previous one. */
+const MIN_POLL_MS = 1000;
+/** Poll this long after the expiry time, so that the server has surely ended the session. */
+const EXPIRY_GRACE_MS = 1000;
+/** A 401 this close to the expected expiry (clock estimates are good to about a second) is `expired`. */
+const EXPIRY_TOLERANCE_MS = 2000;
+/** `session.now` is whole seconds: the server's time was somewhere in the next second. */
+const HALF_SECOND_MS = 500;
+
+const defaultTimers: Timers = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+  clearTimeout: (id) => globalThis.clearTimeout(id as Parameters<typeof clearTimeout>[0]),
+};
+
+function positive(n: number | undefined, fallback: number): number {
+  return typeof n === "number" && Number.isFinite(n) && n >= 0 ? n : fallback;
+}
+
+async function readJson(res: Response): Promise<unknown> {
+  try {
+    return await res.json();
+  } catch {
+    return null;
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null;
+}
+
+function errorCode(body: unknown): string | null {
+  return isObject(body) && typeof body["error"] === "string" ? body["error"] : null;
+}
+
+function isUser(v: unknown): v is User {
+  return (
+    isObject(v) &&
+    typeof v["sub"] === "string" &&
+    isObject(v["session"]) &&
+    typeof v["session"]["expires_at"] === "number"
+  );
+}
+
+/**
+ * A client for one Cloakroom (one auth prefix). Create it with {@link createCloakroom}.
+ */
+export class Cloakroom {
+  /** The options in force (defaults filled in). */
+  readonly options: Readonly<ResolvedCloakroomOptions>;
+
+  readonly #fetchImpl: FetchLike | undefined;
+  readonly #location: LocationLike | undefined;
+  readonly #timers: Timers;
+  readonly #handlers = new Map<CloakroomEventName, Set<(detail: never) => void>>();
+
+  /** The last session seen, or null. */
+  #known: User | null = null;
+  /** null: never read yet; false: the last read found no session. */
+  #hadSession: boolean | null = null;
+  /** Server clock minus browser clock, in ms. */
+  #offsetMs = 0;
+  /** Moves on at every logout and at stop(): answers of requests started before are dropped. */
+  #epoch = 0;
+  #started = false;
+  #pollTimer: unknown = null;
+  #activityTimer: unknown = null;
+  #inflight: Promise<User | null> | null = null;
+  #pollAgain = false;
+  #failures = 0;
+  /** The expiry time `expiring` was emitted for. */
+  #expiringFor: UnixSeconds | null = null;
+  #channel: BroadcastChannel | null = null;
+  #listening = false;
+
+  constructor(options: CloakroomOptions = {}) {
+    this.options = Object.freeze({
+      base: (options.base ?? "/auth").replace(/\/+$/, ""),
+      csrfHeader: options.csrfHeader ?? "x-csrf",
+      csrfValue: options.csrfValue ?? "1",
+      expiringLeadSeconds: positive(options.expiringLeadSeconds, 60),
+      onUnauthenticated: options.onUnauthenticated ?? "login",
+      onStepUpRequired: options.onStepUpRequired ?? "login",
+      channelName: options.channelName === undefined ? "cloakroom" : options.channelName,
+      maxPollSeconds: Math.max(1, positive(options.maxPollSeconds, 300)),
+      afterLogout: options.afterLogout ?? "/",
+      activityPollDelayMs: positive(options.activityPollDelayMs, 1000),
+    });
+    this.#fetchImpl = options.fetch;
+    this.#location = options.location;
+    this.#timers = options.timers ?? defaultTimers;
+  }
+
+  // ---------------------------------------------------------------- events
+
+  /** Calls `handler` on every `name` event. Returns a function that removes it. */
+  on<K extends CloakroomEventName>(name: K, handler: CloakroomHandler<K>): () => void {
+    let set = this.#handlers.get(name);
+    if (!set) {
+      set = new Set();
+      this.#handlers.set(name, set);
+    }
+    set.add(handler as (detail: never) => void);
+    return () => this.off(name, handler);
+  }
+
+  /** Removes a handler added with {@link Cloakroom.on}. */
+  off<K extends CloakroomEventName>(name: K, handler: CloakroomHandler<K>): void {
+    this.#handlers.get(name)?.delete(handler as (detail: never) => void);
+  }
+
+  #emit<K extends CloakroomEventName>(name: K, detail: CloakroomEvents[K]): void {
+    const set = this.#handlers.get(name);
+    if (!set) return;
+    for (const h of [...set]) {
+      try {
+        (h as CloakroomHandler<K>)(detail);
+      } catch (e) {
+        // One broken handler must not stop the others or the watcher; report it like an
+        // event listener's error.
+        const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+        if (typeof report === "function") {
+          report(e);
+        } else {
+          queueMicrotask(() => {
+            throw e;
+          });
+        }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- fetch
+
+  /**
+   * `window.fetch`, for the app's API calls through Cloakroom: adds the CSRF header (unless the
+   * caller set it; the caller's other headers are kept, in any of the `HeadersInit` forms) and
+   * `credentials: "same-origin"` (unless given). A `401 unauthenticated` emits `unauthenticated`
+   * and, in "login" mode, goes to the login with this page as `return_to`; a
+   * `401 step_up_required` emits `stepUpRequired` and, in "login" mode, goes to its `login_url`.
+   * Always resolves with the response, its body unread.
+   */
+  async fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+    const isRequest = typeof Request !== "undefined" && input instanceof Request;
+    const headers = new Headers(
+      init?.headers !== undefined ? init.headers : isRequest ? input.headers : undefined,
+    );
+    if (!headers.has(this.options.csrfHeader)) {
+      headers.set(this.options.csrfHeader, this.options.csrfValue);
+    }
+    const next: RequestInit = { ...init, headers };
+    if (init?.credentials === undefined && !isRequest) {
+      next.credentials = "same-origin";
+    }
+    const res = await this.#rawFetch(input, next);
+    // The call slid the session (if it reached one): read the new expiry soon.
+    this.#activity();
+    if (res.status === 401) {
+      await this.#handle401(res);
+    }
+    return res;
+  }
+
+  async #handle401(res: Response): Promise<void> {
+    const body = await readJson(res.clone());
+    const code = errorCode(body);
+    if (code === "unauthenticated") {
+      const loginUrl = this.loginUrl();
+      this.#emit("unauthenticated", { url: res.url, loginUrl });
+      if (this.options.onUnauthenticated === "login") {
+        this.#navigate(loginUrl);
+      }
+    } else if (code === "step_up_required" && isObject(body) && typeof body["login_url"] === "string") {
+      const challenge: StepUpChallenge = {
+        error: "step_up_required",
+        acr_values: typeof body["acr_values"] === "string" ? body["acr_values"] : null,
+        max_age: typeof body["max_age"] === "number" ? body["max_age"] : null,
+        login_url: body["login_url"],
+      };
+      this.#emit("stepUpRequired", challenge);
+      if (this.options.onStepUpRequired === "login") {
+        this.stepUp(challenge);
+      }
+    }
+  }
+
+  #rawFetch(input: RequestInfo | URL, init: RequestInit): Promise<Response> {
+    const f = this.#fetchImpl ?? globalThis.fetch;
+    if (typeof f !== "function") {
+      return Promise.reject(new TypeError("no fetch: pass options.fetch"));
+    }
+    return f.call(globalThis, input, init);
+  }
+
+  /** A call to one of Cloakroom's own endpoints (`base + path`). */
+  #request(method: string, path: string, body?: unknown): Promise<Response> {
+    const headers: Record<string, string> = { [this.options.csrfHeader]: this.options.csrfValue };
+    const init: RequestInit = { method, headers, credentials: "same-origin", cache: "no-store" };
+    if (body !== undefined) {
+      headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return this.#rawFetch(this.options.base + path, init);
+  }
+
+  async #fail(what: string, res: Response): Promise<CloakroomError> {
+    const body = await readJson(res);
+    const code = errorCode(body);
+    return new CloakroomError(`${what}: HTTP ${res.status}${code ? ` ${code}` : ""}`, res.status, code, body);
+  }
+
+  // ---------------------------------------------------------------- navigation
+
+  #loc(): LocationLike {
+    const loc = this.#location ?? (globalThis as { location?: LocationLike }).location;
+    if (!loc) {
+      throw new TypeError("no location: pass options.location");
+    }
+    return loc;
+  }
+
+  #here(): string {
+    const loc = this.#loc();
+    return `${loc.pathname}${loc.search}${loc.hash}`;
+  }
+
+  #navigate(url: string): void {
+    this.#loc().assign(url);
+  }
+
+  /** The login URL {@link Cloakroom.login} goes to (e.g. for an `<a href>`). */
+  loginUrl(options: LoginOptions = {}): string {
+    const q = [`return_to=${encodeURIComponent(options.returnTo ?? this.#here())}`];
+    if (options.prompt) q.push(`prompt=${encodeURIComponent(options.prompt)}`);
+    if (options.remember) q.push("remember=true");
+    if (options.acrValues) q.push(`acr_values=${encodeURIComponent(options.acrValues)}`);
+    if (options.maxAge !== undefined) q.push(`max_age=${encodeURIComponent(String(options.maxAge))}`);
+    return `${this.options.base}/login?${q.join("&")}`;
+  }
+
+  /** Goes to the login (the IdP), coming back to `returnTo` (default: this page). */
+  login(options: LoginOptions = {}): void {
+    this.#navigate(this.loginUrl(options));
+  }
+
+  /** Goes to a step-up challenge's `login_url`, coming back to `returnTo` (default: this page). */
+  stepUp(challenge: Pick<StepUpChallenge, "login_url">, options: StepUpOptions = {}): void {
+    const sep = challenge.login_url.includes("?") ? "&" : "?";
+    this.#navigate(
+      `${challenge.login_url}${sep}return_to=${encodeURIComponent(options.returnTo ?? this.#here())}`,
+    );
+  }
+
+  // ---------------------------------------------------------------- the session
+
+  /**
+   * `GET /auth/user`: the user, or null when there is no session. `slide: true` (the default,
+   * as for any request) counts as activity and extends the idle timeout; `slide: false` does not.
+   * The answer also updates the watcher (expiry, events).
+   */
+  async user(options: { slide?: boolean } = {}): Promise<User | null> {
+    const slide = options.slide ?? true;
+    const epoch = this.#epoch;
+    const t0 = this.#timers.now();
+    const res = await this.#request("GET", slide ? "/user" : "/user?slide=false");
+    const t1 = this.#timers.now();
+    if (res.status === 401) {
+      if (epoch === this.#epoch) this.#gone();
+      return null;
+    }
+    const body = await readJson(res);
+    if (res.status !== 200 || !isUser(body)) {
+      throw new CloakroomError(`GET ${this.options.base}/user: HTTP ${res.status}`, res.status, errorCode(body), body);
+    }
+    if (epoch === this.#epoch) this.#accept(body, t0, t1, res);
+    return body;
+  }
+
+  /** Reads the session now without sliding it (`slide=false`), as the watcher does. Never rejects. */
+  check(): Promise<User | null> {
+    return this.#poll();
+  }
+
+  /** The last session seen (by a poll or {@link Cloakroom.user}), or null. */
+  current(): User | null {
+    return this.#known;
+  }
+
+  /** When the session ends (unix seconds, server clock), or null without one. */
+  expiresAt(): UnixSeconds | null {
+    return this.#known ? this.#known.session.expires_at : null;
+  }
+
+  /** Seconds until the session ends, by the server's clock (whatever the browser's says), or null. */
+  secondsLeft(): number | null {
+    if (!this.#known) return null;
+    return Math.max(0, Math.floor((this.#known.session.expires_at * 1000 - this.#serverNowMs()) / 1000));
+  }
+
+  /** The server's clock now (unix seconds), estimated from its last answer. */
+  serverNow(): UnixSeconds {
+    return Math.floor(this.#serverNowMs() / 1000);
+  }
+
+  #serverNowMs(): number {
+    return this.#timers.now() + this.#offsetMs;
+  }
+
+  // ---------------------------------------------------------------- logout, devices, state
+
+  /**
+   * `POST /auth/logout`. For `"this"` and `"everywhere"`: tells the other tabs, emits
+   * `loggedOut {reason: "this_tab"}`, then goes to the IdP's end-session URL, or to
+   * `afterLogout` without one. For `"others"`: this session stays, nothing navigates.
+   */
+  async logout(options: LogoutOptions = {}): Promise<LogoutResult> {
+    const scope: LogoutScope = options.scope ?? (options.everywhere ? "everywhere" : "this");
+    const res = await this.#request("POST", "/logout", scope === "this" ? undefined : { scope });
+    if (!res.ok) {
+      throw await this.#fail(`POST ${this.options.base}/logout`, res);
+    }
+    const body = await readJson(res);
+    const url = isObject(body) ? body["end_session_url"] : null;
+    const endSessionUrl = typeof url === "string" && url !== "" ? url : null;
+    if (scope !== "others") {
+      this.#epoch += 1;
+      this.#post({ cloakroom: 1, type: "logout", scope });
+      this.#clear();
+      this.#emit("loggedOut", { reason: "this_tab" });
+      this.#emit("user", null);
+      this.#schedule();
+      this.#navigate(endSessionUrl ?? this.options.afterLogout);
+    }
+    return { scope, endSessionUrl };
+  }
+
+  /** `GET /auth/sessions`: the user's sessions (devices), this one marked `current`. */
+  async sessions(): Promise<DeviceSession[]> {
+    const res = await this.#request("GET", "/sessions");
+    if (res.status !== 200) {
+      throw await this.#fail(`GET ${this.options.base}/sessions`, res);
+    }
+    const body = await readJson(res);
+    const list = isObject(body) ? body["sessions"] : null;
+    return Array.isArray(list) ? (list as DeviceSession[]) : [];
+  }
+
+  /** `DELETE /auth/sessions/{id}`: signs that device out. False when there is no such session. */
+  async endSession(id: string): Promise<boolean> {
+    const res = await this.#request("DELETE", `/sessions/${encodeURIComponent(id)}`);
+    if (res.status === 404) return false;
+    if (!res.ok) {
+      throw await this.#fail(`DELETE ${this.options.base}/sessions/…`, res);
+    }
+    return true;
+  }
+
+  /**
+   * `PUT /auth/session/state`: keeps a small JSON value with the session, restored even from a
+   * timed-out session of the same user. Rejects with {@link StateTooLargeError} on 413.
+   */
+  async saveState(value: unknown): Promise<void> {
+    const res = await this.#request("PUT", "/session/state", value === undefined ? null : value);
+    if (res.status === 413) {
+      const body = await readJson(res);
+      throw new StateTooLargeError(res.status, errorCode(body), body);
+    }
+    if (!res.ok) {
+      throw await this.#fail(`PUT ${this.options.base}/session/state`, res);
+    }
+  }
+
+  /** `GET /auth/session/state`: the value saved with {@link Cloakroom.saveState}, or null (also without a session). */
+  async restoredState<T = unknown>(): Promise<T | null> {
+    const res = await this.#request("GET", "/session/state");
+    if (res.status === 401) return null;
+    if (res.status !== 200) {
+      throw await this.#fail(`GET ${this.options.base}/session/state`, res);
+    }
+    const body = await readJson(res);
+    const state = isObject(body) ? body["state"] : null;
+    return state === undefined ? null : (state as T | null);
+  }
+
+  // ---------------------------------------------------------------- the watcher
+
+  /**
+   * Starts watching the session (and listening to the other tabs). Resolves with the first
+   * poll's answer. Calling it again only polls.
+   */
+  start(): Promise<User | null> {
+    if (!this.#started) {
+      this.#started = true;
+      const name = this.options.channelName;
+      if (name !== null && typeof BroadcastChannel === "function") {
+        this.#channel = new BroadcastChannel(name);
+        this.#channel.addEventListener("message", this.#onMessage);
+      }
+      if (typeof document !== "undefined" && typeof document.addEventListener === "function") {
+        document.addEventListener("visibilitychange", this.#onVisible);
+        globalThis.addEventListener?.("online", this.#onVisible);
+        this.#listening = true;
+      }
+    }
+    return this.#poll();
+  }
+
+  /** Stops the timers and the cross-tab channel. */
+  stop(): void {
+    this.#started = false;
+    this.#epoch += 1;
+    this.#clearTimer("poll");
+    this.#clearTimer("activity");
+    if (this.#channel) {
+      this.#channel.removeEventListener("message", this.#onMessage);
+      this.#channel.close();
+      this.#channel = null;
+    }
+    if (this.#listening) {
+      document.removeEventListener("visibilitychange", this.#onVisible);
+      globalThis.removeEventListener?.("online", this.#onVisible);
+      this.#listening = false;
+    }
+  }
+
+  readonly #onVisible = (): void => {
+    if (typeof document === "undefined" || document.visibilityState !== "hidden") {
+      this.#activity();
+    }
+  };
+
+  readonly #onMessage = (ev: MessageEvent): void => {
+    const m: unknown = ev.data;
+    if (!isObject(m) || m["cloakroom"] !== 1) return;
+    if (m["type"] === "logout" && (m["scope"] === "this" || m["scope"] === "everywhere")) {
+      // This browser's session is gone (the tabs share its cookie).
+      this.#epoch += 1;
+      const had = this.#known !== null;
+      this.#clear();
+      if (had) {
+        this.#emit("loggedOut", { reason: "other_tab" });
+        this.#emit("user", null);
+      }
+      this.#schedule();
+    } else if (m["type"] === "login" && typeof m["sub"] === "string") {
+      const k = this.#known;
+      if (k && k.sub === m["sub"] && k.session.created_at === m["createdAt"]) return;
+      void this.#poll();
+    }
+  };
+
+  #post(msg: Message): void {
+    if (this.options.channelName === null || typeof BroadcastChannel !== "function") return;
+    if (this.#channel) {
+      this.#channel.postMessage(msg);
+      return;
+    }
+    // Not watching: a channel just for this message (logout must reach the other tabs).
+    const ch = new BroadcastChannel(this.options.channelName);
+    ch.postMessage(msg);
+    ch.close();
+  }
+
+  #clear(): void {
+    this.#known = null;
+    this.#hadSession = false;
+    this.#expiringFor = null;
+    this.#failures = 0;
+  }
+
+  #clearTimer(which: "poll" | "activity"): void {
+    const id = which === "poll" ? this.#pollTimer : this.#activityTimer;
+    if (id !== null) this.#timers.clearTimeout(id);
+    if (which === "poll") this.#pollTimer = null;
+    else this.#activityTimer = null;
+  }
+
+  /** A call that slid the session (or the tab came back): poll soon, once for a burst. */
+  #activity(): void {
+    if (!this.#started) return;
+    this.#clearTimer("activity");
+    this.#activityTimer = this.#timers.setTimeout(() => {
+      this.#activityTimer = null;
+      void this.#poll();
+    }, this.options.activityPollDelayMs);
+  }
+
+  /** One `GET /auth/user?slide=false` at a time; a request during one makes another after it. */
+  #poll(): Promise<User | null> {
+    if (this.#inflight) {
+      this.#pollAgain = true;
+      return this.#inflight;
+    }
+    const p = this.#pollOnce().finally(() => {
+      this.#inflight = null;
+      if (this.#pollAgain) {
+        this.#pollAgain = false;
+        void this.#poll();
+      }
+    });
+    this.#inflight = p;
+    return p;
+  }
+
+  async #pollOnce(): Promise<User | null> {
+    const epoch = this.#epoch;
+    const t0 = this.#timers.now();
+    let res: Response;
+    let body: unknown = null;
+    try {
+      res = await this.#request("GET", "/user?slide=false");
+      if (res.status === 200) body = await res.json();
+    } catch {
+      if (epoch === this.#epoch) this.#failed();
+      return this.#known;
+    }
+    const t1 = this.#timers.now();
+    if (epoch !== this.#epoch) {
+      // A logout happened meanwhile: this answer may predate it.
+      return this.#known;
+    }
+    if (res.status === 200 && isUser(body)) {
+      this.#accept(body, t0, t1, res);
+      return body;
+    }
+    if (res.status === 401) {
+      this.#gone();
+      return null;
+    }
+    this.#failed();
+    return this.#known;
+  }
+
+  /** A session (200 from /auth/user). */
+  #accept(user: User, t0: number, t1: number, res: Response): void {
+    const serverMs =
+      typeof user.session.now === "number"
+        ? user.session.now * 1000 + HALF_SECOND_MS
+        : Date.parse(res.headers.get("date") ?? "") + HALF_SECOND_MS;
+    if (Number.isFinite(serverMs)) {
+      this.#offsetMs = serverMs - (t0 + t1) / 2;
+    }
+    const prev = this.#known;
+    const had = this.#hadSession;
+    this.#known = user;
+    this.#hadSession = true;
+    this.#failures = 0;
+    const other = prev !== null && prev.sub !== user.sub;
+    if (prev === null || other || prev.session.created_at !== user.session.created_at) {
+      // A session appeared (or a new one): the other tabs re-read theirs.
+      if (this.#channel) {
+        this.#post({ cloakroom: 1, type: "login", sub: user.sub, createdAt: user.session.created_at });
+      }
+    }
+    if (had === false || other) {
+      this.#emit("loggedIn", { sub: user.sub });
+    }
+    this.#emit("user", user);
+    this.#checkExpiring();
+    this.#schedule();
+  }
+
+  /** `expiring`, once per expiry time, when the known session ends within the lead time. */
+  #checkExpiring(): void {
+    const k = this.#known;
+    if (!k || this.#expiringFor === k.session.expires_at) return;
+    const leftMs = k.session.expires_at * 1000 - this.#serverNowMs();
+    if (leftMs <= this.options.expiringLeadSeconds * 1000 + HALF_SECOND_MS) {
+      this.#expiringFor = k.session.expires_at;
+      this.#emit("expiring", { expiresAt: k.session.expires_at, secondsLeft: this.secondsLeft() ?? 0 });
+    }
+  }
+
+  /** No session (401 from /auth/user). */
+  #gone(): void {
+    const prev = this.#known;
+    this.#clear();
+    if (prev) {
+      const exp = prev.session.expires_at;
+      if (this.#serverNowMs() >= exp * 1000 - EXPIRY_TOLERANCE_MS) {
+        this.#emit("expired", { expiresAt: exp });
+      } else {
+        this.#emit("loggedOut", { reason: "server" });
+      }
+    }
+    this.#emit("user", null);
+    this.#schedule();
+  }
+
+  /** No answer (network, 5xx): keep what we know, try again later. */
+  #failed(): void {
+    this.#failures += 1;
+    const k = this.#known;
+    if (k && this.#serverNowMs() >= k.session.expires_at * 1000 + EXPIRY_GRACE_MS) {
+      // Unconfirmed, but its time is up (a later answer with a session emits loggedIn).
+      this.#clear();
+      this.#failures = 1;
+      this.#emit("expired", { expiresAt: k.session.expires_at });
+      this.#emit("user", null);
+    } else {
+      // The known expiry comes closer even when the server cannot be asked.
+      this.#checkExpiring();
+    }
+    this.#schedule();
+  }
+
+  /** The next poll: at `expires_at - expiringLeadSeconds`, then at expiry, at most `maxPollSeconds` away. */
+  #schedule(): void {
+    this.#clearTimer("poll");
+    if (!this.#started) return;
+    const max = this.options.maxPollSeconds * 1000;
+    let delay: number;
+    const k = this.#known;
+    if (this.#failures > 0) {
+      delay = 2000 * 2 ** Math.min(this.#failures - 1, 10);
+    } else if (!k) {
+      delay = max;
+    } else {
+      const now = this.#serverNowMs();
+      const exp = k.session.expires_at * 1000;
+      const warn = exp - this.options.expiringLeadSeconds * 1000;
+      if (now < warn - HALF_SECOND_MS) delay = warn - now;
+      else if (now < exp + EXPIRY_GRACE_MS) delay = exp + EXPIRY_GRACE_MS - now;
+      else delay = 5000; // past its time yet still there: a server a little behind
+    }
+    delay = Math.min(max, Math.max(MIN_POLL_MS, delay));
+    this.#pollTimer = this.#timers.setTimeout(() => {
+      this.#pollTimer = null;
+      void this.#poll();
+    }, delay);
+  }
+}
+
+/**
+ * A client for Cloakroom at `options.base` (default `/auth`). Call `start()` to watch the
+ * session and receive its events.
+ *
+ * ```js
+ * const cloakroom = createCloakroom();
+ * cloakroom.on("expiring", ({ secondsLeft }) => showWarning(secondsLeft));
+ * cloakroom.start();
+ * const res = await cloakroom.fetch("/api/orders"); // CSRF header added; 401 → login
+ * ```
+ */
+export function createCloakroom(options: CloakroomOptions = {}): Cloakroom {
+  return new Cloakroom(options);
+}
