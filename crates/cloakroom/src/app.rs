@@ -395,7 +395,7 @@ fn router(
                 loader: loader.clone(),
                 ender: ender.clone(),
                 oidc: oidc.clone(),
-                cookies,
+                cookies: cookies.clone(),
                 sessions: sessions.clone(),
             },
             devices: crate::auth::Devices {
@@ -403,6 +403,7 @@ fn router(
                 loader: loader.clone(),
                 sessions: sessions.clone(),
                 ender: ender.clone(),
+                cookies,
             },
             backchannel: Backchannel {
                 oidc: oidc.clone(),

@@ -44,9 +44,6 @@ pub enum Error {
     /// login.
     #[error("step-up authentication required")]
     StepUpRequired(Box<StepUpChallenge>),
-    /// `/auth/login?remember=true` where `session.remember.enabled` is false.
-    #[error("remember me is not enabled")]
-    RememberDisabled,
     /// The SPA's state is over [`crate::auth::MAX_STATE`] bytes.
     #[error("session state too large")]
     StateTooLarge,
@@ -132,7 +129,6 @@ impl Error {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::StepUpRequired(_) => (StatusCode::UNAUTHORIZED, "step_up_required"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Error::RememberDisabled => (StatusCode::BAD_REQUEST, "remember_disabled"),
             Error::StateTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "state_too_large"),
             Error::InvalidIdToken(_) => (StatusCode::UNAUTHORIZED, "invalid_id_token"),
             Error::AuthorizationRequest(_) => {

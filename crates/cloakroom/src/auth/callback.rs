@@ -318,7 +318,7 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// `return_to` with `error=<code>` added to its query (before any `#fragment`).
-fn with_error(return_to: &str, code: &str) -> String {
+pub(super) fn with_error(return_to: &str, code: &str) -> String {
     let (path, fragment) = return_to
         .split_once('#')
         .map_or((return_to, None), |(p, f)| (p, Some(f)));

@@ -51,7 +51,17 @@ impl Login {
         let remember = match query_param(&pairs, "remember")?.as_deref() {
             None | Some("false" | "0") => false,
             Some("true" | "1") if state.remember_enabled => true,
-            Some("true" | "1") => return Err(Error::RememberDisabled),
+            // A navigation: back to the SPA with the reason, not a dead-end JSON page.
+            Some("true" | "1") => {
+                let to = super::callback::with_error(&return_to, "remember_disabled");
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = StatusCode::FOUND;
+                resp.headers_mut().insert(
+                    header::LOCATION,
+                    HeaderValue::from_str(&to).map_err(|_| Error::InvalidReturnTo)?,
+                );
+                return Ok(resp);
+            }
             Some(_) => {
                 return Err(Error::InvalidRequest(
                     "remember must be true or false".into(),

@@ -30,6 +30,7 @@ pub(crate) struct Devices {
     pub(crate) loader: SessionLoader,
     pub(crate) sessions: Sessions,
     pub(crate) ender: Ender,
+    pub(crate) cookies: Arc<crate::cookies::Cookies>,
 }
 
 /// A readable device from a User-Agent ("Chrome on Linux"), if it says enough.
@@ -93,10 +94,16 @@ impl Devices {
             return Err(Error::NotFound);
         }
         tracing::info!(event = "audit", action = "end_device", sub = %s.sub, session = %short(&handle), ended = %short(&victim), current = victim == handle, "the user ended one of their sessions");
-        Ok(json_response(
+        let mut resp = json_response(
             StatusCode::OK,
-            &serde_json::json!({ "ended": true }),
-        ))
+            &serde_json::json!({ "ended": true, "current": victim == handle }),
+        );
+        if victim == handle {
+            // This browser's own: its cookie goes too, as at logout.
+            resp.headers_mut()
+                .append(http::header::SET_COOKIE, self.cookies.expire_session());
+        }
+        Ok(resp)
     }
 
     /// `GET /auth/session/state`: `{"state": <JSON or null>}`.

@@ -111,6 +111,18 @@ async fn the_user_lists_their_devices_and_ends_one_on_every_instance() {
     }
     assert_eq!(api(&env, &mut laptop, 0).await, 200);
     assert_eq!(devices(&env, &mut laptop, 1).await.len(), 1);
+    // Ending this browser's own session: it is over, and its cookie is expired.
+    let own = list[0]["id"].as_str().expect("id");
+    let r = laptop
+        .xhr(Method::DELETE, &env.url(&format!("/auth/sessions/{own}")))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["current"], true);
+    assert!(
+        !laptop.jar.contains_key("__Host-cloakroom"),
+        "cookie expired"
+    );
+    assert_eq!(api(&env, &mut laptop, 0).await, 401);
     // Its tokens were revoked at the IdP.
     let rt = held[1].tokens.refresh_token.as_ref().expect("rt").expose();
     env.idp.wait_revoked(rt).await;
@@ -273,9 +285,16 @@ async fn remember_me_makes_a_persistent_cookie_and_its_own_lifetimes() {
 async fn remember_me_is_refused_where_it_is_off_and_bounded_by_the_refresh_tokens_life() {
     let env = TestEnv::start().await;
     let mut b = Browser::new();
-    let r = b.get(&env.url("/auth/login?remember=true")).await;
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"], "remember_disabled");
+    let r = b
+        .get(&env.url("/auth/login?remember=true&return_to=/app%3Fx%3D1"))
+        .await;
+    assert_eq!(
+        r.status, 302,
+        "a navigation goes back to the SPA: {}",
+        r.body
+    );
+    assert_eq!(r.location(), "/app?x=1&error=remember_disabled");
+    assert!(r.set_cookies().is_empty(), "no login started");
 
     // An IdP that says its refresh tokens live a day: a remembered session lives no longer.
     let mut o = Opts {
@@ -342,6 +361,8 @@ async fn the_spa_keeps_a_small_sealed_state_with_its_session() {
     let r = b.xhr(Method::GET, &env.url("/auth/session/state")).await;
     assert_eq!(r.json()["state"]["page"], 3);
 
+    let held = env.session_of(&b).await.expect("session");
+    no_tokens(&env, &b, &[held]).await;
     // Another user's session has its own (none); logout deletes this one's.
     let mut other = Browser::new();
     env.login_as(&mut other, 0, "bob", "builder").await;

@@ -49,6 +49,15 @@ fn forget_idp(b: &mut Browser) {
 /// token revoked at the IdP).
 async fn time_out(env: &TestEnv, b: &Browser) {
     let s = env.session_of(b).await.expect("a session");
+    for t in [&s.tokens.access_token, &s.tokens.id_token]
+        .into_iter()
+        .chain(s.tokens.refresh_token.as_ref())
+    {
+        assert!(
+            !b.received.contains(t.expose()),
+            "a token reached the browser"
+        );
+    }
     env.advance(Duration::from_secs(31 * 60));
     env.idp
         .wait_revoked(s.tokens.refresh_token.as_ref().expect("rt").expose())
