@@ -455,18 +455,12 @@ impl std::fmt::Debug for SpaPages {
 /// The client library: a JavaScript module, revalidated on every load (a rebuilt demo serves
 /// the new one at once).
 fn client_js() -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from_static(CLIENT_JS.as_bytes())));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    typed(
+        StatusCode::OK,
+        Bytes::from_static(CLIENT_JS.as_bytes()),
+        "text/javascript; charset=utf-8",
+        "no-cache",
+    )
 }
 
 // ------------------------------------------------------------------ shared HTTP helpers
@@ -567,22 +561,39 @@ pub(crate) fn single<'a>(
 
 /// An HTML page, not cached, not frameable.
 pub(crate) fn html(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from(body)));
-    *resp.status_mut() = status;
+    let mut resp = typed(
+        status,
+        Bytes::from(body),
+        "text/html; charset=utf-8",
+        "no-store",
+    );
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// A `content_type` answer with `cache_control`, which browsers must not sniff as anything else.
+fn typed(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+    cache_control: &'static str,
+) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     resp
 }

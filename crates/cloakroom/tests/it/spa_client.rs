@@ -12,462 +12,35 @@
 //! - "Remember me", "Your devices" (sign one out, sign out the others) and the notes kept with
 //!   the session (`saveState` / `restoredState`).
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test` installs them), or
-//! `CLOAKROOM_CHROMIUM` / `CLOAKROOM_CHROMEDRIVER`. On a failure a screenshot is saved to
-//! `target/browser-failures/spa-client-<test>-<step>.png`.
+//! Chromium, its driver and the page helpers are in `support::chromium` (Debian's `chromium` and
+//! `chromium-driver`, or `CLOAKROOM_CHROMIUM` / `CLOAKROOM_CHROMEDRIVER`). On a failure a
+//! screenshot is saved to `target/browser-failures/spa-client-<test>-<step>.png`.
 
 use crate::support::browser::Browser as TestJar;
-use crate::support::{Opts, TestEnv};
-use bytes::Bytes;
+use crate::support::chromium::{real_idp_env, Chrome, Idp, BACKGROUND_TAB_FLAGS, WAIT};
 use cloakroom_demo::{self as demo, DemoOptions};
-use fantoccini::{Client, ClientBuilder, Locator};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use fantoccini::Locator;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// How long any one thing may take to appear in the page (a bound, not an expectation).
-const WAIT: Duration = Duration::from_secs(20);
 /// How long the other tab may take to show a logout: BroadcastChannel is immediate, so this is
 /// only WebDriver's round trips (the page's own polls, every 10 s, would show another notice).
 const OTHER_TAB_WAIT: Duration = Duration::from_secs(4);
 
-const SPA_HTML: &str = include_str!("../../../cloakroom-demo/src/spa.html");
-const DEEP_HTML: &str = include_str!("../../../cloakroom-demo/src/deep.html");
-
-/// A demo page without the demo's canonical host: the integration setup runs on 127.0.0.1 (the
-/// IdP's registered redirect URI), where the demo's pages would move themselves to localhost.
-fn without_canonical_host(page: &str) -> String {
-    let out = page.replacen(r#" data-canonical-host="localhost""#, "", 1);
-    assert_ne!(out, page, "the demo page declares its canonical host");
-    out
-}
-
-const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--no-proxy-server",
-    // Two tabs: the one in the background keeps running its timers at full speed.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-    "--window-size=1280,1200",
-];
-
-const INSTALL: &str = "the browser end-to-end tests need Chromium and chromedriver: \
-     `apt-get install -y chromium chromium-driver` (scripts/test installs them when missing), \
-     or point CLOAKROOM_CHROMIUM / CLOAKROOM_CHROMEDRIVER at them";
-
-// ------------------------------------------------------------------ Chromium over WebDriver
-
-/// `var`, else the first of `candidates` that exists (or is found on PATH).
-fn find_binary(var: &str, candidates: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "{var}={} does not exist; {INSTALL}",
-            p.display()
-        );
-        return p;
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for c in candidates {
-        if c.starts_with('/') {
-            if Path::new(c).is_file() {
-                return PathBuf::from(c);
-            }
-        } else if let Some(p) = std::env::split_paths(&path)
-            .map(|d| d.join(c))
-            .find(|p| p.is_file())
-        {
-            return p;
-        }
-    }
-    panic!("{} not found; {INSTALL}", candidates.join(" / "));
-}
-
-/// Kills the process group led by `child` (chromedriver and the Chromium it started), by id.
-fn kill_group(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
-/// chromedriver (its own process group) and a fresh profile; Drop kills and removes both.
-struct Driver {
-    child: Child,
-    profile: PathBuf,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        kill_group(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// A headless Chromium behind its own chromedriver.
-struct Chrome {
-    client: Client,
-    test: &'static str,
-    _driver: Driver,
-}
-
-impl Chrome {
-    async fn start(test: &'static str) -> Self {
-        let chromium = find_binary(
-            "CLOAKROOM_CHROMIUM",
-            &["/usr/bin/chromium", "chromium", "chromium-browser"],
-        );
-        let chromedriver = find_binary(
-            "CLOAKROOM_CHROMEDRIVER",
-            &["/usr/bin/chromedriver", "chromedriver"],
-        );
-        let profile = std::env::temp_dir().join(format!(
-            "cloakroom-chromium-{}-spa-client-{test}-{}",
-            std::process::id(),
-            crate::support::redis::free_port()
-        ));
-        std::fs::create_dir_all(&profile).expect("profile dir");
-        let port = crate::support::redis::free_port();
-        let log = profile.join("chromedriver.log");
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("chromedriver log"))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {} ({e}); {INSTALL}", chromedriver.display()));
-        let mut driver = Driver {
-            child,
-            profile: profile.clone(),
-        };
-        let webdriver = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = reqwest::get(format!("{webdriver}/status"))
-                .await
-                .ok()
-                .is_some_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if let Some(status) = driver.child.try_wait().ok().flatten() {
-                panic!(
-                    "chromedriver exited ({status}): {}; {INSTALL}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not answer on {webdriver} within {WAIT:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
-        args.push(format!("--user-data-dir={}", profile.display()));
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium, "args": args },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!("a JSON object")
-        };
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&webdriver)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "Chromium ({}) did not start under chromedriver: {e}\n{}\n{INSTALL}",
-                    chromium.display(),
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        Self {
-            client,
-            test,
-            _driver: driver,
-        }
-    }
-
-    /// Saves a screenshot and panics with `msg`, the URL and the page's text.
-    async fn fail(&self, step: &str, msg: impl std::fmt::Display) -> ! {
-        let dir = crate::support::repo_root().join("target/browser-failures");
-        let path = dir.join(format!("spa-client-{}-{step}.png", self.test));
-        let shot = match self.client.screenshot().await {
-            Ok(png) => std::fs::create_dir_all(&dir)
-                .and_then(|()| std::fs::write(&path, png))
-                .map(|()| format!("screenshot: {}", path.display()))
-                .unwrap_or_else(|e| format!("screenshot not saved: {e}")),
-            Err(e) => format!("no screenshot: {e}"),
-        };
-        let url = self.url().await;
-        let text = self
-            .client
-            .execute(
-                "return document.body ? document.body.innerText : ''",
-                vec![],
-            )
-            .await
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        panic!(
-            "[spa-client {}] step {step}: {msg}\n  {shot}\n  url: {url}\n  page text:\n{text}",
-            self.test
-        );
-    }
-
-    async fn url(&self) -> String {
-        self.client
-            .current_url()
-            .await
-            .map(|u| u.to_string())
-            .unwrap_or_default()
-    }
-
-    async fn goto(&self, step: &str, url: &str) {
-        if let Err(e) = self.client.goto(url).await {
-            self.fail(step, format!("cannot open {url}: {e}")).await;
-        }
-    }
-
-    async fn js(&self, step: &str, script: &str) -> Value {
-        match self.client.execute(script, vec![]).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.fail(step, format!("script failed: {e}\n{script}"))
-                    .await
-            }
-        }
-    }
-
-    /// `#id`'s text and whether it is displayed (`None`: no such element).
-    async fn probe(&self, id: &str) -> Option<(String, bool)> {
-        let el = self
-            .client
-            .find(Locator::Css(&format!("#{id}")))
-            .await
-            .ok()?;
-        let text = el.text().await.ok()?;
-        let shown = el.is_displayed().await.ok()?;
-        Some((text, shown))
-    }
-
-    /// Polls `#id` (text, displayed) until `pred` holds, for at most `within`; returns its text.
-    async fn wait_for(
-        &self,
-        step: &str,
-        id: &str,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&str, bool) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + within;
-        let mut last = None;
-        loop {
-            if let Some((text, shown)) = self.probe(id).await {
-                if pred(&text, shown) {
-                    return text;
-                }
-                last = Some((text, shown));
-            }
-            if Instant::now() >= deadline {
-                self.fail(
-                    step,
-                    format!("#{id} did not become {what} within {within:?} (last: {last:?})"),
-                )
-                .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn wait_text(
-        &self,
-        step: &str,
-        id: &str,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        self.wait_for(step, id, what, WAIT, |t, _| pred(t)).await
-    }
-
-    /// Waits until `#id` is displayed; returns its text.
-    async fn wait_shown(&self, step: &str, id: &str, within: Duration) -> String {
-        self.wait_for(step, id, "displayed", within, |_, shown| shown)
-            .await
-    }
-
-    async fn wait_hidden(&self, step: &str, id: &str) {
-        self.wait_for(step, id, "hidden", WAIT, |_, shown| !shown)
-            .await;
-    }
-
-    /// Waits for `#id` to be displayed, then clicks it.
-    async fn click(&self, step: &str, id: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(el) = self.client.find(Locator::Css(&format!("#{id}"))).await {
-                if el.is_displayed().await.unwrap_or(false) && el.click().await.is_ok() {
-                    return;
-                }
-            }
-            if Instant::now() >= deadline {
-                self.fail(step, format!("#{id} was not clickable within {WAIT:?}"))
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn type_into(&self, step: &str, id: &str, text: &str) {
-        let el = match self.client.find(Locator::Css(&format!("#{id}"))).await {
-            Ok(el) => el,
-            Err(e) => self.fail(step, format!("no input #{id}: {e}")).await,
-        };
-        if let Err(e) = el.clear().await {
-            self.fail(step, format!("cannot clear #{id}: {e}")).await;
-        }
-        if let Err(e) = el.send_keys(text).await {
-            self.fail(step, format!("cannot type into #{id}: {e}"))
-                .await;
-        }
-    }
-
-    /// Waits until the browser shows a page whose URL starts with `prefix`; returns the URL.
-    async fn wait_url(&self, step: &str, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let url = self.url().await;
-            if url.starts_with(prefix) {
-                return url;
-            }
-            if Instant::now() >= deadline {
-                self.fail(
-                    step,
-                    format!("the browser never reached {prefix}… (at {url})"),
-                )
-                .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn close(self) {
-        let client = self.client.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
-    }
+/// Chromium for the test `test` (screenshots `spa-client-<test>-<step>.png`), its background
+/// tabs at full speed.
+async fn chrome(test: &str) -> Chrome {
+    Chrome::start_with_flags(&format!("spa-client-{test}"), BACKGROUND_TAB_FLAGS).await
 }
 
 // ------------------------------------------------------------------ the two setups
 
-/// Which identity provider's login page the browser meets.
-#[derive(Clone, Copy)]
-enum Idp {
-    /// The demo's development IdP: user and password prefilled.
-    Dev,
-    /// The integration tests' oidc-provider.
-    Real,
-}
-
-/// Signs in at the IdP's page the browser is on (after the SPA sent it there).
-async fn sign_in_at_idp(c: &Chrome, idp: Idp, idp_prefix: &str) {
-    c.wait_url("idp-login", idp_prefix).await;
-    if let Idp::Real = idp {
-        c.type_into("idp-login", "login", "alice").await;
-        c.type_into("idp-login", "password", "wonderland").await;
-    }
-    c.click("idp-login", "sign-in").await;
-}
-
 /// Opens the SPA at `spa`, logs in through `idp`, and waits for the user to be shown.
 async fn log_in(c: &Chrome, spa: &str, idp: Idp, idp_prefix: &str, user: &str) {
-    c.goto("open", spa).await;
-    c.wait_text("open", "user", "\"not logged in\"", |t| {
-        t == "not logged in"
-    })
-    .await;
+    c.open_logged_out(spa).await;
     c.click("open", "login").await;
-    sign_in_at_idp(c, idp, idp_prefix).await;
-    c.wait_url("logged-in", spa).await;
-    c.wait_text("logged-in", "user", &format!("logged in as {user}"), |t| {
-        t.starts_with("Logged in as") && t.contains(user)
-    })
-    .await;
-}
-
-/// Serves the demo's pages and the client library (what `[[routes]] prefix = "/"` points at),
-/// for the integration setup.
-async fn spa_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let spa: &'static str = Box::leak(without_canonical_host(SPA_HTML).into_boxed_str());
-    let deep: &'static str = Box::leak(without_canonical_host(DEEP_HTML).into_boxed_str());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let (status, ctype, body) = match req.uri().path() {
-                            "/" => (200, "text/html; charset=utf-8", spa),
-                            "/deep" => (200, "text/html; charset=utf-8", deep),
-                            demo::CLIENT_JS_PATH => (200, "text/javascript", demo::CLIENT_JS),
-                            _ => (404, "text/plain", "not found\n"),
-                        };
-                        let resp = hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", ctype)
-                            .header("cache-control", "no-store")
-                            .body(Full::new(Bytes::from_static(body.as_bytes())))
-                            .expect("response");
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
-}
-
-/// The integration setup with the demo's pages at `/` and `/deep`.
-async fn real_idp_env() -> (TestEnv, tokio::task::JoinHandle<()>) {
-    let (spa, task) = spa_server().await;
-    let env = TestEnv::start_with(Opts {
-        extra_toml: format!(
-            "[[routes]]\nprefix = \"/\"\nupstream = \"http://{spa}\"\ntoken = \"none\"\n"
-        ),
-        ..Opts::default()
-    })
-    .await;
-    (env, task)
+    c.sign_in_at_idp(idp, idp_prefix).await;
+    c.wait_logged_in(spa, user).await;
 }
 
 async fn start_demo() -> demo::DemoHandle {
@@ -484,7 +57,7 @@ async fn start_demo() -> demo::DemoHandle {
 #[tokio::test]
 async fn spa_client_warns_before_the_session_ends_by_the_servers_clock() {
     let (env, spa_task) = real_idp_env().await;
-    let c = Chrome::start("expiring").await;
+    let c = chrome("expiring").await;
     let spa = env.url("/");
     log_in(
         &c,
@@ -553,7 +126,7 @@ async fn spa_client_warns_before_the_session_ends_by_the_servers_clock() {
 #[tokio::test]
 async fn spa_client_logout_in_one_tab_logs_out_the_other() {
     let d = start_demo().await;
-    let c = Chrome::start("cross-tab").await;
+    let c = chrome("cross-tab").await;
     log_in(&c, &d.url, Idp::Dev, d.idp.issuer(), demo::idp::DEMO_USER).await;
     let first = match c.client.window().await {
         Ok(w) => w,
@@ -625,7 +198,7 @@ async fn spa_client_logout_in_one_tab_logs_out_the_other() {
 async fn deep_link_survives_login(c: &Chrome, base: &str, idp: Idp, idp_prefix: &str) {
     let path = "/deep?from=spa-client&n=42";
     c.goto("deep", &format!("{base}{path}")).await;
-    sign_in_at_idp(c, idp, idp_prefix).await;
+    c.sign_in_at_idp(idp, idp_prefix).await;
     let url = c.wait_url("back", &format!("{base}/deep")).await;
     let back = url::Url::parse(&url).expect("url");
     let here = format!("{}?{}", back.path(), back.query().unwrap_or_default());
@@ -650,7 +223,7 @@ async fn deep_link_survives_login(c: &Chrome, base: &str, idp: Idp, idp_prefix: 
 #[tokio::test]
 async fn spa_client_sends_a_page_without_a_session_to_login_and_back_demo() {
     let d = start_demo().await;
-    let c = Chrome::start("deep-link-demo").await;
+    let c = chrome("deep-link-demo").await;
     let base = d.url.trim_end_matches('/').to_string();
     deep_link_survives_login(&c, &base, Idp::Dev, d.idp.issuer()).await;
     c.wait_text(
@@ -667,7 +240,7 @@ async fn spa_client_sends_a_page_without_a_session_to_login_and_back_demo() {
 #[tokio::test]
 async fn spa_client_sends_a_page_without_a_session_to_login_and_back_real_idp() {
     let (env, spa_task) = real_idp_env().await;
-    let c = Chrome::start("deep-link-real-idp").await;
+    let c = chrome("deep-link-real-idp").await;
     let base = env.base(0);
     deep_link_survives_login(&c, &base, Idp::Real, &env.idp.url("/interaction/")).await;
     // The echo upstream: the call arrived with a bearer token.
@@ -768,17 +341,13 @@ async fn reload_until_devices(c: &Chrome, step: &str, url: &str, n: usize) -> Ve
 #[tokio::test]
 async fn spa_client_lists_and_signs_out_devices_keeps_notes_and_remembers() {
     let d = start_demo().await;
-    let c = Chrome::start("devices").await;
+    let c = chrome("devices").await;
 
     // "Remember me", then Log in.
-    c.goto("open", &d.url).await;
-    c.wait_text("open", "user", "\"not logged in\"", |t| {
-        t == "not logged in"
-    })
-    .await;
+    c.open_logged_out(&d.url).await;
     c.click("open", "remember").await;
     c.click("open", "login").await;
-    sign_in_at_idp(&c, Idp::Dev, d.idp.issuer()).await;
+    c.sign_in_at_idp(Idp::Dev, d.idp.issuer()).await;
     c.wait_text("remembered", "user", "logged in and remembered", |t| {
         t.starts_with("Logged in as") && t.contains("(remembered on this device)")
     })

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod browser;
+pub(crate) mod chromium;
 pub(crate) mod fault;
 pub(crate) mod hostile_idp;
 pub(crate) mod idp;
