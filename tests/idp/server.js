@@ -107,6 +107,12 @@ if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) {
 // ask for, at login and on the refresh and client-credentials grants; each gets JWT access
 // tokens whose `aud` is its indicator and whose `scope` is the asked-for part of its `scope`.
 const resourceServers = new Map();
+// `jwt_access_tokens: true`: the login's own access token is an RFC 9068 JWT (for the default
+// resource `urn:cloakroom:test-api`, asked for when a request names none).
+const JWT_API = 'urn:cloakroom:test-api';
+if (cfg.jwt_access_tokens) {
+  resourceServers.set(JWT_API, { scope: '', ttl: accessTokenTtl });
+}
 for (const rs of cfg.resource_servers ?? []) {
   if (typeof rs.indicator !== 'string') fail('every resource server needs an indicator');
   resourceServers.set(rs.indicator, {
@@ -163,6 +169,7 @@ const clients = cfg.clients.map((c) => {
   }
   // FAPI 2.0 (`fapi2`): ID tokens signed with PS256 (the RSA key allows it then).
   if (cfg.fapi2) client.id_token_signed_response_alg = 'PS256';
+  else if (cfg.signing_alg) client.id_token_signed_response_alg = cfg.signing_alg;
   if (c.backchannel_logout_uri) {
     client.backchannel_logout_uri = c.backchannel_logout_uri;
     client.backchannel_logout_session_required = true;
@@ -270,6 +277,23 @@ const signingJwk = {
   alg: cfg.fapi2 ? 'PS256' : 'RS256',
   use: 'sig',
 };
+// `signing_alg: "ES256" | "EdDSA"`: ID tokens (and JWT access tokens) signed with a key of
+// that kind instead; the RSA key stays in the JWKS (it signs the /test/sign tokens).
+const signingAlg = cfg.signing_alg ?? signingJwk.alg;
+function makeJwk(alg) {
+  const kid = `test-idp-${alg.toLowerCase()}-${crypto.randomBytes(6).toString('hex')}`;
+  if (alg === 'ES256') {
+    const { privateKey: k } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    return { ...k.export({ format: 'jwk' }), kid, alg, use: 'sig' };
+  }
+  if (alg === 'EdDSA') {
+    const { privateKey: k } = crypto.generateKeyPairSync('ed25519');
+    return { ...k.export({ format: 'jwk' }), kid, alg, use: 'sig' };
+  }
+  fail(`signing_alg ${alg} is not ES256, EdDSA or RS256`);
+  return null;
+}
+const idTokenJwk = signingAlg === signingJwk.alg ? signingJwk : makeJwk(signingAlg);
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 
 // ---------------------------------------------------------------------------
@@ -325,7 +349,8 @@ function subjectDn(cert) {
 }
 // `issuer` lets a test put a proxy (tests/it/support/fault.rs) in front of the IdP: the
 // discovery document then names the proxy's address everywhere.
-const issuer = cfg.issuer ?? `http://127.0.0.1:${boundPort}`;
+// `issuer_trailing_slash: true`: the issuer ends with `/` (as some IdPs' do).
+const issuer = cfg.issuer ?? `http://127.0.0.1:${boundPort}${cfg.issuer_trailing_slash ? '/' : ''}`;
 
 // ---------------------------------------------------------------------------
 // provider
@@ -360,7 +385,7 @@ function loginPolicy() {
 
 const configuration = {
   clients,
-  jwks: { keys: [signingJwk] },
+  jwks: { keys: idTokenJwk === signingJwk ? [signingJwk] : [idTokenJwk, signingJwk] },
   findAccount,
 
   claims: {
@@ -402,7 +427,8 @@ const configuration = {
   async expiresWithSession(ctx, token) {
     return !(token.scopes.has('offline_access') || requestedOffline(ctx));
   },
-  rotateRefreshToken: true,
+  // `rotate_refresh_token: false`: refresh tokens are reused, never rotated.
+  rotateRefreshToken: cfg.rotate_refresh_token !== false,
 
   ...(acrValues.length ? { acrValues } : {}),
   // JWT access tokens (resource servers, token exchange) carry the login's `acr` and
@@ -477,8 +503,8 @@ const configuration = {
     devInteractions: { enabled: false },
     resourceIndicators: {
       enabled: resourceServers.size > 0 || exchangeAudiences.size > 0,
-      defaultResource: () => undefined,
-      useGrantedResource: () => false,
+      defaultResource: () => (cfg.jwt_access_tokens ? JWT_API : undefined),
+      useGrantedResource: () => Boolean(cfg.jwt_access_tokens),
       getResourceServerInfo(_ctx, indicator) {
         const rs = resourceServers.get(indicator);
         if (!rs) throw new errors.InvalidTarget(`unknown resource ${indicator}`);
@@ -501,7 +527,8 @@ const configuration = {
     // `fapi2`: oidc-provider's FAPI 2.0 Security Profile (PKCE required, client assertions'
     // aud must be the issuer, redirect_uri required); PAR is made mandatory below.
     fapi: { enabled: Boolean(cfg.fapi2), profile: '2.0' },
-    revocation: { enabled: true },
+    // `revocation: false`: no revocation endpoint (none in discovery).
+    revocation: { enabled: cfg.revocation !== false },
     // PAR (RFC 9126) is on unless `par: false`; `require_par` makes it the only way in.
     // DPoP is on (oidc-provider's default); `dpop_nonce` makes the token endpoint insist on a
     // server nonce (RFC 9449 §8), so a client must retry with the one it is sent.
@@ -780,7 +807,7 @@ provider.use(async (ctx, next) => {
   if (!wants || !location) return;
   const target = new URL(location, issuer);
   const interactionUid = /^\/interaction\/([^/]+)$/.exec(target.pathname)?.[1];
-  if (target.origin === issuer && interactionUid) {
+  if (target.origin === new URL(issuer).origin && interactionUid) {
     offlineUids.add(interactionUid);
   } else if (target.searchParams.get('code')) {
     offlineCodes.add(target.searchParams.get('code'));

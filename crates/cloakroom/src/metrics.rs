@@ -110,6 +110,11 @@ pub fn logout() {
     metrics::counter!("cloakroom_logouts_total").increment(1);
 }
 
+/// A session ended whose tokens could not be revoked: the IdP has no revocation endpoint.
+pub fn revocation_unavailable() {
+    metrics::counter!("cloakroom_revocation_unavailable_total").increment(1);
+}
+
 /// A token revocation at the IdP failed.
 pub fn revocation_failed() {
     metrics::counter!("cloakroom_revocation_failures_total").increment(1);

@@ -67,7 +67,7 @@ const FAPI2_ALGS: [CoreJwsSigningAlgorithm; 3] = [
 ];
 
 /// Asymmetric algorithms we accept for ID tokens; never `none`, never HMAC.
-const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
+const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 9] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
@@ -76,6 +76,8 @@ const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 8] = [
     CoreJwsSigningAlgorithm::RsaSsaPssSha512,
     CoreJwsSigningAlgorithm::EcdsaP256Sha256,
     CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    // Ed25519 (RFC 8037); found missing by the provider matrix (tests/it/matrix.rs).
+    CoreJwsSigningAlgorithm::EdDsa,
 ];
 
 /// `(sub, sid, claims)` of a verified ID token.

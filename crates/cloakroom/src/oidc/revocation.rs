@@ -34,6 +34,11 @@ impl OidcClient {
     /// revocation endpoint. Failures are logged and counted, never returned: logout goes on.
     pub async fn revoke_tokens(&self, tokens: &Tokens) {
         let Some(endpoint) = &self.revocation else {
+            crate::metrics::revocation_unavailable();
+            tracing::warn!(
+                event = "revocation_unavailable",
+                "the IdP has no revocation endpoint: the ended session's tokens could not be revoked (they lapse when they expire)"
+            );
             return;
         };
         let mut list: Vec<(&Secret, &str)> = Vec::with_capacity(2 + tokens.derived.len());

@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod login_flow;
 mod login_state;
+mod matrix;
 mod mtls;
 mod ops;
 mod par;

@@ -108,9 +108,10 @@ impl Idp {
                 log_tail(&log_path)
             ));
         };
-        let direct = config["port"]
-            .as_u64()
-            .map_or_else(|| issuer.clone(), |p| format!("http://127.0.0.1:{p}"));
+        let direct = config["port"].as_u64().map_or_else(
+            || issuer.trim_end_matches('/').to_string(),
+            |p| format!("http://127.0.0.1:{p}"),
+        );
         Ok(Self {
             issuer,
             direct,
@@ -200,7 +201,7 @@ impl Idp {
 
     pub(crate) fn absolute(&self, loc: &str) -> String {
         if loc.starts_with('/') {
-            format!("{}{loc}", self.issuer)
+            format!("{}{loc}", self.issuer.trim_end_matches('/'))
         } else {
             loc.to_string()
         }

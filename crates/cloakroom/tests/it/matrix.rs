@@ -1,0 +1,222 @@
+//! The provider-behaviour matrix (issue #17, first part): one core suite — login, an API call
+//! with the session's token, a refresh, logout with revocation where the IdP has it, and the
+//! no-token-in-browser scan — run against `oidc-provider` in each configuration where real
+//! IdPs differ.
+
+use crate::support::browser::Browser;
+use crate::support::{Opts, TestEnv};
+use reqwest::Method;
+use std::time::Duration;
+
+/// What the configuration under test does at the IdP.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// The IdP rotates refresh tokens on every use.
+    rotates: bool,
+    /// The IdP has a revocation endpoint.
+    revocation: bool,
+    /// The ID tokens' signing algorithm.
+    alg: &'static str,
+    /// The access token is a JWT (RFC 9068) with this audience, not an opaque string.
+    jwt_aud: Option<&'static str>,
+}
+
+const USUAL: Expect = Expect {
+    rotates: true,
+    revocation: true,
+    alg: "RS256",
+    jwt_aud: None,
+};
+
+fn with_idp(pairs: &[(&str, serde_json::Value)]) -> Opts {
+    let mut o = Opts {
+        access_token_ttl: 600,
+        ..Opts::default()
+    };
+    for (k, v) in pairs {
+        o.idp_extra.insert((*k).into(), v.clone());
+    }
+    o
+}
+
+async fn metric(env: &TestEnv, name: &str) -> f64 {
+    let text = reqwest::get(env.admin_url(0, "/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The core suite, on a fresh environment.
+async fn core(opts: Opts, expect: Expect) {
+    let env = TestEnv::start_with(opts).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let s = env.session_of(&b).await.expect("a session");
+    let rt = s.tokens.refresh_token.clone().expect("a refresh token");
+    let header = s
+        .tokens
+        .id_token
+        .expose()
+        .split('.')
+        .next()
+        .expect("header");
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .expect("base64"),
+    )
+    .expect("json");
+    assert_eq!(header["alg"], expect.alg, "the ID token's algorithm");
+    let at_claims = crate::support::upstream::jwt_claims(s.tokens.access_token.expose());
+    assert_eq!(
+        at_claims.as_ref().map(|c| c["aud"].clone()),
+        expect.jwt_aud.map(serde_json::Value::from),
+        "the access token's form: {at_claims:?}"
+    );
+
+    // An API call carries the session's own access token.
+    let seen = env.upstream.authorizations_seen();
+    let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        env.upstream.authorizations_since(seen),
+        vec![format!("Bearer {}", s.tokens.access_token.expose())]
+    );
+
+    // Past its lifetime: one refresh, a new token upstream, the refresh token rotated or not
+    // as the IdP does it.
+    env.advance(Duration::from_secs(700));
+    let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    let after = env.session_of(&b).await.expect("still a session");
+    assert_ne!(
+        after.tokens.access_token.expose(),
+        s.tokens.access_token.expose()
+    );
+    let new_rt = after.tokens.refresh_token.clone().expect("a refresh token");
+    assert_eq!(
+        new_rt.expose() != rt.expose(),
+        expect.rotates,
+        "refresh token rotation"
+    );
+    // And again (a kept refresh token is still good; a rotated one was replaced).
+    env.advance(Duration::from_secs(700));
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
+    let last = env.session_of(&b).await.expect("still a session");
+
+    // Before logout the browser has seen no token at all (the logout answer then carries the
+    // ID token as the end-session URL's id_token_hint, by design).
+    for x in [&s, &after, &last] {
+        assert!(
+            !b.received.contains(x.tokens.id_token.expose()),
+            "an ID token reached the browser"
+        );
+    }
+    // Logout ends the session; the tokens are revoked where the IdP can.
+    let unavailable = metric(&env, "cloakroom_revocation_unavailable_total").await;
+    let r = b.xhr(Method::POST, &env.url("/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+    if expect.revocation {
+        env.idp
+            .wait_revoked(last.tokens.refresh_token.as_ref().expect("rt").expose())
+            .await;
+    } else {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metric(&env, "cloakroom_revocation_unavailable_total").await <= unavailable {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no revocation endpoint, and no metric saying so"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(env.idp.stat(&["revocations"]).await, 0);
+    }
+
+    // No access or refresh token ever reached the browser.
+    for t in [&s, &after, &last].iter().flat_map(|x| {
+        std::iter::once(&x.tokens.access_token).chain(x.tokens.refresh_token.as_ref())
+    }) {
+        assert!(
+            !b.received.contains(t.expose()),
+            "a token reached the browser"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rs256_with_rotation_and_reuse_detection() {
+    core(with_idp(&[]), USUAL).await;
+}
+
+#[tokio::test]
+async fn es256_id_tokens() {
+    core(
+        with_idp(&[("signing_alg", "ES256".into())]),
+        Expect {
+            alg: "ES256",
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn eddsa_id_tokens() {
+    core(
+        with_idp(&[("signing_alg", "EdDSA".into())]),
+        Expect {
+            alg: "EdDSA",
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refresh_tokens_that_do_not_rotate() {
+    core(
+        with_idp(&[("rotate_refresh_token", false.into())]),
+        Expect {
+            rotates: false,
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_revocation_endpoint() {
+    core(
+        with_idp(&[("revocation", false.into())]),
+        Expect {
+            revocation: false,
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_access_tokens() {
+    core(
+        with_idp(&[("jwt_access_tokens", true.into())]),
+        Expect {
+            jwt_aud: Some("urn:cloakroom:test-api"),
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_trailing_slash() {
+    core(with_idp(&[("issuer_trailing_slash", true.into())]), USUAL).await;
+}
