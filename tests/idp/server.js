@@ -146,6 +146,8 @@ const clients = cfg.clients.map((c) => {
   if (c.client_credentials) client.grant_types.push('client_credentials');
   if (c.token_exchange) client.grant_types.push(TOKEN_EXCHANGE);
   if (c.scope) client.scope = c.scope;
+  // `pairwise: true` (top level): every client gets pairwise subject identifiers (OIDC Core 8.1).
+  if (cfg.pairwise) client.subject_type = 'pairwise';
   // `require_auth_time`: every ID token carries `auth_time` (OIDC Dynamic Registration §2).
   if (c.require_auth_time) client.require_auth_time = true;
   // `resource_server`: a client that only introspects (a resource server checking tokens).
@@ -401,8 +403,17 @@ const configuration = {
   },
   scopes: ['openid', 'profile', 'email', 'offline_access'],
   // Put the scope-derived claims (name, email, email_verified) in the ID token
-  // even for response_type=code.
-  conformIdTokenClaims: false,
+  // even for response_type=code; `claims_at_userinfo: true` keeps them for the userinfo
+  // endpoint only (OIDC Core 5.4), as many IdPs do.
+  conformIdTokenClaims: Boolean(cfg.claims_at_userinfo),
+  ...(cfg.pairwise ? {
+    subjectTypes: ['public', 'pairwise'],
+    // OIDC Core 8.1: a per-sector hash of the local id.
+    async pairwiseIdentifier(_ctx, accountId, client) {
+      return crypto.createHash('sha256')
+        .update(`${client.sectorIdentifier}|${accountId}|test-idp-salt`).digest('base64url');
+    },
+  } : {}),
 
   pkce: {
     required: () => true, // S256 is the only method oidc-provider v9 supports

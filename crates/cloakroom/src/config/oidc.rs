@@ -20,6 +20,7 @@ pub(super) struct RawOidc {
     tls_ca_file: Option<String>,
     par: Option<String>,
     dpop: Option<bool>,
+    userinfo: Option<bool>,
     profile: Option<String>,
     post_logout_redirect_uri: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -109,6 +110,9 @@ pub struct OidcConfig {
     pub par: Par,
     /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs at the token endpoint.
     pub dpop: bool,
+    /// Fetch the userinfo endpoint at login and merge its claims into the session's (for IdPs
+    /// that put profile claims only there).
+    pub userinfo: bool,
     /// The security profile (`oidc.profile`).
     pub profile: Profile,
     /// The `private_key_jwt` keys, from `CLOAKROOM_OIDC_CLIENT_KEY`: the first signs.
@@ -287,6 +291,12 @@ impl OidcConfig {
             }
         };
         let dpop = raw.dpop.unwrap_or(false);
+        let userinfo = raw.userinfo.unwrap_or(false);
+        if userinfo && dpop {
+            errs.push(
+                "oidc.userinfo: not with oidc.dpop = true yet (the userinfo call would need a DPoP proof of its own)".into(),
+            );
+        }
         let clock_skew = raw.clock_skew.unwrap_or(match profile {
             Profile::Fapi2 => FAPI2_MAX_CLOCK_SKEW,
             Profile::None => Duration::from_secs(60),
@@ -355,6 +365,7 @@ impl OidcConfig {
             client_auth,
             par,
             dpop,
+            userinfo,
             profile,
             client_keys,
             client_key_id: raw.client_key_id,

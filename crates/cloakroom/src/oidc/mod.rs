@@ -202,6 +202,8 @@ pub struct OidcClient {
     clock: Clock,
     /// Resources asked for at login (see [`OidcClient::with_login_resources`]).
     login_resources: Vec<String>,
+    /// `oidc.userinfo`.
+    userinfo: bool,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -446,6 +448,7 @@ impl OidcClient {
             timeout: config.timeout,
             clock: Clock::system(),
             login_resources: Vec::new(),
+            userinfo: config.userinfo,
         })
     }
 
@@ -777,9 +780,13 @@ impl OidcClient {
         let id_token = resp
             .id_token()
             .ok_or_else(|| Error::InvalidIdToken("no id_token in the token response".into()))?;
-        let (sub, sid, claims) = self
+        let (sub, sid, mut claims) = self
             .verify_id_token(id_token, resp.access_token(), Some(nonce))
             .await?;
+        if self.userinfo {
+            self.merge_userinfo(resp.access_token(), &sub, &mut claims)
+                .await?;
+        }
         let refresh_expires_in = resp
             .extra_fields()
             .extra_fields()
@@ -796,6 +803,39 @@ impl OidcClient {
                 ..self.tokens_from(&resp, id_token.to_string(), None, dpop)
             },
         })
+    }
+
+    /// `oidc.userinfo`: the userinfo endpoint's claims (OIDC Core 5.3), for the same `sub`
+    /// (5.3.4, checked by `openidconnect`), added to the ID token's where it has none of its
+    /// own. The access token goes to the IdP only.
+    ///
+    /// # Errors
+    /// [`Error::TokenExchange`] when the IdP has no userinfo endpoint or the call fails.
+    async fn merge_userinfo(
+        &self,
+        access_token: &openidconnect::AccessToken,
+        sub: &str,
+        claims: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Error> {
+        let request = self
+            .client
+            .user_info(
+                access_token.clone(),
+                Some(openidconnect::SubjectIdentifier::new(sub.to_string())),
+            )
+            .map_err(|e| Error::TokenExchange(format!("userinfo: {e}")))?;
+        let http = self.bounded_dpop(None, None);
+        let info: openidconnect::UserInfoClaims<id_token::ExtraClaims, CoreGenderClaim> = request
+            .request_async(&http)
+            .await
+            .map_err(|e| Error::TokenExchange(format!("userinfo: {}", error_chain(&e))))?;
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&info) else {
+            return Err(Error::TokenExchange("userinfo: unreadable claims".into()));
+        };
+        for (k, v) in map {
+            claims.entry(k).or_insert(v);
+        }
+        Ok(())
     }
 
     /// The refresh grant itself (RFC 6749 §6): one HTTP call to the token endpoint, bounded by

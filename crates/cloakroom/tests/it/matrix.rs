@@ -19,6 +19,10 @@ struct Expect {
     alg: &'static str,
     /// The access token is a JWT (RFC 9068) with this audience, not an opaque string.
     jwt_aud: Option<&'static str>,
+    /// `sub` is the IdP's local user id (else a pairwise identifier).
+    public_sub: bool,
+    /// The session has the profile claims (`name`, `email`).
+    profile: bool,
 }
 
 const USUAL: Expect = Expect {
@@ -26,6 +30,8 @@ const USUAL: Expect = Expect {
     revocation: true,
     alg: "RS256",
     jwt_aud: None,
+    public_sub: true,
+    profile: true,
 };
 
 fn with_idp(pairs: &[(&str, serde_json::Value)]) -> Opts {
@@ -59,6 +65,7 @@ async fn core(opts: Opts, expect: Expect) {
     env.login(&mut b).await;
     let s = env.session_of(&b).await.expect("a session");
     let rt = s.tokens.refresh_token.clone().expect("a refresh token");
+    assert_eq!(s.sub == "alice", expect.public_sub, "sub {}", s.sub);
     let header = s
         .tokens
         .id_token
@@ -77,6 +84,14 @@ async fn core(opts: Opts, expect: Expect) {
         at_claims.as_ref().map(|c| c["aud"].clone()),
         expect.jwt_aud.map(serde_json::Value::from),
         "the access token's form: {at_claims:?}"
+    );
+
+    let user = b.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_eq!(
+        user["claims"]["name"] == "Alice Liddell"
+            && user["claims"]["email"] == "alice@example.test",
+        expect.profile,
+        "profile claims: {user}"
     );
 
     // An API call carries the session's own access token.
@@ -99,6 +114,7 @@ async fn core(opts: Opts, expect: Expect) {
         after.tokens.access_token.expose(),
         s.tokens.access_token.expose()
     );
+    assert_eq!(after.sub, s.sub, "the same user after a refresh");
     let new_rt = after.tokens.refresh_token.clone().expect("a refresh token");
     assert_eq!(
         new_rt.expose() != rt.expose(),
@@ -219,4 +235,33 @@ async fn jwt_access_tokens() {
 #[tokio::test]
 async fn an_issuer_with_a_trailing_slash() {
     core(with_idp(&[("issuer_trailing_slash", true.into())]), USUAL).await;
+}
+
+#[tokio::test]
+async fn pairwise_subject_identifiers() {
+    core(
+        with_idp(&[("pairwise", true.into())]),
+        Expect {
+            public_sub: false,
+            ..USUAL
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn claims_only_at_userinfo() {
+    let mut o = with_idp(&[("claims_at_userinfo", true.into())]);
+    // Without oidc.userinfo the session has only what the ID token says...
+    core(
+        o.clone(),
+        Expect {
+            profile: false,
+            ..USUAL
+        },
+    )
+    .await;
+    // ... with it, the userinfo endpoint's claims too.
+    o.oidc_toml = "userinfo = true".into();
+    core(o, USUAL).await;
 }

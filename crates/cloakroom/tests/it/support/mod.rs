@@ -104,6 +104,8 @@ pub(crate) struct Opts {
     /// Extra top-level keys of the test IdP's configuration (tests/idp/README.md), e.g.
     /// `resource_servers`, `token_exchange`, `acr_values`.
     pub idp_extra: serde_json::Map<String, serde_json::Value>,
+    /// More `[oidc]` keys for Cloakroom (TOML lines).
+    pub oidc_toml: String,
     /// Extra keys of Cloakroom's client registration at the test IdP, e.g.
     /// `client_credentials`, `token_exchange`, `scope`.
     pub idp_client_extra: serde_json::Map<String, serde_json::Value>,
@@ -155,6 +157,7 @@ impl Default for Opts {
             idp_cert_bound: false,
             idp_client_auth_algs: None,
             idp_extra: serde_json::Map::new(),
+            oidc_toml: String::new(),
             idp_client_extra: serde_json::Map::new(),
             refresh_skew: "60s",
             oidc_timeout: "5s",
@@ -414,6 +417,7 @@ client_assertion_audience = "{aud}"
 dpop = {dpop}
 profile = "{profile}"
 {mtls}
+{oidc_extra}
 timeout = "{oidc_timeout}"
 [session]
 idle_timeout = "{idle}"
@@ -459,6 +463,7 @@ strip_prefix = true
             aud = self.opts.client_assertion_audience,
             dpop = self.opts.dpop,
             profile = self.opts.profile,
+            oidc_extra = self.opts.oidc_toml,
             mtls = self.opts.pki.as_ref().map_or_else(String::new, |p| {
                 let cert = if self.opts.client_auth == "self_signed_tls_client_auth" {
                     "self-signed.pem"
