@@ -193,7 +193,14 @@ export class Cloakroom {
         const body = await readJson(res.clone());
         const code = errorCode(body);
         if (code === "unauthenticated") {
-            const loginUrl = this.loginUrl();
+            // A session that ended for want of a refresh token may be restored by a silent login
+            // (`session.without_refresh_token = "silent_login"`): the server names it. Not when this
+            // page is the answer to one that failed (`?error=…`): then the user has to sign in.
+            const silent = isObject(body) && typeof body["login_url"] === "string" ? body["login_url"] : null;
+            const failedBefore = /[?&]error=/.test(this.#loc().search);
+            const loginUrl = silent && !failedBefore
+                ? `${silent}${silent.includes("?") ? "&" : "?"}return_to=${encodeURIComponent(this.#here())}`
+                : this.loginUrl();
             this.#emit("unauthenticated", { url: res.url, loginUrl });
             if (this.options.onUnauthenticated === "login") {
                 this.#navigate(loginUrl);

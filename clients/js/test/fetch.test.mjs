@@ -66,6 +66,23 @@ test("401 unauthenticated: emits and goes to the login, coming back to this page
   assert.equal(events[0][1].loginUrl, expected);
 });
 
+test("401 unauthenticated with a login_url: a silent login first, a plain one after it failed", async () => {
+  const answer = async () => new Response(
+    JSON.stringify({ error: "unauthenticated", login_url: "/auth/login?prompt=none" }),
+    { status: 401, headers: { "content-type": "application/json" } },
+  );
+  const clock = new FakeClock();
+  let location = new FakeLocation("/orders?page=2");
+  let client = createCloakroom({ fetch: answer, location, timers: clock, channelName: null });
+  await client.fetch("/api/orders");
+  assert.deepEqual(location.assigned, ["/auth/login?prompt=none&return_to=%2Forders%3Fpage%3D2"]);
+  // Back from a silent login the IdP refused: no loop, the ordinary login.
+  location = new FakeLocation("/orders?page=2&error=login_required");
+  client = createCloakroom({ fetch: answer, location, timers: clock, channelName: null });
+  await client.fetch("/api/orders");
+  assert.deepEqual(location.assigned, ["/auth/login?return_to=%2Forders%3Fpage%3D2%26error%3Dlogin_required"]);
+});
+
 test('onUnauthenticated "event" only emits', async () => {
   const { client, location } = setup({ onUnauthenticated: "event" });
   const events = recorder(client, ["unauthenticated"]);

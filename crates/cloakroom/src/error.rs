@@ -15,6 +15,14 @@ pub enum Error {
     /// No (valid) session where one is required.
     #[error("no valid session")]
     Unauthenticated,
+    /// As [`Error::Unauthenticated`] (same status and code), for a session that ended because
+    /// its access token expired with no refresh token: the answer names a silent
+    /// re-authentication (`session.without_refresh_token = "silent_login"`).
+    #[error("no valid session; a silent login may restore it")]
+    SilentLoginPossible {
+        /// `/auth/login?prompt=none`.
+        login_url: String,
+    },
     /// Missing or wrong CSRF header.
     #[error("missing or wrong CSRF header")]
     Csrf,
@@ -118,7 +126,9 @@ impl Error {
     #[must_use]
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Unauthenticated | Error::SilentLoginPossible { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
             Error::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             Error::Origin => (StatusCode::FORBIDDEN, "origin"),
             Error::InvalidReturnTo => (StatusCode::BAD_REQUEST, "invalid_return_to"),
@@ -165,6 +175,10 @@ impl Error {
                 "acr_values": c.acr_values,
                 "max_age": c.max_age,
                 "login_url": c.login_url,
+            }),
+            Error::SilentLoginPossible { login_url } => serde_json::json!({
+                "error": code,
+                "login_url": login_url,
             }),
             _ => serde_json::json!({ "error": code }),
         };

@@ -77,6 +77,8 @@ pub struct RefreshConfig {
     pub store_timeout: Duration,
     /// `store.lock_replicas`: replicas that must hold the lock (and the write) before going on.
     pub lock_replicas: u32,
+    /// `session.without_refresh_token = "silent_login"`: the `login_url` to name.
+    pub silent_login: Option<String>,
 }
 
 impl RefreshConfig {
@@ -90,6 +92,9 @@ impl RefreshConfig {
             lease: lease(c.oidc.timeout, c.store.timeout),
             store_timeout: c.store.timeout,
             lock_replicas: c.store.lock_replicas,
+            silent_login: (c.session.without_refresh_token
+                == crate::config::WithoutRefreshToken::SilentLogin)
+                .then(|| format!("{}/login?prompt=none", c.server.auth_prefix)),
         }
     }
 }
@@ -343,7 +348,12 @@ impl Refresher {
                     self.ender
                         .end(handle, Some(&session), "expired_without_refresh_token")
                         .await?;
-                    return Err(Error::Unauthenticated);
+                    return Err(match &self.cfg.silent_login {
+                        Some(url) => Error::SilentLoginPossible {
+                            login_url: url.clone(),
+                        },
+                        None => Error::Unauthenticated,
+                    });
                 }
             }
         }

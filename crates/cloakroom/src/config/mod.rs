@@ -41,7 +41,7 @@ pub use routes::{
     TokenScheme, UpstreamConfig, UserToken,
 };
 pub use server::{AdminConfig, ServerConfig};
-pub use session::{ReconstituteConfig, RememberConfig, SessionConfig};
+pub use session::{ReconstituteConfig, RememberConfig, SessionConfig, WithoutRefreshToken};
 pub use store::{StoreConfig, StoreKind, Topology};
 
 /// The validated configuration: one typed section per component, each built and validated by

@@ -19,6 +19,7 @@ pub(super) struct RawSession {
     refresh_wait: Option<Duration>,
     remember: RawRemember,
     reconstitute: RawReconstitute,
+    without_refresh_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -77,6 +78,20 @@ pub struct SessionConfig {
     pub remember: RememberConfig,
     /// Re-constituted sessions.
     pub reconstitute: ReconstituteConfig,
+    /// What a session without a refresh token does when its access token is due.
+    pub without_refresh_token: WithoutRefreshToken,
+}
+
+/// `session.without_refresh_token`: a session the IdP gave no refresh token (no
+/// `offline_access`) lasts until its access token expires; then it ends, and the API call's
+/// 401 either just says so or also names a silent re-authentication to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutRefreshToken {
+    /// `"end"`: 401 `unauthenticated`.
+    End,
+    /// `"silent_login"`: 401 `unauthenticated` with `login_url` = `/auth/login?prompt=none`,
+    /// for the SPA to navigate to (the IdP's own session usually outlives the token).
+    SilentLogin,
 }
 
 impl SessionConfig {
@@ -155,6 +170,16 @@ impl SessionConfig {
         if reconstitute.enabled && reconstitute.window < Duration::from_secs(60) {
             errs.push("session.reconstitute.window: must be at least 1m".into());
         }
+        let without_refresh_token = match raw.without_refresh_token.as_deref() {
+            None | Some("end") => WithoutRefreshToken::End,
+            Some("silent_login") => WithoutRefreshToken::SilentLogin,
+            Some(o) => {
+                errs.push(format!(
+                    "session.without_refresh_token: `{o}` must be end or silent_login"
+                ));
+                WithoutRefreshToken::End
+            }
+        };
         Self {
             idle_timeout,
             absolute_timeout,
@@ -163,6 +188,7 @@ impl SessionConfig {
             refresh_wait,
             remember,
             reconstitute,
+            without_refresh_token,
         }
     }
 }

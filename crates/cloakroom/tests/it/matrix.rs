@@ -265,3 +265,54 @@ async fn claims_only_at_userinfo() {
     o.oidc_toml = "userinfo = true".into();
     core(o, USUAL).await;
 }
+
+/// No refresh token granted (no `offline_access`): the session lasts while its access token
+/// does, then ends; with `silent_login` the 401 names a silent re-authentication, which
+/// brings a new session without the user typing anything while the IdP session lives.
+#[tokio::test]
+async fn no_refresh_token_granted() {
+    for silent in [false, true] {
+        let mut o = with_idp(&[]);
+        o.oidc_toml = r#"scopes = ["openid", "profile", "email"]"#.into();
+        if silent {
+            o.session_toml = r#"without_refresh_token = "silent_login""#.into();
+        }
+        let env = TestEnv::start_with(o).await;
+        let mut b = Browser::new();
+        env.login(&mut b).await;
+        let s = env.session_of(&b).await.expect("a session");
+        assert!(
+            s.tokens.refresh_token.is_none(),
+            "no offline_access, no refresh token"
+        );
+        assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+        env.advance(Duration::from_secs(590));
+        assert_eq!(
+            b.xhr(Method::GET, &env.url("/api/x")).await.status,
+            200,
+            "used while it lasts"
+        );
+        env.advance(Duration::from_secs(20));
+        let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["error"], "unauthenticated");
+        assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 0);
+        if !silent {
+            assert!(v["login_url"].is_null(), "{v}");
+            continue;
+        }
+        let login_url = v["login_url"].as_str().expect("login_url");
+        assert_eq!(login_url, "/auth/login?prompt=none");
+        // The SPA navigates there: the IdP's session answers without a login form.
+        let r = b
+            .get(&env.url(&format!("{login_url}&return_to=/app/page")))
+            .await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        let callback = env.follow_back(&mut b, &r.location()).await;
+        let r = b.get(&callback).await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(r.location(), "/app/page");
+        assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    }
+}
