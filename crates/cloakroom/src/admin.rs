@@ -126,7 +126,7 @@ fn authorized(state: &Admin, req: &Request<Incoming>) -> Result<(), Error> {
     if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
         Ok(())
     } else {
-        tracing::warn!(event = "admin", action = "refused", path = %req.uri().path(), "admin request without a valid token");
+        tracing::warn!(target: "audit", event = "admin", action = "refused", path = %req.uri().path(), "admin request without a valid token");
         Err(Error::Unauthenticated)
     }
 }
@@ -165,7 +165,7 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
                     })
                 })
                 .collect();
-            tracing::info!(event = "admin", action = "list_sessions", sub = %sub, count = list.len(), "admin listed sessions");
+            tracing::info!(target: "audit", event = "admin", action = "list_sessions", sub = %sub, count = list.len(), "admin listed sessions");
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"sub": sub, "sessions": list, "unreadable": unreadable}),
@@ -177,7 +177,7 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
                 return Err(Error::NotFound);
             }
             let n = 1;
-            tracing::info!(event = "admin", action = "end_session", session = %short(handle), "admin ended a session");
+            tracing::info!(target: "audit", event = "admin", action = "end_session", session = %short(handle), "admin ended a session");
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ended": n}),
@@ -194,7 +194,7 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
                 .filter(|(h, _)| except.as_ref() != Some(h))
                 .collect();
             let n = state.ender.end_all(victims, "admin").await?;
-            tracing::info!(event = "admin", action = "end_user_sessions", sub = %sub, except = except.as_deref().map(short), ended = n, "admin ended a user's sessions");
+            tracing::info!(target: "audit", event = "admin", action = "end_user_sessions", sub = %sub, except = except.as_deref().map(short), ended = n, "admin ended a user's sessions");
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ended": n}),

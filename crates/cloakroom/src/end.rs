@@ -46,17 +46,20 @@ impl Ender {
         match deleted {
             Some(s) => {
                 tracing::info!(
-                    event = "session_ended",
+                    target: "audit", event = "session_ended",
                     reason,
                     session = %short(handle),
                     sub = %s.sub,
+                    sid = s.sid.as_deref(),
+                    ip = s.ip.as_deref(),
+                    user_agent = s.user_agent.as_deref(),
                     "session ended"
                 );
                 self.revoke_later(s.tokens);
             }
             None => {
                 tracing::warn!(
-                    event = "session_ended",
+                    target: "audit", event = "session_ended",
                     reason,
                     session = %short(handle),
                     "session ended; its record does not open with this instance's keys, so its tokens were not revoked"
@@ -82,7 +85,7 @@ impl Ender {
         match deleted {
             Some(s) if s.sub == new.sub && s.sid.is_some() && s.sid == new.sid => {
                 tracing::info!(
-                    event = "session_ended",
+                    target: "audit", event = "session_ended",
                     reason = "relogin",
                     session = %short(handle),
                     sub = %s.sub,
@@ -91,7 +94,7 @@ impl Ender {
             }
             Some(s) => {
                 tracing::info!(
-                    event = "session_ended",
+                    target: "audit", event = "session_ended",
                     reason = "relogin",
                     session = %short(handle),
                     sub = %s.sub,
@@ -100,7 +103,7 @@ impl Ender {
                 self.revoke_later(s.tokens);
             }
             None => {
-                tracing::warn!(event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
+                tracing::warn!(target: "audit", event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
             }
         }
         Ok(true)
@@ -119,7 +122,7 @@ impl Ender {
         };
         self.sessions.save(handle, new).await?;
         tracing::info!(
-            event = "session_upgraded",
+            target: "audit", event = "session_upgraded",
             session = %short(handle),
             sub = %new.sub,
             "step-up login: the session was upgraded in place"

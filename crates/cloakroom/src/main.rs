@@ -193,7 +193,10 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    cloakroom::telemetry::init(&config.log);
+    if let Err(e) = cloakroom::telemetry::init(&config.log) {
+        eprintln!("start-up failed: {e}");
+        return ExitCode::from(1);
+    }
     let app = match cloakroom::App::start(config).await {
         Ok(a) => a,
         Err(e) => {

@@ -93,10 +93,13 @@ impl Reaper {
         };
         let by_idle = taken.idle_expires_at(idle) < taken.absolute_expires_at;
         tracing::info!(
-            event = "session_ended",
+            target: "audit", event = "session_ended",
             reason = if by_idle { "idle_timeout" } else { "absolute_timeout" },
             session = %short(handle),
             sub = %taken.sub,
+            sid = taken.sid.as_deref(),
+            ip = taken.ip.as_deref(),
+            user_agent = taken.user_agent.as_deref(),
             "session timed out; its tokens are revoked"
         );
         if by_idle {

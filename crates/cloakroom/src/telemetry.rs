@@ -22,26 +22,70 @@ pub const BATCH: usize = 64 * 1024;
 /// A batch this large takes no more lines: they are dropped and counted.
 pub const LIMIT: usize = 4 * 1024 * 1024;
 
+/// The tracing target of audit events (login, logout, sessions ended, admin and user
+/// actions): with `log.audit_file` they go there, as JSON lines, and not to stdout.
+pub const AUDIT: &str = "audit";
+
 /// Installs the global subscriber (once; later calls are ignored).
-pub fn init(config: &LogConfig) {
+///
+/// # Errors
+/// When `log.audit_file` cannot be opened for appending.
+pub fn init(config: &LogConfig) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = Batched::stdout();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let audit = match &config.audit_file {
+        None => None,
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log.audit_file: cannot open {}: {e}", path.display()))?;
+            Some(Batched::new(Box::new(file)))
+        }
+    };
+    let routed = audit.is_some();
+    // Everything but the audit events when they have a file of their own.
+    let main = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(writer.clone());
-    let installed = match config.format {
+    let main = match config.format {
         // The request span once, as `span` (not again in a `spans` list: formatting it twice
         // per line was measurable).
-        LogFormat::Json => builder
+        LogFormat::Json => main
             .json()
             .flatten_event(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+            .boxed(),
+        LogFormat::Pretty => main.boxed(),
+    }
+    .with_filter(filter)
+    .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+        !(routed && m.target() == AUDIT)
+    }));
+    let audit_layer = audit.clone().map(|w| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .with_current_span(false)
+            .with_writer(w)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new().with_target(AUDIT, tracing::Level::INFO),
+            )
+    });
+    let installed = tracing_subscriber::registry()
+        .with(main)
+        .with(audit_layer)
+        .try_init();
     if installed.is_ok() {
         let _ = INSTALLED.set(writer);
+        if let Some(a) = audit {
+            let _ = AUDIT_WRITER.set(a);
+        }
         // A panic's own message goes to stderr; what was logged before it must not be lost.
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -49,13 +93,19 @@ pub fn init(config: &LogConfig) {
             previous(info);
         }));
     }
+    Ok(())
 }
+
+static AUDIT_WRITER: OnceLock<Batched> = OnceLock::new();
 
 static INSTALLED: OnceLock<Batched> = OnceLock::new();
 
 /// Writes out every line logged so far (at shutdown, before the process exits).
 pub fn flush() {
     if let Some(w) = INSTALLED.get() {
+        w.flush_now();
+    }
+    if let Some(w) = AUDIT_WRITER.get() {
         w.flush_now();
     }
 }

@@ -36,7 +36,7 @@ impl Backchannel {
         let bad = |why: &str| {
             crate::metrics::backchannel_logout("rejected");
             tracing::info!(
-                event = "backchannel_logout_rejected",
+                target: "audit", event = "backchannel_logout_rejected",
                 reason = why,
                 "back-channel logout refused"
             );
@@ -100,7 +100,7 @@ impl Backchannel {
         let _ = store.remember_once(&jti_key, remember).await?;
         crate::metrics::backchannel_logout("ok");
         tracing::info!(
-            event = "backchannel_logout",
+            target: "audit", event = "backchannel_logout",
             sub = claims.sub.as_deref().unwrap_or("-"),
             by_sid = claims.sid.is_some(),
             sessions_ended = n,

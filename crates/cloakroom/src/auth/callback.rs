@@ -144,7 +144,7 @@ impl Callback {
                 crate::session::now_unix(),
                 state.oidc.clock_skew(),
             ) {
-                tracing::info!(event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
+                tracing::info!(target: "audit", event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
                 state.ender.revoke_later(result.tokens);
                 set_location(&mut resp, &with_error(&pending.return_to, "step_up_failed"))?;
@@ -195,7 +195,7 @@ impl Callback {
                         restored = restored.or(left.state);
                     }
                     Some(_) => {
-                        tracing::info!(event = "reconstitution_refused", session = %crate::session::short(old), "another user signed in; the timed-out session's leftover was dropped")
+                        tracing::info!(target: "audit", event = "reconstitution_refused", session = %crate::session::short(old), "another user signed in; the timed-out session's leftover was dropped")
                     }
                     None => {}
                 }
@@ -238,9 +238,14 @@ impl Callback {
             tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");
         }
         tracing::info!(
-            event = "login",
+            target: "audit", event = "login",
             session = %crate::session::short(&handle),
             sub = %session.sub,
+            sid = session.sid.as_deref(),
+            ip = session.ip.as_deref(),
+            user_agent = session.user_agent.as_deref(),
+            remembered = session.remembered,
+            reconstituted = session.reconstituted,
             "session created"
         );
         crate::metrics::login_finished("ok");

@@ -81,7 +81,7 @@ impl Logout {
                     .collect();
                 ended = state.ender.end_all(others, "logout_others").await?;
                 tracing::info!(
-                    event = "audit",
+                    target: "audit", event = "audit",
                     action = if scope == Scope::Others { "logout_others" } else { "logout_everywhere" },
                     sub = %s.sub,
                     session = %short(handle),
@@ -104,9 +104,11 @@ impl Logout {
                 // refresh that landed after our read is revoked too), after this answer.
                 state.ender.end(&handle, Some(&s), "logout").await?;
                 tracing::info!(
-                    event = "logout",
+                    target: "audit", event = "logout",
+                    scope = if scope == Scope::Everywhere { "everywhere" } else { "this" },
                     session = %crate::session::short(&handle),
                     sub = %s.sub,
+                    sid = s.sid.as_deref(),
                     "session ended by the user"
                 );
                 crate::metrics::logout();

@@ -75,7 +75,7 @@ impl Devices {
         list.sort_by_key(|(h, x)| (std::cmp::Reverse(*h == handle), -x.last_seen));
         let body: Vec<serde_json::Value> =
             list.iter().map(|(h, x)| listed(h, x, &handle)).collect();
-        tracing::info!(event = "audit", action = "list_devices", sub = %s.sub, session = %short(&handle), count = body.len(), "the user listed their sessions");
+        tracing::info!(target: "audit", event = "audit", action = "list_devices", sub = %s.sub, session = %short(&handle), count = body.len(), "the user listed their sessions");
         Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "sessions": body }),
@@ -93,7 +93,7 @@ impl Devices {
         if !self.ender.end(&victim, Some(&copy), "user_device").await? {
             return Err(Error::NotFound);
         }
-        tracing::info!(event = "audit", action = "end_device", sub = %s.sub, session = %short(&handle), ended = %short(&victim), current = victim == handle, "the user ended one of their sessions");
+        tracing::info!(target: "audit", event = "audit", action = "end_device", sub = %s.sub, session = %short(&handle), ended = %short(&victim), current = victim == handle, "the user ended one of their sessions");
         let mut resp = json_response(
             StatusCode::OK,
             &serde_json::json!({ "ended": true, "current": victim == handle }),
@@ -134,7 +134,7 @@ impl Devices {
             return Err(Error::InvalidRequest("the state must be JSON".into()));
         }
         self.sessions.save_state(&handle, &s, &body).await?;
-        tracing::info!(event = "audit", action = "save_state", sub = %s.sub, session = %short(&handle), bytes = body.len(), "the SPA saved its state");
+        tracing::info!(target: "audit", event = "audit", action = "save_state", sub = %s.sub, session = %short(&handle), bytes = body.len(), "the SPA saved its state");
         let mut resp = Response::new(crate::body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp.headers_mut().insert(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 pub(super) struct RawLog {
     format: Option<String>,
     level: Option<String>,
+    audit_file: Option<std::path::PathBuf>,
 }
 
 /// Log output format.
@@ -26,6 +27,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax).
     pub level: String,
+    /// Where the audit events (target `audit`) go instead of stdout: JSON lines appended to
+    /// this file.
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 impl LogConfig {
@@ -42,6 +46,19 @@ impl LogConfig {
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             errs.push(format!("log.level: `{level}` is not a valid filter"));
         }
-        Self { format, level }
+        if let Some(f) = &raw.audit_file {
+            let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+            if f.as_os_str().is_empty() || dir.is_some_and(|d| !d.is_dir()) {
+                errs.push(format!(
+                    "log.audit_file: `{}` must be a file in an existing directory",
+                    f.display()
+                ));
+            }
+        }
+        Self {
+            format,
+            level,
+            audit_file: raw.audit_file,
+        }
     }
 }
