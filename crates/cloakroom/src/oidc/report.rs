@@ -219,7 +219,7 @@ fn lines(config: &OidcConfig, doc: &Value, extra: &ExtraMetadata) -> Vec<ReportL
         &super::id_token::FAPI2_ID_TOKEN_ALGS
     } else {
         &[
-            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
         ]
     };
     line(
@@ -255,6 +255,20 @@ fn lines(config: &OidcConfig, doc: &Value, extra: &ExtraMetadata) -> Vec<ReportL
         .into(),
         backchannel.then_some(true),
     );
+    if config.userinfo {
+        let has = doc["userinfo_endpoint"].is_string();
+        line(
+            "userinfo (oidc.userinfo)",
+            "claims fetched at login".into(),
+            if has {
+                "an endpoint"
+            } else {
+                "no userinfo_endpoint"
+            }
+            .into(),
+            Some(has),
+        );
+    }
     line(
         "RP-initiated logout",
         "end_session_url after /auth/logout".into(),
@@ -306,5 +320,46 @@ mod tests {
         assert_eq!(verdict("ID token signature"), "ok");
         assert_eq!(verdict("revocation (RFC 7009)"), "note");
         assert!(report.iter().all(|l| !l.to_string().is_empty()));
+    }
+
+    #[test]
+    fn userinfo_needs_its_endpoint_and_eddsa_is_a_usable_signature() {
+        let env: crate::config::Env = [
+            ("CLOAKROOM_OIDC_CLIENT_SECRET", "s"),
+            (
+                "CLOAKROOM_COOKIE_KEYS",
+                "1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let toml = "[server]\npublic_url = \"https://app.example\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nuserinfo = true\n";
+        let config = crate::config::Config::from_toml(toml, &env).expect("config");
+        for (doc, userinfo) in [
+            (
+                serde_json::json!({"id_token_signing_alg_values_supported": ["EdDSA"]}),
+                "MISSING",
+            ),
+            (
+                serde_json::json!({
+                    "id_token_signing_alg_values_supported": ["EdDSA"],
+                    "userinfo_endpoint": "https://idp.example/me",
+                }),
+                "ok",
+            ),
+        ] {
+            let extra: ExtraMetadata = serde_json::from_value(doc.clone()).expect("extra");
+            let report = lines(&config.oidc, &doc, &extra);
+            let verdict = |what: &str| {
+                report
+                    .iter()
+                    .find(|l| l.what == what)
+                    .map(|l| l.verdict)
+                    .unwrap_or_else(|| panic!("{what} not in {report:?}"))
+            };
+            assert_eq!(verdict("ID token signature"), "ok");
+            assert_eq!(verdict("userinfo (oidc.userinfo)"), userinfo);
+        }
     }
 }
