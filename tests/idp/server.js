@@ -296,6 +296,11 @@ function makeJwk(alg) {
   return null;
 }
 const idTokenJwk = signingAlg === signingJwk.alg ? signingJwk : makeJwk(signingAlg);
+// `key_rotation: true`: a second, ES256 key is in the keystore from the start but neither
+// published nor used until POST /test/rotate-keys?step=switch (published, and ID tokens
+// signed with it from then on) and ?step=retire (the first key leaves the JWKS).
+const nextJwk = cfg.key_rotation ? makeJwk('ES256') : null;
+let retiredKid = null;
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 
 // ---------------------------------------------------------------------------
@@ -387,7 +392,12 @@ function loginPolicy() {
 
 const configuration = {
   clients,
-  jwks: { keys: idTokenJwk === signingJwk ? [signingJwk] : [idTokenJwk, signingJwk] },
+  jwks: {
+    keys: [
+      ...(idTokenJwk === signingJwk ? [signingJwk] : [idTokenJwk, signingJwk]),
+      ...(nextJwk ? [nextJwk] : []),
+    ],
+  },
   findAccount,
 
   claims: {
@@ -744,6 +754,18 @@ provider.use(async (ctx, next) => {
   }
 });
 
+// The published JWKS under `key_rotation`: the next key only once switched to, the first one
+// no more once retired.
+let nextPublished = false;
+provider.use(async (ctx, next) => {
+  await next();
+  if (nextJwk && ctx.oidc?.route === 'jwks' && ctx.body && Array.isArray(ctx.body.keys)) {
+    ctx.body = {
+      keys: ctx.body.keys.filter((k) => (k.kid !== nextJwk.kid || nextPublished) && k.kid !== retiredKid),
+    };
+  }
+});
+
 // Count revocation calls that succeeded (the endpoint answers 200), and record which tokens
 // were revoked or refused (by hash).
 provider.use(async (ctx, next) => {
@@ -1028,6 +1050,20 @@ async function onRequest(req, res) {
       const input = `${b64(header)}.${b64(body.payload ?? {})}`;
       const sig = crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url');
       sendJson(res, 200, { jwt: `${input}.${sig}`, kid: signingJwk.kid });
+      return;
+    }
+    if (url.pathname === '/test/rotate-keys' && req.method === 'POST' && nextJwk) {
+      const step = url.searchParams.get('step');
+      if (step === 'switch') {
+        nextPublished = true;
+        for (const c of cfg.clients) {
+          const client = await provider.Client.find(c.client_id);
+          if (client) client.idTokenSignedResponseAlg = 'ES256';
+        }
+      } else if (step === 'retire') {
+        retiredKid = signingJwk.kid;
+      }
+      sendJson(res, 200, { step, signing_kid: nextPublished ? nextJwk.kid : signingJwk.kid, retired: retiredKid });
       return;
     }
     if (url.pathname === '/test/reset' && req.method === 'POST') {

@@ -66,19 +66,7 @@ async fn core(opts: Opts, expect: Expect) {
     let s = env.session_of(&b).await.expect("a session");
     let rt = s.tokens.refresh_token.clone().expect("a refresh token");
     assert_eq!(s.sub == "alice", expect.public_sub, "sub {}", s.sub);
-    let header = s
-        .tokens
-        .id_token
-        .expose()
-        .split('.')
-        .next()
-        .expect("header");
-    let header: serde_json::Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
-            .expect("base64"),
-    )
-    .expect("json");
-    assert_eq!(header["alg"], expect.alg, "the ID token's algorithm");
+    assert_eq!(id_token_alg(&s), expect.alg, "the ID token's algorithm");
     let at_claims = crate::support::upstream::jwt_claims(s.tokens.access_token.expose());
     assert_eq!(
         at_claims.as_ref().map(|c| c["aud"].clone()),
@@ -315,4 +303,70 @@ async fn no_refresh_token_granted() {
         assert_eq!(r.location(), "/app/page");
         assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
     }
+}
+
+fn id_token_alg(s: &cloakroom::session::Session) -> String {
+    let header = s
+        .tokens
+        .id_token
+        .expose()
+        .split('.')
+        .next()
+        .expect("header");
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .expect("base64"),
+    )
+    .expect("json");
+    header["alg"].as_str().unwrap_or_default().to_string()
+}
+
+/// The IdP switches to a new signing key in the middle of live sessions (the new key appears
+/// in its JWKS only then), then drops the old one: refreshed ID tokens under the new key are
+/// verified (one JWKS re-fetch for the unknown `kid`), sessions go on, new logins work.
+#[tokio::test]
+async fn a_signing_key_rotation_in_the_middle_of_live_sessions() {
+    let env = TestEnv::start_with(with_idp(&[("key_rotation", true.into())])).await;
+    let rotate = |step: &'static str| {
+        let url = env.idp.url(&format!("/test/rotate-keys?step={step}"));
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .send()
+                .await
+                .expect("rotate");
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    assert_eq!(
+        id_token_alg(&env.session_of(&b).await.expect("session")),
+        "RS256"
+    );
+
+    rotate("switch").await;
+    env.advance(Duration::from_secs(700));
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    let s = env.session_of(&b).await.expect("session");
+    assert_eq!(
+        id_token_alg(&s),
+        "ES256",
+        "the refreshed ID token, under the new key, was verified and kept"
+    );
+
+    rotate("retire").await;
+    env.advance(Duration::from_secs(700));
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 2);
+    let mut fresh = Browser::new();
+    env.login(&mut fresh).await;
+    assert_eq!(
+        id_token_alg(&env.session_of(&fresh).await.expect("session")),
+        "ES256"
+    );
+    assert_eq!(
+        b.xhr(Method::POST, &env.url("/auth/logout")).await.status,
+        200
+    );
 }
