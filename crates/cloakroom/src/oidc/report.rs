@@ -287,55 +287,57 @@ fn lines(config: &OidcConfig, doc: &Value, extra: &ExtraMetadata) -> Vec<ReportL
 mod tests {
     use super::*;
 
-    #[test]
-    fn missing_pieces_are_marked_and_notes_are_not_failures() {
-        let env: crate::config::Env = [
+    fn config(toml_extra: &str, dpop: bool) -> crate::config::Config {
+        let mut env: crate::config::Env = [
             ("CLOAKROOM_OIDC_CLIENT_SECRET", "s"),
             (
                 "CLOAKROOM_COOKIE_KEYS",
                 "1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             ),
-            ("CLOAKROOM_OIDC_DPOP", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let toml = "[server]\npublic_url = \"https://app.example\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\n";
-        let config = crate::config::Config::from_toml(toml, &env).expect("config");
-        let doc = serde_json::json!({
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-        });
+        if dpop {
+            env.insert("CLOAKROOM_OIDC_DPOP".into(), "true".into());
+        }
+        let toml = format!("[server]\npublic_url = \"https://app.example\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\n{toml_extra}");
+        crate::config::Config::from_toml(&toml, &env).expect("config")
+    }
+
+    /// The verdict of each line of the report for `doc`.
+    fn verdicts(config: &crate::config::Config, doc: &Value) -> Vec<ReportLine> {
         let extra: ExtraMetadata = serde_json::from_value(doc.clone()).expect("extra");
-        let report = lines(&config.oidc, &doc, &extra);
-        let verdict = |what: &str| {
-            report
-                .iter()
-                .find(|l| l.what == what)
-                .map(|l| l.verdict)
-                .unwrap_or_else(|| panic!("{what} not in {report:?}"))
-        };
-        assert_eq!(verdict("client authentication"), "ok");
-        assert_eq!(verdict("DPoP (RFC 9449)"), "MISSING");
-        assert_eq!(verdict("ID token signature"), "ok");
-        assert_eq!(verdict("revocation (RFC 7009)"), "note");
+        lines(&config.oidc, doc, &extra)
+    }
+
+    fn verdict(report: &[ReportLine], what: &str) -> &'static str {
+        report
+            .iter()
+            .find(|l| l.what == what)
+            .map(|l| l.verdict)
+            .unwrap_or_else(|| panic!("{what} not in {report:?}"))
+    }
+
+    #[test]
+    fn missing_pieces_are_marked_and_notes_are_not_failures() {
+        let report = verdicts(
+            &config("", true),
+            &serde_json::json!({
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            }),
+        );
+        assert_eq!(verdict(&report, "client authentication"), "ok");
+        assert_eq!(verdict(&report, "DPoP (RFC 9449)"), "MISSING");
+        assert_eq!(verdict(&report, "ID token signature"), "ok");
+        assert_eq!(verdict(&report, "revocation (RFC 7009)"), "note");
         assert!(report.iter().all(|l| !l.to_string().is_empty()));
     }
 
     #[test]
     fn userinfo_needs_its_endpoint_and_eddsa_is_a_usable_signature() {
-        let env: crate::config::Env = [
-            ("CLOAKROOM_OIDC_CLIENT_SECRET", "s"),
-            (
-                "CLOAKROOM_COOKIE_KEYS",
-                "1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let toml = "[server]\npublic_url = \"https://app.example\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nuserinfo = true\n";
-        let config = crate::config::Config::from_toml(toml, &env).expect("config");
+        let config = config("userinfo = true\n", false);
         for (doc, userinfo) in [
             (
                 serde_json::json!({"id_token_signing_alg_values_supported": ["EdDSA"]}),
@@ -349,17 +351,9 @@ mod tests {
                 "ok",
             ),
         ] {
-            let extra: ExtraMetadata = serde_json::from_value(doc.clone()).expect("extra");
-            let report = lines(&config.oidc, &doc, &extra);
-            let verdict = |what: &str| {
-                report
-                    .iter()
-                    .find(|l| l.what == what)
-                    .map(|l| l.verdict)
-                    .unwrap_or_else(|| panic!("{what} not in {report:?}"))
-            };
-            assert_eq!(verdict("ID token signature"), "ok");
-            assert_eq!(verdict("userinfo (oidc.userinfo)"), userinfo);
+            let report = verdicts(&config, &doc);
+            assert_eq!(verdict(&report, "ID token signature"), "ok");
+            assert_eq!(verdict(&report, "userinfo (oidc.userinfo)"), userinfo);
         }
     }
 }
