@@ -68,8 +68,8 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
 pub(crate) struct Admin {
     pub(crate) sessions: Sessions,
     pub(crate) ender: Ender,
-    /// `CLOAKROOM_ADMIN_TOKEN` (None: the admin API answers 404).
-    pub(crate) token: Option<Secret>,
+    /// `CLOAKROOM_ADMIN_TOKEN` (None: the admin API answers 404); a reload replaces it.
+    pub(crate) token: arc_swap::ArcSwapOption<Secret>,
 }
 
 /// Handles one admin request.
@@ -114,7 +114,8 @@ pub(crate) async fn handle(
 }
 
 fn authorized(state: &Admin, req: &Request<Incoming>) -> Result<(), Error> {
-    let Some(expected) = &state.token else {
+    let token = state.token.load();
+    let Some(expected) = token.as_deref() else {
         return Err(Error::NotFound);
     };
     let given = req

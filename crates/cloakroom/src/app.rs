@@ -26,8 +26,10 @@ use tokio::task::JoinHandle;
 /// No module imports this one back: each stage was given what it uses.
 #[derive(Debug)]
 pub struct AppState {
-    /// The public service.
-    router: Arc<Router>,
+    /// The public service; a reload swaps it ([`RunningApp::reload`]).
+    router: Arc<arc_swap::ArcSwap<Router>>,
+    /// What a reload rebuilds the router from, and the configuration it runs on.
+    parts: Parts,
     /// The admin service.
     admin: Arc<Admin>,
     /// Sessions over the store.
@@ -35,6 +37,95 @@ pub struct AppState {
     /// Live WebSocket tunnels and event streams, by session: `tunnels.close_session(handle)`
     /// cuts a session's streams on this instance.
     tunnels: crate::tunnels::Tunnels,
+}
+
+/// The stages a reload keeps (sessions, IdP client, refresher, ...) and the configuration in
+/// force.
+struct Parts {
+    sessions: Sessions,
+    oidc: Arc<OidcClient>,
+    ender: Ender,
+    refresher: Arc<Refresher>,
+    clock: Clock,
+    clients: Arc<crate::client_tokens::ClientTokens>,
+    reaper: Option<crate::reaper::Reaper>,
+    config: std::sync::Mutex<Config>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts").finish_non_exhaustive()
+    }
+}
+
+/// The forwarder for `config`'s routes: pools, timeouts, the client certificate.
+fn forwarder(
+    config: &Config,
+    tunnels: &crate::tunnels::Tunnels,
+) -> Result<Forwarder, StartupError> {
+    let mut forwarder = Forwarder::new(
+        &config.upstream,
+        &config.server,
+        &config.cookie,
+        config.csrf.header.clone(),
+        tunnels.clone(),
+    );
+    if let Some(cert) = config
+        .oidc
+        .client_cert
+        .as_ref()
+        .filter(|_| config.routes.iter().any(|r| r.upstream_client_cert))
+    {
+        forwarder = forwarder
+            .with_client_cert(&config.upstream, cert)
+            .map_err(StartupError::Tls)?;
+    }
+    Ok(forwarder)
+}
+
+/// What a reload may not change: each differing setting, named (a restart applies it).
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut same = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!(
+                "{key}: changed; it takes a restart (a reload keeps the running value)"
+            ));
+        }
+    };
+    same(
+        "server",
+        format!("{:?}", old.server),
+        format!("{:?}", new.server),
+    );
+    same(
+        "admin.listen",
+        format!("{:?}", old.admin.listen),
+        format!("{:?}", new.admin.listen),
+    );
+    same(
+        "store",
+        format!("{:?}", old.store),
+        format!("{:?}", new.store),
+    );
+    same("oidc", format!("{:?}", old.oidc), format!("{:?}", new.oidc));
+    same(
+        "session",
+        format!("{:?}", old.session),
+        format!("{:?}", new.session),
+    );
+    same(
+        "cookie",
+        format!("{:?}", old.cookie),
+        format!("{:?}", new.cookie),
+    );
+    same("log", format!("{:?}", old.log), format!("{:?}", new.log));
+    same(
+        "cookie keys",
+        old.keys.fingerprint(),
+        new.keys.fingerprint(),
+    );
+    out
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -105,6 +196,52 @@ impl RunningApp {
             );
         }
         self.tunnels.close_all();
+    }
+
+    /// Applies a new configuration without a restart (SIGHUP, `POST /admin/reload`): routes,
+    /// upstreams and their pools, CSRF origins, the admin token. In-flight requests and open
+    /// tunnels finish on the configuration they started with. Settings a reload cannot change
+    /// (listeners, store, IdP client, session lifetimes, cookie keys, log settings) must be as
+    /// they are; otherwise nothing changes.
+    ///
+    /// # Errors
+    /// Every setting that needs a restart, named; or the routes' TLS client failing to build.
+    pub fn reload(&self, new: Config) -> Result<(), Vec<String>> {
+        let s = &self._state;
+        let p = &s.parts;
+        let mut current = p
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let problems = needs_restart(&current, &new);
+        if !problems.is_empty() {
+            crate::metrics::config_reload("error");
+            return Err(problems);
+        }
+        let forwarder = match forwarder(&new, &self.tunnels) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::metrics::config_reload("error");
+                return Err(vec![e.to_string()]);
+            }
+        };
+        let next = router(
+            &new,
+            &p.sessions,
+            &p.oidc,
+            &p.ender,
+            &p.refresher,
+            &p.clock,
+            forwarder,
+            p.clients.clone(),
+            p.reaper.clone(),
+        );
+        s.router.store(Arc::new(next));
+        s.admin.token.store(new.admin.token.clone().map(Arc::new));
+        tracing::info!(target: "audit", event = "reload", routes = new.routes.len(), "configuration reloaded");
+        crate::metrics::config_reload("ok");
+        *current = new;
+        Ok(())
     }
 
     /// The registry of live tunnels and event streams.
@@ -241,23 +378,7 @@ impl App {
                 }
             }
         });
-        let mut forwarder = Forwarder::new(
-            &config.upstream,
-            &config.server,
-            &config.cookie,
-            config.csrf.header.clone(),
-            tunnels.clone(),
-        );
-        if let Some(cert) = config
-            .oidc
-            .client_cert
-            .as_ref()
-            .filter(|_| config.routes.iter().any(|r| r.upstream_client_cert))
-        {
-            forwarder = forwarder
-                .with_client_cert(&config.upstream, cert)
-                .map_err(StartupError::Tls)?;
-        }
+        let forwarder = forwarder(&config, &tunnels)?;
         let tls = match &config.server.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
@@ -274,7 +395,7 @@ impl App {
         })?;
         let limits = Limits::from_config(&config.server);
         let state = Arc::new(AppState {
-            router: Arc::new(router(
+            router: Arc::new(arc_swap::ArcSwap::from_pointee(router(
                 &config,
                 &sessions,
                 &oidc,
@@ -282,14 +403,24 @@ impl App {
                 &refresher,
                 &clock,
                 forwarder,
-                clients,
+                clients.clone(),
                 reaper.clone(),
-            )),
+            ))),
             admin: Arc::new(Admin {
                 sessions: sessions.clone(),
-                ender,
-                token: config.admin.token.clone(),
+                ender: ender.clone(),
+                token: arc_swap::ArcSwapOption::new(config.admin.token.clone().map(Arc::new)),
             }),
+            parts: Parts {
+                sessions: sessions.clone(),
+                oidc: oidc.clone(),
+                ender,
+                refresher,
+                clock,
+                clients,
+                reaper: reaper.clone(),
+                config: std::sync::Mutex::new(config),
+            },
             sessions,
             tunnels: tunnels.clone(),
         });
@@ -303,7 +434,9 @@ impl App {
             public,
             limits,
             tls,
-            move |req, peer| crate::routes::handle(router.clone(), req, peer),
+            // The router in force when the request came: a reload never changes a request
+            // midway.
+            move |req, peer| crate::routes::handle(router.load_full(), req, peer),
             rx.clone(),
         ));
         let admin_state = state.admin.clone();

@@ -185,6 +185,22 @@ impl KeyRing {
             .map(|k| URL_SAFE_NO_PAD.encode(hmac_sha256(&k.index, &data)))
             .collect()
     }
+    /// Which keys, in which order, without revealing them: each key's id and a keyed hash of
+    /// nothing (tells two rings apart, e.g. for a reload; never key material).
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{}:{}",
+                    k.id,
+                    URL_SAFE_NO_PAD.encode(&hmac_sha256(&k.index, b"fingerprint")[..8])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// 32 random bytes from the OS CSPRNG, base64url: session ids, `state`, `nonce`, binding tags.

@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => match load(&config) {
             Err(code) => code,
-            Ok(c) => runtime().block_on(run(c)),
+            Ok(c) => runtime().block_on(run(&config, c)),
         },
     }
 }
@@ -192,7 +192,7 @@ async fn check(config: Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     if let Err(e) = cloakroom::telemetry::init(&config.log) {
         eprintln!("start-up failed: {e}");
         return ExitCode::from(1);
@@ -206,12 +206,52 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    cloakroom::server::wait_for_signal().await;
+    // SIGHUP reloads the configuration (re-read, validated whole, applied or refused whole);
+    // SIGTERM or Ctrl-C stops.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let reload = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let reload = std::future::pending::<()>();
+        tokio::select! {
+            () = cloakroom::server::wait_for_signal() => break,
+            () = reload => reload_from(path, &app),
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
     cloakroom::telemetry::flush();
     ExitCode::SUCCESS
+}
+
+/// Re-reads `path` and the environment and applies the result, or logs every problem and
+/// changes nothing.
+fn reload_from(path: &std::path::Path, app: &cloakroom::app::RunningApp) {
+    let problems = match Config::load(path, &env()) {
+        Ok(config) => match app.reload(config) {
+            Ok(()) => return,
+            Err(p) => p,
+        },
+        Err(e) => {
+            cloakroom::metrics::config_reload("error");
+            e.0
+        }
+    };
+    tracing::error!(
+        event = "reload_failed",
+        problems = %problems.join("; "),
+        "configuration reload refused; nothing changed"
+    );
 }
 
 /// mimalloc, measured against the system allocator in `scripts/bench` (docs/BENCHMARKS.md).

@@ -115,6 +115,11 @@ pub fn revocation_unavailable() {
     metrics::counter!("cloakroom_revocation_unavailable_total").increment(1);
 }
 
+/// A configuration reload, by result (`ok`, `error`).
+pub fn config_reload(result: &'static str) {
+    metrics::counter!("cloakroom_config_reload_total", "result" => result).increment(1);
+}
+
 /// A token revocation at the IdP failed.
 pub fn revocation_failed() {
     metrics::counter!("cloakroom_revocation_failures_total").increment(1);

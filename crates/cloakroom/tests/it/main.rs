@@ -24,6 +24,7 @@ mod props;
 mod proxying;
 mod reconstitute;
 mod refresh;
+mod reload;
 mod route_tokens;
 mod session_cache;
 mod soak;

@@ -713,6 +713,8 @@ pub(crate) struct Binary {
     pub admin_addr: std::net::SocketAddr,
     pub child: std::process::Child,
     pub stderr_path: std::path::PathBuf,
+    /// The config file it runs on (a reload test rewrites it).
+    pub config_path: std::path::PathBuf,
 }
 
 impl Binary {
@@ -834,6 +836,7 @@ impl TestEnv {
             admin_addr: ([127, 0, 0, 1], admin_port).into(),
             child,
             stderr_path,
+            config_path: config.clone(),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
