@@ -70,7 +70,12 @@ pub(crate) struct Admin {
     pub(crate) ender: Ender,
     /// `CLOAKROOM_ADMIN_TOKEN` (None: the admin API answers 404); a reload replaces it.
     pub(crate) token: arc_swap::ArcSwapOption<Secret>,
+    /// `POST /admin/reload` asks the process (`main.rs`) for a reload through this.
+    pub(crate) reload: tokio::sync::mpsc::Sender<ReloadReply>,
 }
+
+/// Where a reload's outcome goes: `Err` lists every problem.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), Vec<String>>>;
 
 /// Handles one admin request.
 pub(crate) async fn handle(
@@ -201,7 +206,30 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
                 &serde_json::json!({"ended": n}),
             ))
         }
-        (_, ["admin", "users", _, "sessions"] | ["admin", "sessions", _]) => {
+        (&Method::POST, ["admin", "reload"]) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let unavailable = || {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"error": "reload_unavailable"}),
+                )
+            };
+            if state.reload.try_send(tx).is_err() {
+                return Ok(unavailable());
+            }
+            match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+                Ok(Ok(Ok(()))) => Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"reloaded": true}),
+                )),
+                Ok(Ok(Err(problems))) => Ok(json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({"error": "config_invalid", "problems": problems}),
+                )),
+                _ => Ok(unavailable()),
+            }
+        }
+        (_, ["admin", "users", _, "sessions"] | ["admin", "sessions", _] | ["admin", "reload"]) => {
             Err(Error::MethodNotAllowed)
         }
         _ => Err(Error::NotFound),

@@ -152,6 +152,9 @@ pub struct RunningApp {
     tunnels: crate::tunnels::Tunnels,
     drain: std::time::Duration,
     drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// `POST /admin/reload` requests, for whoever runs the process to serve
+    /// ([`RunningApp::reload_requests`]).
+    reloads: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadReply>>>,
     /// Keeps the stages alive (the tunnel sweep holds only a weak reference) until the app is
     /// dropped.
     _state: Arc<AppState>,
@@ -242,6 +245,17 @@ impl RunningApp {
         crate::metrics::config_reload("ok");
         *current = new;
         Ok(())
+    }
+
+    /// The `POST /admin/reload` requests, once: the process that knows the config file serves
+    /// them (re-read, [`RunningApp::reload`], answer). Unserved, the endpoint answers 503.
+    pub fn reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadReply>> {
+        self.reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The registry of live tunnels and event streams.
@@ -394,6 +408,7 @@ impl App {
             source,
         })?;
         let limits = Limits::from_config(&config.server);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let state = Arc::new(AppState {
             router: Arc::new(arc_swap::ArcSwap::from_pointee(router(
                 &config,
@@ -410,6 +425,7 @@ impl App {
                 sessions: sessions.clone(),
                 ender: ender.clone(),
                 token: arc_swap::ArcSwapOption::new(config.admin.token.clone().map(Arc::new)),
+                reload: reload_tx,
             }),
             parts: Parts {
                 sessions: sessions.clone(),
@@ -456,6 +472,7 @@ impl App {
             tunnels,
             drain: limits.drain,
             drain_deadline: std::sync::OnceLock::new(),
+            reloads: std::sync::Mutex::new(Some(reload_rx)),
             _state: state,
         })
     }

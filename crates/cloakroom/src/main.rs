@@ -31,6 +31,13 @@ enum Command {
         #[arg(long, short, env = "CLOAKROOM_CONFIG", default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Validate the config, then ask the running instance to reload it (`POST /admin/reload`
+    /// on `admin.listen`, with CLOAKROOM_ADMIN_TOKEN); exits 0 when it did.
+    Reload {
+        /// Config file.
+        #[arg(long, short, env = "CLOAKROOM_CONFIG", default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Print a new random key-ring entry for CLOAKROOM_COOKIE_KEYS, or with --client-key a
     /// private key for private_key_jwt (PEM, for CLOAKROOM_OIDC_CLIENT_KEY) followed by its
     /// public JWK set to register at the IdP.
@@ -106,6 +113,10 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(&config) {
             Err(code) => code,
             Ok(c) => runtime().block_on(check(c)),
+        },
+        Command::Reload { config } => match load(&config) {
+            Err(code) => code,
+            Ok(c) => runtime().block_on(reload(c)),
         },
         Command::Run { config } => match load(&config) {
             Err(code) => code,
@@ -210,6 +221,7 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     // SIGTERM or Ctrl-C stops.
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut requests = app.reload_requests();
     loop {
         #[cfg(unix)]
         let reload = async {
@@ -222,9 +234,20 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
         };
         #[cfg(not(unix))]
         let reload = std::future::pending::<()>();
+        let asked = async {
+            match requests.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cloakroom::server::wait_for_signal() => break,
-            () = reload => reload_from(path, &app),
+            () = reload => {
+                let _ = reload_from(path, &app);
+            }
+            Some(reply) = asked => {
+                let _ = reply.send(reload_from(path, &app));
+            }
         }
     }
     tracing::info!("shutting down: draining in-flight requests");
@@ -236,10 +259,13 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
 
 /// Re-reads `path` and the environment and applies the result, or logs every problem and
 /// changes nothing.
-fn reload_from(path: &std::path::Path, app: &cloakroom::app::RunningApp) {
+fn reload_from(
+    path: &std::path::Path,
+    app: &cloakroom::app::RunningApp,
+) -> Result<(), Vec<String>> {
     let problems = match Config::load(path, &env()) {
         Ok(config) => match app.reload(config) {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(p) => p,
         },
         Err(e) => {
@@ -252,6 +278,44 @@ fn reload_from(path: &std::path::Path, app: &cloakroom::app::RunningApp) {
         problems = %problems.join("; "),
         "configuration reload refused; nothing changed"
     );
+    Err(problems)
+}
+
+/// `cloakroom reload`: the file is valid here, then the running instance is asked.
+async fn reload(config: Config) -> ExitCode {
+    let Some(token) = config.admin.token.as_ref() else {
+        eprintln!("reload: CLOAKROOM_ADMIN_TOKEN is not set (the admin API is off)");
+        return ExitCode::from(2);
+    };
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/admin/reload"))
+        .bearer_auth(token.expose())
+        .timeout(std::time::Duration::from_secs(40))
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => {
+            println!("reload: ok");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            println!("reload: refused ({status})");
+            for p in body["problems"].as_array().into_iter().flatten() {
+                println!("  {}", p.as_str().unwrap_or_default());
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            println!("reload: the instance at {addr} did not answer ({e})");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// mimalloc, measured against the system allocator in `scripts/bench` (docs/BENCHMARKS.md).

@@ -135,6 +135,64 @@ async fn sighup_adds_a_route_under_load_and_a_bad_file_changes_nothing() {
     .await;
     assert_eq!(b.xhr(Method::GET, &new_route).await.status, 200);
 
+    // `cloakroom reload`: validated here, then applied by the instance (POST /admin/reload).
+    let cli = |env: &TestEnv, path: &std::path::Path| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloakroom"));
+        cmd.args(["reload", "--config"]).arg(path);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in env.env_vars(&env.keys) {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("cloakroom reload");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    std::fs::write(
+        &bin.config_path,
+        format!("{original}\n[[routes]]\nprefix = \"/by-cli/\"\nupstream = \"http://{up}\"\n"),
+    )
+    .expect("write");
+    let (code, out) = cli(&env, &bin.config_path);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        b.xhr(Method::GET, &format!("{base}/by-cli/x")).await.status,
+        200
+    );
+    assert_eq!(
+        b.xhr(Method::GET, &new_route).await.status,
+        404,
+        "the file in force has no /reloaded/ route any more"
+    );
+    // A bad file never reaches the instance; a restart-only change is refused by it.
+    std::fs::write(
+        &bin.config_path,
+        format!("{original}\n[[routes]]\nprefix = \"x\"\n"),
+    )
+    .expect("write");
+    let (code, out) = cli(&env, &bin.config_path);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("missing field `upstream`"), "{out}");
+    std::fs::write(
+        &bin.config_path,
+        original.replacen(
+            "login_rate_limit",
+            "max_connections = 78\nlogin_rate_limit",
+            1,
+        ),
+    )
+    .expect("write");
+    let (code, out) = cli(&env, &bin.config_path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("server: changed"), "{out}");
+    assert_eq!(
+        b.xhr(Method::GET, &format!("{base}/by-cli/x")).await.status,
+        200
+    );
+
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.await.expect("load");
     assert!(statuses.len() > 10, "the load ran: {}", statuses.len());
