@@ -121,6 +121,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     same("log", format!("{:?}", old.log), format!("{:?}", new.log));
     same(
+        "reload.watch",
+        format!("{:?}", old.reload),
+        format!("{:?}", new.reload),
+    );
+    same(
         "cookie keys",
         old.keys.fingerprint(),
         new.keys.fingerprint(),

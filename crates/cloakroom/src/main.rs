@@ -204,6 +204,7 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn run(path: &std::path::Path, config: Config) -> ExitCode {
+    let watch = config.reload.watch;
     if let Err(e) = cloakroom::telemetry::init(&config.log) {
         eprintln!("start-up failed: {e}");
         return ExitCode::from(1);
@@ -222,6 +223,7 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut requests = app.reload_requests();
+    let mut changed = watch.then(|| watch_file(path.to_path_buf()));
     loop {
         #[cfg(unix)]
         let reload = async {
@@ -240,8 +242,18 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
                 None => std::future::pending().await,
             }
         };
+        let edited = async {
+            match changed.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cloakroom::server::wait_for_signal() => break,
+            Some(()) = edited => {
+                tracing::info!(path = %path.display(), "the config file changed; reloading");
+                let _ = reload_from(path, &app);
+            }
             () = reload => {
                 let _ = reload_from(path, &app);
             }
@@ -279,6 +291,37 @@ fn reload_from(
         "configuration reload refused; nothing changed"
     );
     Err(problems)
+}
+
+/// `reload.watch`: a message whenever `path` changes (its modification time, size or, for a
+/// Kubernetes ConfigMap's symlink swap, the file it resolves to), looked at every 2 s.
+fn watch_file(path: std::path::PathBuf) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stamp = |p: &std::path::Path| {
+        let real = std::fs::canonicalize(p).ok();
+        let meta = std::fs::metadata(p).ok();
+        (
+            real,
+            meta.as_ref().and_then(|m| m.modified().ok()),
+            meta.map(|m| m.len()),
+        )
+    };
+    tokio::spawn(async move {
+        let mut last = stamp(&path);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// `cloakroom reload`: the file is valid here, then the running instance is asked.

@@ -68,6 +68,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[reload]`.
+    pub reload: ReloadConfig,
     /// The key ring sealing cookies and records (`CLOAKROOM_COOKIE_KEYS`).
     pub keys: Arc<KeyRing>,
     /// Things that are valid but probably not what the operator meant (logged at start-up,
@@ -96,9 +98,22 @@ impl fmt::Display for ConfigErrors {
 pub type Env = BTreeMap<String, String>;
 
 /// Sections of `config.toml`, in the order `CLOAKROOM_<SECTION>_<KEY>` overrides are matched.
-const SECTIONS: [&str; 9] = [
-    "server", "admin", "oidc", "session", "cookie", "csrf", "store", "upstream", "log",
+const SECTIONS: [&str; 10] = [
+    "server", "admin", "oidc", "session", "cookie", "csrf", "store", "upstream", "log", "reload",
 ];
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    watch: Option<bool>,
+}
+
+/// `[reload]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Reload when the config file changes (checked every 2 s), besides on SIGHUP.
+    pub watch: bool,
+}
 
 impl Config {
     /// Reads a config file and applies the environment.
@@ -256,6 +271,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
     let raw_store = section(&mut root, "store", errs);
     let raw_upstream = section(&mut root, "upstream", errs);
     let raw_log = section(&mut root, "log", errs);
+    let raw_reload: RawReload = section(&mut root, "reload", errs);
     let raw_routes: Vec<routes::RawRoute> = match root.remove("routes") {
         None => Vec::new(),
         Some(v) => Vec::<routes::RawRoute>::deserialize(v).unwrap_or_else(|e| {
@@ -292,6 +308,9 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         upstream,
         routes,
         log,
+        reload: ReloadConfig {
+            watch: raw_reload.watch.unwrap_or(false),
+        },
         keys: keys?,
         warnings,
     })

@@ -210,3 +210,39 @@ async fn sighup_adds_a_route_under_load_and_a_bad_file_changes_nothing() {
         assert!(log.contains(key), "the refusal names {key}:\n{log}");
     }
 }
+
+/// `reload.watch`: a change to the file is applied without any signal (as a Kubernetes
+/// ConfigMap update is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_config_file_reloads_by_itself() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        ..Opts::default()
+    })
+    .await;
+    let bin = env.spawn_binary("\n[reload]\nwatch = true\n").await;
+    let url = format!("http://{}/watched/x", bin.addr);
+    let plain = reqwest::Client::new();
+    let status = |plain: reqwest::Client, url: String| async move {
+        plain.get(url).send().await.expect("call").status().as_u16()
+    };
+    assert_eq!(status(plain.clone(), url.clone()).await, 404);
+    let original = std::fs::read_to_string(&bin.config_path).expect("config");
+    let up = env.upstream.addr;
+    std::fs::write(
+        &bin.config_path,
+        format!(
+            "{original}\n[[routes]]\nprefix = \"/watched/\"\nupstream = \"http://{up}\"\ntoken = \"none\"\n"
+        ),
+    )
+    .expect("write");
+    wait_for("the watched change", async || {
+        status(plain.clone(), url.clone()).await == 200
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let mut bin = bin;
+    let _ = bin.child.wait();
+}
