@@ -46,16 +46,7 @@ fn with_idp(pairs: &[(&str, serde_json::Value)]) -> Opts {
 }
 
 async fn metric(env: &TestEnv, name: &str) -> f64 {
-    let text = reqwest::get(env.admin_url(0, "/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::support::metric_sum(env.apps[0].admin_addr, name).await
 }
 
 /// The core suite, on a fresh environment.

@@ -17,18 +17,7 @@ fn hup(pid: u32) {
     assert!(ok, "SIGHUP sent");
 }
 
-async fn metric(admin: std::net::SocketAddr, needle: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::support::metric_sum as metric;
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

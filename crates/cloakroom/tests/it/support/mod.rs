@@ -852,3 +852,18 @@ impl TestEnv {
         }
     }
 }
+
+/// The sum of the Prometheus samples whose line starts with `prefix` (a metric name, with or
+/// without labels) on the admin listener `admin`.
+pub(crate) async fn metric_sum(admin: std::net::SocketAddr, prefix: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
