@@ -269,15 +269,21 @@ impl Chrome {
         }
     }
 
-    /// `#id`'s text and whether it is displayed (`None`: no such element).
+    /// `#id`'s text and whether it is displayed (`None`: no such element), read in one script so
+    /// that both come from the same moment: two WebDriver calls could see the text of a hidden
+    /// element ("") and then the element shown a page update later.
     pub(crate) async fn probe(&self, id: &str) -> Option<(String, bool)> {
-        let el = self
+        let script = "const el = document.getElementById(arguments[0]); \
+                      if (!el) return null; \
+                      const shown = el.checkVisibility({ visibilityProperty: true }); \
+                      return [shown ? el.innerText.trim() : '', shown];";
+        let v = self
             .client
-            .find(Locator::Css(&format!("#{id}")))
+            .execute(script, vec![Value::String(id.to_owned())])
             .await
             .ok()?;
-        let text = el.text().await.ok()?;
-        let shown = el.is_displayed().await.ok()?;
+        let text = v.get(0)?.as_str()?.to_owned();
+        let shown = v.get(1)?.as_bool()?;
         Some((text, shown))
     }
 
