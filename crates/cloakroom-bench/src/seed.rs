@@ -91,6 +91,7 @@ pub(crate) async fn seed(
                     remembered: false,
                     idle_timeout: None,
                     reconstituted: false,
+                    provider: None,
                     generation: 0,
                 };
                 let id = SessionId::generate();

@@ -10,7 +10,7 @@ use crate::cors::Origins;
 use crate::end::Ender;
 use crate::error::StartupError;
 use crate::loader::SessionLoader;
-use crate::oidc::OidcClient;
+use crate::oidc::{OidcClient, Providers};
 use crate::proxy::Forwarder;
 use crate::ratelimit::LoginLimiter;
 use crate::refresh::{RefreshConfig, Refresher};
@@ -43,7 +43,7 @@ pub struct AppState {
 /// force.
 struct Parts {
     sessions: Sessions,
-    oidc: Arc<OidcClient>,
+    providers: Providers,
     ender: Ender,
     refresher: Arc<Refresher>,
     clock: Clock,
@@ -236,7 +236,7 @@ impl RunningApp {
         let next = router(
             &new,
             &p.sessions,
-            &p.oidc,
+            &p.providers,
             &p.ender,
             &p.refresher,
             &p.clock,
@@ -331,13 +331,31 @@ impl App {
         }
         let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config.store).await?;
-        let (resources, resource_scopes) = crate::config::login_resources(&config.routes);
-        let oidc = Arc::new(
-            OidcClient::discover(&config.oidc, crate::oidc::redirect_uri(&config)?)
-                .await?
-                .with_clock(clock.clone())
-                .with_login_resources(resources, resource_scopes),
+        let redirect = crate::oidc::redirect_uri(&config)?;
+        let mut clients = Vec::new();
+        for (i, p) in config.oidc.all().enumerate() {
+            // Each provider's logins ask for the resources of the routes that take its sessions.
+            let recorded = (i > 0).then_some(p.name.as_str());
+            let (resources, resource_scopes) =
+                crate::config::login_resources_for(&config.routes, recorded);
+            clients.push(Arc::new(
+                OidcClient::discover(p, redirect.clone())
+                    .await?
+                    .with_clock(clock.clone())
+                    .with_login_resources(resources, resource_scopes),
+            ));
+        }
+        let mut clients = clients.into_iter();
+        let primary = clients.next().ok_or_else(|| StartupError::Discovery {
+            issuer: config.oidc.issuer_id.clone(),
+            reason: "no provider".into(),
+        })?;
+        let providers = Providers::new(
+            primary.clone(),
+            clients.collect(),
+            &config.oidc.default_provider,
         );
+        let oidc = primary;
         let sessions = Sessions::new(
             store,
             config.keys.clone(),
@@ -351,7 +369,7 @@ impl App {
         } else {
             sessions
         };
-        let ender = Ender::new(sessions.clone(), oidc.clone());
+        let ender = Ender::new(sessions.clone(), providers.clone());
         let reaper = config.session.reconstitute.enabled.then(|| {
             crate::reaper::Reaper::new(
                 sessions.clone(),
@@ -370,14 +388,8 @@ impl App {
             refresh_cfg.lease,
         ));
         let refresher = Arc::new(
-            Refresher::new(
-                sessions.clone(),
-                oidc.clone(),
-                ender.clone(),
-                clock.clone(),
-                refresh_cfg,
-            )
-            .with_client_tokens(clients.clone()),
+            Refresher::new(sessions.clone(), ender.clone(), clock.clone(), refresh_cfg)
+                .with_client_tokens(clients.clone()),
         );
         let tunnels = crate::tunnels::Tunnels::new(config.server.tunnel_idle_timeout);
         // A session that ends — logout, admin, back-channel, re-login, a dead grant, here or
@@ -418,7 +430,7 @@ impl App {
             router: Arc::new(arc_swap::ArcSwap::from_pointee(router(
                 &config,
                 &sessions,
-                &oidc,
+                &providers,
                 &ender,
                 &refresher,
                 &clock,
@@ -434,7 +446,7 @@ impl App {
             }),
             parts: Parts {
                 sessions: sessions.clone(),
-                oidc: oidc.clone(),
+                providers: providers.clone(),
                 ender,
                 refresher,
                 clock,
@@ -468,7 +480,13 @@ impl App {
             move |req, _peer| crate::admin::handle(admin_state.clone(), req),
             rx,
         ));
-        tracing::info!(%public_addr, %admin_addr, issuer = %oidc.issuer(), "cloakroom listening");
+        tracing::info!(
+            %public_addr,
+            %admin_addr,
+            issuer = %oidc.issuer(),
+            providers = providers.len(),
+            "cloakroom listening"
+        );
         Ok(RunningApp {
             public_addr,
             admin_addr,
@@ -488,7 +506,7 @@ impl App {
 fn router(
     config: &Config,
     sessions: &Sessions,
-    oidc: &Arc<OidcClient>,
+    providers: &Providers,
     ender: &Ender,
     refresher: &Arc<Refresher>,
     clock: &Clock,
@@ -523,7 +541,7 @@ fn router(
         auth: Endpoints {
             login: Login {
                 limiter: limiter.clone(),
-                oidc: oidc.clone(),
+                providers: providers.clone(),
                 cookies: cookies.clone(),
                 clock: clock.clone(),
                 remember_enabled: config.session.remember.enabled,
@@ -531,7 +549,7 @@ fn router(
             callback: Callback {
                 limiter,
                 cookies: cookies.clone(),
-                oidc: oidc.clone(),
+                providers: providers.clone(),
                 sessions: sessions.clone(),
                 ender: ender.clone(),
                 clock: clock.clone(),
@@ -544,12 +562,13 @@ fn router(
                 loader: loader.clone(),
                 idle_timeout: sessions.idle_timeout(),
                 clock: clock.clone(),
+                primary_provider: config.oidc.name.clone(),
             },
             logout: Logout {
                 origins: origins.clone(),
                 loader: loader.clone(),
                 ender: ender.clone(),
-                oidc: oidc.clone(),
+                providers: providers.clone(),
                 cookies: cookies.clone(),
                 sessions: sessions.clone(),
             },
@@ -561,7 +580,7 @@ fn router(
                 cookies,
             },
             backchannel: Backchannel {
-                oidc: oidc.clone(),
+                providers: providers.clone(),
                 sessions: sessions.clone(),
                 ender: ender.clone(),
                 clock_skew: config.oidc.clock_skew,

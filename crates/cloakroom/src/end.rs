@@ -10,22 +10,24 @@
 //! Owns: the order "delete, then revoke what was deleted". Never decides *whether* a session
 //! ends: its callers do.
 
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::session::{short, Session, Sessions, StoreError, Tokens};
-use std::sync::Arc;
 
 /// Ends sessions and revokes what they held. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ender {
     sessions: Sessions,
-    oidc: Arc<OidcClient>,
+    providers: Providers,
 }
 
 impl Ender {
-    /// Over these sessions and this IdP.
+    /// Over these sessions and these IdPs (each session's tokens go back to its own).
     #[must_use]
-    pub fn new(sessions: Sessions, oidc: Arc<OidcClient>) -> Self {
-        Self { sessions, oidc }
+    pub fn new(sessions: Sessions, providers: Providers) -> Self {
+        Self {
+            sessions,
+            providers,
+        }
     }
 
     /// Ends one session. `copy` is what the caller read earlier, if anything (it names the
@@ -55,7 +57,7 @@ impl Ender {
                     user_agent = s.user_agent.as_deref(),
                     "session ended"
                 );
-                self.revoke_later(s.tokens);
+                self.revoke_later(s.provider.as_deref(), s.tokens);
             }
             None => {
                 tracing::warn!(
@@ -83,7 +85,7 @@ impl Ender {
             return Ok(false);
         };
         match deleted {
-            Some(s) if s.sub == new.sub && s.sid.is_some() && s.sid == new.sid => {
+            Some(s) if same_grant(&s, new) => {
                 tracing::info!(
                     target: "audit", event = "session_ended",
                     reason = "relogin",
@@ -100,7 +102,7 @@ impl Ender {
                     sub = %s.sub,
                     "session replaced by a new login"
                 );
-                self.revoke_later(s.tokens);
+                self.revoke_later(s.provider.as_deref(), s.tokens);
             }
             None => {
                 tracing::warn!(target: "audit", event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
@@ -128,16 +130,16 @@ impl Ender {
             "step-up login: the session was upgraded in place"
         );
         match deleted {
-            Some(s) if s.sub == new.sub && s.sid.is_some() && s.sid == new.sid => {
+            Some(s) if same_grant(&s, new) => {
                 // One grant: the login's refresh token is the new session's now. Only the
                 // routes' own tokens of the old one are revoked.
                 let mut old = s.tokens;
                 if !old.derived.is_empty() {
                     old.refresh_token = None;
-                    self.revoke_derived_later(old);
+                    self.revoke_derived_later(s.provider.as_deref(), old);
                 }
             }
-            Some(s) => self.revoke_later(s.tokens),
+            Some(s) => self.revoke_later(s.provider.as_deref(), s.tokens),
             None => {
                 tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked")
             }
@@ -147,9 +149,25 @@ impl Ender {
 
     /// Revokes only the routes' own tokens of `tokens` (not the login's access token, which
     /// is the same grant's as a live session's).
-    fn revoke_derived_later(&self, tokens: Tokens) {
-        let oidc = self.oidc.clone();
-        tokio::spawn(async move { oidc.revoke_derived(&tokens).await });
+    fn revoke_derived_later(&self, provider: Option<&str>, tokens: Tokens) {
+        if let Some(oidc) = self.provider(provider) {
+            tokio::spawn(async move { oidc.revoke_derived(&tokens).await });
+        }
+    }
+
+    /// The IdP of a session that recorded `provider`; `None`, logged and counted as a failed
+    /// revocation, when the configuration no longer has it.
+    fn provider(&self, provider: Option<&str>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
+        let found = self.providers.of(provider).cloned();
+        if found.is_none() {
+            tracing::warn!(
+                event = "revocation_failed",
+                provider = provider.unwrap_or("-"),
+                "the session's identity provider is no longer configured; its tokens were not revoked"
+            );
+            crate::metrics::revocation_failed();
+        }
+        found
     }
 
     /// Ends each session, going on past failures: every one is attempted, and every one that
@@ -177,9 +195,23 @@ impl Ender {
         first_err.map_or(Ok(n), Err)
     }
 
-    /// Revokes `tokens` at the IdP in the background.
-    pub fn revoke_later(&self, tokens: Tokens) {
-        let oidc = self.oidc.clone();
-        tokio::spawn(async move { oidc.revoke_tokens(&tokens).await });
+    /// Revokes `tokens` at `provider` (a session's recorded one; `None`: `[oidc]`) in the
+    /// background.
+    pub fn revoke_later(&self, provider: Option<&str>, tokens: Tokens) {
+        if let Some(oidc) = self.provider(provider) {
+            tokio::spawn(async move { oidc.revoke_tokens(&tokens).await });
+        }
     }
+
+    /// The providers.
+    #[must_use]
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+}
+
+/// Whether `old` and `new` hold one grant: the same user of the same provider, in the same IdP
+/// session (`sid`).
+fn same_grant(old: &Session, new: &Session) -> bool {
+    old.sub == new.sub && old.provider == new.provider && old.sid.is_some() && old.sid == new.sid
 }

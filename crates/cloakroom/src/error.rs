@@ -32,6 +32,12 @@ pub enum Error {
     /// `return_to` is not a same-origin relative path.
     #[error("invalid return_to")]
     InvalidReturnTo,
+    /// `/auth/login?provider=` names no configured provider.
+    #[error("no such identity provider")]
+    UnknownProvider,
+    /// The route does not take sessions of this session's provider (`[[routes]] providers`).
+    #[error("this route does not accept sessions of this identity provider")]
+    ProviderNotAllowed,
     /// Unknown, replayed, expired or foreign `state`.
     #[error("invalid state: {0}")]
     InvalidState(&'static str),
@@ -132,6 +138,8 @@ impl Error {
             Error::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             Error::Origin => (StatusCode::FORBIDDEN, "origin"),
             Error::InvalidReturnTo => (StatusCode::BAD_REQUEST, "invalid_return_to"),
+            Error::UnknownProvider => (StatusCode::BAD_REQUEST, "unknown_provider"),
+            Error::ProviderNotAllowed => (StatusCode::FORBIDDEN, "provider_not_allowed"),
             Error::InvalidState(_) => (StatusCode::BAD_REQUEST, "invalid_state"),
             Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -234,6 +242,24 @@ impl StepUpChallenge {
             max_age,
         }
     }
+
+    /// The login URL for a session of `provider` (a recorded name; `None`: `[oidc]`): the
+    /// step-up must go to the session's own identity provider to upgrade it.
+    #[must_use]
+    pub fn for_provider(mut self, provider: Option<&str>) -> Self {
+        if let Some(p) = provider {
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("provider", p)
+                .finish();
+            let sep = if self.login_url.ends_with('?') {
+                ""
+            } else {
+                "&"
+            };
+            self.login_url = format!("{}{sep}{q}", self.login_url);
+        }
+        self
+    }
 }
 
 /// A JSON response with `Cache-Control: no-store`.
@@ -308,6 +334,8 @@ mod tests {
             (Error::Csrf, 403, "csrf"),
             (Error::Origin, 403, "origin"),
             (Error::InvalidReturnTo, 400, "invalid_return_to"),
+            (Error::UnknownProvider, 400, "unknown_provider"),
+            (Error::ProviderNotAllowed, 403, "provider_not_allowed"),
             (Error::InvalidState("x"), 400, "invalid_state"),
             (Error::InvalidRequest("x".into()), 400, "invalid_request"),
             (Error::NotFound, 404, "not_found"),

@@ -157,9 +157,37 @@ async fn check(config: Config) -> ExitCode {
             println!("store: FAILED ({e})");
         }
     }
-    match cloakroom::oidc::capability_report(&config.oidc).await {
+    let redirect = cloakroom::oidc::redirect_uri(&config);
+    let several = !config.oidc.providers.is_empty();
+    for p in config.oidc.all() {
+        // With several providers each report is named: "idp [name]: ...".
+        let label = if several {
+            format!(" [{}]", p.name)
+        } else {
+            String::new()
+        };
+        if !check_provider(p, &label, redirect.as_ref()).await {
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// What `cloakroom check` says of one provider: what its discovery advertises against what its
+/// configuration needs, then whether the client can be built from it. False when it cannot.
+async fn check_provider(
+    p: &cloakroom::config::OidcConfig,
+    label: &str,
+    redirect: Result<&url::Url, &cloakroom::error::StartupError>,
+) -> bool {
+    let mut ok = true;
+    match cloakroom::oidc::capability_report(p).await {
         Ok(lines) => {
-            println!("idp capabilities ({}):", config.oidc.issuer_id);
+            println!("idp{label} capabilities ({}):", p.issuer_id);
             for l in &lines {
                 println!("  {l}");
             }
@@ -167,23 +195,25 @@ async fn check(config: Config) -> ExitCode {
                 ok = false;
             }
         }
-        Err(e) => println!("idp capabilities: not read ({e})"),
+        Err(e) => println!("idp{label} capabilities: not read ({e})"),
     }
-    let discovered = match cloakroom::oidc::redirect_uri(&config) {
-        Ok(redirect) => cloakroom::oidc::OidcClient::discover(&config.oidc, redirect).await,
-        Err(e) => Err(e),
+    let discovered = match redirect {
+        Ok(redirect) => cloakroom::oidc::OidcClient::discover(p, redirect.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
     match discovered {
         Ok(o) => {
             println!(
-                "idp: ok (issuer {}; client authentication {}; PAR {}; DPoP {})",
+                "idp{label}: ok (issuer {}; client authentication {}; PAR {}; DPoP {})",
                 o.issuer(),
                 o.client_auth_summary(),
                 if o.uses_par() { "on" } else { "off" },
                 if o.uses_dpop() { "on (ES256)" } else { "off" }
             );
             if let Some(c) = o.client_cert_summary() {
-                println!("client certificate: {c}");
+                println!("client certificate{label}: {c}");
             }
             if o.is_fapi2() {
                 println!(
@@ -193,14 +223,10 @@ async fn check(config: Config) -> ExitCode {
         }
         Err(e) => {
             ok = false;
-            println!("idp: FAILED ({e})");
+            println!("idp{label}: FAILED ({e})");
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    ok
 }
 
 async fn run(path: &std::path::Path, config: Config) -> ExitCode {

@@ -107,12 +107,14 @@ impl Reaper {
                 sub: taken.sub.clone(),
                 created_at: taken.created_at,
                 state: state.and_then(|b| String::from_utf8(b).ok()),
+                provider: taken.provider.clone(),
             };
             self.sessions
                 .save_leftover(handle, &left, self.window)
                 .await?;
         }
-        self.ender.revoke_later(taken.tokens);
+        self.ender
+            .revoke_later(taken.provider.as_deref(), taken.tokens);
         Ok(true)
     }
 

@@ -230,7 +230,7 @@ struct State {
 /// The refresher: store, IdP client, locks, clock. See the module documentation.
 pub struct Refresher {
     sessions: Sessions,
-    oidc: Arc<OidcClient>,
+    /// Ends sessions, and knows each session's IdP ([`Ender::providers`]).
     ender: Ender,
     clock: Clock,
     cfg: RefreshConfig,
@@ -255,16 +255,9 @@ const MAX_COOLING: usize = 100_000;
 impl Refresher {
     /// A refresher over these parts.
     #[must_use]
-    pub fn new(
-        sessions: Sessions,
-        oidc: Arc<OidcClient>,
-        ender: Ender,
-        clock: Clock,
-        cfg: RefreshConfig,
-    ) -> Self {
+    pub fn new(sessions: Sessions, ender: Ender, clock: Clock, cfg: RefreshConfig) -> Self {
         Self {
             sessions,
-            oidc,
             ender,
             clock,
             cfg,
@@ -533,8 +526,22 @@ impl Refresher {
         if !target.due(&s, self.clock.unix(), self.cfg.skew) {
             return Outcome::Fresh(Arc::new(s));
         }
+        // The session's own IdP: where it logged in, and the only one its tokens mean anything to.
+        let Some(oidc) = self.ender.providers().of(s.provider.as_deref()).cloned() else {
+            tracing::warn!(
+                event = "refresh_failed",
+                session = %short(handle),
+                provider = s.provider.as_deref().unwrap_or("-"),
+                "the session's identity provider is no longer configured: the session ends"
+            );
+            crate::metrics::refresh("provider_removed");
+            if let Err(e) = self.ender.end(handle, Some(&s), "provider_removed").await {
+                tracing::warn!(session = %short(handle), error = %e, "ending the session failed");
+            }
+            return Outcome::Ended;
+        };
         let new = match target {
-            Target::Exchange(spec) => match self.exchange(&s, spec).await {
+            Target::Exchange(spec) => match self.exchange(&oidc, &s, spec).await {
                 Ok(d) => {
                     let mut new = s.clone();
                     new.tokens.derived.insert(spec.key.clone(), d);
@@ -547,17 +554,19 @@ impl Refresher {
                     Target::Resource(r) => Some(&**r),
                     _ => None,
                 };
-                let resp = match self.oidc.refresh_grant_for(&s.tokens, resource).await {
+                let resp = match oidc.refresh_grant_for(&s.tokens, resource).await {
                     Ok(r) => r,
                     Err(e) => return self.failed(handle, flight, &s, e, lock).await,
                 };
                 // The IdP has answered: from here on its new refresh token is the only valid
                 // one, and nothing below may lose it.
-                let tokens = match self.oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
+                let tokens = match oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
                     Ok(t) => t,
                     Err(e) => {
-                        self.ender
-                            .revoke_later(self.oidc.unchecked_tokens(&resp, &s.tokens));
+                        self.ender.revoke_later(
+                            s.provider.as_deref(),
+                            oidc.unchecked_tokens(&resp, &s.tokens),
+                        );
                         return self.failed(handle, flight, &s, e, lock).await;
                     }
                 };
@@ -592,7 +601,12 @@ impl Refresher {
     }
 
     /// The exchanged token for `spec`, the login's access token as the subject.
-    async fn exchange(&self, s: &Session, spec: &ExchangeSpec) -> Result<DerivedToken, GrantError> {
+    async fn exchange(
+        &self,
+        oidc: &OidcClient,
+        s: &Session,
+        spec: &ExchangeSpec,
+    ) -> Result<DerivedToken, GrantError> {
         let actor = match (&spec.actor, &self.clients) {
             (Some(a), Some(clients)) => Some(
                 clients
@@ -607,8 +621,7 @@ impl Refresher {
             }
             _ => None,
         };
-        let g = self
-            .oidc
+        let g = oidc
             .exchange_token(
                 &s.tokens.access_token,
                 spec,
@@ -685,7 +698,7 @@ impl Refresher {
                 Ok(RefreshWrite::Gone) => {
                     // Logged out while we refreshed: the new tokens must not outlive it.
                     crate::metrics::refresh("ended_meanwhile");
-                    self.ender.revoke_later(new.tokens);
+                    self.ender.revoke_later(new.provider.as_deref(), new.tokens);
                     return Outcome::Ended;
                 }
                 Ok(RefreshWrite::Fenced) => {

@@ -281,8 +281,10 @@ impl Api {
             session: session_handle.as_deref(),
         };
         let resp = self.upstream.forward(route, label, req, fwd).await?;
-        if matches!(held, Held::User(..)) && resp.status() == http::StatusCode::UNAUTHORIZED {
-            if let Some(c) = crate::stepup::upstream_challenge(resp.headers(), &self.auth_prefix) {
+        if let (Held::User(s, _), http::StatusCode::UNAUTHORIZED) = (&held, resp.status()) {
+            if let Some(c) = crate::stepup::upstream_challenge(resp.headers(), &self.auth_prefix)
+                .map(|c| c.for_provider(s.provider.as_deref()))
+            {
                 tracing::info!(
                     event = "step_up_challenge",
                     route = label,
@@ -311,6 +313,9 @@ impl Api {
         handle: &str,
         s: Arc<Session>,
     ) -> Result<Held, Error> {
+        if !route.takes_provider(s.provider.as_deref()) {
+            return Err(Error::ProviderNotAllowed);
+        }
         if let Some(step) = &route.step_up {
             check_step_up(step, &s, &self.auth_prefix)?;
         }
@@ -356,9 +361,7 @@ fn check_step_up(step: &StepUp, s: &Session, auth_prefix: &str) -> Result<(), Er
         return Ok(());
     }
     let acr_values = (!step.acr_values.is_empty()).then(|| step.acr_values.join(" "));
-    Err(Error::StepUpRequired(Box::new(StepUpChallenge::new(
-        auth_prefix,
-        acr_values,
-        max_age,
-    ))))
+    Err(Error::StepUpRequired(Box::new(
+        StepUpChallenge::new(auth_prefix, acr_values, max_age).for_provider(s.provider.as_deref()),
+    )))
 }

@@ -238,6 +238,10 @@ pub struct Session {
     /// (`session.reconstitute`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reconstituted: bool,
+    /// The identity provider the session logged in with (`[[oidc.providers]] name`); `None`:
+    /// `[oidc]`. Its refresh, revocation, end-session and back-channel logout go there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// The record's refresh generation as read from the store (not sealed: it lives beside the
     /// sealed data). A refresh writes only if the generation is still the one it read, so a
     /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
@@ -292,6 +296,9 @@ pub struct PendingLogin {
     /// "Remember me" was asked for (`/auth/login?remember=true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remember: bool,
+    /// The provider the login went to (`/auth/login?provider=`); `None`: `[oidc]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// What a step-up login asks the IdP for (RFC 9470 §4).
@@ -700,6 +707,10 @@ pub struct Leftover {
     /// The SPA's state of that session, if it had saved one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Its identity provider (as [`Session::provider`]): the same `sub` at another IdP is
+    /// another user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation

@@ -6,13 +6,12 @@ use crate::body::Body;
 use crate::crypto;
 use crate::end::Ender;
 use crate::error::{json_response, Error};
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::oidc::LOGOUT_TOKEN_MAX_AGE;
 use crate::session::Index;
 use crate::session::Sessions;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_BODY: usize = 64 * 1024;
@@ -20,7 +19,8 @@ const MAX_BODY: usize = 64 * 1024;
 /// `POST /auth/backchannel-logout` and what it uses.
 #[derive(Debug)]
 pub(crate) struct Backchannel {
-    pub(crate) oidc: Arc<OidcClient>,
+    /// The identity providers: the logout token's `iss` says whose it is.
+    pub(crate) providers: Providers,
     pub(crate) sessions: Sessions,
     pub(crate) ender: Ender,
     pub(crate) clock_skew: Duration,
@@ -64,15 +64,19 @@ impl Backchannel {
         let [token] = tokens.as_slice() else {
             return Err(bad("exactly one logout_token is required"));
         };
-        let claims = state
-            .oidc
+        let oidc = state
+            .providers
+            .for_jwt(token)
+            .ok_or_else(|| bad("the logout token's issuer is none of the configured providers"))?;
+        let claims = oidc
             .validate_logout_token(token)
             .await
             .map_err(|why| bad(&why))?;
         let skew = i64::try_from(state.clock_skew.as_secs()).unwrap_or(60);
         let remember =
             Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
-        let jti_key = crypto::hash(&format!("jti:{}:{}", state.oidc.issuer(), claims.jti));
+        let jti_key = crypto::hash(&format!("jti:{}:{}", oidc.issuer(), claims.jti));
+        let provider = state.providers.record_name(oidc);
         let store = state.sessions.store();
         // The jti is remembered only once the sessions are ended: a failure on the way answers
         // 503 and the IdP's retry of the same token is accepted.
@@ -88,7 +92,9 @@ impl Backchannel {
             .live
             .into_iter()
             .filter(|(_, s)| {
-                claims.sid.is_none() || claims.sub.as_ref().is_none_or(|sub| &s.sub == sub)
+                // Only this provider's sessions: a `sid` or `sub` means nothing to another.
+                s.provider == provider
+                    && (claims.sid.is_none() || claims.sub.as_ref().is_none_or(|sub| &s.sub == sub))
             })
             .map(|(h, s)| (h, Some(s)))
             .collect();
@@ -102,6 +108,7 @@ impl Backchannel {
         tracing::info!(
             target: "audit", event = "backchannel_logout",
             sub = claims.sub.as_deref().unwrap_or("-"),
+            provider = oidc.name(),
             by_sid = claims.sid.is_some(),
             sessions_ended = n,
             "back-channel logout"

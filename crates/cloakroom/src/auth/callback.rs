@@ -11,7 +11,7 @@ use crate::context::RequestCtx;
 use crate::cookies::Cookies;
 use crate::end::Ender;
 use crate::error::Error;
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::query::{query_pairs, query_param};
 use crate::ratelimit::LoginLimiter;
 use crate::session::{PendingLogin, Session, SessionId, Sessions, FORMAT_VERSION, PENDING_TTL};
@@ -24,7 +24,8 @@ use std::time::Duration;
 pub(crate) struct Callback {
     pub(crate) limiter: LoginLimiter,
     pub(crate) cookies: Arc<Cookies>,
-    pub(crate) oidc: Arc<OidcClient>,
+    /// The identity providers: the pending login says which one this is.
+    pub(crate) providers: Providers,
     pub(crate) sessions: Sessions,
     pub(crate) ender: Ender,
     pub(crate) clock: Clock,
@@ -73,13 +74,20 @@ impl Callback {
         if pending.created_at + ttl < now {
             return Err(Error::InvalidState("the login took too long"));
         }
+        let oidc = state
+            .providers
+            .of(pending.provider.as_deref())
+            .ok_or(Error::InvalidState(
+                "the login's identity provider is no longer configured",
+            ))?
+            .clone();
 
         // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
         match query_param(&pairs, "iss")? {
-            Some(iss) if iss != state.oidc.issuer() => {
+            Some(iss) if iss != oidc.issuer() => {
                 return Err(Error::InvalidState("iss does not match the issuer"));
             }
-            None if state.oidc.promises_iss() => {
+            None if oidc.promises_iss() => {
                 return Err(Error::InvalidState(
                     "iss missing from the authorization response",
                 ));
@@ -119,8 +127,7 @@ impl Callback {
         let code =
             query_param(&pairs, "code")?.ok_or(Error::InvalidRequest("missing code".into()))?;
 
-        let result = match state
-            .oidc
+        let result = match oidc
             .exchange_code(
                 &code,
                 &pending.pkce_verifier,
@@ -142,18 +149,23 @@ impl Callback {
             if !up.satisfied_by(
                 &result.claims,
                 crate::session::now_unix(),
-                state.oidc.clock_skew(),
+                oidc.clock_skew(),
             ) {
                 tracing::info!(target: "audit", event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
-                state.ender.revoke_later(result.tokens);
+                state
+                    .ender
+                    .revoke_later(pending.provider.as_deref(), result.tokens);
                 set_location(&mut resp, &with_error(&pending.return_to, "step_up_failed"))?;
                 return Ok(resp);
             }
         }
         let now = state.clock.unix();
         if let (Some(_), Some(old)) = (&pending.step_up, &pending.previous) {
-            if state.upgrade_in_place(old, &result, req, ctx, now).await? {
+            if state
+                .upgrade_in_place(old, &result, pending.provider.as_deref(), req, ctx, now)
+                .await?
+            {
                 set_location(&mut resp, &pending.return_to)?;
                 return Ok(resp);
             }
@@ -190,7 +202,7 @@ impl Callback {
                     tracing::debug!(session = %crate::session::short(old), error = %e, "reaping the previous session at login failed");
                 }
                 match state.sessions.take_leftover(old).await? {
-                    Some(left) if left.sub == result.sub => {
+                    Some(left) if left.sub == result.sub && left.provider == pending.provider => {
                         reconstituted = true;
                         restored = restored.or(left.state);
                     }
@@ -219,6 +231,7 @@ impl Callback {
             remembered,
             idle_timeout: remembered.then(|| secs(state.remember.idle_timeout)),
             reconstituted,
+            provider: pending.provider.clone(),
             generation: 0,
         };
         state.sessions.save(&handle, &session).await?;
@@ -246,6 +259,7 @@ impl Callback {
             user_agent = session.user_agent.as_deref(),
             remembered = session.remembered,
             reconstituted = session.reconstituted,
+            provider = oidc.name(),
             "session created"
         );
         crate::metrics::login_finished("ok");
@@ -278,6 +292,7 @@ impl Callback {
         &self,
         old: &str,
         result: &crate::oidc::LoginResult,
+        provider: Option<&str>,
         req: &Request<B>,
         ctx: &RequestCtx,
         now: i64,
@@ -285,7 +300,7 @@ impl Callback {
         let Some(prev) = self.sessions.load(old).await? else {
             return Ok(false);
         };
-        if prev.sub != result.sub {
+        if prev.sub != result.sub || prev.provider.as_deref() != provider {
             return Ok(false);
         }
         let upgraded = Session {
@@ -308,6 +323,7 @@ impl Callback {
             remembered: prev.remembered,
             idle_timeout: prev.idle_timeout,
             reconstituted: prev.reconstituted,
+            provider: prev.provider.clone(),
             generation: 0,
         };
         if !self.ender.upgrade(old, &upgraded).await? {

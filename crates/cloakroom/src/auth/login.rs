@@ -1,4 +1,4 @@
-//! `GET /auth/login?return_to=/p&prompt=none`: start the code flow (SPEC §1).
+//! `GET /auth/login?return_to=/p&prompt=none&provider=NAME`: start the code flow (SPEC §1).
 //!
 //! rate limit → validate `return_to` → fresh state/nonce/PKCE → the pending login, sealed, in a
 //! login cookie of its own (named for its state; nothing is written to the store) → 302 to the
@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::context::RequestCtx;
 use crate::cookies::{self, Cookies};
 use crate::error::Error;
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::query::{query_pairs, query_param};
 use crate::ratelimit::LoginLimiter;
 use crate::session::{PendingLogin, StepUpRequest, PENDING_TTL};
@@ -22,7 +22,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct Login {
     pub(crate) limiter: LoginLimiter,
-    pub(crate) oidc: Arc<OidcClient>,
+    /// The identity providers; `?provider=` picks one, else the default.
+    pub(crate) providers: Providers,
     pub(crate) cookies: Arc<Cookies>,
     pub(crate) clock: Clock,
     /// `session.remember.enabled`.
@@ -69,7 +70,11 @@ impl Login {
             }
         };
         let step_up = step_up_request(&pairs)?;
-        let auth = state.oidc.authorize(prompt_none, step_up.as_ref()).await?;
+        let oidc = match query_param(&pairs, "provider")? {
+            None => state.providers.default_provider(),
+            Some(name) => state.providers.named(&name).ok_or(Error::UnknownProvider)?,
+        };
+        let auth = oidc.authorize(prompt_none, step_up.as_ref()).await?;
         // The session this browser has now (its Strict cookie comes with this same-site
         // navigation, never with the cross-site callback): ended once the new one exists.
         let previous = state
@@ -86,6 +91,7 @@ impl Login {
             dpop: auth.dpop,
             step_up,
             remember,
+            provider: state.providers.record_name(oidc),
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

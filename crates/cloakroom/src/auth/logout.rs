@@ -11,7 +11,7 @@ use crate::cors::Origins;
 use crate::end::Ender;
 use crate::error::{json_response, Error};
 use crate::loader::SessionLoader;
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::session::{short, Index};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -23,7 +23,8 @@ pub(crate) struct Logout {
     pub(crate) origins: Arc<Origins>,
     pub(crate) loader: SessionLoader,
     pub(crate) ender: Ender,
-    pub(crate) oidc: Arc<OidcClient>,
+    /// The identity providers: the session's gives the end_session URL.
+    pub(crate) providers: Providers,
     pub(crate) cookies: Arc<Cookies>,
     pub(crate) sessions: crate::session::Sessions,
 }
@@ -72,9 +73,11 @@ impl Logout {
             if let Some((handle, s)) = &current {
                 // The same path as the admin API: every instance's cache is told.
                 let found = state.sessions.find(Index::Sub, &s.sub).await?;
+                // The same `sub` at another identity provider is another user.
                 let others: Vec<(String, Option<crate::session::Session>)> = found
                     .live
                     .into_iter()
+                    .filter(|(_, x)| x.provider == s.provider)
                     .map(|(h, x)| (h, Some(x)))
                     .chain(found.unreadable.into_iter().map(|h| (h, None)))
                     .filter(|(h, _)| h != handle)
@@ -113,8 +116,9 @@ impl Logout {
                 );
                 crate::metrics::logout();
                 state
-                    .oidc
-                    .end_session_url(Some(&s.tokens.id_token))
+                    .providers
+                    .of(s.provider.as_deref())
+                    .and_then(|oidc| oidc.end_session_url(Some(&s.tokens.id_token)))
                     .map(|u| u.to_string())
             }
         };

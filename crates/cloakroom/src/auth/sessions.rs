@@ -71,7 +71,12 @@ impl Devices {
     pub(crate) async fn list<B>(&self, req: &Request<B>) -> Result<Response<Body>, Error> {
         let (handle, s) = self.current(req).await?;
         let found = self.sessions.find(Index::Sub, &s.sub).await?;
-        let mut list: Vec<(String, Session)> = found.live;
+        // The same `sub` at another identity provider is another user.
+        let mut list: Vec<(String, Session)> = found
+            .live
+            .into_iter()
+            .filter(|(_, x)| x.provider == s.provider)
+            .collect();
         list.sort_by_key(|(h, x)| (std::cmp::Reverse(*h == handle), -x.last_seen));
         let body: Vec<serde_json::Value> =
             list.iter().map(|(h, x)| listed(h, x, &handle)).collect();
@@ -86,7 +91,10 @@ impl Devices {
     pub(crate) async fn end<B>(&self, req: &Request<B>, id: &str) -> Result<Response<Body>, Error> {
         let (handle, s) = self.current(req).await?;
         let found = self.sessions.find(Index::Sub, &s.sub).await?;
-        let mut hits = found.live.into_iter().filter(|(h, _)| short(h) == id);
+        let mut hits = found
+            .live
+            .into_iter()
+            .filter(|(h, x)| short(h) == id && x.provider == s.provider);
         let (Some((victim, copy)), None) = (hits.next(), hits.next()) else {
             return Err(Error::NotFound);
         };

@@ -17,6 +17,8 @@ pub(crate) struct User {
     pub(crate) idle_timeout: Duration,
     /// The server's clock: `session.now`, so an SPA with a wrong clock still counts down right.
     pub(crate) clock: crate::clock::Clock,
+    /// `oidc.name`: the provider of sessions that record none.
+    pub(crate) primary_provider: String,
 }
 
 impl User {
@@ -41,6 +43,9 @@ impl User {
             "amr": claim("amr"),
             "auth_time": claim("auth_time"),
             "claims": s.claims,
+            // The identity provider the session logged in with (`oidc.name` or a
+            // `[[oidc.providers]]` name).
+            "provider": s.provider.as_deref().unwrap_or(&self.primary_provider),
             // "Remember me": a persistent cookie and the session's own lifetimes.
             "remembered": s.remembered,
             // Whether this session took over the state of an earlier one of the same user.

@@ -35,10 +35,13 @@ mod store;
 pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
-pub use oidc::{AssertionAudience, ClientAuth, OidcConfig, Par, Profile, FAPI2_MAX_CLOCK_SKEW};
+pub use oidc::{
+    provider_env_prefix, AssertionAudience, ClientAuth, OidcConfig, Par, Profile,
+    FAPI2_MAX_CLOCK_SKEW, MAX_PROVIDERS,
+};
 pub use routes::{
-    login_resources, ClientSpec, ExchangeSpec, ResourceSpec, Route, StepUp, TokenPolicy,
-    TokenScheme, UpstreamConfig, UserToken,
+    login_resources, login_resources_for, ClientSpec, ExchangeSpec, ResourceSpec, Route, StepUp,
+    TokenPolicy, TokenScheme, UpstreamConfig, UserToken,
 };
 pub use server::{AdminConfig, ServerConfig};
 pub use session::{ReconstituteConfig, RememberConfig, SessionConfig, WithoutRefreshToken};
@@ -154,6 +157,7 @@ fn apply_env_overrides(root: &mut toml::Table, env: &Env, errs: &mut Vec<String>
             .iter()
             .any(|s| name == s || name == &format!("{s}_FILE"))
             || name == "CLOAKROOM_CONFIG"
+            || oidc::is_provider_secret_var(name)
             // Kubernetes service links for a Service named `cloakroom`
             // (CLOAKROOM_PORT, CLOAKROOM_PORT_8080_TCP_ADDR, CLOAKROOM_SERVICE_HOST, …).
             || rest == "PORT"
@@ -875,6 +879,96 @@ mod tests {
         );
         let all = Config::from_toml(&text, &env()).unwrap_err().0.join("\n");
         assert!(all.contains("client_secret"), "{all}");
+    }
+    #[test]
+    fn several_providers_are_read_with_their_own_secrets_and_mistakes_are_named() {
+        let two = r#"
+            [server]
+            public_url = "https://app.example.com"
+            [oidc]
+            issuer = "https://idp.example.com"
+            client_id = "spa"
+            timeout = "3s"
+            default_provider = "partners"
+            [[oidc.providers]]
+            name = "partners"
+            issuer = "https://partners.example.com/"
+            client_id = "spa-partners"
+            client_auth_method = "client_secret_post"
+            scopes = ["openid", "email"]
+            [[routes]]
+            prefix = "/api/"
+            upstream = "http://127.0.0.1:9000"
+            providers = ["partners"]
+        "#;
+        let mut e = env();
+        e.insert(
+            "CLOAKROOM_OIDC_PARTNERS_CLIENT_SECRET".into(),
+            "other".into(),
+        );
+        let c = Config::from_toml(two, &e).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.oidc.name, "default");
+        assert_eq!(c.oidc.default_provider, "partners");
+        let p = &c.oidc.providers[0];
+        assert_eq!(
+            (p.name.as_str(), p.issuer_id.as_str(), p.client_id.as_str()),
+            ("partners", "https://partners.example.com/", "spa-partners")
+        );
+        assert_eq!(p.client_secret.expose(), "other");
+        assert_eq!(p.client_auth, ClientAuth::Post);
+        assert_eq!(p.timeout, Duration::from_secs(3), "inherited from [oidc]");
+        assert_eq!(c.oidc.client_secret.expose(), "s3cret");
+        assert_eq!(c.routes[0].providers, Some(vec![Some("partners".into())]));
+        assert!(c.routes[0].takes_provider(Some("partners")));
+        assert!(!c.routes[0].takes_provider(None));
+
+        // Its own secret is required, under its own name; every mistake names its key.
+        let bad = r#"
+            [server]
+            public_url = "https://app.example.com"
+            [oidc]
+            issuer = "https://idp.example.com"
+            client_id = "spa"
+            default_provider = "elsewhere"
+            [[oidc.providers]]
+            name = "partners"
+            issuer = "https://partners.example.com"
+            client_id = "x"
+            [[oidc.providers]]
+            name = "partners"
+            issuer = "https://idp.example.com"
+            client_id = "y"
+            [[oidc.providers]]
+            name = "Bad Name"
+            client_id = "z"
+            [[routes]]
+            prefix = "/api/"
+            upstream = "http://127.0.0.1:9000"
+            providers = ["nobody"]
+            [[routes]]
+            prefix = "/pub/"
+            upstream = "http://127.0.0.1:9000"
+            token = "none"
+            providers = ["default"]
+        "#;
+        let all = Config::from_toml(bad, &env()).unwrap_err().0.join("\n");
+        for needle in [
+            "oidc.default_provider: `elsewhere` is not a provider",
+            "CLOAKROOM_OIDC_PARTNERS_CLIENT_SECRET: required",
+            "oidc.providers[partners].name: `partners` is already a provider's name",
+            "oidc.providers[partners].issuer: `https://idp.example.com` is already a provider's issuer",
+            "oidc.providers[2].name: `Bad Name` must be",
+            "oidc.providers[2].issuer: required",
+            "routes[0].providers: `nobody` is not a provider",
+            "routes[1].providers: only on routes that send the user's token",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // A provider's secret variable is not mistaken for a `CLOAKROOM_<SECTION>_<KEY>`.
+        assert!(
+            !all.contains("environment CLOAKROOM_OIDC_PARTNERS"),
+            "{all}"
+        );
     }
 }
 

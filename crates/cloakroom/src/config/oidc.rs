@@ -9,6 +9,12 @@ use url::Url;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawOidc {
+    /// The provider's name (`/auth/login?provider=NAME`); `[oidc]` defaults to `default`.
+    name: Option<String>,
+    /// `[oidc]` only: the provider a login without `?provider=` uses (default: `[oidc]` itself).
+    default_provider: Option<String>,
+    /// `[oidc]` only: `[[oidc.providers]]`, more identity providers beside `[oidc]`.
+    providers: Vec<RawOidc>,
     issuer: Option<String>,
     client_id: Option<String>,
     scopes: Option<Vec<String>>,
@@ -92,9 +98,19 @@ pub enum Profile {
 /// The most clock skew FAPI 2.0 lets a client tolerate (Security Profile §5.3.2.1: 10 s).
 pub const FAPI2_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10);
 
-/// `[oidc]`, validated.
+/// `[oidc]`, validated: the primary provider, and in [`OidcConfig::providers`] the others.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
+    /// The provider's name: what `/auth/login?provider=` and `[[routes]] providers` say, and
+    /// what a session records (`oidc.name`, default `default`).
+    pub name: String,
+    /// `[[oidc.providers]]`: more identity providers, each a whole registration of its own
+    /// (empty on those entries themselves). `timeout`, `clock_skew`, `tls_ca_file` and
+    /// `post_logout_redirect_uri` default to `[oidc]`'s.
+    pub providers: Vec<OidcConfig>,
+    /// The name of the provider a login without `?provider=` goes to (`oidc.default_provider`,
+    /// default: this one).
+    pub default_provider: String,
     /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).
     pub issuer: Url,
     /// The issuer identifier exactly as configured (a URL parser would add or keep a trailing
@@ -155,9 +171,165 @@ const RESERVED: [&str; 12] = [
     "dpop_jkt",
 ];
 
+/// The most providers one deployment may have (`[oidc]` and `[[oidc.providers]]`).
+pub const MAX_PROVIDERS: usize = 16;
+
+/// A provider name: what URLs, environment variable names and session records carry.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// `CLOAKROOM_OIDC_<NAME>_`: the environment prefix of a `[[oidc.providers]]` entry's secrets.
+#[must_use]
+pub fn provider_env_prefix(name: &str) -> String {
+    format!(
+        "CLOAKROOM_OIDC_{}_",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// Secrets of `[oidc]` whose names a `[[oidc.providers]]` entry takes with its own prefix.
+const PROVIDER_SECRETS: [&str; 3] = ["CLIENT_SECRET", "CLIENT_KEY", "CLIENT_CERT_KEY"];
+
+/// Whether `name` is a provider entry's secret variable (`CLOAKROOM_OIDC_<NAME>_CLIENT_SECRET`
+/// and the like, or their `_FILE`): not a `CLOAKROOM_<SECTION>_<KEY>` override.
+#[must_use]
+pub(super) fn is_provider_secret_var(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("CLOAKROOM_OIDC_") else {
+        return false;
+    };
+    let rest = rest.strip_suffix("_FILE").unwrap_or(rest);
+    PROVIDER_SECRETS.iter().any(|s| {
+        rest.strip_suffix(s)
+            .and_then(|p| p.strip_suffix('_'))
+            .is_some_and(|p| !p.is_empty())
+    })
+}
+
 impl OidcConfig {
-    /// `public_url` gives the default `post_logout_redirect_uri` (its root).
-    pub(super) fn build(raw: RawOidc, public_url: &Url, env: &Env, errs: &mut Problems) -> Self {
+    /// `[oidc]` with its `[[oidc.providers]]`. `public_url` gives the default
+    /// `post_logout_redirect_uri` (its root).
+    pub(super) fn build(
+        mut raw: RawOidc,
+        public_url: &Url,
+        env: &Env,
+        errs: &mut Problems,
+    ) -> Self {
+        let raw_providers = std::mem::take(&mut raw.providers);
+        let default_provider = raw.default_provider.take();
+        let inherited = (
+            raw.timeout,
+            raw.clock_skew,
+            raw.tls_ca_file.clone(),
+            raw.post_logout_redirect_uri.clone(),
+        );
+        let mut primary = Self::build_one(raw, public_url, env, errs);
+        if !valid_name(&primary.name) {
+            errs.push(format!(
+                "oidc.name: `{}` must be 1 to 32 lowercase letters, digits, `-` or `_`",
+                primary.name
+            ));
+        }
+        if raw_providers.len() + 1 > MAX_PROVIDERS {
+            errs.push(format!(
+                "oidc.providers: at most {} providers besides [oidc]",
+                MAX_PROVIDERS - 1
+            ));
+        }
+        let mut names = vec![primary.name.clone()];
+        let mut issuers = vec![primary.issuer_id.clone()];
+        for (i, mut p) in raw_providers.into_iter().enumerate() {
+            let key = match p.name.as_deref() {
+                Some(n) if valid_name(n) => format!("oidc.providers[{n}]"),
+                _ => format!("oidc.providers[{i}]"),
+            };
+            let name = match p.name.clone() {
+                None => {
+                    errs.push(format!("{key}.name: required"));
+                    format!("provider-{i}")
+                }
+                Some(n) if !valid_name(&n) => {
+                    errs.push(format!(
+                        "{key}.name: `{n}` must be 1 to 32 lowercase letters, digits, `-` or `_`"
+                    ));
+                    n
+                }
+                Some(n) => n,
+            };
+            if names.contains(&name) {
+                errs.push(format!("{key}.name: `{name}` is already a provider's name"));
+            }
+            if p.default_provider.is_some() {
+                errs.push(format!("{key}.default_provider: only in [oidc]"));
+            }
+            if !p.providers.is_empty() {
+                errs.push(format!("{key}.providers: providers do not nest"));
+            }
+            p.timeout = p.timeout.or(inherited.0);
+            p.clock_skew = p.clock_skew.or(inherited.1);
+            p.tls_ca_file = p.tls_ca_file.or_else(|| inherited.2.clone());
+            p.post_logout_redirect_uri = p.post_logout_redirect_uri.or_else(|| inherited.3.clone());
+            // The entry's secrets under its own names; its problems under its own keys.
+            let prefix = provider_env_prefix(&name);
+            let mut own_env = env.clone();
+            for s in PROVIDER_SECRETS {
+                for suffix in ["", "_FILE"] {
+                    let general = format!("CLOAKROOM_OIDC_{s}{suffix}");
+                    own_env.remove(&general);
+                    if let Some(v) = env.get(&format!("{prefix}{s}{suffix}")) {
+                        own_env.insert(general, v.clone());
+                    }
+                }
+            }
+            let mut own_errs = Vec::new();
+            let built = Self::build_one(p, public_url, &own_env, &mut own_errs);
+            errs.extend(own_errs.into_iter().map(|m| {
+                m.replace("oidc.", &format!("{key}."))
+                    .replace("CLOAKROOM_OIDC_", &prefix)
+            }));
+            if built.dpop {
+                errs.push(format!(
+                    "{key}.dpop: DPoP is for the primary provider ([oidc]) only, for now"
+                ));
+            }
+            if built.profile == Profile::Fapi2 {
+                errs.push(format!(
+                    "{key}.profile: fapi2 is for the primary provider ([oidc]) only, for now"
+                ));
+            }
+            if !built.issuer_id.is_empty() && issuers.contains(&built.issuer_id) {
+                errs.push(format!(
+                    "{key}.issuer: `{}` is already a provider's issuer (back-channel logout finds the provider by its issuer)",
+                    built.issuer_id
+                ));
+            }
+            issuers.push(built.issuer_id.clone());
+            names.push(name.clone());
+            primary.providers.push(Self { name, ..built });
+        }
+        primary.default_provider = match default_provider {
+            None => primary.name.clone(),
+            Some(d) if names.contains(&d) => d,
+            Some(d) => {
+                errs.push(format!(
+                    "oidc.default_provider: `{d}` is not a provider (they are: {})",
+                    names.join(", ")
+                ));
+                primary.name.clone()
+            }
+        };
+        primary
+    }
+
+    /// Every provider: `[oidc]` first, then `[[oidc.providers]]` in order.
+    pub fn all(&self) -> impl Iterator<Item = &OidcConfig> {
+        std::iter::once(self).chain(self.providers.iter())
+    }
+
+    fn build_one(raw: RawOidc, public_url: &Url, env: &Env, errs: &mut Problems) -> Self {
         let issuer = match raw.issuer.as_deref() {
             None => {
                 errs.push("oidc.issuer: required".into());
@@ -353,6 +525,9 @@ impl OidcConfig {
             }
         };
         Self {
+            name: raw.name.unwrap_or_else(|| "default".into()),
+            providers: Vec::new(),
+            default_provider: String::new(),
             issuer_id: raw
                 .issuer
                 .as_deref()

@@ -43,6 +43,8 @@ pub(super) struct RawRoute {
     acr_values: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     max_age: Option<Duration>,
+    #[serde(default)]
+    providers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +214,19 @@ pub struct Route {
     pub csrf: bool,
     /// What the session's authentication must satisfy.
     pub step_up: Option<StepUp>,
+    /// `providers = [...]`: the identity providers whose sessions this route takes, as
+    /// sessions record them (`None` for `[oidc]`, else the name). `None`: every provider's.
+    pub providers: Option<Vec<Option<String>>>,
+}
+
+impl Route {
+    /// Whether a session of `provider` (as recorded) may use this route.
+    #[must_use]
+    pub fn takes_provider(&self, provider: Option<&str>) -> bool {
+        self.providers
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|x| x.as_deref() == provider))
+    }
 }
 
 impl UpstreamConfig {
@@ -346,6 +361,7 @@ pub(super) fn build(
             ));
         }
         let step_up = step_up(&key, &r, token, errs);
+        let providers = route_providers(&key, r.providers.as_deref(), token, oidc, errs);
         if routes.iter().any(|x: &Route| x.prefix == r.prefix) {
             errs.push(format!("{key}.prefix: `{}` is given twice", r.prefix));
         }
@@ -361,6 +377,7 @@ pub(super) fn build(
             client,
             csrf,
             step_up,
+            providers,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -499,6 +516,56 @@ fn step_up(key: &str, r: &RawRoute, token: TokenPolicy, errs: &mut Problems) -> 
 
 /// What the login must ask for so that every route's per-resource token can be had with the
 /// refresh token: the distinct resources of the routes' user tokens, and their scopes.
+#[must_use]
+/// `providers = [...]`: names of `[oidc]` (recorded as `None`) or of `[[oidc.providers]]`.
+fn route_providers(
+    key: &str,
+    names: Option<&[String]>,
+    token: TokenPolicy,
+    oidc: &super::OidcConfig,
+    errs: &mut Problems,
+) -> Option<Vec<Option<String>>> {
+    let names = names?;
+    if names.is_empty() {
+        errs.push(format!(
+            "{key}.providers: must not be empty (leave it out to take every provider's sessions)"
+        ));
+    }
+    if !token.uses_session() {
+        errs.push(format!(
+            "{key}.providers: only on routes that send the user's token (this one sends none of a session's)"
+        ));
+    }
+    let mut out = Vec::new();
+    for n in names {
+        if n == &oidc.name {
+            out.push(None);
+        } else if oidc.providers.iter().any(|p| &p.name == n) {
+            out.push(Some(n.clone()));
+        } else {
+            let all: Vec<&str> = oidc.all().map(|p| p.name.as_str()).collect();
+            errs.push(format!(
+                "{key}.providers: `{n}` is not a provider (they are: {})",
+                all.join(", ")
+            ));
+        }
+    }
+    Some(out)
+}
+
+/// The resources (RFC 8707) and extra scopes a login at `provider` (as recorded: `None` for
+/// `[oidc]`) asks for: those of the per-resource routes that take its sessions.
+#[must_use]
+pub fn login_resources_for(routes: &[Route], provider: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let taken: Vec<Route> = routes
+        .iter()
+        .filter(|r| r.takes_provider(provider))
+        .cloned()
+        .collect();
+    login_resources(&taken)
+}
+
+/// The resources (RFC 8707) and extra scopes the per-resource routes need a login to ask for.
 #[must_use]
 pub fn login_resources(routes: &[Route]) -> (Vec<String>, Vec<String>) {
     let mut resources: Vec<String> = Vec::new();

@@ -23,6 +23,7 @@ mod id_token;
 mod jwks;
 mod logout_token;
 mod mtls;
+mod providers;
 mod report;
 mod revocation;
 
@@ -33,6 +34,7 @@ pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
 pub use mtls::ClientCert;
+pub use providers::Providers;
 pub use report::{capability_report, ReportLine};
 
 use errors::describe_token_error;
@@ -175,6 +177,8 @@ pub struct LoginResult {
 
 /// The relying party, built once at start-up.
 pub struct OidcClient {
+    /// The provider's name (`oidc.name`, `[[oidc.providers]] name`).
+    name: String,
     client: Client,
     jwks: Jwks,
     http: reqwest::Client,
@@ -209,6 +213,7 @@ pub struct OidcClient {
 impl std::fmt::Debug for OidcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OidcClient")
+            .field("name", &self.name)
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
@@ -449,6 +454,7 @@ impl OidcClient {
             clock: Clock::system(),
             login_resources: Vec::new(),
             userinfo: config.userinfo,
+            name: config.name.clone(),
         })
     }
 
@@ -471,6 +477,12 @@ impl OidcClient {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The provider's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The issuer.

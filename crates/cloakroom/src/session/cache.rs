@@ -269,6 +269,7 @@ mod tests {
             remembered: false,
             idle_timeout: None,
             reconstituted: false,
+            provider: None,
             generation: 0,
         })
     }

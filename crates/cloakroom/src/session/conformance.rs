@@ -40,6 +40,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         remembered: false,
         idle_timeout: None,
         reconstituted: false,
+        provider: None,
         generation: 0,
     }
 }

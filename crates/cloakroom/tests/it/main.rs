@@ -21,6 +21,7 @@ mod mtls;
 mod ops;
 mod par;
 mod props;
+mod providers;
 mod proxying;
 mod reconstitute;
 mod refresh;

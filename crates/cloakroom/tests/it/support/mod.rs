@@ -131,6 +131,9 @@ pub(crate) struct Opts {
     /// `server.login_rate_limit` and `login_rate_burst` (every test client is 127.0.0.1: high
     /// by default, so only the rate-limit test meets the limit).
     pub login_rate_limit: u32,
+    /// A second `oidc-provider` of its own (same client registration and users), configured
+    /// as `[[oidc.providers]] name = "second"` ([`TestEnv::idp2`]).
+    pub second_idp: bool,
 }
 
 impl Default for Opts {
@@ -171,6 +174,7 @@ impl Default for Opts {
             redis_fault: false,
             instance_keys: Vec::new(),
             login_rate_limit: 1_000_000,
+            second_idp: false,
         }
     }
 }
@@ -179,6 +183,8 @@ pub(crate) struct TestEnv {
     pub binary_port: Option<u16>,
     pub redis: RedisServer,
     pub idp: Idp,
+    /// With [`Opts::second_idp`]: the provider named `second`.
+    pub idp2: Option<Idp>,
     pub upstream: Upstream,
     pub apps: Vec<RunningApp>,
     /// Each instance's clock (the system clock until a test advances it).
@@ -250,6 +256,15 @@ impl TestEnv {
             port
         });
         let (idp, idp_fault) = Self::start_idp(&opts, &redirects, &post_logout).await;
+        let idp2 = if opts.second_idp {
+            let plain = Opts {
+                idp_fault: false,
+                ..opts.clone()
+            };
+            Some(Self::start_idp(&plain, &redirects, &post_logout).await.0)
+        } else {
+            None
+        };
         *upstream.seen.introspection.lock().expect("lock") = Some(idp.url("/token/introspection"));
         let keys = KeyRing::generate_entry(1);
         let redis_fault = if opts.redis_fault {
@@ -261,6 +276,7 @@ impl TestEnv {
             binary_port,
             redis,
             idp,
+            idp2,
             upstream,
             apps: Vec::new(),
             clocks: Vec::new(),
@@ -419,6 +435,7 @@ profile = "{profile}"
 {mtls}
 {oidc_extra}
 timeout = "{oidc_timeout}"
+{second}
 [session]
 idle_timeout = "{idle}"
 absolute_timeout = "{abs}"
@@ -482,6 +499,10 @@ strip_prefix = true
             rate = self.opts.login_rate_limit,
             session_extra = self.opts.session_toml,
             oidc_timeout = self.opts.oidc_timeout,
+            second = self.idp2.as_ref().map_or_else(String::new, |i| format!(
+                "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"",
+                i.issuer
+            )),
             store = self
                 .opts
                 .store_toml
@@ -502,6 +523,12 @@ strip_prefix = true
         e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into());
         e.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
         e.insert("CLOAKROOM_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+        if self.idp2.is_some() {
+            e.insert(
+                "CLOAKROOM_OIDC_SECOND_CLIENT_SECRET".into(),
+                CLIENT_SECRET.into(),
+            );
+        }
         if let Some(key) = &self.opts.client_key {
             e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key.clone());
         }

@@ -1,0 +1,216 @@
+//! Several identity providers in one deployment (issue #17, item 3): `[oidc]` and
+//! `[[oidc.providers]] name = "second"`, two `oidc-provider` processes with the same users. A
+//! session goes back to the provider it logged in with for everything: refresh, revocation,
+//! end-session, back-channel logout; the same `sub` at the other provider is another user.
+
+use crate::support::browser::Browser;
+use crate::support::idp::Idp;
+use crate::support::{Opts, TestEnv, CLIENT_ID};
+use reqwest::Method;
+use std::time::Duration;
+
+fn two_providers(extra_toml: &str) -> Opts {
+    Opts {
+        second_idp: true,
+        access_token_ttl: 600,
+        extra_toml: extra_toml.into(),
+        ..Opts::default()
+    }
+}
+
+/// Logs `browser` in as alice through `/auth/login{query}` at `idp`.
+async fn login_at(env: &TestEnv, b: &mut Browser, query: &str, idp: &Idp) {
+    let r = b
+        .get(&env.url(&format!("/auth/login?return_to=/app{query}")))
+        .await;
+    assert_eq!(r.status, 302, "login: {}", r.body);
+    let loc = r.location();
+    assert!(
+        loc.starts_with(&idp.issuer),
+        "the login went to {loc}, not to {}",
+        idp.issuer
+    );
+    let callback = idp.login(b, &loc, "alice", "wonderland").await;
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 302, "callback: {}", r.body);
+}
+
+async fn logout_token(idp: &Idp, sub: &str) -> String {
+    idp.sign(
+        &serde_json::json!({
+            "iss": idp.issuer, "aud": CLIENT_ID, "iat": cloakroom::session::now_unix(),
+            "jti": cloakroom::crypto::random_token(), "sub": sub,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+        &serde_json::json!({}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn each_session_goes_back_to_the_provider_it_logged_in_with() {
+    let env = TestEnv::start_with(two_providers("")).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    // The same user at both providers, in two browsers (cookies ignore ports: one jar per IdP).
+    let mut first = Browser::new();
+    let mut second = Browser::new();
+    login_at(&env, &mut first, "", &env.idp).await;
+    login_at(&env, &mut second, "&provider=second", idp2).await;
+
+    let u1 = first.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    let u2 = second.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_eq!(u1["provider"], "default", "{u1}");
+    assert_eq!(u2["provider"], "second", "{u2}");
+    assert_eq!(u1["sub"], u2["sub"], "the same sub at both IdPs");
+    let s2 = env.session_of(&second).await.expect("a session");
+    assert_eq!(s2.provider.as_deref(), Some("second"));
+
+    // The API gets each session's own token; the second's is one the second IdP issued.
+    let seen = env.upstream.authorizations_seen();
+    assert_eq!(
+        second.xhr(Method::GET, &env.url("/api/x")).await.status,
+        200
+    );
+    assert_eq!(
+        env.upstream.authorizations_since(seen),
+        vec![format!("Bearer {}", s2.tokens.access_token.expose())]
+    );
+    let active = idp2
+        .introspect(
+            CLIENT_ID,
+            crate::support::CLIENT_SECRET,
+            s2.tokens.access_token.expose(),
+        )
+        .await;
+    assert_eq!(active["active"], true, "{active}");
+
+    // Refresh goes to the second IdP, not the first.
+    env.advance(Duration::from_secs(700));
+    assert_eq!(
+        second.xhr(Method::GET, &env.url("/api/x")).await.status,
+        200
+    );
+    assert_eq!(idp2.stat(&["token_requests", "refresh_token"]).await, 1);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 0);
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    assert_eq!(idp2.stat(&["token_requests", "refresh_token"]).await, 1);
+
+    // "Sign out everywhere" at the second provider leaves the first provider's alice alone.
+    let mut third = Browser::new();
+    login_at(&env, &mut third, "&provider=second", idp2).await;
+    let devices = third
+        .xhr(Method::GET, &env.url("/auth/sessions"))
+        .await
+        .json();
+    assert_eq!(
+        devices["sessions"].as_array().map(Vec::len),
+        Some(2),
+        "the second provider's alice has two sessions, the first's is not hers: {devices}"
+    );
+    let s3 = env.session_of(&third).await.expect("a session");
+    let r = third
+        .send(
+            third
+                .request(Method::POST, &env.url("/auth/logout"))
+                .header("x-csrf", "1")
+                .header("content-type", "application/json")
+                .body(r#"{"scope":"everywhere"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let end = r.json()["end_session_url"]
+        .as_str()
+        .expect("end_session_url")
+        .to_string();
+    assert!(end.starts_with(&idp2.issuer), "end-session at {end}");
+    assert_eq!(
+        second.xhr(Method::GET, &env.url("/api/x")).await.status,
+        401
+    );
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    // Revoked at the second IdP, where they were issued.
+    let last2 = s3.tokens.refresh_token.as_ref().expect("rt");
+    idp2.wait_revoked(last2.expose()).await;
+    assert_eq!(env.idp.stat(&["revocations"]).await, 0);
+
+    // A back-channel logout from the second IdP for alice ends only its sessions: the first's
+    // alice stays. From the first IdP, hers ends.
+    let mut fourth = Browser::new();
+    login_at(&env, &mut fourth, "&provider=second", idp2).await;
+    let token = logout_token(idp2, "alice").await;
+    assert_eq!(env.post_logout_token(&token).await, 200);
+    assert_eq!(
+        fourth.xhr(Method::GET, &env.url("/api/x")).await.status,
+        401
+    );
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    let token = logout_token(&env.idp, "alice").await;
+    assert_eq!(env.post_logout_token(&token).await, 200);
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+
+    // No token of either provider reached a browser.
+    for (b, s) in [(&second, &s2), (&third, &s3)] {
+        for t in std::iter::once(&s.tokens.access_token).chain(s.tokens.refresh_token.as_ref()) {
+            assert!(
+                !b.received.contains(t.expose()),
+                "a token reached the browser"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn routes_take_the_providers_they_name_and_unknown_providers_are_refused() {
+    let extra = r#"
+[[routes]]
+prefix = "/first-only/"
+upstream = "http://@UPSTREAM@"
+token = "required"
+providers = ["default"]
+"#;
+    let env = TestEnv::start_with(two_providers(extra)).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+
+    let mut b = Browser::new();
+    let r = b
+        .get(&env.url("/auth/login?return_to=/app&provider=nope"))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "unknown_provider");
+
+    let mut first = Browser::new();
+    let mut second = Browser::new();
+    login_at(&env, &mut first, "", &env.idp).await;
+    login_at(&env, &mut second, "&provider=second", idp2).await;
+    assert_eq!(
+        first
+            .xhr(Method::GET, &env.url("/first-only/x"))
+            .await
+            .status,
+        200
+    );
+    let r = second.xhr(Method::GET, &env.url("/first-only/x")).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "provider_not_allowed");
+    // Other routes take both.
+    assert_eq!(
+        second.xhr(Method::GET, &env.url("/api/x")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn check_reports_each_provider() {
+    let env = TestEnv::start_with(two_providers("")).await;
+    let (code, out) = env.run_check("");
+    assert_eq!(code, 0, "{out}");
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    assert!(
+        out.contains(&format!("idp [default] capabilities ({}):", env.idp.issuer))
+            && out.contains(&format!("idp [second] capabilities ({}):", idp2.issuer))
+            && out.contains("idp [default]: ok")
+            && out.contains("idp [second]: ok"),
+        "{out}"
+    );
+}
