@@ -1,5 +1,5 @@
-//! Integration tests: one binary, real Redis, the real IdP (npm oidc-provider), an echo
-//! upstream, Cloakroom on port 0.
+//! Integration tests: one binary, real Redis, the real IdP (npm oidc-provider; and
+//! django-oauth-toolkit for `second_idp`), an echo upstream, Cloakroom on port 0.
 
 mod support;
 
@@ -27,6 +27,7 @@ mod reconstitute;
 mod refresh;
 mod reload;
 mod route_tokens;
+mod second_idp;
 mod session_cache;
 mod soak;
 mod spa_client;

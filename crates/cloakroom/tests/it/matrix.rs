@@ -1,7 +1,7 @@
 //! The provider-behaviour matrix (issue #17, first part): one core suite — login, an API call
 //! with the session's token, a refresh, logout with revocation where the IdP has it, and the
 //! no-token-in-browser scan — run against `oidc-provider` in each configuration where real
-//! IdPs differ.
+//! IdPs differ. `second_idp.rs` runs the same suite ([`core`]) against django-oauth-toolkit.
 
 use crate::support::browser::Browser;
 use crate::support::{Opts, TestEnv};
@@ -10,22 +10,22 @@ use std::time::Duration;
 
 /// What the configuration under test does at the IdP.
 #[derive(Clone, Copy)]
-struct Expect {
+pub(crate) struct Expect {
     /// The IdP rotates refresh tokens on every use.
-    rotates: bool,
+    pub rotates: bool,
     /// The IdP has a revocation endpoint.
-    revocation: bool,
+    pub revocation: bool,
     /// The ID tokens' signing algorithm.
-    alg: &'static str,
+    pub alg: &'static str,
     /// The access token is a JWT (RFC 9068) with this audience, not an opaque string.
-    jwt_aud: Option<&'static str>,
+    pub jwt_aud: Option<&'static str>,
     /// `sub` is the IdP's local user id (else a pairwise identifier).
-    public_sub: bool,
+    pub public_sub: bool,
     /// The session has the profile claims (`name`, `email`).
-    profile: bool,
+    pub profile: bool,
 }
 
-const USUAL: Expect = Expect {
+pub(crate) const USUAL: Expect = Expect {
     rotates: true,
     revocation: true,
     alg: "RS256",
@@ -49,14 +49,29 @@ async fn metric(env: &TestEnv, name: &str) -> f64 {
     crate::support::metric_sum(env.apps[0].admin_addr, name).await
 }
 
-/// The core suite, on a fresh environment.
-async fn core(opts: Opts, expect: Expect) {
+/// What [`core`] leaves behind, for checks of a provider's own after the logout.
+pub(crate) struct CoreRun {
+    pub env: TestEnv,
+    pub browser: Browser,
+    /// The logout's answer (`{"end_session_url", "ended"}`).
+    pub logout: serde_json::Value,
+    /// The session as it was last, before the logout.
+    pub last: cloakroom::session::Session,
+}
+
+/// The core suite, on a fresh environment (against either IdP: `Opts::provider`).
+pub(crate) async fn core(opts: Opts, expect: Expect) -> CoreRun {
     let env = TestEnv::start_with(opts).await;
     let mut b = Browser::new();
     env.login(&mut b).await;
     let s = env.session_of(&b).await.expect("a session");
     let rt = s.tokens.refresh_token.clone().expect("a refresh token");
-    assert_eq!(s.sub == "alice", expect.public_sub, "sub {}", s.sub);
+    assert_eq!(
+        s.sub == env.sub_of("alice"),
+        expect.public_sub,
+        "sub {}",
+        s.sub
+    );
     assert_eq!(id_token_alg(&s), expect.alg, "the ID token's algorithm");
     let at_claims = crate::support::upstream::jwt_claims(s.tokens.access_token.expose());
     assert_eq!(
@@ -87,7 +102,7 @@ async fn core(opts: Opts, expect: Expect) {
     env.advance(Duration::from_secs(700));
     let r = b.xhr(Method::GET, &env.url("/api/x")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+    assert_eq!(env.refresh_grants().await, 1);
     let after = env.session_of(&b).await.expect("still a session");
     assert_ne!(
         after.tokens.access_token.expose(),
@@ -103,7 +118,7 @@ async fn core(opts: Opts, expect: Expect) {
     // And again (a kept refresh token is still good; a rotated one was replaced).
     env.advance(Duration::from_secs(700));
     assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
-    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
+    assert_eq!(env.refresh_reuses().await, 0);
     let last = env.session_of(&b).await.expect("still a session");
 
     // Before logout the browser has seen no token at all (the logout answer then carries the
@@ -118,10 +133,10 @@ async fn core(opts: Opts, expect: Expect) {
     let unavailable = metric(&env, "cloakroom_revocation_unavailable_total").await;
     let r = b.xhr(Method::POST, &env.url("/auth/logout")).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let logout = r.json();
     assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
     if expect.revocation {
-        env.idp
-            .wait_revoked(last.tokens.refresh_token.as_ref().expect("rt").expose())
+        env.wait_rt_revoked(last.tokens.refresh_token.as_ref().expect("rt").expose())
             .await;
     } else {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -132,7 +147,7 @@ async fn core(opts: Opts, expect: Expect) {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(env.idp.stat(&["revocations"]).await, 0);
+        assert_eq!(env.revocations().await, 0);
     }
 
     // No access or refresh token ever reached the browser.
@@ -143,6 +158,12 @@ async fn core(opts: Opts, expect: Expect) {
             !b.received.contains(t.expose()),
             "a token reached the browser"
         );
+    }
+    CoreRun {
+        env,
+        browser: b,
+        logout,
+        last,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod browser;
 pub(crate) mod chromium;
+pub(crate) mod dot_idp;
 pub(crate) mod fault;
 pub(crate) mod hostile_idp;
 pub(crate) mod idp;
@@ -61,8 +62,21 @@ fn init_logs() {
     });
 }
 
+/// Which real IdP an env runs against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Provider {
+    /// npm `oidc-provider` (tests/idp), one process per env, configured by the `idp_*` options.
+    #[default]
+    OidcProvider,
+    /// django-oauth-toolkit (tests/idp-dot), one process per test binary, a client and users
+    /// of the env's own registered there (`TestEnv::dot`). The `idp_*` options do not apply.
+    Dot,
+}
+
 #[derive(Clone)]
 pub(crate) struct Opts {
+    /// The IdP (default: oidc-provider).
+    pub provider: Provider,
     pub instances: usize,
     pub access_token_ttl: u64,
     pub idle_timeout: &'static str,
@@ -139,6 +153,7 @@ pub(crate) struct Opts {
 impl Default for Opts {
     fn default() -> Self {
         Self {
+            provider: Provider::OidcProvider,
             instances: 1,
             access_token_ttl: 3600,
             idle_timeout: "30m",
@@ -179,12 +194,35 @@ impl Default for Opts {
     }
 }
 
+/// An env's `oidc-provider` — none when the env runs against DOT ([`Opts::provider`]), where
+/// any use of `env.idp` panics saying so (use `env.dot()`).
+pub(crate) struct IdpSlot(Option<Idp>);
+
+impl std::ops::Deref for IdpSlot {
+    type Target = Idp;
+    fn deref(&self) -> &Idp {
+        self.0.as_ref().expect(
+            "this env runs against DOT (Opts::provider): env.idp is oidc-provider's; use env.dot()",
+        )
+    }
+}
+
+impl std::ops::DerefMut for IdpSlot {
+    fn deref_mut(&mut self) -> &mut Idp {
+        self.0.as_mut().expect(
+            "this env runs against DOT (Opts::provider): env.idp is oidc-provider's; use env.dot()",
+        )
+    }
+}
+
 pub(crate) struct TestEnv {
     pub binary_port: Option<u16>,
     pub redis: RedisServer,
-    pub idp: Idp,
+    pub idp: IdpSlot,
     /// With [`Opts::second_idp`]: the provider named `second`.
     pub idp2: Option<Idp>,
+    /// The DOT IdP and this env's client there, with `Provider::Dot`.
+    pub dot: Option<dot_idp::DotEnv>,
     pub upstream: Upstream,
     pub apps: Vec<RunningApp>,
     /// Each instance's clock (the system clock until a test advances it).
@@ -255,7 +293,26 @@ impl TestEnv {
             post_logout.push(format!("http://127.0.0.1:{port}/"));
             port
         });
-        let (idp, idp_fault) = Self::start_idp(&opts, &redirects, &post_logout).await;
+        let (idp, idp_fault, dot) = match opts.provider {
+            Provider::OidcProvider => {
+                let (idp, fault) = Self::start_idp(&opts, &redirects, &post_logout).await;
+                *upstream.seen.introspection.lock().expect("lock") =
+                    Some(idp.url("/token/introspection"));
+                (Some(idp), fault, None)
+            }
+            Provider::Dot => {
+                assert!(!opts.idp_fault, "Opts::idp_fault is for oidc-provider only");
+                let dot = dot_idp::DotIdp::shared()
+                    .register(
+                        CLIENT_SECRET,
+                        &redirects,
+                        &post_logout,
+                        opts.access_token_ttl,
+                    )
+                    .await;
+                (None, None, Some(dot))
+            }
+        };
         let idp2 = if opts.second_idp {
             let plain = Opts {
                 idp_fault: false,
@@ -265,7 +322,6 @@ impl TestEnv {
         } else {
             None
         };
-        *upstream.seen.introspection.lock().expect("lock") = Some(idp.url("/token/introspection"));
         let keys = KeyRing::generate_entry(1);
         let redis_fault = if opts.redis_fault {
             Some(fault::FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await)
@@ -275,8 +331,9 @@ impl TestEnv {
         let mut env = Self {
             binary_port,
             redis,
-            idp,
+            idp: IdpSlot(idp),
             idp2,
+            dot,
             upstream,
             apps: Vec::new(),
             clocks: Vec::new(),
@@ -426,7 +483,7 @@ login_rate_burst = {rate}
 listen = "127.0.0.1:0"
 [oidc]
 issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
+client_id = "{client_id}"
 client_auth_method = "{auth}"
 par = "{par}"
 client_assertion_audience = "{aud}"
@@ -474,7 +531,9 @@ strip_prefix = true
                 .opts
                 .issuer
                 .clone()
+                .or_else(|| self.dot.as_ref().map(|d| d.idp.issuer.clone()))
                 .unwrap_or_else(|| self.idp.issuer.clone()),
+            client_id = self.client_id(),
             auth = self.opts.client_auth,
             par = self.opts.par,
             aud = self.opts.client_assertion_audience,
@@ -605,7 +664,10 @@ strip_prefix = true
             .get(&format!("{}/auth/login?return_to=/app", self.base(i)))
             .await;
         assert_eq!(r.status, 302, "login: {}", r.body);
-        let callback = self.idp.login(browser, &r.location(), user, password).await;
+        let callback = match &self.dot {
+            Some(dot) => dot.login(browser, &r.location(), user, password).await,
+            None => self.idp.login(browser, &r.location(), user, password).await,
+        };
         assert!(callback.starts_with(&self.base(i)), "callback {callback}");
         let r = browser.get(&callback).await;
         assert_eq!(r.status, 302, "callback: {}", r.body);
@@ -630,6 +692,20 @@ strip_prefix = true
             loc = self.idp.absolute(&r.location());
         }
         panic!("the IdP did not send the browser back: {loc}")
+    }
+
+    /// Cloakroom's client id at the env's IdP.
+    pub(crate) fn client_id(&self) -> String {
+        self.dot
+            .as_ref()
+            .map_or_else(|| CLIENT_ID.to_string(), |d| d.client_id.clone())
+    }
+
+    /// The env's DOT client (panics unless the env runs against DOT).
+    pub(crate) fn dot(&self) -> &dot_idp::DotEnv {
+        self.dot
+            .as_ref()
+            .expect("this env runs against oidc-provider (Opts::provider)")
     }
 
     pub(crate) async fn login(&self, browser: &mut Browser) -> browser::Resp {
