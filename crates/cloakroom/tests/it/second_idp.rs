@@ -235,3 +235,82 @@ async fn a_refresh_token_without_offline_access() {
         s.tokens.access_token.expose()
     );
 }
+
+/// `prompt=none`, which stock DOT answers with a 500 (oauthlib's `validate_silent_login` and
+/// `validate_silent_authorization` are left to the deployment; server.py implements them).
+/// Over a live DOT session a silent login brings a new session without a form. Without one,
+/// DOT redirects `error=login_required` but without the RFC 9207 `iss` its discovery promises
+/// (it adds `iss` to successful responses only: django-oauth-toolkit issue #1846), and
+/// Cloakroom, as RFC 9207 §2.4 requires, refuses that response.
+#[tokio::test]
+async fn silent_login_over_a_dot_session_and_without_one() {
+    let env = TestEnv::start_with(dot()).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let first = env.session_of(&b).await.expect("a session");
+    let r = b
+        .get(&env.url("/auth/login?prompt=none&return_to=/app/page"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = env.follow_back(&mut b, &r.location()).await;
+    assert!(query(&callback).contains_key("iss"), "{callback}");
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), "/app/page");
+    let second = env.session_of(&b).await.expect("a session");
+    assert_ne!(
+        second.tokens.access_token.expose(),
+        first.tokens.access_token.expose()
+    );
+    assert_eq!(second.sub, env.sub_of("alice"));
+    assert_eq!(b.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+
+    let mut fresh = Browser::new();
+    let r = fresh
+        .get(&env.url("/auth/login?prompt=none&return_to=/app/page"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = env.follow_back(&mut fresh, &r.location()).await;
+    let q = query(&callback);
+    assert_eq!(q["error"], "login_required", "{callback}");
+    assert!(!q.contains_key("iss"), "DOT #1846 fixed? {callback}");
+    let r = fresh.get(&callback).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("invalid_state")),
+        "{}",
+        r.body
+    );
+    assert!(env.session_of(&fresh).await.is_none());
+}
+
+/// A DOT client registered with the HS256 algorithm gets ID tokens signed with its client
+/// secret (DOT's discovery lists HS256 next to RS256). Cloakroom accepts asymmetric ID-token
+/// signatures only: the login fails at the callback, and no session is made. Register
+/// Cloakroom's client at DOT with RS256.
+#[tokio::test]
+async fn hs256_id_tokens_are_refused() {
+    let mut o = dot();
+    o.idp_client_extra
+        .insert("algorithm".into(), "HS256".into());
+    let env = TestEnv::start_with(o).await;
+    let mut b = Browser::new();
+    let r = b.get(&env.url("/auth/login?return_to=/app")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = env
+        .dot()
+        .login(&mut b, &r.location(), "alice", "wonderland")
+        .await;
+    let r = b.get(&callback).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("invalid_id_token")),
+        "{}",
+        r.body
+    );
+    assert!(env.session_of(&b).await.is_none());
+    assert_eq!(
+        env.dot().counter("token_requests.authorization_code").await,
+        1
+    );
+}

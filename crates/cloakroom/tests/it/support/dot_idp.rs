@@ -43,6 +43,10 @@ pub(crate) struct DotEnv {
     users: BTreeMap<String, (String, String)>,
 }
 
+/// Every DOT client's secret: 32 bytes or more, as jwcrypto insists for a client whose ID tokens
+/// are HS256 (signed with the secret); DOT's own generated secrets are 128 characters.
+pub(crate) const CLIENT_SECRET: &str = "test-dot-client-secret-0123456789abcdef";
+
 /// The test users every env gets its own copy of: (name, password, full name, email).
 const USERS: [(&str, &str, &str, &str); 2] = [
     ("alice", "wonderland", "Alice Liddell", "alice@example.test"),
@@ -156,13 +160,15 @@ impl DotIdp {
     }
 
     /// Registers a confidential client (consent skipped) with these callback URLs, and this
-    /// env's own copies of the test users.
+    /// env's own copies of the test users; `extra` adds keys to the registration (e.g.
+    /// `algorithm`, see server.py's `/test/clients`).
     pub(crate) async fn register(
         &'static self,
         secret: &str,
         redirect_uris: &[String],
         post_logout_redirect_uris: &[String],
         access_token_ttl: u64,
+        extra: &serde_json::Map<String, serde_json::Value>,
     ) -> DotEnv {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -178,17 +184,21 @@ impl DotIdp {
                 })
             })
             .collect();
+        let mut registration = serde_json::json!({
+            "client_id": client_id,
+            "client_secret": secret,
+            "redirect_uris": redirect_uris,
+            "post_logout_redirect_uris": post_logout_redirect_uris,
+            "access_token_ttl": access_token_ttl,
+            "users": users,
+        });
+        for (k, v) in extra {
+            registration[k] = v.clone();
+        }
         let r = reqwest::Client::new()
             .post(self.url("/test/clients"))
             .header("x-test-token", &self.token)
-            .json(&serde_json::json!({
-                "client_id": client_id,
-                "client_secret": secret,
-                "redirect_uris": redirect_uris,
-                "post_logout_redirect_uris": post_logout_redirect_uris,
-                "access_token_ttl": access_token_ttl,
-                "users": users,
-            }))
+            .json(&registration)
             .send()
             .await
             .expect("DOT client registration");
@@ -250,7 +260,8 @@ impl DotEnv {
             .1
     }
 
-    fn absolute(&self, loc: &str) -> String {
+    /// `loc` (a `Location`, often relative at DOT) as an absolute URL.
+    pub(crate) fn absolute(&self, loc: &str) -> String {
         if loc.starts_with('/') {
             self.idp.url(loc)
         } else {

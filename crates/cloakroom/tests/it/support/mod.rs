@@ -121,7 +121,7 @@ pub(crate) struct Opts {
     /// More `[oidc]` keys for Cloakroom (TOML lines).
     pub oidc_toml: String,
     /// Extra keys of Cloakroom's client registration at the test IdP, e.g.
-    /// `client_credentials`, `token_exchange`, `scope`.
+    /// `client_credentials`, `token_exchange`, `scope` (at DOT: `algorithm`).
     pub idp_client_extra: serde_json::Map<String, serde_json::Value>,
     pub refresh_skew: &'static str,
     pub oidc_timeout: &'static str,
@@ -304,10 +304,11 @@ impl TestEnv {
                 assert!(!opts.idp_fault, "Opts::idp_fault is for oidc-provider only");
                 let dot = dot_idp::DotIdp::shared()
                     .register(
-                        CLIENT_SECRET,
+                        dot_idp::CLIENT_SECRET,
                         &redirects,
                         &post_logout,
                         opts.access_token_ttl,
+                        &opts.idp_client_extra,
                     )
                     .await;
                 (None, None, Some(dot))
@@ -579,7 +580,8 @@ strip_prefix = true
 
     pub(crate) fn env_vars(&self, keys: &str) -> Env {
         let mut e = Env::new();
-        e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), CLIENT_SECRET.into());
+        let secret = self.dot.as_ref().map_or(CLIENT_SECRET, |d| &d.secret);
+        e.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), secret.into());
         e.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
         e.insert("CLOAKROOM_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
         if self.idp2.is_some() {
@@ -682,14 +684,18 @@ strip_prefix = true
             if loc.starts_with(&self.base(0)) {
                 return loc;
             }
-            let r = browser.get(&self.idp.absolute(&loc)).await;
+            let absolute = |l: &str| match &self.dot {
+                Some(d) => d.absolute(l),
+                None => self.idp.absolute(l),
+            };
+            let r = browser.get(&absolute(&loc)).await;
             assert!(
                 r.status == 302 || r.status == 303,
                 "no interaction expected: {} {}",
                 r.status,
                 r.body
             );
-            loc = self.idp.absolute(&r.location());
+            loc = absolute(&r.location());
         }
         panic!("the IdP did not send the browser back: {loc}")
     }
