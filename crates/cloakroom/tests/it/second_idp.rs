@@ -185,6 +185,14 @@ async fn a_replayed_refresh_token_revokes_the_session_s_tokens() {
         dot.introspect(now.tokens.access_token.expose()).await["active"],
         true
     );
+    // Unlike oidc-provider, DOT deletes the previous access token when it rotates: a request
+    // still carrying it (one forwarded while the refresh ran) is refused by a resource server
+    // that introspects.
+    assert_eq!(
+        dot.introspect(first.tokens.access_token.expose()).await["active"],
+        false,
+        "the access token before the refresh"
+    );
 
     let (status, body) = dot.try_refresh(stolen.expose()).await;
     assert_eq!(
