@@ -4,7 +4,8 @@
 //! session's token, refresh (DOT rotates refresh tokens and detects reuse), logout, and the
 //! no-token-in-browser scan — plus what DOT does differently: its OIDC discovery names no
 //! revocation endpoint (its RFC 8414 metadata does), its RP-initiated logout deletes the
-//! user's tokens, and it issues refresh tokens without `offline_access`.
+//! user's tokens, it issues refresh tokens without `offline_access`, its `prompt=none` error
+//! responses lack the RFC 9207 `iss` it promises, and it can sign ID tokens with HS256.
 
 use crate::matrix::{core, CoreRun, Expect, USUAL};
 use crate::support::browser::Browser;
@@ -23,7 +24,9 @@ fn dot() -> Opts {
 
 /// DOT as Cloakroom sees it: RS256 ID tokens with the profile claims, opaque access tokens,
 /// `sub` the user's database id, rotated refresh tokens — and no revocation at logout, as DOT's
-/// OIDC discovery document (the only one Cloakroom reads) has no `revocation_endpoint`.
+/// OIDC discovery document (the only one Cloakroom reads) has no `revocation_endpoint`. (Once
+/// Cloakroom also reads RFC 8414 metadata, `revocation` is true here, and the first checks of
+/// `the_core_suite_and_rp_initiated_logout` see the tokens revoked before the end session.)
 const DOT: Expect = Expect {
     revocation: false,
     ..USUAL

@@ -679,15 +679,15 @@ strip_prefix = true
     /// Follows the IdP's redirects from `loc` (an authorization URL) without any interaction
     /// until one comes back to instance 0, and returns that URL (a silent login's callback).
     pub(crate) async fn follow_back(&self, browser: &mut Browser, loc: &str) -> String {
+        let absolute = |l: &str| match &self.dot {
+            Some(d) => d.absolute(l),
+            None => self.idp.absolute(l),
+        };
         let mut loc = loc.to_string();
         for _ in 0..5 {
             if loc.starts_with(&self.base(0)) {
                 return loc;
             }
-            let absolute = |l: &str| match &self.dot {
-                Some(d) => d.absolute(l),
-                None => self.idp.absolute(l),
-            };
             let r = browser.get(&absolute(&loc)).await;
             assert!(
                 r.status == 302 || r.status == 303,
