@@ -418,14 +418,19 @@ impl OidcClient {
             .or_else(|| client.token_uri().cloned())
             .ok_or_else(|| fail("discovery names no token_endpoint".into()))?;
         let client = client.set_token_uri(token_url);
+        let revocation = match aliases
+            .revocation_endpoint
+            .or(extra.additional_metadata.revocation_endpoint)
+        {
+            Some(r) => Some(r),
+            None => revocation::from_authorization_server_metadata(&http, &issuer_str).await,
+        };
         Ok(Self {
             client,
             jwks,
             http,
             end_session: extra.end_session_endpoint,
-            revocation: aliases
-                .revocation_endpoint
-                .or(extra.additional_metadata.revocation_endpoint),
+            revocation,
             par: par.map(|p| aliases.pushed_authorization_request_endpoint.unwrap_or(p)),
             issuer: issuer_str,
             client_id: config.client_id.clone(),

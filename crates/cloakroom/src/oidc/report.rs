@@ -64,9 +64,22 @@ pub async fn capability_report(config: &OidcConfig) -> Result<Vec<ReportLine>, S
     }
     let doc: Value =
         serde_json::from_slice(resp.body()).map_err(|e| format!("{url}: not JSON ({e})"))?;
-    let extra: ExtraMetadata =
+    let mut extra: ExtraMetadata =
         serde_json::from_value(doc.clone()).map_err(|e| format!("{url}: {e}"))?;
-    Ok(lines(config, &doc, &extra))
+    // As `OidcClient::discover` does: an endpoint only in the RFC 8414 metadata is used.
+    let mut from_rfc8414 = false;
+    if extra.revocation_endpoint.is_none() {
+        extra.revocation_endpoint =
+            super::revocation::from_authorization_server_metadata(&http, &config.issuer_id).await;
+        from_rfc8414 = extra.revocation_endpoint.is_some();
+    }
+    let mut out = lines(config, &doc, &extra);
+    if from_rfc8414 {
+        for l in out.iter_mut().filter(|l| l.what == "revocation (RFC 7009)") {
+            l.idp = "an endpoint, in its RFC 8414 metadata only (not in OpenID discovery)".into();
+        }
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_lines)]

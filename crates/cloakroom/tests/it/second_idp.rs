@@ -1,9 +1,10 @@
 //! The core suite against a second OpenID Provider written independently of `oidc-provider`
 //! (issue #17): django-oauth-toolkit 3.4.1 (`tests/idp-dot/`, one shared process, each test
 //! with a client and users of its own). Login through Django's login form, an API call with the
-//! session's token, refresh (DOT rotates refresh tokens and detects reuse), logout, and the
-//! no-token-in-browser scan — plus what DOT does differently: its OIDC discovery names no
-//! revocation endpoint (its RFC 8414 metadata does), its RP-initiated logout deletes the
+//! session's token, refresh (DOT rotates refresh tokens and detects reuse), logout with
+//! revocation, and the no-token-in-browser scan — plus what DOT does differently: its OIDC
+//! discovery names no revocation endpoint (its RFC 8414 metadata does, and Cloakroom reads it
+//! from there), its RP-initiated logout deletes the
 //! user's tokens, it issues refresh tokens without `offline_access`, its `prompt=none` error
 //! responses lack the RFC 9207 `iss` it promises, and it can sign ID tokens with HS256.
 
@@ -23,18 +24,12 @@ fn dot() -> Opts {
 }
 
 /// DOT as Cloakroom sees it: RS256 ID tokens with the profile claims, opaque access tokens,
-/// `sub` the user's database id, rotated refresh tokens — and no revocation at logout, as DOT's
-/// OIDC discovery document (the only one Cloakroom reads) has no `revocation_endpoint`. (Once
-/// Cloakroom also reads RFC 8414 metadata, `revocation` is true here, and the first checks of
-/// `the_core_suite_and_rp_initiated_logout` see the tokens revoked before the end session.)
-const DOT: Expect = Expect {
-    revocation: false,
-    ..USUAL
-};
+/// `sub` the user's database id, rotated refresh tokens, and revocation at logout at the
+/// endpoint Cloakroom finds in DOT's RFC 8414 metadata (its OIDC discovery names none).
+const DOT: Expect = USUAL;
 
-/// The core suite; then the end-session URL Cloakroom's logout answered, followed as the SPA
-/// does: DOT ends its session and deletes the user's tokens, the only way they die at logout
-/// while Cloakroom cannot revoke at DOT.
+/// The core suite (the logout revoked the tokens at DOT); then the end-session URL Cloakroom's
+/// logout answered, followed as the SPA does: DOT ends its own session too.
 #[tokio::test]
 async fn the_core_suite_and_rp_initiated_logout() {
     let CoreRun {
@@ -47,11 +42,11 @@ async fn the_core_suite_and_rp_initiated_logout() {
     let at = last.tokens.access_token.expose();
     assert_eq!(
         dot.introspect(at).await["active"],
-        true,
-        "not revoked by the logout itself (Cloakroom knows no revocation endpoint at DOT)"
+        false,
+        "revoked by the logout itself (at the RFC 8414 metadata's revocation endpoint)"
     );
     let live = dot.stats().await;
-    assert_eq!(live["live_refresh_tokens"], 1, "{live}");
+    assert_eq!(live["live_refresh_tokens"], 0, "{live}");
 
     let url = logout["end_session_url"]
         .as_str()
@@ -138,6 +133,15 @@ async fn revocation_is_advertised_in_rfc8414_metadata_only() {
         .expect("revocation_endpoint")
         .to_string();
     assert_eq!(revocation, dot.idp.url("/o/revoke_token/"));
+    // Cloakroom reads it from there, and `cloakroom check` says where it was found.
+    let (code, out) = env.run_check("");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("revocation (RFC 7009)")
+                && l.contains("in its RFC 8414 metadata only")),
+        "{out}"
+    );
 
     let mut b = Browser::new();
     env.login(&mut b).await;
