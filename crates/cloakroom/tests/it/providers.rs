@@ -214,3 +214,63 @@ async fn check_reports_each_provider() {
         "{out}"
     );
 }
+
+/// `[oidc]` is oidc-provider and `[[oidc.providers]] name = "dot"` is django-oauth-toolkit: two
+/// independently written IdPs in one deployment, each session refreshed and revoked at its own
+/// (DOT's revocation endpoint found in its RFC 8414 metadata).
+#[tokio::test]
+async fn oidc_provider_and_django_oauth_toolkit_side_by_side() {
+    let env = TestEnv::start_with(Opts {
+        dot_provider: true,
+        access_token_ttl: 600,
+        ..Opts::default()
+    })
+    .await;
+    let dot = env.dot2.as_ref().expect("DOT");
+    let mut first = Browser::new();
+    login_at(&env, &mut first, "", &env.idp).await;
+    let mut other = Browser::new();
+    let r = other
+        .get(&env.url("/auth/login?return_to=/app&provider=dot"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = dot
+        .login(&mut other, &r.location(), "alice", "wonderland")
+        .await;
+    assert_eq!(other.get(&callback).await.status, 302);
+
+    let u = other.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_eq!(u["provider"], "dot", "{u}");
+    assert_eq!(u["sub"], dot.sub("alice"), "DOT's own sub: {u}");
+    let s = env.session_of(&other).await.expect("a session");
+    let seen = env.upstream.authorizations_seen();
+    assert_eq!(other.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(
+        env.upstream.authorizations_since(seen),
+        vec![format!("Bearer {}", s.tokens.access_token.expose())]
+    );
+    assert_eq!(
+        dot.introspect(s.tokens.access_token.expose()).await["active"],
+        true
+    );
+
+    // Refreshed at DOT, not at oidc-provider.
+    env.advance(Duration::from_secs(700));
+    assert_eq!(other.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(dot.counter("token_requests.refresh_token").await, 1);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 0);
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert_eq!(env.idp.stat(&["token_requests", "refresh_token"]).await, 1);
+
+    // Logout revokes at DOT; the end-session URL is DOT's.
+    let r = other.xhr(Method::POST, &env.url("/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let end = r.json()["end_session_url"]
+        .as_str()
+        .expect("end_session_url")
+        .to_string();
+    assert!(end.starts_with(&dot.idp.url("/o/logout/")), "{end}");
+    dot.wait_revoked(1).await;
+    assert_eq!(env.idp.stat(&["revocations"]).await, 0);
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+}

@@ -148,6 +148,8 @@ pub(crate) struct Opts {
     /// A second `oidc-provider` of its own (same client registration and users), configured
     /// as `[[oidc.providers]] name = "second"` ([`TestEnv::idp2`]).
     pub second_idp: bool,
+    /// DOT as one more provider, `[[oidc.providers]] name = "dot"` ([`TestEnv::dot2`]).
+    pub dot_provider: bool,
 }
 
 impl Default for Opts {
@@ -190,6 +192,7 @@ impl Default for Opts {
             instance_keys: Vec::new(),
             login_rate_limit: 1_000_000,
             second_idp: false,
+            dot_provider: false,
         }
     }
 }
@@ -223,6 +226,8 @@ pub(crate) struct TestEnv {
     pub idp2: Option<Idp>,
     /// The DOT IdP and this env's client there, with `Provider::Dot`.
     pub dot: Option<dot_idp::DotEnv>,
+    /// With [`Opts::dot_provider`]: DOT as the provider named `dot`.
+    pub dot2: Option<dot_idp::DotEnv>,
     pub upstream: Upstream,
     pub apps: Vec<RunningApp>,
     /// Each instance's clock (the system clock until a test advances it).
@@ -314,6 +319,21 @@ impl TestEnv {
                 (None, None, Some(dot))
             }
         };
+        let dot2 = if opts.dot_provider {
+            Some(
+                dot_idp::DotIdp::shared()
+                    .register(
+                        dot_idp::CLIENT_SECRET,
+                        &redirects,
+                        &post_logout,
+                        opts.access_token_ttl,
+                        &serde_json::Map::new(),
+                    )
+                    .await,
+            )
+        } else {
+            None
+        };
         let idp2 = if opts.second_idp {
             let plain = Opts {
                 idp_fault: false,
@@ -335,6 +355,7 @@ impl TestEnv {
             idp: IdpSlot(idp),
             idp2,
             dot,
+            dot2,
             upstream,
             apps: Vec::new(),
             clocks: Vec::new(),
@@ -559,10 +580,19 @@ strip_prefix = true
             rate = self.opts.login_rate_limit,
             session_extra = self.opts.session_toml,
             oidc_timeout = self.opts.oidc_timeout,
-            second = self.idp2.as_ref().map_or_else(String::new, |i| format!(
-                "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"",
-                i.issuer
-            )),
+            second = self
+                .idp2
+                .as_ref()
+                .map(|i| format!(
+                    "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n",
+                    i.issuer
+                ))
+                .into_iter()
+                .chain(self.dot2.as_ref().map(|d| format!(
+                    "[[oidc.providers]]\nname = \"dot\"\nissuer = \"{}\"\nclient_id = \"{}\"\n",
+                    d.idp.issuer, d.client_id
+                )))
+                .collect::<String>(),
             store = self
                 .opts
                 .store_toml
@@ -589,6 +619,9 @@ strip_prefix = true
                 "CLOAKROOM_OIDC_SECOND_CLIENT_SECRET".into(),
                 CLIENT_SECRET.into(),
             );
+        }
+        if let Some(d) = &self.dot2 {
+            e.insert("CLOAKROOM_OIDC_DOT_CLIENT_SECRET".into(), d.secret.clone());
         }
         if let Some(key) = &self.opts.client_key {
             e.insert("CLOAKROOM_OIDC_CLIENT_KEY".into(), key.clone());
