@@ -11,10 +11,13 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /admin/users/{sub}/sessions` | 200 `{"sub", "sessions": [{handle, created_at, last_seen, expires_at, idle_expires_at, absolute_expires_at, user_agent, ip}]}` — never tokens |
+//! | `GET /admin/users/{sub}/sessions[?provider=NAME]` | 200 `{"sub", "sessions": [{handle, provider, created_at, last_seen, expires_at, idle_expires_at, absolute_expires_at, user_agent, ip}]}` — never tokens |
 //! | `DELETE /admin/sessions/{handle}` | 200 `{"ended": 1}`, or 404 `not_found` |
-//! | `DELETE /admin/users/{sub}/sessions[?except={handle}]` | 200 `{"ended": n}` — "log out everywhere" |
+//! | `DELETE /admin/users/{sub}/sessions[?except={handle}][&provider=NAME]` | 200 `{"ended": n}` — "log out everywhere" |
 //!
+//! With several identity providers a `sub` is only unique per provider: `provider=NAME` keeps
+//! to that provider's sessions (400 `unknown_provider` for a name that is none); without it,
+//! every provider's sessions with that `sub`.
 //! Ending a session deletes it and revokes its tokens at the IdP. Every admin action is an
 //! audit log event (`event = "admin"`).
 
@@ -148,7 +151,20 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
     authorized(state, req)?;
     let path = req.uri().path();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let except = crate::query::query_param(&crate::query::query_pairs(req.uri()), "except")?;
+    let pairs = crate::query::query_pairs(req.uri());
+    let except = crate::query::query_param(&pairs, "except")?;
+    let providers = state.ender.providers();
+    // `Some(recorded)`: only sessions of that provider (`None` recorded: `[oidc]`).
+    let only: Option<Option<String>> = match crate::query::query_param(&pairs, "provider")? {
+        None => None,
+        Some(name) => Some(
+            providers
+                .named(&name)
+                .map(|p| providers.record_name(p))
+                .ok_or(Error::UnknownProvider)?,
+        ),
+    };
+    let primary = providers.primary().name().to_string();
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
@@ -158,9 +174,11 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
             let list: Vec<serde_json::Value> = found
                 .live
                 .into_iter()
+                .filter(|(_, s)| only.as_ref().is_none_or(|p| *p == s.provider))
                 .map(|(h, s)| {
                     serde_json::json!({
                         "handle": h,
+                        "provider": s.provider.as_deref().unwrap_or(&primary),
                         "created_at": s.created_at,
                         "last_seen": s.last_seen,
                         "expires_at": s.expires_at(idle),
@@ -192,11 +210,18 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
         (&Method::DELETE, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
             let found = state.sessions.find(Index::Sub, &sub).await?;
+            // Records this instance cannot open say no provider: ended only without a filter.
+            let unreadable = if only.is_some() {
+                Vec::new()
+            } else {
+                found.unreadable
+            };
             let victims: Vec<(String, Option<crate::session::Session>)> = found
                 .live
                 .into_iter()
+                .filter(|(_, s)| only.as_ref().is_none_or(|p| *p == s.provider))
                 .map(|(h, s)| (h, Some(s)))
-                .chain(found.unreadable.into_iter().map(|h| (h, None)))
+                .chain(unreadable.into_iter().map(|h| (h, None)))
                 .filter(|(h, _)| except.as_ref() != Some(h))
                 .collect();
             let n = state.ender.end_all(victims, "admin").await?;

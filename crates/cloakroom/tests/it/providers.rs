@@ -274,3 +274,59 @@ async fn oidc_provider_and_django_oauth_toolkit_side_by_side() {
     assert_eq!(env.idp.stat(&["revocations"]).await, 0);
     assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
 }
+
+/// The admin API: a `sub` is unique per provider, so `?provider=` keeps to one provider's
+/// sessions; without it, every provider's sessions with that `sub` are listed and ended.
+#[tokio::test]
+async fn the_admin_api_tells_the_providers_apart() {
+    let env = TestEnv::start_with(two_providers("")).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let mut first = Browser::new();
+    let mut second = Browser::new();
+    login_at(&env, &mut first, "", &env.idp).await;
+    login_at(&env, &mut second, "&provider=second", idp2).await;
+    let admin = reqwest::Client::new();
+    let call = |method: Method, path: &str| {
+        admin
+            .request(method, env.admin_url(0, path))
+            .bearer_auth(crate::support::ADMIN_TOKEN)
+    };
+    let list = |q: &str| call(Method::GET, &format!("/admin/users/alice/sessions{q}")).send();
+    let all: serde_json::Value = list("").await.expect("list").json().await.expect("json");
+    let mut providers: Vec<String> = all["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["provider"].as_str().expect("provider").to_string())
+        .collect();
+    providers.sort();
+    assert_eq!(providers, ["default", "second"], "{all}");
+    let only: serde_json::Value = list("?provider=second")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(only["sessions"].as_array().map(Vec::len), Some(1), "{only}");
+    assert_eq!(only["sessions"][0]["provider"], "second");
+    let r = list("?provider=nope").await.expect("list");
+    assert_eq!(r.status(), 400);
+
+    let r = call(
+        Method::DELETE,
+        "/admin/users/alice/sessions?provider=default",
+    )
+    .send()
+    .await
+    .expect("delete");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json")["ended"],
+        1
+    );
+    assert_eq!(first.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+    assert_eq!(
+        second.xhr(Method::GET, &env.url("/api/x")).await.status,
+        200
+    );
+}
