@@ -160,7 +160,7 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
         Some(name) => Some(
             providers
                 .named(&name)
-                .map(|p| providers.record_name(p))
+                .map(|p| providers.record_name(&p))
                 .ok_or(Error::UnknownProvider)?,
         ),
     };

@@ -50,6 +50,8 @@ struct Parts {
     clients: Arc<crate::client_tokens::ClientTokens>,
     reaper: Option<crate::reaper::Reaper>,
     config: std::sync::Mutex<Config>,
+    /// One reload at a time (a reload may wait on the IdPs' discovery).
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -108,7 +110,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.store),
         format!("{:?}", new.store),
     );
-    same("oidc", format!("{:?}", old.oidc), format!("{:?}", new.oidc));
     same(
         "session",
         format!("{:?}", old.session),
@@ -125,12 +126,68 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.reload),
         format!("{:?}", new.reload),
     );
-    same(
-        "cookie keys",
-        old.keys.fingerprint(),
-        new.keys.fingerprint(),
-    );
     out
+}
+
+/// Whether the identity providers must be discovered again: their settings or secrets changed,
+/// or the routes' resources a login asks for.
+fn providers_changed(old: &Config, new: &Config) -> bool {
+    let view = |c: &Config| {
+        let providers: Vec<String> = c
+            .oidc
+            .all()
+            .map(|p| format!("{p:?}|{}", secrets_fingerprint(p)))
+            .collect();
+        (
+            providers,
+            crate::config::login_resources(&c.routes),
+            c.oidc.default_provider.clone(),
+        )
+    };
+    view(old) != view(new)
+}
+
+/// A digest of a provider's secrets (which `Debug` redacts): a reload that re-read a rotated
+/// `CLOAKROOM_OIDC_CLIENT_SECRET_FILE` or key sees the change.
+fn secrets_fingerprint(p: &crate::config::OidcConfig) -> String {
+    let keys: Vec<String> = p
+        .client_keys
+        .iter()
+        .map(|k| k.public_jwk(None).to_string())
+        .collect();
+    crate::crypto::hash(&format!(
+        "{}|{}|{}",
+        p.client_secret.expose(),
+        keys.join(","),
+        p.client_cert.as_ref().map_or("", |c| c.thumbprint())
+    ))
+}
+
+/// Discovers every provider of `config` (`[oidc]` first), each asking at login for the
+/// resources of the routes that take its sessions.
+async fn discover_providers(
+    config: &Config,
+    clock: &Clock,
+) -> Result<(Arc<OidcClient>, Vec<Arc<OidcClient>>), StartupError> {
+    let redirect = crate::oidc::redirect_uri(config)?;
+    let mut clients = Vec::new();
+    for (i, p) in config.oidc.all().enumerate() {
+        let recorded = (i > 0).then_some(p.name.as_str());
+        let (resources, resource_scopes) =
+            crate::config::login_resources_for(&config.routes, recorded);
+        clients.push(Arc::new(
+            OidcClient::discover(p, redirect.clone())
+                .await?
+                .with_clock(clock.clone())
+                .with_login_resources(resources, resource_scopes),
+        ));
+    }
+    let mut clients = clients.into_iter();
+    let primary = clients.next().ok_or_else(|| StartupError::Discovery {
+        issuer: config.oidc.issuer_id.clone(),
+        reason: "no provider".into(),
+    })?;
+    Ok((primary, clients.collect()))
 }
 
 /// What the caller provides instead of the defaults: listeners it bound (tests bind port 0
@@ -207,25 +264,43 @@ impl RunningApp {
     }
 
     /// Applies a new configuration without a restart (SIGHUP, `POST /admin/reload`): routes,
-    /// upstreams and their pools, CSRF origins, the admin token. In-flight requests and open
-    /// tunnels finish on the configuration they started with. Settings a reload cannot change
-    /// (listeners, store, IdP client, session lifetimes, cookie keys, log settings) must be as
-    /// they are; otherwise nothing changes.
+    /// upstreams and their pools, CSRF origins, the admin token, the identity providers
+    /// (discovered again when `[oidc]`, `[[oidc.providers]]`, their secrets or the routes'
+    /// login resources changed) and the cookie key ring (its first key seals from now on;
+    /// removed keys stop opening). In-flight requests and open tunnels finish on the
+    /// configuration they started with. Settings a reload cannot change (listeners, store,
+    /// session lifetimes, cookie settings, log settings) must be as they are; otherwise nothing
+    /// changes.
     ///
     /// # Errors
-    /// Every setting that needs a restart, named; or the routes' TLS client failing to build.
-    pub fn reload(&self, new: Config) -> Result<(), Vec<String>> {
+    /// Every setting that needs a restart, named; a provider's discovery failing; or the
+    /// routes' TLS client failing to build. Then nothing changed.
+    pub async fn reload(&self, new: Config) -> Result<(), Vec<String>> {
         let s = &self._state;
         let p = &s.parts;
-        let mut current = p
+        let _one = p.reloading.lock().await;
+        let current = p
             .config
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let problems = needs_restart(&current, &new);
         if !problems.is_empty() {
             crate::metrics::config_reload("error");
             return Err(problems);
         }
+        // Everything that can fail first; then the swap, all of it or nothing.
+        let providers = if providers_changed(&current, &new) {
+            match discover_providers(&new, &p.clock).await {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    crate::metrics::config_reload("error");
+                    return Err(vec![format!("oidc: {e}")]);
+                }
+            }
+        } else {
+            None
+        };
         let forwarder = match forwarder(&new, &self.tunnels) {
             Ok(f) => f,
             Err(e) => {
@@ -233,6 +308,13 @@ impl RunningApp {
                 return Err(vec![e.to_string()]);
             }
         };
+        let keys_changed = current.keys.fingerprint() != new.keys.fingerprint();
+        if let Some((primary, others)) = providers.as_ref() {
+            p.providers
+                .replace(primary.clone(), others.clone(), &new.oidc.default_provider);
+        }
+        // The new ring seals from now on; a record only a removed key opens stops opening.
+        p.sessions.set_keys(new.keys.clone());
         let next = router(
             &new,
             &p.sessions,
@@ -246,9 +328,17 @@ impl RunningApp {
         );
         s.router.store(Arc::new(next));
         s.admin.token.store(new.admin.token.clone().map(Arc::new));
-        tracing::info!(target: "audit", event = "reload", routes = new.routes.len(), "configuration reloaded");
+        tracing::info!(
+            target: "audit", event = "reload",
+            routes = new.routes.len(),
+            providers = providers.as_ref().map_or(0, |(_, o)| o.len() + 1),
+            keys_changed,
+            "configuration reloaded"
+        );
         crate::metrics::config_reload("ok");
-        *current = new;
+        *p.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
         Ok(())
     }
 
@@ -331,30 +421,8 @@ impl App {
         }
         let clock = listeners.clock.clone().unwrap_or_default();
         let store = connect_store(&config.store).await?;
-        let redirect = crate::oidc::redirect_uri(&config)?;
-        let mut clients = Vec::new();
-        for (i, p) in config.oidc.all().enumerate() {
-            // Each provider's logins ask for the resources of the routes that take its sessions.
-            let recorded = (i > 0).then_some(p.name.as_str());
-            let (resources, resource_scopes) =
-                crate::config::login_resources_for(&config.routes, recorded);
-            clients.push(Arc::new(
-                OidcClient::discover(p, redirect.clone())
-                    .await?
-                    .with_clock(clock.clone())
-                    .with_login_resources(resources, resource_scopes),
-            ));
-        }
-        let mut clients = clients.into_iter();
-        let primary = clients.next().ok_or_else(|| StartupError::Discovery {
-            issuer: config.oidc.issuer_id.clone(),
-            reason: "no provider".into(),
-        })?;
-        let providers = Providers::new(
-            primary.clone(),
-            clients.collect(),
-            &config.oidc.default_provider,
-        );
+        let (primary, others) = discover_providers(&config, &clock).await?;
+        let providers = Providers::new(primary.clone(), others, &config.oidc.default_provider);
         let oidc = primary;
         let sessions = Sessions::new(
             store,
@@ -379,9 +447,9 @@ impl App {
         });
         let refresh_cfg = RefreshConfig::from_config(&config);
         let clients = Arc::new(crate::client_tokens::ClientTokens::new(
-            oidc.clone(),
+            providers.clone(),
             sessions.store().clone(),
-            config.keys.clone(),
+            sessions.shared_keys(),
             clock.clone(),
             refresh_cfg.skew,
             refresh_cfg.cooloff,
@@ -453,6 +521,7 @@ impl App {
                 clients,
                 reaper: reaper.clone(),
                 config: std::sync::Mutex::new(config),
+                reloading: tokio::sync::Mutex::new(()),
             },
             sessions,
             tunnels: tunnels.clone(),

@@ -22,11 +22,11 @@
 
 use crate::clock::Clock;
 use crate::config::ClientSpec;
-use crate::crypto::KeyRing;
 use crate::error::Error;
 use crate::oidc::grants::GrantError;
-use crate::oidc::OidcClient;
+use crate::oidc::Providers;
 use crate::secret::Secret;
+use crate::session::SharedKeys;
 use crate::session::{BearerHeader, Credential, LockState, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -94,9 +94,11 @@ struct Slot {
 
 /// The client-token cache. See the module documentation.
 pub struct ClientTokens {
-    oidc: Arc<OidcClient>,
+    /// `[oidc]` (`Providers::primary`) is whose client Cloakroom's own tokens are.
+    providers: Providers,
     store: Store,
-    keys: Arc<KeyRing>,
+    /// The sessions' key ring, swapped with theirs by a reload.
+    keys: SharedKeys,
     clock: Clock,
     skew: Duration,
     cooloff: Duration,
@@ -116,16 +118,16 @@ impl ClientTokens {
     /// Over this IdP and store; `skew`, `cooloff` and `lease` as for session refreshes.
     #[must_use]
     pub fn new(
-        oidc: Arc<OidcClient>,
+        providers: Providers,
         store: Store,
-        keys: Arc<KeyRing>,
+        keys: SharedKeys,
         clock: Clock,
         skew: Duration,
         cooloff: Duration,
         lease: Duration,
     ) -> Self {
         Self {
-            oidc,
+            providers,
             store,
             keys,
             clock,
@@ -266,6 +268,7 @@ impl ClientTokens {
         };
         let t = self
             .keys
+            .load()
             .open(&Self::aad(spec), &blob)
             .and_then(|json| serde_json::from_slice::<ClientToken>(&json).ok());
         Ok(t.filter(|t| !t.due(self.clock.unix(), self.skew))
@@ -277,7 +280,7 @@ impl ClientTokens {
         if let Ok(Some(t)) = self.shared(spec, name).await {
             return Ok(t);
         }
-        let g = self.oidc.client_credentials(spec).await?;
+        let g = self.providers.primary().client_credentials(spec).await?;
         let now = self.clock.unix();
         let t = ClientToken {
             access_token: g.access_token,
@@ -291,7 +294,7 @@ impl ClientTokens {
         let keep = t.expires_at.map_or(3600, |exp| exp - now).max(1);
         match serde_json::to_vec(&t) {
             Ok(json) => {
-                let blob = self.keys.seal(&Self::aad(spec), &json);
+                let blob = self.keys.load().seal(&Self::aad(spec), &json);
                 let ttl = Duration::from_secs(u64::try_from(keep).unwrap_or(1));
                 if let Err(e) = self.store.put_shared(name, blob, ttl).await {
                     tracing::warn!(error = %e, "client token not shared through the store; peers will ask the IdP for their own");

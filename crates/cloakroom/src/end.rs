@@ -158,7 +158,7 @@ impl Ender {
     /// The IdP of a session that recorded `provider`; `None`, logged and counted as a failed
     /// revocation, when the configuration no longer has it.
     fn provider(&self, provider: Option<&str>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
-        let found = self.providers.of(provider).cloned();
+        let found = self.providers.of(provider);
         if found.is_none() {
             tracing::warn!(
                 event = "revocation_failed",

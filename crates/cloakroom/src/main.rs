@@ -278,13 +278,13 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
             () = cloakroom::server::wait_for_signal() => break,
             Some(()) = edited => {
                 tracing::info!(path = %path.display(), "the config file changed; reloading");
-                let _ = reload_from(path, &app);
+                let _ = reload_from(path, &app).await;
             }
             () = reload => {
-                let _ = reload_from(path, &app);
+                let _ = reload_from(path, &app).await;
             }
             Some(reply) = asked => {
-                let _ = reply.send(reload_from(path, &app));
+                let _ = reply.send(reload_from(path, &app).await);
             }
         }
     }
@@ -297,12 +297,12 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
 
 /// Re-reads `path` and the environment and applies the result, or logs every problem and
 /// changes nothing.
-fn reload_from(
+async fn reload_from(
     path: &std::path::Path,
     app: &cloakroom::app::RunningApp,
 ) -> Result<(), Vec<String>> {
     let problems = match Config::load(path, &env()) {
-        Ok(config) => match app.reload(config) {
+        Ok(config) => match app.reload(config).await {
             Ok(()) => return Ok(()),
             Err(p) => p,
         },

@@ -527,7 +527,7 @@ impl Refresher {
             return Outcome::Fresh(Arc::new(s));
         }
         // The session's own IdP: where it logged in, and the only one its tokens mean anything to.
-        let Some(oidc) = self.ender.providers().of(s.provider.as_deref()).cloned() else {
+        let Some(oidc) = self.ender.providers().of(s.provider.as_deref()) else {
             tracing::warn!(
                 event = "refresh_failed",
                 session = %short(handle),

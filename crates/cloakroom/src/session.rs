@@ -678,11 +678,15 @@ impl Store {
     }
 }
 
+/// A key ring a reload can swap, shared by everything that seals with it.
+pub type SharedKeys = Arc<arc_swap::ArcSwap<KeyRing>>;
+
 /// Sessions over a [`Store`]: sealing, ids, expiry.
 #[derive(Debug, Clone)]
 pub struct Sessions {
     store: Store,
-    keys: Arc<KeyRing>,
+    /// The key ring; a reload swaps it ([`Sessions::set_keys`]) for every clone at once.
+    keys: SharedKeys,
     idle: Duration,
     absolute: Duration,
     clock: Clock,
@@ -813,7 +817,7 @@ impl Sessions {
     pub fn new(store: Store, keys: Arc<KeyRing>, idle: Duration, absolute: Duration) -> Self {
         Self {
             store,
-            keys,
+            keys: Arc::new(arc_swap::ArcSwap::new(keys)),
             idle,
             absolute,
             clock: Clock::system(),
@@ -821,6 +825,25 @@ impl Sessions {
             ended: Arc::default(),
             linger: None,
         }
+    }
+
+    /// A reloaded key ring, for every clone of these sessions: its first key seals from now on,
+    /// and a record only a removed key opens stops opening. The local cache is emptied, so no
+    /// session opened with a removed key is served from it.
+    pub fn set_keys(&self, keys: Arc<KeyRing>) {
+        if self.keys.load().fingerprint() == keys.fingerprint() {
+            return;
+        }
+        self.keys.store(keys);
+        if let Some(c) = &self.cache {
+            c.clear();
+        }
+    }
+
+    /// The key ring, as [`Sessions::set_keys`] swaps it (for others that seal with it).
+    #[must_use]
+    pub fn shared_keys(&self) -> SharedKeys {
+        self.keys.clone()
     }
 
     /// Keeps records `linger` past their expiry, on the store's expiry schedule, for the
@@ -935,7 +958,7 @@ impl Sessions {
             Index::Sub => "sub",
             Index::Sid => "sid",
         };
-        self.keys.index_names(kind, value)
+        self.keys.load().index_names(kind, value)
     }
 
     fn ttl(&self, s: &Session) -> Option<Duration> {
@@ -953,7 +976,7 @@ impl Sessions {
 
     fn seal(&self, handle: &str, s: &Session) -> Result<Vec<u8>, StoreError> {
         let json = serde_json::to_vec(s).map_err(|e| StoreError(format!("encode: {e}")))?;
-        Ok(self.keys.seal(&record_aad(handle), &json))
+        Ok(self.keys.load().seal(&record_aad(handle), &json))
     }
 
     /// Writes (seals) a whole session with a TTL from its idle and absolute expiry.
@@ -1025,7 +1048,7 @@ impl Sessions {
     }
 
     fn open(&self, handle: &str, rec: &StoredRecord) -> Option<Session> {
-        let Some(json) = self.keys.open(&record_aad(handle), &rec.blob) else {
+        let Some(json) = self.keys.load().open(&record_aad(handle), &rec.blob) else {
             tracing::warn!(session = %short(handle), "session record does not open with any key");
             return None;
         };
@@ -1142,7 +1165,7 @@ impl Sessions {
         let Ok(ttl) = u64::try_from(left) else {
             return Ok(());
         };
-        let blob = self.keys.seal(&Self::state_aad(handle), json);
+        let blob = self.keys.load().seal(&Self::state_aad(handle), json);
         self.store
             .put_shared(
                 &Self::state_key(handle),
@@ -1161,7 +1184,7 @@ impl Sessions {
             .store
             .get_shared(&Self::state_key(handle))
             .await?
-            .and_then(|b| self.keys.open(&Self::state_aad(handle), &b)))
+            .and_then(|b| self.keys.load().open(&Self::state_aad(handle), &b)))
     }
 
     /// A record as it is, expired or not: what the reaper looks at.
@@ -1195,7 +1218,7 @@ impl Sessions {
         window: Duration,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_vec(left).map_err(|e| StoreError(format!("encode: {e}")))?;
-        let blob = self.keys.seal(&Self::leftover_aad(handle), &json);
+        let blob = self.keys.load().seal(&Self::leftover_aad(handle), &json);
         self.store
             .put_shared(&Self::leftover_key(handle), blob, window)
             .await
@@ -1213,6 +1236,7 @@ impl Sessions {
         self.store.delete_shared(&key).await?;
         Ok(self
             .keys
+            .load()
             .open(&Self::leftover_aad(handle), &blob)
             .and_then(|j| serde_json::from_slice(&j).ok()))
     }

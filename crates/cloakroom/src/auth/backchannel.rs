@@ -76,7 +76,7 @@ impl Backchannel {
         let remember =
             Duration::from_secs(u64::try_from(LOGOUT_TOKEN_MAX_AGE + 2 * skew).unwrap_or(600));
         let jti_key = crypto::hash(&format!("jti:{}:{}", oidc.issuer(), claims.jti));
-        let provider = state.providers.record_name(oidc);
+        let provider = state.providers.record_name(&oidc);
         let store = state.sessions.store();
         // The jti is remembered only once the sessions are ended: a failure on the way answers
         // 503 and the IdP's retry of the same token is accepted.

@@ -91,7 +91,7 @@ impl Login {
             dpop: auth.dpop,
             step_up,
             remember,
-            provider: state.providers.record_name(oidc),
+            provider: state.providers.record_name(&oidc),
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

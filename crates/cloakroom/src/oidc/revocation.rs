@@ -150,6 +150,62 @@ fn end_session_url(
     request.http_get_url()
 }
 
+/// The revocation endpoint from the IdP's OAuth 2.0 Authorization Server Metadata (RFC 8414),
+/// for an IdP whose OpenID discovery document does not list it (django-oauth-toolkit lists it
+/// only there). Tried at the RFC 8414 §3.1 location (`/.well-known/oauth-authorization-server`
+/// inserted before the issuer's path), then appended to the issuer; a document whose `issuer`
+/// is not exactly ours is ignored (§3.3). `None` when neither has one.
+pub(super) async fn from_authorization_server_metadata(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Option<Url> {
+    let parsed = Url::parse(issuer).ok()?;
+    let path = parsed.path().trim_end_matches('/');
+    let mut inserted = parsed.clone();
+    inserted.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    inserted.set_query(None);
+    let appended = format!(
+        "{}/.well-known/oauth-authorization-server",
+        issuer.trim_end_matches('/')
+    );
+    let mut tried = vec![inserted.to_string()];
+    if appended != tried[0] {
+        tried.push(appended);
+    }
+    #[derive(serde::Deserialize)]
+    struct Rfc8414 {
+        issuer: String,
+        revocation_endpoint: Option<Url>,
+    }
+    for url in tried {
+        let Ok(resp) = send_bounded(http.get(&url)).await else {
+            continue;
+        };
+        if !resp.status().is_success() {
+            continue;
+        }
+        match serde_json::from_slice::<Rfc8414>(resp.body()) {
+            Ok(m) if m.issuer == issuer => {
+                if let Some(e) = m.revocation_endpoint {
+                    tracing::info!(
+                        endpoint = %e,
+                        "the revocation endpoint comes from the IdP's RFC 8414 metadata (its OpenID discovery does not list one)"
+                    );
+                    return Some(e);
+                }
+                return None;
+            }
+            Ok(m) => tracing::warn!(
+                url = %url,
+                issuer = %m.issuer,
+                "RFC 8414 metadata for another issuer ignored"
+            ),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,60 +315,4 @@ mod tests {
             .map(|(_, v)| v.into_owned());
         assert_eq!(hint.as_deref(), Some(token.expose()));
     }
-}
-
-/// The revocation endpoint from the IdP's OAuth 2.0 Authorization Server Metadata (RFC 8414),
-/// for an IdP whose OpenID discovery document does not list it (django-oauth-toolkit lists it
-/// only there). Tried at the RFC 8414 §3.1 location (`/.well-known/oauth-authorization-server`
-/// inserted before the issuer's path), then appended to the issuer; a document whose `issuer`
-/// is not exactly ours is ignored (§3.3). `None` when neither has one.
-pub(super) async fn from_authorization_server_metadata(
-    http: &reqwest::Client,
-    issuer: &str,
-) -> Option<Url> {
-    let parsed = Url::parse(issuer).ok()?;
-    let path = parsed.path().trim_end_matches('/');
-    let mut inserted = parsed.clone();
-    inserted.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
-    inserted.set_query(None);
-    let appended = format!(
-        "{}/.well-known/oauth-authorization-server",
-        issuer.trim_end_matches('/')
-    );
-    let mut tried = vec![inserted.to_string()];
-    if appended != tried[0] {
-        tried.push(appended);
-    }
-    #[derive(serde::Deserialize)]
-    struct Rfc8414 {
-        issuer: String,
-        revocation_endpoint: Option<Url>,
-    }
-    for url in tried {
-        let Ok(resp) = send_bounded(http.get(&url)).await else {
-            continue;
-        };
-        if !resp.status().is_success() {
-            continue;
-        }
-        match serde_json::from_slice::<Rfc8414>(resp.body()) {
-            Ok(m) if m.issuer == issuer => {
-                if let Some(e) = m.revocation_endpoint {
-                    tracing::info!(
-                        endpoint = %e,
-                        "the revocation endpoint comes from the IdP's RFC 8414 metadata (its OpenID discovery does not list one)"
-                    );
-                    return Some(e);
-                }
-                return None;
-            }
-            Ok(m) => tracing::warn!(
-                url = %url,
-                issuer = %m.issuer,
-                "RFC 8414 metadata for another issuer ignored"
-            ),
-            Err(_) => {}
-        }
-    }
-    None
 }

@@ -235,3 +235,226 @@ async fn a_watched_config_file_reloads_by_itself() {
     let mut bin = bin;
     let _ = bin.child.wait();
 }
+
+/// Logs `b` in through the binary at `base` (oidc-provider, or the provider `query` names).
+async fn login_through(
+    env: &TestEnv,
+    b: &mut Browser,
+    base: &str,
+    query: &str,
+    idp: &crate::support::idp::Idp,
+) {
+    let r = b
+        .get(&format!("{base}/auth/login?return_to=/x{query}"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = idp.login(b, &r.location(), "alice", "wonderland").await;
+    assert!(callback.starts_with(base), "{callback}");
+    let _ = env;
+    assert_eq!(b.get(&callback).await.status, 302);
+}
+
+/// The key ring and the admin token come from `_FILE`s; rewritten and reloaded while a session
+/// is in use, nothing fails: a new first key seals new sessions from then on and the old key
+/// still opens the old ones; the old admin token stops working, the new one works. Then the old
+/// key is removed: the sessions only it opened stop opening, the new ones go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_and_a_new_admin_token_apply_under_load() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        ..Opts::default()
+    })
+    .await;
+    let bin = env.spawn_binary_file_secrets("").await;
+    let base = format!("http://{}", bin.addr);
+    let admin = bin.admin_addr;
+    let mut old_session = Browser::new();
+    login_through(&env, &mut old_session, &base, "", &env.idp).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, mut b, url) = (
+            stop.clone(),
+            old_session.clone(),
+            format!("{base}/api/load"),
+        );
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(b.xhr(Method::GET, &url).await.status);
+            }
+            statuses
+        })
+    };
+    let admin_status = |token: String| async move {
+        reqwest::Client::new()
+            .get(format!("http://{admin}/admin/users/alice/sessions"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("admin")
+            .status()
+            .as_u16()
+    };
+    let old_token = crate::support::ADMIN_TOKEN.to_string();
+    assert_eq!(admin_status(old_token.clone()).await, 200);
+
+    // Step 1: a new first key, the old one still in the ring; a new admin token.
+    let new_key = cloakroom::crypto::KeyRing::generate_entry(2);
+    let new_token = "rotated-admin-token-fedcba9876543210".to_string();
+    std::fs::write(
+        &bin.secret_files["CLOAKROOM_COOKIE_KEYS"],
+        format!("{new_key},{}", env.keys),
+    )
+    .expect("keys");
+    std::fs::write(&bin.secret_files["CLOAKROOM_ADMIN_TOKEN"], &new_token).expect("token");
+    hup(bin.pid());
+    wait_for("the new admin token", async || {
+        admin_status(new_token.clone()).await == 200
+    })
+    .await;
+    assert_eq!(
+        admin_status(old_token.clone()).await,
+        401,
+        "the old token is refused"
+    );
+    let mut new_session = Browser::new();
+    login_through(&env, &mut new_session, &base, "", &env.idp).await;
+    assert!(
+        env.session_of_with(&new_session, &new_key).await.is_some(),
+        "a session made after the reload is sealed with the new first key"
+    );
+    assert!(
+        env.session_of_with(&old_session, &new_key).await.is_none(),
+        "the old session is still sealed with the old key"
+    );
+    assert_eq!(
+        old_session
+            .xhr(Method::GET, &format!("{base}/api/x"))
+            .await
+            .status,
+        200
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.expect("load");
+    assert!(statuses.len() > 10, "the load ran: {}", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "no request failed during the rotation: {statuses:?}"
+    );
+
+    // Step 2: the old key removed. What only it opened no longer opens.
+    std::fs::write(&bin.secret_files["CLOAKROOM_COOKIE_KEYS"], &new_key).expect("keys");
+    hup(bin.pid());
+    wait_for("the old key gone", async || {
+        old_session
+            .clone()
+            .xhr(Method::GET, &format!("{base}/api/x"))
+            .await
+            .status
+            == 401
+    })
+    .await;
+    assert_eq!(
+        new_session
+            .xhr(Method::GET, &format!("{base}/api/x"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await,
+        2.0
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let mut bin = bin;
+    let _ = bin.child.wait();
+    let log = std::fs::read_to_string(&bin.stderr_path).expect("log");
+    assert!(!log.contains(&new_token), "the admin token in the log");
+}
+
+/// A provider added by a reload: `?provider=second` is unknown before, a working login after
+/// (discovered at the reload), while the first provider's session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_an_identity_provider() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        second_idp: true,
+        ..Opts::default()
+    })
+    .await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let port = env.binary_port.expect("binary port");
+    let full = env.toml(port, "");
+    let block = format!(
+        "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{}\"\n",
+        idp2.issuer,
+        crate::support::CLIENT_ID
+    );
+    assert!(
+        full.contains(&block),
+        "the env's config names the second IdP"
+    );
+    let bin = env.spawn_binary("").await;
+    // Start without the second provider.
+    let with_second = std::fs::read_to_string(&bin.config_path).expect("config");
+    std::fs::write(&bin.config_path, with_second.replace(&block, "")).expect("write");
+    hup(bin.pid());
+    let admin = bin.admin_addr;
+    wait_for("the first reload", async || {
+        metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let base = format!("http://{}", bin.addr);
+    let mut first = Browser::new();
+    login_through(&env, &mut first, &base, "", &env.idp).await;
+    let mut b = Browser::new();
+    let r = b
+        .get(&format!("{base}/auth/login?return_to=/x&provider=second"))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "unknown_provider");
+
+    std::fs::write(&bin.config_path, &with_second).expect("write");
+    hup(bin.pid());
+    wait_for("the second reload", async || {
+        metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await >= 2.0
+    })
+    .await;
+    login_through(&env, &mut b, &base, "&provider=second", idp2).await;
+    let u = b
+        .xhr(Method::GET, &format!("{base}/auth/user"))
+        .await
+        .json();
+    assert_eq!(u["provider"], "second", "{u}");
+    assert_eq!(
+        first
+            .xhr(Method::GET, &format!("{base}/api/x"))
+            .await
+            .status,
+        200
+    );
+
+    // A provider whose discovery fails at the reload: refused, nothing changed.
+    std::fs::write(
+        &bin.config_path,
+        with_second.replace(&idp2.issuer, "http://127.0.0.1:9"),
+    )
+    .expect("write");
+    hup(bin.pid());
+    wait_for("the refusal", async || {
+        metric(admin, "cloakroom_config_reload_total{result=\"error\"}").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        b.xhr(Method::GET, &format!("{base}/api/x")).await.status,
+        200
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let mut bin = bin;
+    let _ = bin.child.wait();
+}

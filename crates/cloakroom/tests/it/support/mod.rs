@@ -857,6 +857,9 @@ pub(crate) struct Binary {
     pub stderr_path: std::path::PathBuf,
     /// The config file it runs on (a reload test rewrites it).
     pub config_path: std::path::PathBuf,
+    /// With [`TestEnv::spawn_binary_file_secrets`]: where each secret's `_FILE` is
+    /// (`CLOAKROOM_COOKIE_KEYS`, `CLOAKROOM_ADMIN_TOKEN`, `CLOAKROOM_OIDC_CLIENT_SECRET` → path).
+    pub secret_files: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Binary {
@@ -940,7 +943,21 @@ impl TestEnv {
         )
     }
 
+    /// As [`TestEnv::spawn_binary`], with the key ring, the admin token and the client secret
+    /// given as `<VAR>_FILE` (files a reload test rewrites: [`Binary::secret_files`]).
+    pub(crate) async fn spawn_binary_file_secrets(&self, extra: &str) -> Binary {
+        let port = self.binary_port.unwrap_or_else(redis::free_port);
+        let text = self
+            .toml(port, extra)
+            .replace("level = \"debug\"", "level = \"info\"");
+        self.spawn_config_with(port, text, true).await
+    }
+
     async fn spawn_config(&self, port: u16, text: String) -> Binary {
+        self.spawn_config_with(port, text, false).await
+    }
+
+    async fn spawn_config_with(&self, port: u16, text: String, file_secrets: bool) -> Binary {
         let admin_port = redis::free_port();
         let text = text.replacen(
             "[admin]\nlisten = \"127.0.0.1:0\"",
@@ -959,8 +976,23 @@ impl TestEnv {
         cmd.args(["run", "--config"]).arg(&config);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let mut secret_files = std::collections::BTreeMap::new();
         for (k, v) in self.env_vars(&self.keys) {
-            cmd.env(k, v);
+            let as_file = file_secrets
+                && [
+                    "CLOAKROOM_COOKIE_KEYS",
+                    "CLOAKROOM_ADMIN_TOKEN",
+                    "CLOAKROOM_OIDC_CLIENT_SECRET",
+                ]
+                .contains(&k.as_str());
+            if as_file {
+                let path = dir.join(k.to_ascii_lowercase());
+                std::fs::write(&path, &v).expect("secret file");
+                cmd.env(format!("{k}_FILE"), &path);
+                secret_files.insert(k, path);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd
             .stdout(std::fs::File::create(&stderr_path).expect("log file"))
@@ -979,6 +1011,7 @@ impl TestEnv {
             child,
             stderr_path,
             config_path: config.clone(),
+            secret_files,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
