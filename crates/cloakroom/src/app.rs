@@ -95,10 +95,18 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             ));
         }
     };
+    // What only the router reads from [server] is reloaded: the login rate limit and the
+    // trusted proxies. The rest (listener, limits the connections are served with) is not.
+    let mut new_server = new.server.clone();
+    new_server.login_rate_limit = old.server.login_rate_limit;
+    new_server.login_rate_burst = old.server.login_rate_burst;
+    new_server
+        .trusted_proxies
+        .clone_from(&old.server.trusted_proxies);
     same(
         "server",
         format!("{:?}", old.server),
-        format!("{:?}", new.server),
+        format!("{new_server:?}"),
     );
     same(
         "admin.listen",
@@ -698,3 +706,52 @@ fn spawn_tunnel_sweep(state: std::sync::Weak<AppState>) {
 
 /// How often sessions with open tunnels are checked (see `spawn_tunnel_sweep`).
 pub const TUNNEL_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str, keys: &str) -> Config {
+        let mut env = crate::config::Env::new();
+        env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        env.insert("CLOAKROOM_COOKIE_KEYS".into(), keys.into());
+        Config::from_toml(
+            &format!(
+                "[server]\npublic_url = \"https://app.example\"\n{server}\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\n"
+            ),
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_reload_takes_rate_limits_proxies_providers_and_keys_but_not_listener_limits() {
+        let k1 = crate::crypto::KeyRing::generate_entry(1);
+        let k2 = crate::crypto::KeyRing::generate_entry(2);
+        let old = config("", &k1);
+        let new = config(
+            "login_rate_limit = 7\nlogin_rate_burst = 9\ntrusted_proxies = [\"10.0.0.1\"]",
+            &format!("{k2},{k1}"),
+        );
+        assert!(
+            needs_restart(&old, &new).is_empty(),
+            "{:?}",
+            needs_restart(&old, &new)
+        );
+        let limits = config("max_connections = 3", &k1);
+        assert_eq!(
+            needs_restart(&old, &limits),
+            ["server: changed; it takes a restart (a reload keeps the running value)"]
+        );
+        let mut other_idp = old.clone();
+        other_idp.oidc.client_id = "d".into();
+        assert!(providers_changed(&old, &other_idp));
+        let mut other_secret = old.clone();
+        other_secret.oidc.client_secret = crate::secret::Secret::new("t");
+        assert!(
+            providers_changed(&old, &other_secret),
+            "a secret read from its _FILE"
+        );
+        assert!(!providers_changed(&old, &old.clone()));
+    }
+}
