@@ -15,12 +15,13 @@ use std::time::Duration;
 use url::Url;
 
 /// The secrets, read only from the environment (or the file named by `<NAME>_FILE`).
-pub const SECRET_VARS: [&str; 5] = [
+pub const SECRET_VARS: [&str; 6] = [
     "CLOAKROOM_OIDC_CLIENT_SECRET",
     "CLOAKROOM_OIDC_CLIENT_KEY",
     "CLOAKROOM_OIDC_CLIENT_CERT_KEY",
     "CLOAKROOM_COOKIE_KEYS",
     "CLOAKROOM_ADMIN_TOKEN",
+    telemetry::OTLP_HEADERS_VAR,
 ];
 
 mod cookie;
@@ -31,6 +32,7 @@ mod routes;
 mod server;
 mod session;
 mod store;
+mod telemetry;
 
 pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
@@ -46,6 +48,7 @@ pub use routes::{
 pub use server::{AdminConfig, ServerConfig};
 pub use session::{ReconstituteConfig, RememberConfig, SessionConfig, WithoutRefreshToken};
 pub use store::{StoreConfig, StoreKind, Topology};
+pub use telemetry::{OtlpProtocol, TelemetryConfig, OTLP_HEADERS_VAR};
 
 /// The validated configuration: one typed section per component, each built and validated by
 /// its own module. Components take their section, not the whole.
@@ -73,6 +76,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[reload]`.
     pub reload: ReloadConfig,
+    /// `[telemetry]`: OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
     /// The key ring sealing cookies and records (`CLOAKROOM_COOKIE_KEYS`).
     pub keys: Arc<KeyRing>,
     /// Things that are valid but probably not what the operator meant (logged at start-up,
@@ -101,8 +106,10 @@ impl fmt::Display for ConfigErrors {
 pub type Env = BTreeMap<String, String>;
 
 /// Sections of `config.toml`, in the order `CLOAKROOM_<SECTION>_<KEY>` overrides are matched.
-const SECTIONS: [&str; 10] = [
+#[rustfmt::skip]
+const SECTIONS: [&str; 11] = [
     "server", "admin", "oidc", "session", "cookie", "csrf", "store", "upstream", "log", "reload",
+    "telemetry",
 ];
 
 #[derive(Debug, Deserialize, Default)]
@@ -276,6 +283,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
     let raw_upstream = section(&mut root, "upstream", errs);
     let raw_log = section(&mut root, "log", errs);
     let raw_reload: RawReload = section(&mut root, "reload", errs);
+    let raw_telemetry = section(&mut root, "telemetry", errs);
     let raw_routes: Vec<routes::RawRoute> = match root.remove("routes") {
         None => Vec::new(),
         Some(v) => Vec::<routes::RawRoute>::deserialize(v).unwrap_or_else(|e| {
@@ -300,6 +308,8 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
     let upstream = UpstreamConfig::build(raw_upstream, errs);
     let routes = routes::build(raw_routes, &server.auth_prefix, &oidc, &upstream, errs);
     let log = LogConfig::build(raw_log, errs);
+    let otlp_headers = read_secret(env, OTLP_HEADERS_VAR, errs);
+    let telemetry = TelemetryConfig::build(raw_telemetry, otlp_headers, errs);
     let keys = key_ring(env, errs);
     Some(Config {
         server,
@@ -315,6 +325,7 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         reload: ReloadConfig {
             watch: raw_reload.watch.unwrap_or(false),
         },
+        telemetry,
         keys: keys?,
         warnings,
     })
