@@ -130,6 +130,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     same("log", format!("{:?}", old.log), format!("{:?}", new.log));
     same(
+        "telemetry",
+        format!("{:?}", old.telemetry),
+        format!("{:?}", new.telemetry),
+    );
+    same(
         "reload.watch",
         format!("{:?}", old.reload),
         format!("{:?}", new.reload),
@@ -611,6 +616,7 @@ fn router(
         .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
         .collect();
     Router {
+        trust_incoming_trace: config.telemetry.trust_incoming_trace,
         auth_prefix: config.server.auth_prefix.clone(),
         client_ip: ClientIp::new(&config.server.trusted_proxies),
         origins: origins.clone(),

@@ -151,7 +151,8 @@ impl Ender {
     /// is the same grant's as a live session's).
     fn revoke_derived_later(&self, provider: Option<&str>, tokens: Tokens) {
         if let Some(oidc) = self.provider(provider) {
-            tokio::spawn(async move { oidc.revoke_derived(&tokens).await });
+            let revoke = async move { oidc.revoke_derived(&tokens).await };
+            tokio::spawn(tracing::Instrument::in_current_span(revoke));
         }
     }
 
@@ -199,7 +200,8 @@ impl Ender {
     /// background.
     pub fn revoke_later(&self, provider: Option<&str>, tokens: Tokens) {
         if let Some(oidc) = self.provider(provider) {
-            tokio::spawn(async move { oidc.revoke_tokens(&tokens).await });
+            let revoke = async move { oidc.revoke_tokens(&tokens).await };
+            tokio::spawn(tracing::Instrument::in_current_span(revoke));
         }
     }
 

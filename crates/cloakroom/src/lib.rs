@@ -32,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod stepup;
 pub mod telemetry;
+pub mod trace;
 pub mod tunnels;
 
 pub use app::{App, Listeners, RunningApp};

@@ -69,7 +69,13 @@ impl SessionLoader {
             return Ok(None);
         };
         let handle = id.handle();
-        let Some(mut s) = self.sessions.load_shared(&handle).await? else {
+        let span = crate::trace::span!(
+            "session.load",
+            cache = tracing::field::Empty,
+            cloakroom.session = crate::session::short(&handle)
+        );
+        let loaded = tracing::Instrument::instrument(self.sessions.load_shared(&handle), span);
+        let Some(mut s) = loaded.await? else {
             return Ok(None);
         };
         if slide {

@@ -231,7 +231,7 @@ async fn check_provider(
 
 async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     let watch = config.reload.watch;
-    if let Err(e) = cloakroom::telemetry::init(&config.log) {
+    if let Err(e) = cloakroom::telemetry::init(&config.log, &config.telemetry) {
         eprintln!("start-up failed: {e}");
         return ExitCode::from(1);
     }
@@ -239,6 +239,7 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
+            cloakroom::trace::shutdown().await;
             cloakroom::telemetry::flush();
             eprintln!("start-up failed: {e}");
             return ExitCode::from(1);
@@ -291,6 +292,7 @@ async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
+    cloakroom::trace::shutdown().await;
     cloakroom::telemetry::flush();
     ExitCode::SUCCESS
 }

@@ -13,6 +13,10 @@
 //!
 //! Because step 4 comes after step 1, `Connection: authorization` cannot strip our bearer.
 //!
+//! With tracing on, the request also carries the `traceparent` of its `upstream` span
+//! ([`crate::trace`]); a browser's own trace headers reach here only when
+//! `telemetry.trust_incoming_trace` is on (the router removes them otherwise).
+//!
 //! An upstream that refuses a DPoP request for want of a nonce (`401`, `WWW-Authenticate:
 //! DPoP error="use_dpop_nonce"`, `DPoP-Nonce`, §9) gets the request once more with a new proof
 //! carrying the nonce, when the request can be sent again: no body, or one of at most
@@ -37,6 +41,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// RFC 9110 §7.6.1 hop-by-hop headers (plus the legacy `Proxy-Connection` and `Keep-Alive`).
 const HOP_BY_HOP: [&str; 8] = [
@@ -642,20 +647,34 @@ async fn forward(
         (Some(_), TokenScheme::Dpop) => return Err(Error::DpopRequired),
         _ => None,
     };
+    let span = crate::trace::span!("upstream", otel.kind = "client");
+    crate::trace::upstream_request(&span, &mut req, route_label);
     let started = Instant::now();
-    let mut resp = match (ctx.bearer, dpop_key) {
-        (Some(cred), Some(key)) => forward_dpop(forwarder, route, req, cred.token, key).await?,
-        (bearer, _) => {
-            if let Some(cred) = bearer {
-                let v = cred
-                    .header
-                    .get(cred.token)
-                    .ok_or_else(|| Error::Internal("access token is not a header value".into()))?;
-                req.headers_mut().insert(header::AUTHORIZATION, v);
+    let call = async {
+        match (ctx.bearer, dpop_key) {
+            (Some(cred), Some(key)) => forward_dpop(forwarder, route, req, cred.token, key).await,
+            (bearer, _) => {
+                if let Some(cred) = bearer {
+                    let v = cred.header.get(cred.token).ok_or_else(|| {
+                        Error::Internal("access token is not a header value".into())
+                    })?;
+                    req.headers_mut().insert(header::AUTHORIZATION, v);
+                }
+                send(forwarder, route, req.map(BodyExt::boxed)).await
             }
-            send(forwarder, route, req.map(BodyExt::boxed)).await?
         }
     };
+    let sent = call.instrument(span.clone()).await;
+    crate::trace::client_done(
+        &span,
+        match &sent {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(Error::UpstreamTimeout) => Err("timeout"),
+            Err(Error::UpstreamUnavailable(_)) => Err("unavailable"),
+            Err(_) => Err("refused"),
+        },
+    );
+    let mut resp = sent?;
     crate::metrics::upstream(route_label, started.elapsed());
     let token_route = route.token != crate::config::TokenPolicy::None;
 

@@ -354,12 +354,18 @@ impl Refresher {
         if let Some((remaining, why, refused)) = self.cooling(&flight) {
             return fallback(session, valid, &why, refused, remaining, target);
         }
-        let mut result = self.join_or_start(handle, &flight, target);
+        let span = crate::trace::span!(
+            "refresh",
+            single_flight = tracing::field::Empty,
+            blocking = !valid
+        );
+        let mut result = span.in_scope(|| self.join_or_start(handle, &flight, target));
         if valid {
             // Forwarded at once; the flight goes on without us.
             return Ok(session);
         }
-        let waited = tokio::time::timeout(self.cfg.wait, result.wait_for(Option::is_some)).await;
+        let waiting = tokio::time::timeout(self.cfg.wait, result.wait_for(Option::is_some));
+        let waited = tracing::Instrument::instrument(waiting, span).await;
         let outcome = match waited {
             Ok(Ok(o)) => o.clone(),
             _ => None,
@@ -414,8 +420,10 @@ impl Refresher {
     ) -> watch::Receiver<Option<Outcome>> {
         let mut st = self.state();
         if let Some(f) = st.flights.get(flight) {
+            crate::trace::single_flight("waited");
             return f.result.clone();
         }
+        crate::trace::single_flight("leader");
         let (tx, rx) = watch::channel(None);
         st.next_id += 1;
         let id = st.next_id;
@@ -429,14 +437,14 @@ impl Refresher {
         drop(st);
         let this = self.clone();
         let (handle, flight, target) = (handle.to_string(), flight.to_string(), target.clone());
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let outcome = this.fly(&handle, &flight, &target).await;
             let _ = tx.send(Some(outcome));
             let mut st = this.state();
             if st.flights.get(&flight).is_some_and(|f| f.id == id) {
                 st.flights.remove(&flight);
             }
-        });
+        }));
         rx
     }
 

@@ -44,6 +44,9 @@ pub(crate) struct Router {
     pub(crate) auth: Endpoints,
     /// The proxied API routes.
     pub(crate) api: Api,
+    /// `telemetry.trust_incoming_trace`: the browser's `traceparent` is believed (else it is
+    /// removed, and the request starts a new trace).
+    pub(crate) trust_incoming_trace: bool,
 }
 
 /// The API stage: `[[routes]]`, and for token routes CSRF → session → fresh token → upstream.
@@ -96,7 +99,7 @@ fn first_chars(s: &str, n: usize) -> &str {
 /// Handles one request; never fails.
 pub(crate) async fn handle(
     state: Arc<Router>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     let ctx = RequestCtx {
@@ -104,7 +107,12 @@ pub(crate) async fn handle(
         peer,
         client_ip: state.client_ip.resolve(req.headers(), peer),
     };
-    let span = tracing::info_span!("request", request_id = %ctx.id.to_str().unwrap_or("-"));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %ctx.id.to_str().unwrap_or("-"),
+        otel.kind = tracing::field::Empty
+    );
+    crate::trace::server(&span, &mut req, state.trust_incoming_trace);
     handle_in_span(state, req, ctx).instrument(span).await
 }
 
@@ -156,6 +164,7 @@ async fn handle_in_span(
         "request"
     );
     crate::metrics::request(label, resp.status().as_u16(), elapsed);
+    crate::trace::server_done(&tracing::Span::current(), label, resp.status().as_u16());
     Ok(resp)
 }
 

@@ -900,14 +900,17 @@ impl Sessions {
     /// [`StoreError`] when the store does not answer.
     pub async fn load_shared(&self, handle: &str) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(cache) = &self.cache else {
+            crate::trace::cache("off");
             return Ok(self.load(handle).await?.map(Arc::new));
         };
         if let Some(s) = cache.get(handle) {
             if s.expires_at(self.idle) > self.clock.unix() {
+                crate::trace::cache("hit");
                 return Ok(Some(s));
             }
             // Expired as far as this copy knows: another instance may have slid it; ask.
         }
+        crate::trace::cache("miss");
         let epoch = cache.epoch(handle);
         let Some(s) = self.load(handle).await? else {
             return Ok(None);

@@ -7,8 +7,11 @@
 //! a request costs no `write(2)` of its own, and a worker never waits for stdout: when stdout
 //! does not keep up and the batch reaches [`LIMIT`], further lines are dropped and counted
 //! (`cloakroom_log_lines_dropped_total`) instead.
+//!
+//! With `telemetry.otlp_endpoint`, the OpenTelemetry layer of [`crate::trace`] is installed
+//! beside the log layers; its trace-only spans ([`crate::trace::TARGET`]) never reach the log.
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -26,11 +29,13 @@ pub const LIMIT: usize = 4 * 1024 * 1024;
 /// actions): with `log.audit_file` they go there, as JSON lines, and not to stdout.
 pub const AUDIT: &str = "audit";
 
-/// Installs the global subscriber (once; later calls are ignored).
+/// Installs the global subscriber (once; later calls are ignored): the log, the audit file
+/// and, with `telemetry.otlp_endpoint`, the trace exporter (call it within the async runtime
+/// then, and [`crate::trace::shutdown`] before the process exits).
 ///
 /// # Errors
-/// When `log.audit_file` cannot be opened for appending.
-pub fn init(config: &LogConfig) -> Result<(), String> {
+/// When `log.audit_file` cannot be opened for appending, or the trace exporter cannot be built.
+pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -64,7 +69,7 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     }
     .with_filter(filter)
     .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-        !(routed && m.target() == AUDIT)
+        !(routed && m.target() == AUDIT) && m.target() != crate::trace::TARGET
     }));
     let audit_layer = audit.clone().map(|w| {
         tracing_subscriber::fmt::layer()
@@ -77,10 +82,19 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
                 tracing_subscriber::filter::Targets::new().with_target(AUDIT, tracing::Level::INFO),
             )
     });
+    let (otel, provider) = crate::trace::layer(telemetry)?.unzip();
     let installed = tracing_subscriber::registry()
         .with(main)
         .with(audit_layer)
+        .with(otel)
         .try_init();
+    if let Some(p) = provider {
+        if installed.is_ok() {
+            crate::trace::installed(p);
+        } else {
+            let _ = p.shutdown();
+        }
+    }
     if installed.is_ok() {
         let _ = INSTALLED.set(writer);
         if let Some(a) = audit {

@@ -120,7 +120,7 @@ impl OidcClient {
                 crate::session::now_unix(),
             )
             .map_err(GrantError::Transient)?;
-        let resp = send_bounded(builder)
+        let resp = crate::trace::idp_call!("idp.token", send_bounded(builder))
             .await
             .map_err(|e| GrantError::Transient(format!("request failed: {}", error_chain(&e))))?;
         let status = resp.status();

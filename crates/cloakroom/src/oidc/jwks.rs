@@ -155,7 +155,8 @@ impl Jwks {
             let req = http::Request::get(self.uri.as_str())
                 .body(Vec::new())
                 .ok()?;
-            let resp = idp_call(self.http.clone(), req).await.ok()?;
+            let call = idp_call(self.http.clone(), req);
+            let resp = crate::trace::idp_call!("idp.jwks", call).await.ok()?;
             if !resp.status().is_success() {
                 return None;
             }

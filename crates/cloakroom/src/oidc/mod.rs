@@ -268,7 +268,7 @@ async fn idp_call_within(
 async fn send_bounded(
     builder: reqwest::RequestBuilder,
 ) -> Result<openidconnect::HttpResponse, IdpHttpError> {
-    let mut resp = builder.send().await?;
+    let mut resp = crate::trace::send_idp(builder).await?;
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_IDP_RESPONSE as u64)
@@ -360,7 +360,8 @@ impl OidcClient {
                 }
             }
         };
-        let metadata = Metadata::discover_async(issuer, &recording)
+        let discovery = Metadata::discover_async(issuer, &recording);
+        let metadata = crate::trace::idp_call!("idp.discovery", discovery)
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         let extra = metadata.additional_metadata().clone();
@@ -656,7 +657,7 @@ impl OidcClient {
                 crate::session::now_unix(),
             )
             .map_err(fail)?;
-        let resp = send_bounded(builder)
+        let resp = crate::trace::idp_call!("idp.par", send_bounded(builder))
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         #[derive(Deserialize)]
@@ -769,7 +770,9 @@ impl OidcClient {
             for (k, v) in self.assertion_params().map_err(Error::TokenExchange)? {
                 request = request.add_extra_param(k, v);
             }
-            match request.request_async(&http).await {
+            let call = request.request_async(&http);
+            let grant = "authorization_code";
+            match crate::trace::idp_call!("idp.token", call, oauth.grant_type = grant).await {
                 // RFC 9449 §8: once more, with the nonce the IdP just sent (kept by `http`).
                 Err(e) if dpop.is_some() && !asked_nonce && wants_dpop_nonce(&e) => {
                     crate::metrics::dpop_nonce_retry("idp");
@@ -842,8 +845,8 @@ impl OidcClient {
             )
             .map_err(|e| Error::TokenExchange(format!("userinfo: {e}")))?;
         let http = self.bounded_dpop(None, None);
-        let info: openidconnect::UserInfoClaims<id_token::ExtraClaims, CoreGenderClaim> = request
-            .request_async(&http)
+        let call = crate::trace::idp_call!("idp.userinfo", request.request_async(&http));
+        let info: openidconnect::UserInfoClaims<id_token::ExtraClaims, CoreGenderClaim> = call
             .await
             .map_err(|e| Error::TokenExchange(format!("userinfo: {}", error_chain(&e))))?;
         let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&info) else {
@@ -900,6 +903,8 @@ impl OidcClient {
                 request = request.add_extra_param(k, v);
             }
             let call = request.request_async(&http);
+            let call =
+                crate::trace::idp_call!("idp.token", call, oauth.grant_type = "refresh_token");
             let outcome = tokio::time::timeout(within + Duration::from_millis(250), call)
                 .await
                 .map_err(|_| {

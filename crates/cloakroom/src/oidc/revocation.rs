@@ -101,7 +101,8 @@ impl OidcClient {
             form,
             crate::session::now_unix(),
         )?;
-        let resp = send_bounded(req).await.map_err(|e| error_chain(&e))?;
+        let call = crate::trace::idp_call!("idp.revoke", send_bounded(req), token_type_hint = hint);
+        let resp = call.await.map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
             Ok(Revoked::Yes)
         } else if unsupported_token_type(resp.status(), resp.body()) {

@@ -22,6 +22,9 @@
 //!
 //! Deleting a session and writing a refresh also publish its handle on `<prefix>:invalidate`,
 //! in the same atomic step, for the other instances' session caches (`session/cache.rs`).
+//!
+//! Each operation is a `store.<operation>` span for the traces ([`crate::trace`]; nothing
+//! but the operation's name: no key, handle or value).
 
 mod invalidation;
 mod keys;
@@ -121,6 +124,7 @@ impl RedisStore {
             .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.put_session", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn put_session(
         &self,
         r: &RecordRef,
@@ -154,6 +158,7 @@ impl RedisStore {
         self.pipeline(session).await.map(|_| ())
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.get_session", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn get_session(
         &self,
         handle: &str,
@@ -179,6 +184,7 @@ impl RedisStore {
         }))
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.touch_session", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn touch_session(
         &self,
         handle: &str,
@@ -196,6 +202,7 @@ impl RedisStore {
         Ok(n == 1)
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.write_refresh", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn write_refresh(
         &self,
         handle: &str,
@@ -230,6 +237,7 @@ impl RedisStore {
         })
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.try_lock", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn try_lock(
         &self,
         handle: &str,
@@ -263,6 +271,7 @@ impl RedisStore {
         })
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.cool_off", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn cool_off(
         &self,
         handle: &str,
@@ -291,6 +300,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.unlock", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn unlock(&self, handle: &str, owner: &str) -> Result<(), StoreError> {
         let k = self.keys.lock(handle);
         let owner = owner.to_string();
@@ -301,6 +311,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.wait_replicas", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn wait_replicas(
         &self,
         replicas: u32,
@@ -325,6 +336,7 @@ impl RedisStore {
         Ok(u32::try_from(n).unwrap_or(0))
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.remember_once", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn remember_once(
         &self,
         hash: &str,
@@ -349,6 +361,7 @@ impl RedisStore {
         Ok(r.is_some())
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.put_shared", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn put_shared(
         &self,
         hash: &str,
@@ -371,6 +384,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.get_shared", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn get_shared(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = self.keys.shared(hash);
         self.run(move |mut c| {
@@ -379,6 +393,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.schedule", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn schedule(&self, handle: &str, at: i64) -> Result<(), StoreError> {
         let k = self.keys.expiry();
         let h = handle.to_string();
@@ -395,6 +410,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.unschedule", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn unschedule(&self, handle: &str) -> Result<(), StoreError> {
         let k = self.keys.expiry();
         let h = handle.to_string();
@@ -410,6 +426,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.due", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn due(&self, now: i64, n: usize) -> Result<Vec<String>, StoreError> {
         let k = self.keys.expiry();
         self.run(move |mut c| {
@@ -428,6 +445,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.delete_shared", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn delete_shared(&self, hash: &str) -> Result<(), StoreError> {
         let k = self.keys.shared(hash);
         self.run(move |mut c| {
@@ -436,6 +454,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.remembered", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn remembered(&self, hash: &str) -> Result<bool, StoreError> {
         let k = self.keys.once(hash);
         let n: i64 = self
@@ -446,6 +465,7 @@ impl RedisStore {
         Ok(n > 0)
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.take_session", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn take_session(
         &self,
         r: &RecordRef,
@@ -483,6 +503,7 @@ impl RedisStore {
         }))
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.unindex", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn unindex(&self, r: &RecordRef) -> Result<(), StoreError> {
         for ik in self.keys.indexes(r) {
             let mut p = redis::pipe();
@@ -492,6 +513,7 @@ impl RedisStore {
         Ok(())
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.index_sample", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn index_sample(
         &self,
         index: Index,
@@ -511,6 +533,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.index_members", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn index_members(
         &self,
         index: Index,
@@ -523,6 +546,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(target = "cloakroom::trace", name = "store.index_remove", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     pub(super) async fn index_remove(
         &self,
         index: Index,
