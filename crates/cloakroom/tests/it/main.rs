@@ -35,4 +35,5 @@ mod step_up;
 mod store;
 mod tls;
 mod topology;
+mod traces;
 mod tunnels_end;

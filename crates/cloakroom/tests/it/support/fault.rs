@@ -10,10 +10,13 @@
 //! (even if the mode is switched back before the task has noticed) and every connection
 //! accepted while the mode stays `Drop`/`Reset`; after `set(Fault::Pass)` new connections work
 //! again. Dropping the proxy stops the listener and closes all its connections.
+//!
+//! What clients send through it is kept ([`FaultProxy::sent`], the first [`SENT_LIMIT`] bytes),
+//! so a test can read the requests Cloakroom made (e.g. their `traceparent`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{self, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,6 +45,12 @@ pub(crate) enum Fault {
 /// still sends, waiting for the peer's FIN: closing a socket with unread bytes would turn the
 /// FIN into an RST.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// How much of what clients send is kept for [`FaultProxy::sent`].
+pub(crate) const SENT_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What clients sent through the proxy (to the target), up to [`SENT_LIMIT`].
+type Sent = Arc<Mutex<Vec<u8>>>;
 
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
@@ -91,6 +100,7 @@ pub(crate) struct FaultProxy {
     addr: SocketAddr,
     state: watch::Sender<State>,
     counts: Arc<Counts>,
+    sent: Sent,
     /// The accept loop; it owns the connection tasks (a `JoinSet`), so aborting it ends them.
     accept: JoinHandle<()>,
 }
@@ -112,11 +122,19 @@ impl FaultProxy {
             last_kill: Kill::Close,
         });
         let counts = Arc::new(Counts::default());
-        let accept = tokio::spawn(accept_loop(listener, target, watch, Arc::clone(&counts)));
+        let sent = Sent::default();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            watch,
+            Arc::clone(&counts),
+            sent.clone(),
+        ));
         Self {
             addr,
             state,
             counts,
+            sent,
             accept,
         }
     }
@@ -159,6 +177,12 @@ impl FaultProxy {
         self.counts.accepted.load(Ordering::SeqCst)
     }
 
+    /// What clients sent to the target so far (the first [`SENT_LIMIT`] bytes), as text.
+    #[must_use]
+    pub(crate) fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().expect("lock")).into_owned()
+    }
+
     /// Connections currently proxied (accepted and not yet closed by either side or a fault).
     #[must_use]
     pub(crate) fn open(&self) -> usize {
@@ -177,6 +201,7 @@ async fn accept_loop(
     target: SocketAddr,
     watch: watch::Receiver<State>,
     counts: Arc<Counts>,
+    sent: Sent,
 ) {
     // Dropped together with this task when the proxy is dropped: that aborts every connection.
     let mut conns = JoinSet::new();
@@ -196,7 +221,14 @@ async fn accept_loop(
                     Fault::Reset => reset(client),
                     Fault::Pass | Fault::Delay(_) | Fault::Stall => {
                         let open = OpenGuard::new(&counts);
-                        conns.spawn(serve(client, target, watch.clone(), state.kills, open));
+                        conns.spawn(serve(
+                            client,
+                            target,
+                            watch.clone(),
+                            state.kills,
+                            open,
+                            sent.clone(),
+                        ));
                     }
                 }
             }
@@ -212,12 +244,13 @@ async fn serve(
     watch: watch::Receiver<State>,
     kills_seen: u64,
     open: OpenGuard,
+    sent: Sent,
 ) {
     let mut upstream = None;
     let mut kills = watch.clone();
     let kill = tokio::select! {
         kill = killed(&mut kills, kills_seen) => Some(kill),
-        _ = relay(&mut client, &mut upstream, target, &watch) => None,
+        _ = relay(&mut client, &mut upstream, target, &watch, sent) => None,
     };
     drop(open);
     match kill {
@@ -252,6 +285,7 @@ async fn relay(
     upstream: &mut Option<TcpStream>,
     target: SocketAddr,
     watch: &watch::Receiver<State>,
+    sent: Sent,
 ) -> io::Result<()> {
     let upstream = upstream.insert(TcpStream::connect(target).await?);
     // Small writes must not wait for Nagle: the delays are the test's, not the kernel's.
@@ -260,14 +294,19 @@ async fn relay(
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     tokio::try_join!(
-        pump(client_read, upstream_write, watch.clone()),
-        pump(upstream_read, client_write, watch.clone()),
+        pump(client_read, upstream_write, watch.clone(), Some(sent)),
+        pump(upstream_read, client_write, watch.clone(), None),
     )?;
     Ok(())
 }
 
 /// Copies `from` to `to` chunk by chunk, each chunk (and the final EOF) held as the mode says.
-async fn pump<R, W>(mut from: R, mut to: W, mut watch: watch::Receiver<State>) -> io::Result<()>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut watch: watch::Receiver<State>,
+    sent: Option<Sent>,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -275,6 +314,11 @@ where
     let mut buf = vec![0; 16 * 1024];
     loop {
         let n = from.read(&mut buf).await?;
+        if let Some(sent) = &sent {
+            let mut kept = sent.lock().expect("lock");
+            let room = SENT_LIMIT.saturating_sub(kept.len()).min(n);
+            kept.extend_from_slice(&buf[..room]);
+        }
         hold(&mut watch).await;
         if n == 0 {
             return to.shutdown().await;

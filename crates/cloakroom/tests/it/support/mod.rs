@@ -8,6 +8,7 @@ pub(crate) mod dot_idp;
 pub(crate) mod fault;
 pub(crate) mod hostile_idp;
 pub(crate) mod idp;
+pub(crate) mod otlp;
 pub(crate) mod pki;
 pub(crate) mod redis;
 pub(crate) mod upstream;
@@ -150,6 +151,8 @@ pub(crate) struct Opts {
     pub second_idp: bool,
     /// DOT as one more provider, `[[oidc.providers]] name = "dot"` ([`TestEnv::dot2`]).
     pub dot_provider: bool,
+    /// More environment variables for Cloakroom (e.g. `CLOAKROOM_OTLP_HEADERS`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Opts {
@@ -193,6 +196,7 @@ impl Default for Opts {
             login_rate_limit: 1_000_000,
             second_idp: false,
             dot_provider: false,
+            env: Vec::new(),
         }
     }
 }
@@ -633,6 +637,9 @@ strip_prefix = true
                 &p.client_key_pem
             };
             e.insert("CLOAKROOM_OIDC_CLIENT_CERT_KEY".into(), key.clone());
+        }
+        for (k, v) in &self.opts.env {
+            e.insert((*k).into(), v.clone());
         }
         e
     }
