@@ -128,7 +128,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.cookie),
         format!("{:?}", new.cookie),
     );
-    same("log", format!("{:?}", old.log), format!("{:?}", new.log));
+    // `log.level` is reloaded; the format and the audit file are not.
+    let mut new_log = new.log.clone();
+    new_log.level.clone_from(&old.log.level);
+    same("log", format!("{:?}", old.log), format!("{new_log:?}"));
     same(
         "telemetry",
         format!("{:?}", old.telemetry),
@@ -341,6 +344,11 @@ impl RunningApp {
         );
         s.router.store(Arc::new(next));
         s.admin.token.store(new.admin.token.clone().map(Arc::new));
+        if new.log.level != current.log.level {
+            if let Err(e) = crate::telemetry::set_level(&new.log.level) {
+                tracing::warn!(error = %e, "log.level not changed");
+            }
+        }
         tracing::info!(
             target: "audit", event = "reload",
             routes = new.routes.len(),

@@ -40,6 +40,8 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The level a reload may change (`set_level`).
+    let (filter, level) = tracing_subscriber::reload::Layer::new(filter);
     let writer = Batched::stdout();
     let audit = match &config.audit_file {
         None => None,
@@ -96,6 +98,10 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
         }
     }
     if installed.is_ok() {
+        let _ = LEVEL.set(Box::new(move |directives: &str| {
+            let f = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+            level.reload(f).map_err(|e| e.to_string())
+        }));
         let _ = INSTALLED.set(writer);
         if let Some(a) = audit {
             let _ = AUDIT_WRITER.set(a);
@@ -111,6 +117,23 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
 }
 
 static AUDIT_WRITER: OnceLock<Batched> = OnceLock::new();
+
+/// Swaps the log filter of the installed subscriber.
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
+/// A reload's `log.level`: the log filter from now on (the audit file takes its events at any
+/// level). Nothing when no subscriber was installed here (tests install their own).
+///
+/// # Errors
+/// When `level` is not a valid filter (configuration validation rules that out).
+pub fn set_level(level: &str) -> Result<(), String> {
+    match LEVEL.get() {
+        Some(set) => set(level),
+        None => Ok(()),
+    }
+}
 
 static INSTALLED: OnceLock<Batched> = OnceLock::new();
 

@@ -458,3 +458,62 @@ async fn a_reload_adds_an_identity_provider() {
     let mut bin = bin;
     let _ = bin.child.wait();
 }
+
+/// `log.level` is reloaded: at `warn` the access lines stop; the refusal of a bad file (an
+/// error line) still shows, and shows that the log was written out after the quieted request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_log_level() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        ..Opts::default()
+    })
+    .await;
+    let bin = env.spawn_binary("").await;
+    let base = format!("http://{}", bin.addr);
+    let plain = reqwest::Client::new();
+    let log = || std::fs::read_to_string(&bin.stderr_path).unwrap_or_default();
+    plain
+        .get(format!("{base}/public/before-the-reload"))
+        .send()
+        .await
+        .expect("call");
+    wait_for("the access line at info", async || {
+        log().contains("/public/before-the-reload")
+    })
+    .await;
+    let original = std::fs::read_to_string(&bin.config_path).expect("config");
+    assert!(original.contains("level = \"info\""), "{original}");
+    std::fs::write(
+        &bin.config_path,
+        original.replace("level = \"info\"", "level = \"warn\""),
+    )
+    .expect("write");
+    hup(bin.pid());
+    let admin = bin.admin_addr;
+    wait_for("the reload", async || {
+        metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    plain
+        .get(format!("{base}/public/after-the-reload"))
+        .send()
+        .await
+        .expect("call");
+    // An error line after it: once it is in the log, so would the access line be.
+    std::fs::write(&bin.config_path, "[server\n").expect("write");
+    hup(bin.pid());
+    wait_for("the refusal logged", async || {
+        log().contains("reload_failed")
+    })
+    .await;
+    assert!(
+        !log().contains("/public/after-the-reload"),
+        "an info line at level warn:\n{}",
+        log()
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let mut bin = bin;
+    let _ = bin.child.wait();
+}
