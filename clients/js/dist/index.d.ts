@@ -39,6 +39,9 @@ export interface SessionTimes {
 export interface User {
     /** The user's subject identifier at the identity provider. */
     sub: string;
+    /** The identity provider the session is from: `[oidc]`'s name (`"default"` unless set) or a
+     *  `[[oidc.providers]]` entry's. The same `sub` at two providers is two users. */
+    provider?: string;
     /** How the user authenticated (`acr` claim), if the IdP said. */
     acr?: string | null;
     /** Authentication methods (`amr` claim), if the IdP said. */
@@ -189,6 +192,9 @@ export interface LoginOptions {
     acrValues?: string;
     /** OIDC `max_age` (seconds). */
     maxAge?: number;
+    /** Which identity provider to sign in with (`provider=NAME`: `[oidc]`'s name or a
+     *  `[[oidc.providers]]` entry's). Default: the deployment's `oidc.default_provider`. */
+    provider?: string;
 }
 /** Options of {@link Cloakroom.logout}. */
 export interface LogoutOptions {

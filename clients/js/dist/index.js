@@ -267,6 +267,8 @@ export class Cloakroom {
             q.push(`acr_values=${encodeURIComponent(options.acrValues)}`);
         if (options.maxAge !== undefined)
             q.push(`max_age=${encodeURIComponent(String(options.maxAge))}`);
+        if (options.provider)
+            q.push(`provider=${encodeURIComponent(options.provider)}`);
         return `${this.options.base}/login?${q.join("&")}`;
     }
     /** Goes to the login (the IdP), coming back to `returnTo` (default: this page). */

@@ -42,6 +42,9 @@ export interface SessionTimes {
 export interface User {
   /** The user's subject identifier at the identity provider. */
   sub: string;
+  /** The identity provider the session is from: `[oidc]`'s name (`"default"` unless set) or a
+   *  `[[oidc.providers]]` entry's. The same `sub` at two providers is two users. */
+  provider?: string;
   /** How the user authenticated (`acr` claim), if the IdP said. */
   acr?: string | null;
   /** Authentication methods (`amr` claim), if the IdP said. */
@@ -193,6 +196,9 @@ export interface LoginOptions {
   acrValues?: string;
   /** OIDC `max_age` (seconds). */
   maxAge?: number;
+  /** Which identity provider to sign in with (`provider=NAME`: `[oidc]`'s name or a
+   *  `[[oidc.providers]]` entry's). Default: the deployment's `oidc.default_provider`. */
+  provider?: string;
 }
 
 /** Options of {@link Cloakroom.logout}. */
@@ -506,6 +512,7 @@ export class Cloakroom {
     if (options.remember) q.push("remember=true");
     if (options.acrValues) q.push(`acr_values=${encodeURIComponent(options.acrValues)}`);
     if (options.maxAge !== undefined) q.push(`max_age=${encodeURIComponent(String(options.maxAge))}`);
+    if (options.provider) q.push(`provider=${encodeURIComponent(options.provider)}`);
     return `${this.options.base}/login?${q.join("&")}`;
   }
 

@@ -140,15 +140,20 @@ test('onStepUpRequired "event" leaves the navigation to stepUp(), which takes a 
   assert.deepEqual(location.assigned, ["/auth/login?max_age=300&return_to=%2F%3Fstep_up%3Dsensitive"]);
 });
 
-test("login() and loginUrl(): return_to, prompt, remember, acr_values, max_age", () => {
+test("login() and loginUrl(): return_to, prompt, remember, acr_values, max_age, provider", () => {
   const { client, location } = setup({ base: "/bff/" }, "/a?b=c");
   assert.equal(client.loginUrl(), "/bff/login?return_to=%2Fa%3Fb%3Dc");
+  assert.equal(client.loginUrl({ provider: "partners" }), "/bff/login?return_to=%2Fa%3Fb%3Dc&provider=partners");
   client.login({ returnTo: "/", prompt: "none" });
   client.login({ remember: true });
   client.login({ acrValues: "urn:mfa", maxAge: 0 });
+  client.login({ provider: "partners", remember: true });
+  client.login({ provider: "a&b=c" });
   assert.deepEqual(location.assigned, [
     "/bff/login?return_to=%2F&prompt=none",
     "/bff/login?return_to=%2Fa%3Fb%3Dc&remember=true",
     "/bff/login?return_to=%2Fa%3Fb%3Dc&acr_values=urn%3Amfa&max_age=0",
+    "/bff/login?return_to=%2Fa%3Fb%3Dc&remember=true&provider=partners",
+    "/bff/login?return_to=%2Fa%3Fb%3Dc&provider=a%26b%3Dc",
   ]);
 });
