@@ -1,18 +1,24 @@
 //! The demo API, behind Cloakroom's `/api/` route (`token = "required"`) and its
 //! `/api/sensitive` route (`token = "required"`, `max_age`: step-up).
 //!
-//! `GET /api/whoami` verifies the token Cloakroom attached, against the development IdP's key
-//! and its revoked set, and answers with what it learned from it, never the token:
-//! `{"subject", "scopes", "expires_at", "expires_in", "issued_at", "issuer", "dpop",
-//! "message"}`. A DPoP-bound token (`cnf.jkt`, the demo's default) must come as
-//! `Authorization: DPoP` with a proof for this request signed by that key (RFC 9449 §7.1), and
-//! `dpop` says what was checked; a bound token sent as a bearer is refused. Without a valid
-//! token it answers 401 JSON (RFC 6750, RFC 9449 §7.1).
+//! It trusts the demo's development IdPs ([`TrustedIdp`]): the primary one, whose tokens must be
+//! DPoP-bound, and the partner IdP, whose tokens are plain bearer tokens (Cloakroom does DPoP
+//! with `[oidc]` only). A token is checked against the IdP whose key signed it (`kid`).
+//!
+//! `GET /api/whoami` verifies the token Cloakroom attached, against that IdP's key and its
+//! revoked set, and answers with what it learned from it, never the token: `{"subject",
+//! "scopes", "expires_at", "expires_in", "issued_at", "issuer", "idp", "dpop", "message"}`. A
+//! DPoP-bound token (`cnf.jkt`) must come as `Authorization: DPoP` with a proof for this
+//! request signed by that key (RFC 9449 §7.1), and `dpop` says what was checked; a bound token
+//! sent as a bearer is refused, and so is an unbound token from an IdP whose tokens must be
+//! bound. Without a valid token it answers 401 JSON (RFC 6750, RFC 9449 §7.1).
 //!
 //! `GET /api/sensitive` makes the same checks and stands for an action that wants a recent
 //! login: Cloakroom's route asks for one (`max_age`), so a call with an older login gets
-//! Cloakroom's `step_up_required` and never arrives here. It answers `{"ok", "what",
-//! "subject", "auth_time", "acr", "authenticated_ago"}` from the token's RFC 9068 claims.
+//! Cloakroom's `step_up_required` and never arrives here; the route takes only the primary
+//! IdP's sessions (`providers = ["default"]`), so a partner session gets Cloakroom's 403
+//! `provider_not_allowed`. It answers `{"ok", "what", "subject", "idp", "auth_time", "acr",
+//! "authenticated_ago"}` from the token's RFC 9068 claims.
 
 use super::idp::{AccessClaims, AccessTokenVerifier};
 use super::{DemoError, LocalServer};
@@ -24,6 +30,17 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// An identity provider whose access tokens the API takes.
+#[derive(Debug, Clone)]
+pub struct TrustedIdp {
+    /// What the API's answers call it ("Demo IdP").
+    pub name: String,
+    /// Its key, issuer and revoked tokens.
+    pub verifier: AccessTokenVerifier,
+    /// Its tokens must be DPoP-bound (and come with their proof): an unbound one is refused.
+    pub dpop_required: bool,
+}
+
 /// A running demo API. Dropping it stops it.
 #[derive(Debug)]
 pub struct DemoApi {
@@ -31,15 +48,18 @@ pub struct DemoApi {
 }
 
 impl DemoApi {
-    /// Serves the API on `addr` (loopback only), checking tokens with `verifier`.
+    /// Serves the API on `addr` (loopback only), taking the access tokens of `idps`.
     ///
     /// # Errors
     /// [`DemoError::NotLoopback`], [`DemoError::Bind`].
-    pub async fn start(addr: SocketAddr, verifier: AccessTokenVerifier) -> Result<Self, DemoError> {
-        let verifier = Arc::new((verifier, crate::dpop::ProofChecker::default()));
+    pub async fn start(addr: SocketAddr, idps: Vec<TrustedIdp>) -> Result<Self, DemoError> {
+        let checker = Arc::new(Checker {
+            idps,
+            proofs: crate::dpop::ProofChecker::default(),
+        });
         let server = LocalServer::start(addr, move |req, _peer| {
-            let verifier = verifier.clone();
-            async move { Ok(answer(&verifier.0, &verifier.1, &req)) }
+            let checker = checker.clone();
+            async move { Ok(answer(&checker, &req)) }
         })?;
         Ok(Self { server })
     }
@@ -74,11 +94,13 @@ fn unauthorized(error: &str, message: &str) -> Response<Body> {
     resp
 }
 
-fn answer<B>(
-    verifier: &AccessTokenVerifier,
-    proofs: &crate::dpop::ProofChecker,
-    req: &Request<B>,
-) -> Response<Body> {
+/// The trusted IdPs and the DPoP proofs seen (each is good once).
+struct Checker {
+    idps: Vec<TrustedIdp>,
+    proofs: crate::dpop::ProofChecker,
+}
+
+fn answer<B>(checker: &Checker, req: &Request<B>) -> Response<Body> {
     let sensitive = match req.uri().path() {
         "/api/whoami" => false,
         "/api/sensitive" => true,
@@ -90,27 +112,26 @@ fn answer<B>(
             &json!({"error": "method_not_allowed"}),
         );
     }
-    let (claims, proof_checked) = match check_token(verifier, proofs, req) {
+    let (idp, claims, proof_checked) = match check_token(checker, req) {
         Ok(c) => c,
         Err((error, message)) => return unauthorized(error, message),
     };
     if sensitive {
-        sensitive_action(&claims)
+        sensitive_action(idp, &claims)
     } else {
-        whoami(&claims, proof_checked.as_deref())
+        whoami(idp, &claims, proof_checked.as_deref())
     }
 }
 
 /// Why a call is refused: the 401's `error` and `message`.
 type Refusal = (&'static str, &'static str);
 
-/// The access token (and, for a DPoP-bound one, the proof that came with it): its claims and
-/// the proof key's thumbprint, or why it is refused.
-fn check_token<B>(
-    verifier: &AccessTokenVerifier,
-    proofs: &crate::dpop::ProofChecker,
+/// The access token (and, for a DPoP-bound one, the proof that came with it): the IdP that
+/// issued it, its claims and the proof key's thumbprint, or why it is refused.
+fn check_token<'c, B>(
+    checker: &'c Checker,
     req: &Request<B>,
-) -> Result<(AccessClaims, Option<String>), Refusal> {
+) -> Result<(&'c TrustedIdp, AccessClaims, Option<String>), Refusal> {
     let credentials = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -123,14 +144,22 @@ fn check_token<B>(
     let Some((dpop, token)) = credentials else {
         return Err(("unauthenticated", "no access token"));
     };
-    let claims = match verifier.verify(token) {
+    let Some(idp) = checker.idps.iter().find(|i| i.verifier.signed_it(token)) else {
+        tracing::info!("demo API: access token refused: not signed by a trusted IdP's key");
+        return Err(("invalid_token", "unknown signing key"));
+    };
+    let claims = match idp.verifier.verify(token) {
         Ok(c) => c,
         Err(why) => {
-            tracing::info!(reason = why, "demo API: access token refused");
+            tracing::info!(reason = why, idp = %idp.name, "demo API: access token refused");
             return Err(("invalid_token", why));
         }
     };
     let bound = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
+    if idp.dpop_required && bound.is_none() {
+        tracing::info!(idp = %idp.name, "demo API: an unbound token from an IdP whose tokens must be DPoP-bound");
+        return Err(("invalid_token", "this IdP's tokens must be DPoP-bound"));
+    }
     let proof_checked = match (&bound, dpop) {
         (Some(_), false) => {
             return Err(("invalid_token", "a DPoP-bound token sent as a bearer token"))
@@ -145,9 +174,11 @@ fn check_token<B>(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let htu = format!("http://{host}{}", req.uri().path());
-            match proof
-                .map(|p| proofs.check(p, req.method().as_str(), &htu, Some(token), now_unix()))
-            {
+            match proof.map(|p| {
+                checker
+                    .proofs
+                    .check(p, req.method().as_str(), &htu, Some(token), now_unix())
+            }) {
                 None => return Err(("invalid_token", "no DPoP proof")),
                 Some(Err(why)) => {
                     tracing::info!(reason = why, "demo API: DPoP proof refused");
@@ -160,11 +191,11 @@ fn check_token<B>(
             }
         }
     };
-    Ok((claims, proof_checked))
+    Ok((idp, claims, proof_checked))
 }
 
 /// `GET /api/sensitive`: Cloakroom let it through, so the login behind it is recent enough.
-fn sensitive_action(claims: &AccessClaims) -> Response<Body> {
+fn sensitive_action(idp: &TrustedIdp, claims: &AccessClaims) -> Response<Body> {
     let now = now_unix();
     tracing::info!(sub = %claims.sub, auth_time = ?claims.auth_time, "demo API: sensitive action");
     json_response(
@@ -173,6 +204,7 @@ fn sensitive_action(claims: &AccessClaims) -> Response<Body> {
             "ok": true,
             "what": "a sensitive action",
             "subject": claims.sub,
+            "idp": idp.name,
             "auth_time": claims.auth_time,
             "acr": claims.acr,
             "authenticated_ago": claims.auth_time.map(|t| now - t),
@@ -187,7 +219,7 @@ fn sensitive_action(claims: &AccessClaims) -> Response<Body> {
 }
 
 /// `GET /api/whoami`: what the token says.
-fn whoami(claims: &AccessClaims, proof_checked: Option<&str>) -> Response<Body> {
+fn whoami(idp: &TrustedIdp, claims: &AccessClaims, proof_checked: Option<&str>) -> Response<Body> {
     let now = now_unix();
     let scopes: Vec<&str> = claims.scope.split(' ').filter(|s| !s.is_empty()).collect();
     json_response(
@@ -199,6 +231,7 @@ fn whoami(claims: &AccessClaims, proof_checked: Option<&str>) -> Response<Body> 
             "expires_at": claims.exp,
             "expires_in": claims.exp - now,
             "issuer": claims.iss,
+            "idp": idp.name,
             "dpop": match proof_checked {
                 Some(jkt) => json!({
                     "bound": true,
@@ -208,14 +241,17 @@ fn whoami(claims: &AccessClaims, proof_checked: Option<&str>) -> Response<Body> 
                 None => json!({ "bound": false }),
             },
             "message": format!(
-                "Hello {}! This API checked the {} Cloakroom attached to your call. \
-                 Your browser never held that token: it only has an opaque cookie.",
+                "Hello {}! This API checked the {} the {} issued and Cloakroom attached to your \
+                 call{}. Your browser never held that token: it only has an opaque cookie.",
                 claims.sub,
+                if proof_checked.is_some() { "DPoP-bound token" } else { "bearer token" },
+                idp.name,
                 if proof_checked.is_some() {
-                    "DPoP-bound token, and the proof signed for this very request by the key it is bound to (a key that never left Cloakroom),"
+                    ", and the proof signed for this very request by the key it is bound to \
+                     (a key that never left Cloakroom)"
                 } else {
-                    "bearer token"
-                }
+                    ""
+                },
             ),
         }),
     )

@@ -19,7 +19,9 @@
 //! | `GET`/`POST /end_session` | ends the IdP session, back to a registered URI |
 //!
 //! One client, one user ([`DEMO_USER`] / [`DEMO_PASSWORD`]), all state in memory, a fresh key
-//! on every start, and it binds loopback addresses only.
+//! on every start, and it binds loopback addresses only. Several can run side by side (the
+//! demo runs two, for two identity providers): each has its own issuer (port), key, client,
+//! display name ([`IdpOptions::name`]) and session cookie ([`IdpOptions::session_cookie`]).
 //!
 //! Every ID token carries `auth_time` (when the user last typed the password at this IdP),
 //! `acr` ([`DEMO_ACR`]) and `amr` (`["pwd"]`); access tokens carry `auth_time` and `acr` too
@@ -56,9 +58,12 @@ use url::Url;
 pub const DEMO_USER: &str = "alice";
 /// The demo user's password.
 pub const DEMO_PASSWORD: &str = "demo";
-/// The IdP's session cookie. Cookies ignore ports, so it must not share a name with
-/// Cloakroom's cookies on the same host.
+/// The IdP's session cookie, by default ([`IdpOptions::session_cookie`]). Cookies ignore
+/// ports, so it must not share a name with Cloakroom's cookies on the same host, nor with
+/// another development IdP's.
 pub const SESSION_COOKIE: &str = "devidp_session";
+/// The IdP's display name, by default ([`IdpOptions::name`]).
+pub const DEFAULT_NAME: &str = "Development IdP";
 /// The `aud` of every access token: the demo API.
 pub const API_AUDIENCE: &str = "cloakroom-demo-api";
 /// The `acr` of every login at the development IdP: user name and password.
@@ -104,6 +109,25 @@ pub struct IdpOptions {
     pub client: ClientRegistration,
     /// Lifetime of access tokens (`expires_in`).
     pub access_token_ttl: Duration,
+    /// What its pages call it (e.g. "Demo IdP", "Partner IdP"); [`DEFAULT_NAME`] by default.
+    pub name: String,
+    /// Its session cookie's name ([`SESSION_COOKIE`] by default). Cookies ignore ports: two
+    /// development IdPs on the same host need different names, or signing in at one would
+    /// sign the browser out of the other.
+    pub session_cookie: String,
+}
+
+impl IdpOptions {
+    /// `client`, with `access_token_ttl`, the default name and session cookie.
+    #[must_use]
+    pub fn new(client: ClientRegistration, access_token_ttl: Duration) -> Self {
+        Self {
+            client,
+            access_token_ttl,
+            name: DEFAULT_NAME.into(),
+            session_cookie: SESSION_COOKIE.into(),
+        }
+    }
 }
 
 /// A running development IdP. Dropping it stops it.
@@ -165,6 +189,18 @@ impl DevIdp {
     #[must_use]
     pub fn issuer(&self) -> &str {
         &self.shared.issuer
+    }
+
+    /// What its pages call it ([`IdpOptions::name`]).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.shared.options.name
+    }
+
+    /// Its session cookie's name ([`IdpOptions::session_cookie`]).
+    #[must_use]
+    pub fn session_cookie(&self) -> &str {
+        &self.shared.options.session_cookie
     }
 
     /// What a resource server needs to check this IdP's access tokens: its public key, issuer,
@@ -318,6 +354,20 @@ pub struct Confirmation {
 }
 
 impl AccessTokenVerifier {
+    /// The issuer whose tokens it checks.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Whether `token` (a JWT) names this IdP's signing key (`kid`) in its header: which of
+    /// several IdPs' verifiers is the one to [`AccessTokenVerifier::verify`] it with.
+    #[must_use]
+    pub fn signed_it(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token)
+            .is_ok_and(|h| h.kid.as_deref() == Some(self.kid.as_str()))
+    }
+
     /// Verifies `token`.
     ///
     /// # Errors
@@ -674,12 +724,13 @@ impl Shared {
         let page = format!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{title} · Development IdP</title><style>{STYLE}</style></head><body>\n\
+             <title>{title} · {name}</title><style>{STYLE}</style></head><body>\n\
              <div class=\"banner\" role=\"alert\" id=\"dev-idp-banner\"><strong>Development IdP — \
              not for production.</strong> Built into <code>cloakroom-demo</code>: one fixed user, \
              in-memory state, a new signing key on every start.</div>\n<main>\n{body}\n</main>\
              </body></html>\n",
             title = escape_html(title),
+            name = escape_html(&self.options.name),
         );
         let mut resp = html(status, page);
         resp.headers_mut()
@@ -703,8 +754,9 @@ impl Shared {
             StatusCode::OK,
             "Home",
             &format!(
-                "<h1>Development IdP</h1><p>Issuer <code>{i}</code>. \
+                "<h1>{name}</h1><p>Issuer <code>{i}</code>. \
                  <a href=\"/.well-known/openid-configuration\">Discovery document</a>.</p>",
+                name = escape_html(&self.options.name),
                 i = escape_html(&self.issuer)
             ),
         )
@@ -735,7 +787,8 @@ impl Shared {
             })
             .unwrap_or_default();
         let body = format!(
-            "<h1>Sign in</h1>\n<p><strong>{client}</strong> asks for: {scopes}.</p>\n{reauth}{error}\n\
+            "<h1>Sign in to the <span id=\"idp-name\">{name}</span></h1>\n\
+             <p><strong>{client}</strong> asks for: {scopes}.</p>\n{reauth}{error}\n\
              <form method=\"post\" action=\"/authorize/login\">\n\
              <input type=\"hidden\" name=\"interaction\" value=\"{interaction}\">\n\
              <label>User name <input name=\"username\" value=\"{user}\" autocomplete=\"username\" required></label>\n\
@@ -743,6 +796,7 @@ impl Shared {
              autocomplete=\"current-password\" required></label>\n\
              <button type=\"submit\" id=\"sign-in\">Sign in</button>\n</form>\n\
              <p class=\"hint\">Demo user: <code>{user}</code> / <code>{password}</code></p>",
+            name = escape_html(&self.options.name),
             client = escape_html(&self.client().client_id),
             scopes = escape_html(&req.scope.join(", ")),
             interaction = escape_html(interaction),
@@ -776,7 +830,7 @@ impl Shared {
     }
 
     fn current_session(&self, st: &State, headers: &HeaderMap) -> Option<(String, IdpSession)> {
-        cloakroom::cookies::request_cookies(headers, SESSION_COOKIE)
+        cloakroom::cookies::request_cookies(headers, &self.options.session_cookie)
             .find_map(|v| st.sessions.get(v).map(|s| (v.to_string(), s.clone())))
     }
 
@@ -928,7 +982,7 @@ impl Shared {
         }
         let mut resp = self.issue_code(&mut st, auth, session);
         *resp.status_mut() = StatusCode::SEE_OTHER;
-        let mut c = cookie::Cookie::new(SESSION_COOKIE, cookie_value);
+        let mut c = cookie::Cookie::new(self.options.session_cookie.clone(), cookie_value);
         c.set_http_only(true);
         c.set_same_site(cookie::SameSite::Lax);
         c.set_path("/");
@@ -1437,14 +1491,18 @@ impl Shared {
             None => self.page(
                 StatusCode::OK,
                 "Logged out",
-                if ended {
-                    "<h1>Logged out</h1><p>You are logged out of the development IdP.</p>"
-                } else {
-                    "<h1>Logged out</h1><p>There was no session at the development IdP.</p>"
-                },
+                &format!(
+                    "<h1>Logged out</h1><p>{} the {}.</p>",
+                    if ended {
+                        "You are logged out of"
+                    } else {
+                        "There was no session at"
+                    },
+                    escape_html(&self.options.name)
+                ),
             ),
         };
-        let mut c = cookie::Cookie::new(SESSION_COOKIE, "");
+        let mut c = cookie::Cookie::new(self.options.session_cookie.clone(), "");
         c.set_http_only(true);
         c.set_same_site(cookie::SameSite::Lax);
         c.set_path("/");
@@ -1461,16 +1519,16 @@ mod tests {
     use super::*;
 
     fn options() -> IdpOptions {
-        IdpOptions {
-            client: ClientRegistration {
+        IdpOptions::new(
+            ClientRegistration {
                 client_id: "c".into(),
                 client_secret: Secret::new("s"),
                 redirect_uri: "http://localhost:1/cb".into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
                 jwks: None,
             },
-            access_token_ttl: Duration::from_secs(60),
-        }
+            Duration::from_secs(60),
+        )
     }
 
     #[tokio::test]

@@ -2,15 +2,24 @@
 //!
 //! [`start`] runs, on loopback only:
 //! - [`idp::DevIdp`], a development OpenID provider (code flow with PKCE, refresh-token
-//!   rotation, revocation, end_session), clearly labelled as such;
-//! - [`api::DemoApi`], an API that verifies the bearer token and says what it learned from it;
+//!   rotation, revocation, end_session), clearly labelled as such, twice: the "Demo IdP"
+//!   (`[oidc]`, provider `default`, DPoP-bound tokens) and the "Partner IdP"
+//!   (`[[oidc.providers]] name = "partners"`, [`PARTNER_PROVIDER`]: bearer tokens, its own
+//!   client registration, secret and session cookie);
+//! - [`api::DemoApi`], an API that verifies the access token (from either IdP; the Demo IdP's
+//!   must be DPoP-bound and come with their proof) and says what it learned from it;
 //! - a static server for the demo SPA (`spa.html`, `deep.html`, and the client library
 //!   `clients/js` at `/cloakroom.js`);
 //! - Cloakroom itself, configured with `/api/` → the API (`token = "required"`),
 //!   `/api/sensitive` → the API's "sensitive action", which needs a recent login (`max_age`,
-//!   [`DemoOptions::sensitive_max_age`]: step-up authentication), and `/` → the SPA
-//!   (`token = "none"`), the memory store (or Redis with `--redis`), a fresh key ring and
-//!   client secret on every run.
+//!   [`DemoOptions::sensitive_max_age`]: step-up authentication; the Demo IdP's sessions only),
+//!   and `/` → the SPA (`token = "none"`), the memory store (or Redis with `--redis`), a fresh
+//!   key ring and client secrets on every run.
+//!
+//! The two-provider story: the SPA has "Log in" (the Demo IdP) and "Sign in with the Partner
+//! IdP" (`/auth/login?provider=partners`), and shows which one the session is from
+//! (`/auth/user`'s `provider`). A partner session's refresh, revocation and end-session go to
+//! the Partner IdP; its calls to the sensitive action get 403 `provider_not_allowed`.
 //!
 //! The step-up story: a call to `/api/sensitive` with a login older than `max_age` gets
 //! Cloakroom's 401 `step_up_required` with a `login_url`; the SPA offers "Confirm it's you",
@@ -51,6 +60,18 @@ use tokio::task::JoinHandle;
 
 /// The OAuth client id Cloakroom uses at the development IdP.
 pub const CLIENT_ID: &str = "cloakroom-demo";
+/// What the demo calls its primary development IdP (`[oidc]`, provider `default`).
+pub const DEMO_IDP_NAME: &str = "Demo IdP";
+/// The provider name of the second development IdP (`[[oidc.providers]]`): what
+/// `/auth/login?provider=` and `/auth/user`'s `provider` say.
+pub const PARTNER_PROVIDER: &str = "partners";
+/// What the demo calls its second development IdP.
+pub const PARTNER_IDP_NAME: &str = "Partner IdP";
+/// The OAuth client id Cloakroom uses at the Partner IdP.
+pub const PARTNER_CLIENT_ID: &str = "cloakroom-demo-partners";
+/// The Partner IdP's session cookie: cookies ignore ports, so not the Demo IdP's
+/// ([`idp::SESSION_COOKIE`]), or signing in at one would sign the browser out of the other.
+pub const PARTNER_SESSION_COOKIE: &str = "partneridp_session";
 /// The demo's session cookie (no `__Host-` prefix: the demo runs over plain http).
 pub const COOKIE_NAME: &str = "cloakroom-demo";
 /// The demo's login-binding cookie.
@@ -89,6 +110,10 @@ pub struct DemoOptions {
     /// The `max_age` of the `/api/sensitive` route: a login older than this (whole seconds,
     /// at least 1) must be confirmed again before the sensitive action is forwarded.
     pub sensitive_max_age: Duration,
+    /// Cloakroom's clock (sessions, token expiry); `None` is the system clock. Tests pass a
+    /// [`cloakroom::clock::Clock::manual`] one and move it forward ("a minute later, the token
+    /// is due for a refresh") instead of sleeping; the IdPs and the API keep real time.
+    pub clock: Option<cloakroom::clock::Clock>,
 }
 
 /// The demo's client authentication.
@@ -109,6 +134,7 @@ impl Default for DemoOptions {
             access_token_ttl: Duration::from_secs(60),
             client_auth: DemoClientAuth::Secret,
             sensitive_max_age: SENSITIVE_MAX_AGE,
+            clock: None,
         }
     }
 }
@@ -149,10 +175,12 @@ pub struct DemoHandle {
     pub url: String,
     /// Cloakroom.
     pub app: RunningApp,
-    /// The development IdP.
+    /// The development IdP (the "Demo IdP", `[oidc]`).
     pub idp: idp::DevIdp,
     /// The development IdP's address (its issuer is `http://<idp_addr>`).
     pub idp_addr: SocketAddr,
+    /// The second development IdP (the "Partner IdP", provider [`PARTNER_PROVIDER`]).
+    pub partner_idp: idp::DevIdp,
     /// The demo API's address (reached through Cloakroom at `/api/`).
     pub api_addr: SocketAddr,
     /// The SPA's static server (reached through Cloakroom at `/`).
@@ -167,20 +195,28 @@ impl DemoHandle {
     pub fn banner(&self) -> String {
         format!(
             "\n  Cloakroom demo is running. Open {url}\n  Log in as `{user}` with password `{password}` \
-             (development IdP at {issuer}; not for production).\n  Press Ctrl-C to stop.\n",
+             at either identity provider (development IdPs; not for production):\n    \
+             {demo} at {issuer} (\"Log in\", provider `default`, DPoP-bound tokens)\n    \
+             {partner} at {partner_issuer} (\"Sign in with the Partner IdP\", provider \
+             `{provider}`, bearer tokens)\n  Press Ctrl-C to stop.\n",
             url = self.url,
             user = idp::DEMO_USER,
             password = idp::DEMO_PASSWORD,
+            demo = DEMO_IDP_NAME,
             issuer = self.idp.issuer(),
+            partner = PARTNER_IDP_NAME,
+            partner_issuer = self.partner_idp.issuer(),
+            provider = PARTNER_PROVIDER,
         )
     }
 
-    /// Stops Cloakroom (draining in-flight requests), then the API, the SPA server and the IdP.
+    /// Stops Cloakroom (draining in-flight requests), then the API, the SPA server and the IdPs.
     pub async fn shutdown(self) {
         self.app.shutdown().await;
         self.api.shutdown().await;
         self.spa.shutdown().await;
         self.idp.shutdown().await;
+        self.partner_idp.shutdown().await;
     }
 }
 
@@ -194,7 +230,7 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Starts the development IdP, the demo API, the SPA server and Cloakroom, all on loopback.
+/// Starts the development IdPs, the demo API, the SPA server and Cloakroom, all on loopback.
 ///
 /// # Errors
 /// [`DemoError`] when a port is taken, Redis cannot be reached, or a part fails to start.
@@ -230,26 +266,61 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
             Some(serde_json::json!({ "keys": [keys[0].public_jwk(None)] }))
         }
     };
+    let registration = |client_id: &str, client_secret: &str, jwks| idp::ClientRegistration {
+        client_id: client_id.into(),
+        client_secret: cloakroom::secret::Secret::new(client_secret),
+        redirect_uri: format!("{public_url}/auth/callback"),
+        post_logout_redirect_uri: format!("{public_url}/"),
+        jwks,
+    };
     let idp = idp::DevIdp::start(
         loopback(0),
         idp::IdpOptions {
-            client: idp::ClientRegistration {
-                client_id: CLIENT_ID.into(),
-                client_secret: cloakroom::secret::Secret::new(client_secret.clone()),
-                redirect_uri: format!("{public_url}/auth/callback"),
-                post_logout_redirect_uri: format!("{public_url}/"),
-                jwks,
-            },
-            access_token_ttl: opts.access_token_ttl,
+            name: DEMO_IDP_NAME.into(),
+            ..idp::IdpOptions::new(
+                registration(CLIENT_ID, &client_secret, jwks),
+                opts.access_token_ttl,
+            )
         },
     )
     .await?;
-    let api = api::DemoApi::start(loopback(0), idp.access_token_verifier()).await?;
+    // The second provider: its own issuer (port), key, client, secret and session cookie.
+    let partner_secret = cloakroom::crypto::random_token();
+    let partner_idp = idp::DevIdp::start(
+        loopback(0),
+        idp::IdpOptions {
+            name: PARTNER_IDP_NAME.into(),
+            session_cookie: PARTNER_SESSION_COOKIE.into(),
+            ..idp::IdpOptions::new(
+                registration(PARTNER_CLIENT_ID, &partner_secret, None),
+                opts.access_token_ttl,
+            )
+        },
+    )
+    .await?;
+    let api = api::DemoApi::start(
+        loopback(0),
+        vec![
+            api::TrustedIdp {
+                name: DEMO_IDP_NAME.into(),
+                verifier: idp.access_token_verifier(),
+                dpop_required: true,
+            },
+            // Extra providers do not do DPoP (Cloakroom binds tokens for [oidc] only).
+            api::TrustedIdp {
+                name: PARTNER_IDP_NAME.into(),
+                verifier: partner_idp.access_token_verifier(),
+                dpop_required: false,
+            },
+        ],
+    )
+    .await?;
     let spa = start_spa(loopback(0), format!("localhost:{port}"), public_url.clone())?;
 
     let toml = demo_toml(
         port,
         idp.issuer(),
+        partner_idp.issuer(),
         api.addr(),
         spa.addr,
         opts.redis.as_deref(),
@@ -257,6 +328,14 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
     );
     let mut env = Env::new();
     env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), client_secret);
+    // CLOAKROOM_OIDC_PARTNERS_CLIENT_SECRET
+    env.insert(
+        format!(
+            "{}CLIENT_SECRET",
+            cloakroom::config::provider_env_prefix(PARTNER_PROVIDER)
+        ),
+        partner_secret,
+    );
     if let Some(key) = client_key {
         env.insert(
             "CLOAKROOM_OIDC_CLIENT_AUTH_METHOD".into(),
@@ -270,6 +349,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
         config,
         Listeners {
             public: Some(public),
+            clock: opts.clock,
             ..Listeners::default()
         },
     )
@@ -277,6 +357,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
     Ok(DemoHandle {
         url: format!("{public_url}/"),
         idp_addr: idp.addr(),
+        partner_idp,
         api_addr: api.addr(),
         spa_addr: spa.addr,
         app,
@@ -290,6 +371,7 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
 fn demo_toml(
     port: u16,
     issuer: &str,
+    partner_issuer: &str,
     api: SocketAddr,
     spa: SocketAddr,
     redis: Option<&str>,
@@ -319,6 +401,14 @@ client_id = "{CLIENT_ID}"
 client_auth_method = "client_secret_basic"
 # DPoP-bound tokens (RFC 9449): the demo API checks the proof that comes with each call.
 dpop = true
+# A second identity provider, the Partner IdP: /auth/login?provider={PARTNER_PROVIDER}. Its secret
+# comes from CLOAKROOM_OIDC_PARTNERS_CLIENT_SECRET. Extra providers do not do DPoP: its tokens
+# are bearer tokens.
+[[oidc.providers]]
+name = "{PARTNER_PROVIDER}"
+issuer = "{partner_issuer}"
+client_id = "{PARTNER_CLIENT_ID}"
+client_auth_method = "client_secret_post"
 [session]
 idle_timeout = "{IDLE_TIMEOUT}"
 absolute_timeout = "1h"
@@ -343,12 +433,14 @@ secure = false
 [log]
 format = "pretty"
 level = "info"
-# Step-up: the sensitive action needs a login at most {max_age} s old (longest prefix wins).
+# Step-up: the sensitive action needs a login at most {max_age} s old (longest prefix wins),
+# and is for the Demo IdP's users only: a Partner IdP session gets 403 provider_not_allowed.
 [[routes]]
 prefix = "{SENSITIVE_PREFIX}"
 upstream = "http://{api}"
 token = "required"
 max_age = "{max_age}s"
+providers = ["default"]
 [[routes]]
 prefix = "/api/"
 upstream = "http://{api}"
@@ -666,6 +758,7 @@ mod tests {
         let toml = demo_toml(
             8080,
             "http://127.0.0.1:9999",
+            "http://127.0.0.1:9998",
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
             Some("redis://127.0.0.1:6379/\"odd"),
@@ -673,8 +766,19 @@ mod tests {
         );
         let mut env = Env::new();
         env.insert("CLOAKROOM_OIDC_CLIENT_SECRET".into(), "s".into());
+        env.insert("CLOAKROOM_OIDC_PARTNERS_CLIENT_SECRET".into(), "p".into());
         env.insert("CLOAKROOM_COOKIE_KEYS".into(), KeyRing::generate_entry(1));
         let c = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+        // Two providers: [oidc] with DPoP, and the Partner IdP with its own client and secret.
+        assert_eq!(c.oidc.name, "default");
+        assert!(c.oidc.dpop);
+        assert_eq!(c.oidc.providers.len(), 1);
+        let partner = &c.oidc.providers[0];
+        assert_eq!(partner.name, PARTNER_PROVIDER);
+        assert_eq!(partner.issuer_id, "http://127.0.0.1:9998");
+        assert_eq!(partner.client_id, PARTNER_CLIENT_ID);
+        assert_eq!(partner.client_secret.expose(), "p");
+        assert!(!partner.dpop);
         assert!(!c.cookie.secure);
         assert!(c.session.remember.enabled && c.session.reconstitute.enabled);
         assert_eq!(c.cookie.name, COOKIE_NAME);
@@ -688,8 +792,11 @@ mod tests {
             .expect("step-up on the sensitive route");
         assert_eq!(step.max_age, Some(Duration::from_secs(90)));
         assert!(step.acr_values.is_empty());
+        assert!(c.routes[0].takes_provider(None));
+        assert!(!c.routes[0].takes_provider(Some(PARTNER_PROVIDER)));
         assert_eq!(c.routes[1].prefix, "/api/");
         assert!(c.routes[1].step_up.is_none());
+        assert!(c.routes[1].takes_provider(Some(PARTNER_PROVIDER)));
         assert!(matches!(
             c.store.kind,
             cloakroom::config::StoreKind::Redis(_)

@@ -1,5 +1,5 @@
-//! The `cloakroom-demo` binary: a development IdP, a demo API and SPA, and Cloakroom, on
-//! loopback. `cargo run --release -p cloakroom-demo`, then open <http://localhost:8080/>.
+//! The `cloakroom-demo` binary: two development IdPs (the Demo IdP and the Partner IdP), a
+//! demo API and SPA, and Cloakroom, on loopback. `cargo run --release -p cloakroom-demo`, then open <http://localhost:8080/>.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[command(
     name = "cloakroom-demo",
     version,
-    about = "Run the whole story on localhost: a development IdP, a demo API and SPA, and Cloakroom"
+    about = "Run the whole story on localhost: two development IdPs, a demo API and SPA, and Cloakroom"
 )]
 struct Cli {
     /// Cloakroom's port; open http://localhost:PORT/.
@@ -17,8 +17,9 @@ struct Cli {
     /// Keep sessions in this Redis (redis://…) instead of memory.
     #[arg(long)]
     redis: Option<String>,
-    /// How Cloakroom authenticates to the development IdP: `secret` (client_secret_basic) or
-    /// `private_key_jwt` (a key made at start-up and registered at the IdP).
+    /// How Cloakroom authenticates to the Demo IdP: `secret` (client_secret_basic) or
+    /// `private_key_jwt` (a key made at start-up and registered at the IdP). The Partner IdP
+    /// always takes a secret of its own (client_secret_post).
     #[arg(long, default_value = "secret", value_parser = ["secret", "private_key_jwt"])]
     client_auth: String,
     /// How recent a login the demo's "sensitive action" (`/api/sensitive`) needs: older logins

@@ -116,10 +116,9 @@ async fn browser_demo_login_api_logout() {
     // runs, in a real browser.
     let d = demo::start(DemoOptions {
         port: 0,
-        redis: None,
         access_token_ttl: Duration::from_secs(60),
         client_auth: demo::DemoClientAuth::PrivateKeyJwt,
-        sensitive_max_age: demo::SENSITIVE_MAX_AGE,
+        ..DemoOptions::default()
     })
     .await
     .unwrap_or_else(|e| panic!("the demo did not start: {e}"));

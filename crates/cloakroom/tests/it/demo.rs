@@ -22,10 +22,9 @@ async fn start_demo_with(
 ) -> DemoHandle {
     start_demo_opts(DemoOptions {
         port: 0,
-        redis: None,
         access_token_ttl,
         client_auth,
-        sensitive_max_age: demo::SENSITIVE_MAX_AGE,
+        ..DemoOptions::default()
     })
     .await
 }
@@ -56,8 +55,15 @@ fn interaction_of(page: &Resp) -> String {
 
 /// From the SPA's Log in button to the session cookie, through the dev IdP's login page.
 async fn login(d: &DemoHandle, b: &mut Browser) {
-    let issuer = d.idp.issuer().to_string();
-    let r = b.get(&url(d, "/auth/login?return_to=/")).await;
+    login_at(d, b, "", &d.idp).await;
+}
+
+/// As [`login`], through `/auth/login?return_to=/{extra}` and the login page of `idp`.
+async fn login_at(d: &DemoHandle, b: &mut Browser, extra: &str, idp: &DevIdp) {
+    let issuer = idp.issuer().to_string();
+    let r = b
+        .get(&url(d, &format!("/auth/login?return_to=/{extra}")))
+        .await;
     assert_eq!(r.status, 302, "{}", r.body);
     let authorize = r.location();
     assert!(
@@ -67,6 +73,14 @@ async fn login(d: &DemoHandle, b: &mut Browser) {
     let page = b.get(&authorize).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("Development IdP — not for production"));
+    assert!(
+        page.body.contains(&format!(
+            "Sign in to the <span id=\"idp-name\">{}</span>",
+            idp.name()
+        )),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("value=\"alice\""), "prefilled user");
 
     let r = b
@@ -80,7 +94,9 @@ async fn login(d: &DemoHandle, b: &mut Browser) {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let idp_cookie = r.set_cookie("devidp_session").expect("IdP session cookie");
+    let idp_cookie = r
+        .set_cookie(idp.session_cookie())
+        .expect("IdP session cookie");
     assert!(idp_cookie.contains("HttpOnly"), "{idp_cookie}");
     let callback = r.location();
     assert!(
@@ -473,6 +489,280 @@ async fn the_demo_sensitive_route_asks_for_a_recent_login_and_the_session_is_upg
     d.shutdown().await;
 }
 
+/// The latest access token (`typ` `at+jwt`) among `tokens`.
+fn latest_access_token(tokens: &[String]) -> String {
+    tokens
+        .iter()
+        .rev()
+        .find(|t| {
+            t.split('.').next().is_some_and(|h| {
+                URL_SAFE_NO_PAD
+                    .decode(h)
+                    .is_ok_and(|h| String::from_utf8_lossy(&h).contains("at+jwt"))
+            })
+        })
+        .expect("an access token was issued")
+        .clone()
+}
+
+#[tokio::test]
+async fn the_demo_signs_in_with_the_partner_idp_and_its_session_stays_there() {
+    // Cloakroom's clock is moved forward to make the 60 s access token due (the IdPs and the
+    // API keep real time, so nothing expires there while the test runs).
+    let (clock, hand) = cloakroom::clock::Clock::manual();
+    let d = start_demo_opts(DemoOptions {
+        port: 0,
+        clock: Some(clock),
+        ..DemoOptions::default()
+    })
+    .await;
+    let partner = &d.partner_idp;
+    assert_ne!(partner.issuer(), d.idp.issuer(), "an IdP of its own");
+    assert_eq!(partner.name(), demo::PARTNER_IDP_NAME);
+    assert_ne!(
+        partner.session_cookie(),
+        d.idp.session_cookie(),
+        "cookies ignore ports: the two IdPs' session cookies must differ"
+    );
+    let mut b = Browser::new();
+    let spa = b.get(&d.url).await;
+    assert!(
+        spa.body.contains("id=\"login-partners\"") && spa.body.contains("id=\"provider\""),
+        "the SPA has the partner sign-in button and shows the provider"
+    );
+    assert!(demo::CLIENT_JS.contains("provider="), "login({{provider}})");
+
+    // First a session at the Demo IdP, ended at Cloakroom only: its IdP session stays.
+    login(&d, &mut b).await;
+    let u = b
+        .xhr(Method::GET, &url(&d, "/auth/user?slide=false"))
+        .await
+        .json();
+    assert_eq!(u["provider"], "default", "{u}");
+    let r = b.xhr(Method::POST, &url(&d, "/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let demo_end_session = r.json()["end_session_url"]
+        .as_str()
+        .expect("end_session_url")
+        .to_string();
+    assert!(
+        demo_end_session.starts_with(&format!("{}/end_session?", d.idp.issuer())),
+        "{demo_end_session}"
+    );
+    let demo_idp_tokens = d.idp.issued_tokens().len();
+    assert!(partner.issued_tokens().is_empty());
+
+    // "Sign in with the Partner IdP": /auth/login?provider=partners, the partner's login page.
+    login_at(
+        &d,
+        &mut b,
+        &format!("&provider={}", demo::PARTNER_PROVIDER),
+        partner,
+    )
+    .await;
+    assert!(
+        b.jar.contains_key(d.idp.session_cookie()) && b.jar.contains_key(partner.session_cookie()),
+        "signed in at both IdPs, neither cookie overwrote the other: {:?}",
+        b.jar.keys()
+    );
+    let r = b.xhr(Method::GET, &url(&d, "/auth/user?slide=false")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let u = r.json();
+    assert_eq!(u["provider"], demo::PARTNER_PROVIDER, "{u}");
+    assert_eq!(u["sub"], "alice");
+    assert_eq!(u["claims"]["iss"], partner.issuer(), "{u}");
+
+    // The API takes the Partner IdP's token, a plain bearer token (no DPoP for extra providers).
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let api = r.json();
+    assert_eq!(api["subject"], "alice", "{api}");
+    assert_eq!(api["issuer"], partner.issuer(), "{api}");
+    assert_eq!(api["idp"], demo::PARTNER_IDP_NAME, "{api}");
+    assert_eq!(api["dpop"]["bound"], false, "{api}");
+    let at = latest_access_token(&partner.issued_tokens());
+    let direct = |scheme: &str, token: &str| {
+        reqwest::Client::new()
+            .get(format!("http://{}/api/whoami", d.api_addr))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+    };
+    let r = direct("Bearer", &at).await.expect("demo API");
+    assert_eq!(r.status(), 200, "a partner token is a bearer token");
+    let r = direct("DPoP", &at).await.expect("demo API");
+    assert_eq!(r.status(), 401, "and not a DPoP-bound one");
+
+    // The sensitive action is for the Demo IdP's users: Cloakroom refuses it, as JSON.
+    let r = b.xhr(Method::GET, &url(&d, "/api/sensitive")).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "provider_not_allowed", "{}", r.body);
+
+    // Refresh goes to the Partner IdP: new tokens from it (access, ID and the rotated refresh
+    // token), nothing from the Demo IdP.
+    let before = partner.issued_tokens().len();
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        partner.issued_tokens().len(),
+        before,
+        "a fresh token is not refreshed"
+    );
+    // 60 s tokens, refreshed when less than the demo's 20 s refresh skew is left.
+    hand.advance(Duration::from_secs(45));
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let api = r.json();
+    assert_eq!(api["issuer"], partner.issuer(), "{api}");
+    assert_eq!(
+        partner.issued_tokens().len(),
+        before + 3,
+        "the Partner IdP issued an access, an ID and a refresh token"
+    );
+    assert_eq!(
+        d.idp.issued_tokens().len(),
+        demo_idp_tokens,
+        "the Demo IdP was not asked for anything"
+    );
+    let refreshed = latest_access_token(&partner.issued_tokens());
+    assert_ne!(refreshed, at, "a new access token");
+    let at = refreshed;
+    let partner_api = partner.access_token_verifier();
+    partner_api.verify(&at).expect("the current token is good");
+
+    // Logout: revocation at the Partner IdP, and its end_session URL.
+    let r = b.xhr(Method::POST, &url(&d, "/auth/logout")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let end_session = r.json()["end_session_url"]
+        .as_str()
+        .expect("end_session_url")
+        .to_string();
+    assert!(
+        end_session.starts_with(&format!("{}/end_session?", partner.issuer())),
+        "{end_session}"
+    );
+    let q = query(&end_session);
+    assert_eq!(q["client_id"], demo::PARTNER_CLIENT_ID);
+    assert_eq!(q["post_logout_redirect_uri"], d.url);
+    assert!(
+        partner.issued_tokens().contains(&q["id_token_hint"]),
+        "the partner's ID token is the hint"
+    );
+    // Revocation may run after the logout's answer: wait for it (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(partner_api.verify(&at), Err("token revoked")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Partner IdP never saw the token revoked: {:?}",
+            partner_api.verify(&at).map(|c| c.jti)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = b.get(&end_session).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), d.url);
+    assert!(
+        !b.jar.contains_key(partner.session_cookie()),
+        "the Partner IdP's session cookie is cleared"
+    );
+    assert!(
+        b.jar.contains_key(d.idp.session_cookie()),
+        "and the Demo IdP's is not"
+    );
+    let r = b.xhr(Method::GET, &url(&d, "/api/whoami")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // The Demo IdP's session outlived the partner's logout: a silent login there works.
+    let r = b.get(&url(&d, "/auth/login?return_to=/&prompt=none")).await;
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 302, "a code at once: {}", r.body);
+    let r = b.get(&r.location()).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), "/");
+    let u = b
+        .xhr(Method::GET, &url(&d, "/auth/user?slide=false"))
+        .await
+        .json();
+    assert_eq!(u["provider"], "default", "{u}");
+
+    // No token of either IdP reached the browser, but the ID tokens as the logouts' hints.
+    let received = b
+        .received
+        .replace(&end_session, "")
+        .replace(&demo_end_session, "");
+    for t in d.idp.issued_tokens().iter().chain(&partner.issued_tokens()) {
+        assert!(
+            !received.contains(t.as_str()),
+            "a token reached the browser"
+        );
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_demo_api_takes_bearer_tokens_only_from_idps_that_need_no_dpop() {
+    use demo::api::{DemoApi, TrustedIdp};
+    let (strict, lax, stranger) = (idp().await, idp().await, idp().await);
+    let api = DemoApi::start(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![
+            TrustedIdp {
+                name: "Strict IdP".into(),
+                verifier: strict.access_token_verifier(),
+                dpop_required: true,
+            },
+            TrustedIdp {
+                name: "Lax IdP".into(),
+                verifier: lax.access_token_verifier(),
+                dpop_required: false,
+            },
+        ],
+    )
+    .await
+    .expect("demo API");
+    let (verifier, challenge) = pkce();
+    // An unbound access token of each IdP (no DPoP proof at their token endpoints).
+    let mut tokens = Vec::new();
+    for idp in [&strict, &lax, &stranger] {
+        let mut b = Browser::new();
+        let body = exchange(idp, &verifier, &code(idp, &mut b, &challenge).await).await;
+        assert_eq!(body["token_type"], "Bearer");
+        tokens.push(body["access_token"].as_str().expect("token").to_string());
+    }
+    let call = |scheme: &'static str, token: String| {
+        let addr = api.addr();
+        async move {
+            let r = reqwest::Client::new()
+                .get(format!("http://{addr}/api/whoami"))
+                .header("authorization", format!("{scheme} {token}"))
+                .send()
+                .await
+                .expect("demo API");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("JSON"))
+        }
+    };
+    let (status, body) = call("Bearer", tokens[1].clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["idp"], "Lax IdP", "{body}");
+    assert_eq!(body["issuer"], lax.issuer(), "{body}");
+    assert_eq!(body["dpop"]["bound"], false, "{body}");
+    for (scheme, token, why) in [
+        ("Bearer", &tokens[0], "this IdP's tokens must be DPoP-bound"),
+        ("DPoP", &tokens[0], "this IdP's tokens must be DPoP-bound"),
+        ("DPoP", &tokens[1], "not a DPoP-bound token"),
+        ("Bearer", &tokens[2], "unknown signing key"),
+    ] {
+        let (status, body) = call(scheme, token.clone()).await;
+        assert_eq!(status, 401, "{scheme}: {body}");
+        assert_eq!(body["error"], "invalid_token", "{body}");
+        assert_eq!(body["message"], why, "{body}");
+    }
+    api.shutdown().await;
+    for idp in [strict, lax, stranger] {
+        idp.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------- the dev IdP on its own
 
 const SECRET: &str = "dev-idp-test-secret";
@@ -481,16 +771,16 @@ const REDIRECT: &str = "http://localhost:1/auth/callback";
 async fn idp() -> DevIdp {
     DevIdp::start(
         "127.0.0.1:0".parse().unwrap(),
-        IdpOptions {
-            client: ClientRegistration {
+        IdpOptions::new(
+            ClientRegistration {
                 client_id: "spa".into(),
                 client_secret: Secret::new(SECRET),
                 redirect_uri: REDIRECT.into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
                 jwks: None,
             },
-            access_token_ttl: Duration::from_secs(60),
-        },
+            Duration::from_secs(60),
+        ),
     )
     .await
     .expect("dev IdP")
@@ -710,16 +1000,16 @@ async fn the_dev_idp_rotates_refresh_tokens_and_revokes_the_grant_on_reuse() {
 async fn the_dev_idp_validates_authorization_requests_and_binds_loopback_only() {
     let refused = demo::idp::DevIdp::start(
         "0.0.0.0:0".parse().unwrap(),
-        IdpOptions {
-            client: ClientRegistration {
+        IdpOptions::new(
+            ClientRegistration {
                 client_id: "spa".into(),
                 client_secret: Secret::new(SECRET),
                 redirect_uri: REDIRECT.into(),
                 post_logout_redirect_uri: "http://localhost:1/".into(),
                 jwks: None,
             },
-            access_token_ttl: Duration::from_secs(60),
-        },
+            Duration::from_secs(60),
+        ),
     )
     .await;
     assert!(matches!(refused, Err(DemoError::NotLoopback(_))));

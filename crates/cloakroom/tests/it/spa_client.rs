@@ -11,6 +11,8 @@
 //!   same path and query.
 //! - "Remember me", "Your devices" (sign one out, sign out the others) and the notes kept with
 //!   the session (`saveState` / `restoredState`).
+//! - "Sign in with the Partner IdP" (`login({provider})`): the demo's second identity provider,
+//!   the session's provider shown, its API call and its logout at that IdP.
 //!
 //! Chromium, its driver and the page helpers are in `support::chromium` (Debian's `chromium` and
 //! `chromium-driver`, or `CLOAKROOM_CHROMIUM` / `CLOAKROOM_CHROMEDRIVER`). On a failure a
@@ -474,6 +476,99 @@ async fn spa_client_lists_and_signs_out_devices_keeps_notes_and_remembers() {
         c.fail("notes-reload", "a live session is not \"restored\"")
             .await;
     }
+
+    c.close().await;
+    d.shutdown().await;
+}
+
+// ------------------------------------------------------------------ (e) the second provider
+
+#[tokio::test]
+async fn spa_client_signs_in_with_the_partner_idp_and_shows_the_provider() {
+    let d = start_demo().await;
+    let c = chrome("partner-idp").await;
+    let partner = &d.partner_idp;
+
+    c.open_logged_out(&d.url).await;
+    if let Some((_, true)) = c.probe("provider").await {
+        c.fail("open", "a provider is shown without a session")
+            .await;
+    }
+    c.click("open", "login-partners").await;
+    // The Partner IdP's own login page, not the Demo IdP's.
+    c.wait_url("idp-login", partner.issuer()).await;
+    c.wait_text("idp-login", "idp-name", "the Partner IdP", |t| {
+        t == demo::PARTNER_IDP_NAME
+    })
+    .await;
+    c.click("idp-login", "sign-in").await;
+    c.wait_logged_in(&d.url, demo::idp::DEMO_USER).await;
+    let shown = c
+        .wait_text("provider", "provider", "the Partner IdP named", |t| {
+            t.contains(demo::PARTNER_IDP_NAME)
+        })
+        .await;
+    if !shown.contains(&format!("\"{}\"", demo::PARTNER_PROVIDER)) {
+        c.fail(
+            "provider",
+            format!("the provider's name is shown: {shown:?}"),
+        )
+        .await;
+    }
+
+    // The API got the Partner IdP's token: a bearer token (extra providers do not do DPoP).
+    let result = c.call_api("api-200", "200").await;
+    let api: Value = serde_json::from_str(&result)
+        .unwrap_or_else(|_| panic!("the API's answer is JSON: {result}"));
+    if api["idp"] != demo::PARTNER_IDP_NAME
+        || api["issuer"] != partner.issuer()
+        || api["dpop"]["bound"] != false
+    {
+        c.fail("api-200", format!("a Partner IdP bearer token? {api}"))
+            .await;
+    }
+
+    // The sensitive action is for the Demo IdP's users: 403, and the page says why.
+    c.click("sensitive", "sensitive").await;
+    c.wait_text("sensitive", "sensitive-status", "HTTP 403", |t| t == "403")
+        .await;
+    let note = c.wait_shown("sensitive", "sensitive-note", WAIT).await;
+    if !note.contains(demo::PARTNER_IDP_NAME) {
+        c.fail("sensitive", format!("unexpected note: {note:?}"))
+            .await;
+    }
+    if let Some((_, true)) = c.probe("step-up").await {
+        c.fail("sensitive", "no step-up is offered for a refused provider")
+            .await;
+    }
+    c.assert_page_holds_no_secrets("after-login", demo::COOKIE_NAME, &partner.issued_tokens())
+        .await;
+
+    // Logout: through the Partner IdP's end_session and back, logged out.
+    c.click("logout", "logout").await;
+    c.wait_text("logout", "user", "\"not logged in\"", |t| {
+        t == "not logged in"
+    })
+    .await;
+    c.wait_hidden("logout", "provider").await;
+    let result = c.call_api("api-401", "401").await;
+    if !result.contains("unauthenticated") {
+        c.fail("api-401", format!("expected unauthenticated: {result}"))
+            .await;
+    }
+    if !d.idp.issued_tokens().is_empty() {
+        c.fail("api-401", "the Demo IdP was never part of this session")
+            .await;
+    }
+
+    // "Log in" is still the Demo IdP's, and the page says so.
+    c.click("demo-idp", "login").await;
+    c.sign_in_at_idp(Idp::Dev, d.idp.issuer()).await;
+    c.wait_logged_in(&d.url, demo::idp::DEMO_USER).await;
+    c.wait_text("demo-idp", "provider", "the Demo IdP named", |t| {
+        t.contains(demo::DEMO_IDP_NAME) && t.contains("\"default\"")
+    })
+    .await;
 
     c.close().await;
     d.shutdown().await;
