@@ -5,7 +5,7 @@
 //! and the tokens *that record held* are revoked — not those of a copy read earlier, so a
 //! refresh that landed in between is revoked too. Revocation runs detached, after the caller's
 //! answer (the browser or the IdP does not wait for it); a failed revocation is logged and
-//! counted by [`OidcClient::revoke_tokens`], the session stays ended.
+//! counted by [`crate::oidc::OidcClient::revoke_tokens`], the session stays ended.
 //!
 //! Owns: the order "delete, then revoke what was deleted". Never decides *whether* a session
 //! ends: its callers do.
