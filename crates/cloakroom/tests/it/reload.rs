@@ -19,6 +19,15 @@ fn hup(pid: u32) {
 
 use crate::support::metric_sum as metric;
 
+/// Stops the binary (SIGTERM) and waits for it; returns it for its log.
+fn terminate(mut bin: crate::support::Binary) -> crate::support::Binary {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let _ = bin.child.wait();
+    bin
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
@@ -189,11 +198,7 @@ async fn sighup_adds_a_route_under_load_and_a_bad_file_changes_nothing() {
         statuses.iter().all(|s| *s == 200),
         "no request failed during the reloads: {statuses:?}"
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &bin.pid().to_string()])
-        .status();
-    let mut bin = bin;
-    let _ = bin.child.wait();
+    let bin = terminate(bin);
     let log = std::fs::read_to_string(&bin.stderr_path).expect("log");
     for key in ["routes[", "server: changed"] {
         assert!(log.contains(key), "the refusal names {key}:\n{log}");
@@ -229,11 +234,7 @@ async fn a_watched_config_file_reloads_by_itself() {
         status(plain.clone(), url.clone()).await == 200
     })
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &bin.pid().to_string()])
-        .status();
-    let mut bin = bin;
-    let _ = bin.child.wait();
+    terminate(bin);
 }
 
 /// Logs `b` in through the binary at `base` (oidc-provider, or the provider `query` names).
@@ -366,11 +367,7 @@ async fn a_key_rotation_and_a_new_admin_token_apply_under_load() {
         metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await,
         2.0
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &bin.pid().to_string()])
-        .status();
-    let mut bin = bin;
-    let _ = bin.child.wait();
+    let bin = terminate(bin);
     let log = std::fs::read_to_string(&bin.stderr_path).expect("log");
     assert!(!log.contains(&new_token), "the admin token in the log");
 }
@@ -452,11 +449,7 @@ async fn a_reload_adds_an_identity_provider() {
         b.xhr(Method::GET, &format!("{base}/api/x")).await.status,
         200
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &bin.pid().to_string()])
-        .status();
-    let mut bin = bin;
-    let _ = bin.child.wait();
+    terminate(bin);
 }
 
 /// `log.level` is reloaded: at `warn` the access lines stop; the refusal of a bad file (an
@@ -511,9 +504,5 @@ async fn a_reload_changes_the_log_level() {
         "an info line at level warn:\n{}",
         log()
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &bin.pid().to_string()])
-        .status();
-    let mut bin = bin;
-    let _ = bin.child.wait();
+    terminate(bin);
 }
