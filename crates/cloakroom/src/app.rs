@@ -453,17 +453,21 @@ impl App {
         )
         .with_clock(clock.clone())
         .with_local_cache();
-        let sessions = if config.session.reconstitute.enabled {
+        let sessions = if config.session.end_timed_out {
             sessions.with_linger(crate::reaper::LINGER)
         } else {
             sessions
         };
         let ender = Ender::new(sessions.clone(), providers.clone());
-        let reaper = config.session.reconstitute.enabled.then(|| {
+        let reaper = config.session.end_timed_out.then(|| {
             crate::reaper::Reaper::new(
                 sessions.clone(),
                 ender.clone(),
-                config.session.reconstitute.window,
+                config
+                    .session
+                    .reconstitute
+                    .enabled
+                    .then_some(config.session.reconstitute.window),
             )
         });
         let refresh_cfg = RefreshConfig::from_config(&config);
@@ -646,7 +650,8 @@ fn router(
                 clock: clock.clone(),
                 absolute_timeout: config.session.absolute_timeout,
                 remember: config.session.remember,
-                reaper,
+                // Re-constitution at login only with `session.reconstitute`.
+                reaper: reaper.filter(|_| config.session.reconstitute.enabled),
             },
             user: User {
                 origins: origins.clone(),

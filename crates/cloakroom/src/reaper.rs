@@ -29,13 +29,15 @@ const BATCH: usize = 100;
 pub struct Reaper {
     sessions: Sessions,
     ender: Ender,
-    window: Duration,
+    /// `session.reconstitute.window`: how long an idle timeout's leftover is kept; `None`
+    /// (`session.end_timed_out` alone) keeps none.
+    window: Option<Duration>,
 }
 
 impl Reaper {
-    /// Over these sessions (made `with_linger`), keeping leftovers for `window`.
+    /// Over these sessions (made `with_linger`), keeping leftovers for `window` (none without).
     #[must_use]
-    pub fn new(sessions: Sessions, ender: Ender, window: Duration) -> Self {
+    pub fn new(sessions: Sessions, ender: Ender, window: Option<Duration>) -> Self {
         Self {
             sessions,
             ender,
@@ -102,16 +104,14 @@ impl Reaper {
             user_agent = taken.user_agent.as_deref(),
             "session timed out; its tokens are revoked"
         );
-        if by_idle {
+        if let (true, Some(window)) = (by_idle, self.window) {
             let left = Leftover {
                 sub: taken.sub.clone(),
                 created_at: taken.created_at,
                 state: state.and_then(|b| String::from_utf8(b).ok()),
                 provider: taken.provider.clone(),
             };
-            self.sessions
-                .save_leftover(handle, &left, self.window)
-                .await?;
+            self.sessions.save_leftover(handle, &left, window).await?;
         }
         self.ender
             .revoke_later(taken.provider.as_deref(), taken.tokens);

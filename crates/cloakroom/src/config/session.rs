@@ -20,6 +20,7 @@ pub(super) struct RawSession {
     remember: RawRemember,
     reconstitute: RawReconstitute,
     without_refresh_token: Option<String>,
+    end_timed_out: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,6 +79,10 @@ pub struct SessionConfig {
     pub remember: RememberConfig,
     /// Re-constituted sessions.
     pub reconstitute: ReconstituteConfig,
+    /// `session.end_timed_out` (or `reconstitute.enabled`, which needs it): sessions that time
+    /// out are ended by the reaper within about a second — tokens revoked, one audit event
+    /// each — instead of lapsing silently in the store.
+    pub end_timed_out: bool,
     /// What a session without a refresh token does when its access token is due.
     pub without_refresh_token: WithoutRefreshToken,
 }
@@ -187,6 +192,7 @@ impl SessionConfig {
             refresh_cooloff,
             refresh_wait,
             remember,
+            end_timed_out: raw.end_timed_out.unwrap_or(false) || reconstitute.enabled,
             reconstitute,
             without_refresh_token,
         }

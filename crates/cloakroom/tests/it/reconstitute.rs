@@ -161,3 +161,78 @@ async fn a_logout_or_a_browser_that_signs_in_before_the_reaper_came() {
     env.login(&mut b).await;
     assert_eq!(user(&env, &mut b).await["reconstituted"], false);
 }
+
+/// The short id of `b`'s own session (as the logs name it).
+async fn own_id(env: &TestEnv, b: &mut Browser) -> String {
+    let r = b.xhr(Method::GET, &env.url("/auth/sessions")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["sessions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["current"] == true))
+        .and_then(|s| s["id"].as_str())
+        .expect("this session")
+        .to_string()
+}
+
+/// Waits for the audit line ending session `id` with `reason`.
+async fn wait_audit(id: &str, reason: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = crate::support::logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("session_ended") && l.contains(reason) && l.contains(id))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session_ended {reason} audit event for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `session.end_timed_out` without re-constitution: an idle and an absolute timeout each end
+/// their session actively — tokens revoked at the IdP, an audit event with the reason — and
+/// nothing is left behind for a later login.
+#[tokio::test]
+async fn timed_out_sessions_are_ended_revoked_and_audited_without_reconstitution() {
+    let env = TestEnv::start_with(Opts {
+        idle_timeout: "30m",
+        absolute_timeout: "1h",
+        session_toml: "end_timed_out = true\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    // Idle.
+    let mut idle = Browser::new();
+    env.login(&mut idle).await;
+    let id = own_id(&env, &mut idle).await;
+    time_out(&env, &idle).await;
+    wait_audit(&id, "idle_timeout").await;
+    assert_eq!(idle.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+
+    // Absolute: kept busy (every 20 min) until the hour is up.
+    let mut busy = Browser::new();
+    env.login(&mut busy).await;
+    let id = own_id(&env, &mut busy).await;
+    let s = env.session_of(&busy).await.expect("a session");
+    for _ in 0..2 {
+        env.advance(Duration::from_secs(20 * 60));
+        assert_eq!(
+            busy.xhr(Method::GET, &env.url("/auth/user")).await.status,
+            200
+        );
+    }
+    env.advance(Duration::from_secs(21 * 60));
+    env.idp
+        .wait_revoked(s.tokens.refresh_token.as_ref().expect("rt").expose())
+        .await;
+    wait_audit(&id, "absolute_timeout").await;
+
+    // No leftover: the next login in the idle browser is a fresh session.
+    forget_idp(&mut idle);
+    env.login(&mut idle).await;
+    assert_eq!(user(&env, &mut idle).await["reconstituted"], false);
+}
