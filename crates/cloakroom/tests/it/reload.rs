@@ -234,6 +234,19 @@ async fn a_watched_config_file_reloads_by_itself() {
         status(plain.clone(), url.clone()).await == 200
     })
     .await;
+    // The same route to another upstream (a port nobody listens on): its answers change.
+    let closed = crate::support::redis::free_port();
+    std::fs::write(
+        &bin.config_path,
+        format!(
+            "{original}\n[[routes]]\nprefix = \"/watched/\"\nupstream = \"http://127.0.0.1:{closed}\"\ntoken = \"none\"\n"
+        ),
+    )
+    .expect("write");
+    wait_for("the changed upstream", async || {
+        status(plain.clone(), url.clone()).await == 502
+    })
+    .await;
     terminate(bin);
 }
 
