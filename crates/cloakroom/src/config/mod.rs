@@ -305,6 +305,18 @@ fn build(mut root: toml::Table, env: &Env, errs: &mut Problems) -> Option<Config
         errs,
         &mut warnings,
     );
+    // A provider's secret variable for a provider that is not configured: a typo, or left over.
+    for name in env.keys().filter(|n| oidc::is_provider_secret_var(n)) {
+        let known = oidc
+            .providers
+            .iter()
+            .any(|p| name.starts_with(&provider_env_prefix(&p.name)));
+        if !known {
+            warnings.push(format!(
+                "environment {name}: no [[oidc.providers]] entry has this name; the variable is not used"
+            ));
+        }
+    }
     let upstream = UpstreamConfig::build(raw_upstream, errs);
     let routes = routes::build(raw_routes, &server.auth_prefix, &oidc, &upstream, errs);
     let log = LogConfig::build(raw_log, errs);
@@ -979,6 +991,20 @@ mod tests {
         assert!(
             !all.contains("environment CLOAKROOM_OIDC_PARTNERS"),
             "{all}"
+        );
+        // One for no provider is a warning.
+        let mut e = env();
+        e.insert(
+            "CLOAKROOM_OIDC_PARTNRES_CLIENT_SECRET".into(),
+            "typo".into(),
+        );
+        let c = Config::from_toml(GOOD, &e).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("CLOAKROOM_OIDC_PARTNRES_CLIENT_SECRET")),
+            "{:?}",
+            c.warnings
         );
     }
 }
