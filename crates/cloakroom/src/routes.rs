@@ -206,7 +206,8 @@ async fn handle_inner(
         let r = match (rest, &m) {
             ("/login", &Method::GET) => ("login", auth.login.handle(&req, ctx).await),
             ("/callback", &Method::GET) => ("callback", auth.callback.handle(&req, ctx).await),
-            ("/login" | "/callback", _) => ("auth", Err(Error::MethodNotAllowed)),
+            ("/providers", &Method::GET) => ("providers", Ok(auth.login.providers())),
+            ("/login" | "/callback" | "/providers", _) => ("auth", Err(Error::MethodNotAllowed)),
             _ => ("auth", Err(Error::NotFound)),
         };
         return (r.0, false, r.1);

@@ -31,6 +31,25 @@ pub(crate) struct Login {
 }
 
 impl Login {
+    /// `GET /auth/providers`: the identity providers a login may name (`?provider=`), the
+    /// default first-marked, so an SPA can offer one button each. Names only: nothing else of
+    /// their configuration.
+    pub(crate) fn providers(&self) -> Response<Body> {
+        let default = self.providers.default_provider();
+        let list: Vec<serde_json::Value> = self
+            .providers
+            .all()
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name(),
+                    "default": std::ptr::eq(&**p, &*default),
+                })
+            })
+            .collect();
+        crate::error::json_response(StatusCode::OK, &serde_json::json!({ "providers": list }))
+    }
+
     pub(crate) async fn handle<B>(
         &self,
         req: &Request<B>,

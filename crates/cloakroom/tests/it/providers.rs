@@ -173,6 +173,16 @@ providers = ["default"]
     let idp2 = env.idp2.as_ref().expect("the second IdP");
 
     let mut b = Browser::new();
+    // What an SPA offers buttons for: names only.
+    let r = b.get(&env.url("/auth/providers")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"providers": [
+            {"name": "default", "default": true},
+            {"name": "second", "default": false},
+        ]})
+    );
     let r = b
         .get(&env.url("/auth/login?return_to=/app&provider=nope"))
         .await;
