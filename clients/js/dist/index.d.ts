@@ -57,6 +57,13 @@ export interface User {
     /** When the session started and ends. */
     session: SessionTimes;
 }
+/** An identity provider a login may name, from `GET /auth/providers`. */
+export interface Provider {
+    /** What `login({provider})` takes. */
+    name: string;
+    /** The one a login without `provider` goes to. */
+    default: boolean;
+}
 /** One of the user's sessions (devices), from `GET /auth/sessions`. */
 export interface DeviceSession {
     /** Short id, for {@link Cloakroom.endSession}. */
@@ -293,6 +300,8 @@ export declare class Cloakroom {
      * `afterLogout` without one. For `"others"`: this session stays, nothing navigates.
      */
     logout(options?: LogoutOptions): Promise<LogoutResult>;
+    /** `GET /auth/providers`: the identity providers a login may name, for one sign-in button each. */
+    providers(): Promise<Provider[]>;
     /** `GET /auth/sessions`: the user's sessions (devices), this one marked `current`. */
     sessions(): Promise<DeviceSession[]>;
     /** `DELETE /auth/sessions/{id}`: signs that device out. False when there is no such session. */

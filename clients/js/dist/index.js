@@ -356,6 +356,16 @@ export class Cloakroom {
         }
         return { scope, endSessionUrl };
     }
+    /** `GET /auth/providers`: the identity providers a login may name, for one sign-in button each. */
+    async providers() {
+        const res = await this.#request("GET", "/providers");
+        if (res.status !== 200) {
+            throw await this.#fail(`GET ${this.options.base}/providers`, res);
+        }
+        const body = await readJson(res);
+        const list = isObject(body) ? body["providers"] : null;
+        return Array.isArray(list) ? list : [];
+    }
     /** `GET /auth/sessions`: the user's sessions (devices), this one marked `current`. */
     async sessions() {
         const res = await this.#request("GET", "/sessions");

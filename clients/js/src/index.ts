@@ -61,6 +61,14 @@ export interface User {
   session: SessionTimes;
 }
 
+/** An identity provider a login may name, from `GET /auth/providers`. */
+export interface Provider {
+  /** What `login({provider})` takes. */
+  name: string;
+  /** The one a login without `provider` goes to. */
+  default: boolean;
+}
+
 /** One of the user's sessions (devices), from `GET /auth/sessions`. */
 export interface DeviceSession {
   /** Short id, for {@link Cloakroom.endSession}. */
@@ -610,6 +618,17 @@ export class Cloakroom {
       this.#navigate(endSessionUrl ?? this.options.afterLogout);
     }
     return { scope, endSessionUrl };
+  }
+
+  /** `GET /auth/providers`: the identity providers a login may name, for one sign-in button each. */
+  async providers(): Promise<Provider[]> {
+    const res = await this.#request("GET", "/providers");
+    if (res.status !== 200) {
+      throw await this.#fail(`GET ${this.options.base}/providers`, res);
+    }
+    const body = await readJson(res);
+    const list = isObject(body) ? body["providers"] : null;
+    return Array.isArray(list) ? (list as Provider[]) : [];
   }
 
   /** `GET /auth/sessions`: the user's sessions (devices), this one marked `current`. */

@@ -97,6 +97,19 @@ test("logout() rejects when the server refuses, and stays", async () => {
   assert.deepEqual(location.assigned, []);
 });
 
+test("providers() lists the identity providers, without a session", async () => {
+  const { server, client } = setup();
+  assert.deepEqual(await client.providers(), [{ name: "default", default: true }]);
+  server.providers = [
+    { name: "default", default: false },
+    { name: "partners", default: true },
+  ];
+  const list = await client.providers();
+  assert.deepEqual(list.map((p) => p.name), ["default", "partners"]);
+  assert.equal(list.find((p) => p.default).name, "partners");
+  assert.equal(server.requests.at(-1).url, "/auth/providers");
+});
+
 test("sessions() and endSession()", async () => {
   const { server, client } = setup();
   server.login();

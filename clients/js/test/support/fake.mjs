@@ -152,6 +152,9 @@ export class FakeServer {
       this.session = null;
       return json(200, { end_session_url: this.endSessionUrl });
     }
+    if (p === "/auth/providers" && method === "GET") {
+      return json(200, { providers: this.providers ?? [{ name: "default", default: true }] });
+    }
     if (p === "/auth/sessions" && method === "GET") {
       if (!s) return json(401, { error: "unauthenticated" });
       return json(200, { sessions: this.devices });
