@@ -165,7 +165,15 @@ fn exporter(
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
     let built = match config.protocol {
         OtlpProtocol::HttpProtobuf => {
-            let client = reqwest::Client::builder()
+            let mut client = reqwest::Client::builder();
+            if let Some(pem) = &config.tls_ca {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| format!("telemetry.tls_ca_file: {e}"))?;
+                for c in certs {
+                    client = client.add_root_certificate(c);
+                }
+            }
+            let client = client
                 .timeout(config.export_timeout)
                 .connect_timeout(config.export_timeout.min(std::time::Duration::from_secs(5)))
                 .redirect(reqwest::redirect::Policy::none())
@@ -207,10 +215,14 @@ fn exporter(
                     opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers),
                 );
             if https {
-                builder = builder.with_tls_config(
-                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
-                        .with_webpki_roots(),
-                );
+                let mut tls = opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                    .with_webpki_roots();
+                if let Some(pem) = &config.tls_ca {
+                    tls = tls.ca_certificate(
+                        opentelemetry_otlp::tonic_types::transport::Certificate::from_pem(pem),
+                    );
+                }
+                builder = builder.with_tls_config(tls);
             }
             builder.build()
         }

@@ -26,6 +26,7 @@ pub(super) struct RawTelemetry {
     #[serde(with = "humantime_serde")]
     batch_delay: Option<Duration>,
     max_queue: Option<usize>,
+    tls_ca_file: Option<String>,
     /// Refused: the headers are a secret ([`OTLP_HEADERS_VAR`]).
     otlp_headers: Option<toml::Value>,
 }
@@ -64,6 +65,9 @@ pub struct TelemetryConfig {
     pub max_queue: usize,
     /// The collector's headers ([`OTLP_HEADERS_VAR`]), names lower-case.
     pub headers: Vec<(String, Secret)>,
+    /// `tls_ca_file`: extra CA certificates (PEM) trusted for an `https://` collector, besides
+    /// the WebPKI roots (a collector on a private CA).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl TelemetryConfig {
@@ -146,7 +150,28 @@ impl TelemetryConfig {
             ));
         }
         let headers = headers.map_or_else(Vec::new, |h| parse_headers(h.expose(), errs));
+        let tls_ca = raw
+            .tls_ca_file
+            .as_deref()
+            .and_then(|path| match std::fs::read(path) {
+                Ok(pem)
+                    if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()) =>
+                {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    errs.push(format!(
+                        "telemetry.tls_ca_file: {path} holds no PEM certificate"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("telemetry.tls_ca_file: cannot read {path}: {e}"));
+                    None
+                }
+            });
         Self {
+            tls_ca,
             otlp_endpoint,
             protocol,
             sample_ratio,

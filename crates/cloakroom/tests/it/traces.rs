@@ -471,3 +471,39 @@ async fn spans_go_over_grpc_too_the_last_are_flushed_at_exit_and_unsampled_trace
     stop(bin).await;
     assert!(none.spans().is_empty(), "{:#?}", none.spans());
 }
+
+/// A collector on a private CA: `telemetry.tls_ca_file` trusts it, over OTLP/HTTP and gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_behind_a_private_ca_is_trusted_with_tls_ca_file() {
+    let env = TestEnv::start().await;
+    let pki = crate::support::pki::Pki::new();
+    std::fs::write(pki.path("server.pem"), &pki.server_cert_pem).expect("cert");
+    std::fs::write(pki.path("server-key.pem"), &pki.server_key_pem).expect("key");
+    for protocol in ["http/protobuf", "grpc"] {
+        let acceptor =
+            cloakroom::server::tls_acceptor(&pki.path("server.pem"), &pki.path("server-key.pem"))
+                .expect("acceptor");
+        let collector = OtlpReceiver::start_tls(acceptor).await;
+        assert!(collector.endpoint().starts_with("https://"));
+        let bin = env
+            .spawn_binary(&telemetry(
+                &collector,
+                &format!(
+                    "protocol = \"{protocol}\"\ntls_ca_file = \"{}\"",
+                    pki.path("ca.pem")
+                ),
+            ))
+            .await;
+        let r = Browser::new()
+            .get(&format!("http://{}/public/tls", bin.addr))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (trace, _, _) = upstream_traceparent(&r);
+        collector
+            .wait_for(&format!("the spans over TLS ({protocol})"), |s| {
+                has_all(s, &trace, &["request", "upstream"])
+            })
+            .await;
+        stop(bin).await;
+    }
+}

@@ -56,6 +56,8 @@ struct Received {
 
 pub(crate) struct OtlpReceiver {
     pub addr: SocketAddr,
+    /// Served over TLS ([`OtlpReceiver::start_tls`]).
+    tls: bool,
     state: Arc<Mutex<Received>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -91,6 +93,16 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
 
 impl OtlpReceiver {
     pub(crate) async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS with this acceptor (a collector on a private CA; ALPN h2 and http/1.1).
+    pub(crate) async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self::start_with(Some(acceptor)).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let is_tls = tls.is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the OTLP receiver");
@@ -103,20 +115,35 @@ impl OtlpReceiver {
                     continue;
                 };
                 let s = s.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let serve = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = serve.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(a) => {
+                            if let Ok(stream) = a.accept(stream).await {
+                                let _ = serve.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            tls: is_tls,
+            state,
+            task,
+        }
     }
 
-    /// `http://127.0.0.1:<port>`: the endpoint for either protocol.
+    /// `http://127.0.0.1:<port>` (`https://` over TLS): the endpoint for either protocol.
     pub(crate) fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub(crate) fn spans(&self) -> Vec<RecordedSpan> {
