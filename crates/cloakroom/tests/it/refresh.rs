@@ -350,7 +350,19 @@ async fn a_slow_idp_holds_up_only_requests_whose_token_has_expired() {
     );
     idp.set(Fault::Pass);
     assert_eq!(refreshes_reach(&env, 1).await, 1, "one refresh for the ten");
-    let second = env.session_of(&b).await.expect("session");
+    // The IdP has answered; the refreshed session is written moments later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let s = env.session_of(&b).await.expect("session");
+        if s.tokens.access_token.expose() != first.tokens.access_token.expose() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refreshed session was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(call(&env, 0, &cookie).await.1, Some(bearer(&second)));
 
     // Expired, IdP stalled: the request waits refresh_wait (1 s), then 503 with Retry-After;
