@@ -217,13 +217,21 @@ async fn a_session_is_traced_from_the_browser_to_the_idp_and_the_upstream_and_no
     // The login: the callback's code exchange, and the PAR push of /auth/login, in their own
     // traces, also propagated to the IdP.
     let spans = receiver
-        .wait_for("the login's and the logout's spans", |s| {
-            ["idp.par", "idp.revoke"]
-                .iter()
-                .all(|n| s.iter().any(|x| x.name == *n))
-                && s.iter()
-                    .any(|x| x.attr("oauth.grant_type") == Some("authorization_code"))
-        })
+        .wait_for(
+            "the login's and the logout's spans, with their parents",
+            |s| {
+                // A span and its parent may come in different batches (the revocation runs on
+                // after the logout's answer): wait for both.
+                let with_parent =
+                    |x: &RecordedSpan| s.iter().any(|p| p.span_id == x.parent_span_id);
+                ["idp.par", "idp.revoke"]
+                    .iter()
+                    .all(|n| s.iter().any(|x| x.name == *n && with_parent(x)))
+                    && s.iter().any(|x| {
+                        x.attr("oauth.grant_type") == Some("authorization_code") && with_parent(x)
+                    })
+            },
+        )
         .await;
     let parent_of = |s: &RecordedSpan| {
         spans
