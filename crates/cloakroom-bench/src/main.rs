@@ -153,6 +153,10 @@ pub struct Args {
     /// Internal: the upstream of the reference minimal proxy.
     #[arg(long, hide = true)]
     pub minimal_proxy_upstream: Option<std::net::SocketAddr>,
+    /// Internal: the reference minimal proxy in Cloakroom's runtime shape (a current-thread
+    /// runtime and a `SO_REUSEPORT` listener per core).
+    #[arg(long, hide = true)]
+    pub minimal_proxy_per_core: bool,
     /// The command line to print in the report.
     #[arg(long, default_value = "scripts/bench")]
     pub command_line: String,
@@ -889,20 +893,35 @@ async fn run(args: Args) -> Result<Results, String> {
         results.refs = Some(r.info);
     }
 
-    // --- (p) the reference floor: a minimal hyper-util proxy ----------------------------------
-    if args.runs("p") {
+    // --- (p), (p1) the reference floors: a minimal hyper-util proxy, multi-thread and per core -
+    for (id, per_core, title) in [
+        (
+            "p",
+            false,
+            "reference: minimal hyper-util proxy, multi-thread runtime (no auth, no logging)",
+        ),
+        (
+            "p1",
+            true,
+            "reference: minimal hyper-util proxy, a runtime per core (no auth, no logging)",
+        ),
+    ] {
+        if !args.runs(id) {
+            continue;
+        }
         let port = procs::free_port();
-        let mut child = procs::Reference::spawn(
-            std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-                .arg("--minimal-proxy-listen")
-                .arg(port.to_string())
-                .arg("--minimal-proxy-upstream")
-                .arg(rig.upstream.addr.to_string()),
-            port,
-        )?;
+        let mut cmd =
+            std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("--minimal-proxy-listen")
+            .arg(port.to_string())
+            .arg("--minimal-proxy-upstream")
+            .arg(rig.upstream.addr.to_string());
+        if per_core {
+            cmd.arg("--minimal-proxy-per-core");
+        }
+        let mut child = procs::Reference::spawn(&mut cmd, port)?;
         let url = format!("http://127.0.0.1:{port}/public/bench");
-        let title = "reference: minimal hyper-util proxy (no auth, no logging)";
-        log(format!("(p) {title}: {url}"));
+        log(format!("({id}) {title}: {url}"));
         if args.warmup > 0 {
             rig.throughput(
                 &args,
@@ -916,7 +935,7 @@ async fn run(args: Args) -> Result<Results, String> {
         }
         let s = rig
             .measure_process(
-                "p",
+                id,
                 title,
                 child.pid(),
                 false,
@@ -1185,7 +1204,7 @@ fn procs_which(name: &str) -> Option<PathBuf> {
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let (Some(listen), Some(up)) = (args.minimal_proxy_listen, args.minimal_proxy_upstream) {
-        return upstream::run_minimal_proxy(listen, up);
+        return upstream::run_minimal_proxy(listen, up, args.minimal_proxy_per_core);
     }
     args.apply_smoke();
     let rt = match tokio::runtime::Builder::new_multi_thread()

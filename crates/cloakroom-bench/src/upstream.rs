@@ -148,7 +148,14 @@ impl Drop for Upstream {
 /// `TCP_NODELAY` client, the request streamed to the upstream and the answer streamed back; no
 /// logging, metrics, auth or header policy). Run as its own process by the benchmark
 /// (`--minimal-proxy-listen`), so that its CPU per request can be measured like Cloakroom's.
-pub(crate) fn run_minimal_proxy(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
+pub(crate) fn run_minimal_proxy(
+    listen: u16,
+    upstream: SocketAddr,
+    per_core: bool,
+) -> std::process::ExitCode {
+    if per_core {
+        return run_minimal_proxy_per_core(listen, upstream);
+    }
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -193,4 +200,75 @@ pub(crate) fn run_minimal_proxy(listen: u16, upstream: SocketAddr) -> std::proce
             });
         }
     })
+}
+
+/// The reference floor in Cloakroom's runtime shape, (p1): the same minimal proxy, but one
+/// current-thread runtime per core, each with its own `SO_REUSEPORT` listener (bound as
+/// Cloakroom binds, `cloakroom::cores::bind_group`) and its own upstream pool, so that a
+/// request and its upstream connection stay on one thread. Set beside (p), it shows what the
+/// runtime shape alone buys.
+fn run_minimal_proxy_per_core(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let n = cloakroom::cores::count(0);
+    let Ok(listeners) = cloakroom::cores::bind_group(SocketAddr::from(([127, 0, 0, 1], listen)), n)
+    else {
+        return std::process::ExitCode::FAILURE;
+    };
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|std_listener| {
+            std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let mut connector = HttpConnector::new();
+                    connector.set_nodelay(true);
+                    let client: Client<HttpConnector, hyper::body::Incoming> =
+                        Client::builder(TokioExecutor::new())
+                            .pool_max_idle_per_host(1024)
+                            .pool_timer(TokioTimer::new())
+                            .build(connector);
+                    let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(
+                                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                                    let client = client.clone();
+                                    async move {
+                                        let pq =
+                                            req.uri().path_and_query().map_or("/", |p| p.as_str());
+                                        let uri: http::Uri = format!("http://{upstream}{pq}")
+                                            .parse()
+                                            .unwrap_or_else(|_| http::Uri::from_static("/"));
+                                        *req.uri_mut() = uri;
+                                        client.request(req).await
+                                    }
+                                },
+                            );
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    std::process::ExitCode::SUCCESS
 }

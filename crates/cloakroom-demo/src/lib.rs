@@ -597,7 +597,6 @@ impl LocalServer {
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let bind_err = |source| DemoError::Bind { addr, source };
         listener.set_nonblocking(true).map_err(bind_err)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
         let limits = Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -606,7 +605,7 @@ impl LocalServer {
             ..Limits::default()
         };
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, limits, None, handler, rx));
+        let task = tokio::spawn(serve(vec![(None, listener)], limits, None, handler, rx));
         Ok(Self {
             addr,
             shutdown,

@@ -64,6 +64,7 @@ impl std::fmt::Debug for Parts {
 fn forwarder(
     config: &Config,
     tunnels: &crate::tunnels::Tunnels,
+    cores: usize,
 ) -> Result<Forwarder, StartupError> {
     let mut forwarder = Forwarder::new(
         &config.upstream,
@@ -71,6 +72,7 @@ fn forwarder(
         &config.cookie,
         config.csrf.header.clone(),
         tunnels.clone(),
+        cores,
     );
     if let Some(cert) = config
         .oidc
@@ -227,6 +229,9 @@ pub struct RunningApp {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The per-core runtimes serving the public listener; stopped once the drain is over (or
+    /// when the app is dropped).
+    cores: crate::cores::Cores,
     tunnels: crate::tunnels::Tunnels,
     drain: std::time::Duration,
     drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
@@ -277,6 +282,7 @@ impl RunningApp {
             );
         }
         self.tunnels.close_all();
+        self.cores.stop();
     }
 
     /// Applies a new configuration without a restart (SIGHUP, `POST /admin/reload`): routes,
@@ -317,7 +323,7 @@ impl RunningApp {
         } else {
             None
         };
-        let forwarder = match forwarder(&new, &self.tunnels) {
+        let forwarder = match forwarder(&new, &self.tunnels, self.cores.len()) {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::config_reload("error");
@@ -405,18 +411,18 @@ pub async fn connect_store(store: &StoreConfig) -> Result<Store, StartupError> {
     })
 }
 
+/// The listening sockets of one listener: `n` of them on `addr` sharing its port
+/// (`SO_REUSEPORT`), or `n` handles on the one the caller bound.
 fn bind(
     given: Option<std::net::TcpListener>,
     addr: SocketAddr,
-) -> Result<tokio::net::TcpListener, StartupError> {
-    let std = match given {
-        Some(l) => l,
-        None => std::net::TcpListener::bind(addr)
-            .map_err(|source| StartupError::Bind { addr, source })?,
-    };
-    std.set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpListener::from_std(std))
-        .map_err(|source| StartupError::Bind { addr, source })
+    n: usize,
+) -> Result<Vec<std::net::TcpListener>, StartupError> {
+    match given {
+        Some(l) => crate::cores::share(l, n),
+        None => crate::cores::bind_group(addr, n),
+    }
+    .map_err(|source| StartupError::Bind { addr, source })
 }
 
 impl App {
@@ -502,21 +508,21 @@ impl App {
                 }
             }
         });
-        let forwarder = forwarder(&config, &tunnels)?;
+        let cores = crate::cores::Cores::start(crate::cores::count(config.server.workers))
+            .map_err(|e| StartupError::Runtime(e.to_string()))?;
+        let forwarder = forwarder(&config, &tunnels, cores.len())?;
         let tls = match &config.server.tls {
             None => None,
             Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartupError::Tls)?),
         };
-        let public = bind(listeners.public, config.server.listen)?;
-        let admin = bind(listeners.admin, config.admin.listen)?;
-        let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.admin.listen,
-            source,
-        })?;
+        let public = bind(listeners.public, config.server.listen, cores.len())?;
+        let admin = bind(listeners.admin, config.admin.listen, 1)?;
+        let local = |l: &[std::net::TcpListener], addr: SocketAddr| {
+            l[0].local_addr()
+                .map_err(|source| StartupError::Bind { addr, source })
+        };
+        let public_addr = local(&public, config.server.listen)?;
+        let admin_addr = local(&admin, config.admin.listen)?;
         let limits = Limits::from_config(&config.server);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let state = Arc::new(AppState {
@@ -557,6 +563,13 @@ impl App {
         }
         let (tx, rx) = watch::channel(false);
         let router = state.router.clone();
+        // One accept loop per core, each on its own socket; the admin listener on this runtime.
+        let public = public
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (Some(cores.handle(i).clone()), l))
+            .collect();
+        let admin = admin.into_iter().map(|l| (None, l)).collect();
         let public_task = tokio::spawn(server::serve(
             public,
             limits,
@@ -579,6 +592,7 @@ impl App {
             %admin_addr,
             issuer = %oidc.issuer(),
             providers = providers.len(),
+            workers = cores.len(),
             "cloakroom listening"
         );
         Ok(RunningApp {
@@ -586,6 +600,7 @@ impl App {
             admin_addr,
             shutdown: tx,
             tasks: vec![public_task, admin_task],
+            cores,
             tunnels,
             drain: limits.drain,
             drain_deadline: std::sync::OnceLock::new(),

@@ -152,7 +152,9 @@ impl Ender {
     fn revoke_derived_later(&self, provider: Option<&str>, tokens: Tokens) {
         if let Some(oidc) = self.provider(provider) {
             let revoke = async move { oidc.revoke_derived(&tokens).await };
-            tokio::spawn(tracing::Instrument::in_current_span(revoke));
+            tokio::spawn(crate::logline::inherit(
+                tracing::Instrument::in_current_span(revoke),
+            ));
         }
     }
 
@@ -201,7 +203,9 @@ impl Ender {
     pub fn revoke_later(&self, provider: Option<&str>, tokens: Tokens) {
         if let Some(oidc) = self.provider(provider) {
             let revoke = async move { oidc.revoke_tokens(&tokens).await };
-            tokio::spawn(tracing::Instrument::in_current_span(revoke));
+            tokio::spawn(crate::logline::inherit(
+                tracing::Instrument::in_current_span(revoke),
+            ));
         }
     }
 

@@ -306,6 +306,9 @@ pub enum StartupError {
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The per-core runtimes could not be started.
+    #[error("cannot start the per-core runtimes: {0}")]
+    Runtime(String),
 }
 
 /// An error and its sources on one line (no values from requests in any of them).

@@ -125,8 +125,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The control runtime, on the main thread: the admin listener, the store's connections, the
+/// invalidation subscriber, the reaper, signals and reloads. The public listener is served by
+/// the per-core runtimes `App::start` starts beside it ([`cloakroom::cores`]).
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -55,18 +55,33 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// The shared upstream client: built once, pooled, `TCP_NODELAY`.
+/// The upstream clients: built once, pooled, `TCP_NODELAY`; one pool per core
+/// ([`crate::cores`]), so a request is forwarded on a connection of its own core's.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: Client<CountingConnector, Body>,
+    clients: PerCore<Client<CountingConnector, Body>>,
     /// HTTPS with the client certificate, for `upstream_client_cert` routes (RFC 8705).
-    mtls: Option<Client<hyper_rustls::HttpsConnector<CountingConnector>, Body>>,
+    mtls: Option<PerCore<Client<hyper_rustls::HttpsConnector<CountingConnector>, Body>>>,
     /// The upstreams' last `DPoP-Nonce`s, by origin.
     nonces: crate::oidc::dpop::Nonces,
     forwarded: ForwardedPolicy,
     ours: OurCookies,
     csrf_header: HeaderName,
     tunnels: crate::tunnels::Tunnels,
+}
+
+/// One `T` per core: the calling core's, or the first one for a thread that is no core's.
+#[derive(Clone, Debug)]
+struct PerCore<T>(std::sync::Arc<[T]>);
+
+impl<T> PerCore<T> {
+    fn new(n: usize, make: impl FnMut(usize) -> T) -> Self {
+        Self((0..n.max(1)).map(make).collect())
+    }
+
+    fn get(&self) -> &T {
+        &self.0[crate::cores::current().unwrap_or(0) % self.0.len()]
+    }
 }
 
 /// The forwarding stage, behind a trait so that tests, or a future per-route token policy,
@@ -189,9 +204,9 @@ impl<T: hyper_util::client::legacy::connect::Connection>
 }
 
 impl Forwarder {
-    /// Builds the pooled client from the `[upstream]` settings; the forwarding headers from
-    /// `[server]`, our cookies from `[cookie]` and `csrf_header` are the headers policy;
-    /// upgraded tunnels and event streams are registered in `tunnels`.
+    /// Builds the pooled clients (one per core of `cores`) from the `[upstream]` settings; the
+    /// forwarding headers from `[server]`, our cookies from `[cookie]` and `csrf_header` are
+    /// the headers policy; upgraded tunnels and event streams are registered in `tunnels`.
     #[must_use]
     pub fn new(
         upstream: &UpstreamConfig,
@@ -199,22 +214,25 @@ impl Forwarder {
         cookie: &CookieConfig,
         csrf_header: HeaderName,
         tunnels: crate::tunnels::Tunnels,
+        cores: usize,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            // hyper retries only a request it never started writing (a pooled connection that
-            // turned out closed); a request that reached an upstream is never sent twice,
-            // whatever its method.
-            .retry_canceled_requests(true)
-            .build(CountingConnector(connector));
+        let clients = PerCore::new(cores, |_| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(upstream.connect_timeout));
+            connector.enforce_http(true);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(upstream.pool_idle_timeout)
+                .pool_max_idle_per_host(1024)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                // hyper retries only a request it never started writing (a pooled connection
+                // that turned out closed); a request that reached an upstream is never sent
+                // twice, whatever its method.
+                .retry_canceled_requests(true)
+                .build(CountingConnector(connector))
+        });
         Self {
-            client,
+            clients,
             mtls: None,
             forwarded: ForwardedPolicy::new(server),
             ours: OurCookies::new(cookie),
@@ -257,23 +275,23 @@ impl Forwarder {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("oidc.client_cert_file: {e}"))?;
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(upstream.connect_timeout));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(CountingConnector(http));
-        self.mtls = Some(
+        self.mtls = Some(PerCore::new(self.clients.0.len(), |_| {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(upstream.connect_timeout));
+            http.enforce_http(false);
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_only()
+                .enable_http1()
+                .wrap_connector(CountingConnector(http));
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(upstream.pool_idle_timeout)
                 .pool_max_idle_per_host(1024)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .retry_canceled_requests(true)
-                .build(https),
-        );
+                .build(https)
+        }));
         Ok(self)
     }
 }
@@ -730,8 +748,8 @@ async fn send(
 ) -> Result<Response<Incoming>, Error> {
     let call = async {
         match &forwarder.mtls {
-            Some(mtls) if route.upstream_client_cert => mtls.request(req).await,
-            _ => forwarder.client.request(req).await,
+            Some(mtls) if route.upstream_client_cert => mtls.get().request(req).await,
+            _ => forwarder.clients.get().request(req).await,
         }
     };
     match tokio::time::timeout(route.timeout, call).await {

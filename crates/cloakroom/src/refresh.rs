@@ -437,14 +437,16 @@ impl Refresher {
         drop(st);
         let this = self.clone();
         let (handle, flight, target) = (handle.to_string(), flight.to_string(), target.clone());
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let outcome = this.fly(&handle, &flight, &target).await;
-            let _ = tx.send(Some(outcome));
-            let mut st = this.state();
-            if st.flights.get(&flight).is_some_and(|f| f.id == id) {
-                st.flights.remove(&flight);
-            }
-        }));
+        tokio::spawn(crate::logline::inherit(
+            tracing::Instrument::in_current_span(async move {
+                let outcome = this.fly(&handle, &flight, &target).await;
+                let _ = tx.send(Some(outcome));
+                let mut st = this.state();
+                if st.flights.get(&flight).is_some_and(|f| f.id == id) {
+                    st.flights.remove(&flight);
+                }
+            }),
+        ));
         rx
     }
 

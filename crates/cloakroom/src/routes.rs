@@ -107,6 +107,12 @@ pub(crate) async fn handle(
         peer,
         client_ip: state.client_ip.resolve(req.headers(), peer),
     };
+    if crate::logline::fast() {
+        // No span: nothing exports or pretty-prints it. The log lines get the id from here.
+        crate::trace::strip_untrusted(&mut req, state.trust_incoming_trace);
+        let id = ctx.id.clone();
+        return crate::logline::in_request(id, handle_in_span(state, req, ctx)).await;
+    }
     let span = tracing::info_span!(
         "request",
         request_id = %ctx.id.to_str().unwrap_or("-"),
@@ -146,7 +152,7 @@ async fn handle_in_span(
             e.into_response()
         }
     };
-    resp.headers_mut().insert("x-request-id", ctx.id);
+    resp.headers_mut().insert("x-request-id", ctx.id.clone());
     if let (true, Some(origin)) = (cors_scope, cross_origin) {
         crate::cors::decorate(&mut resp, origin);
     }
@@ -155,16 +161,16 @@ async fn handle_in_span(
             .append(http::header::SET_COOKIE, state.cookies.expire_session());
     }
     let elapsed = started.elapsed();
-    tracing::info!(
-        %method,
-        path = %first_chars(uri.path(), 256),
-        route = label,
-        status = resp.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
-    crate::metrics::request(label, resp.status().as_u16(), elapsed);
-    crate::trace::server_done(&tracing::Span::current(), label, resp.status().as_u16());
+    let status = resp.status().as_u16();
+    let path = first_chars(uri.path(), 256);
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    if crate::logline::fast() {
+        crate::logline::access(&method, path, label, status, duration_ms, &ctx.id);
+    } else {
+        tracing::info!(%method, path = %path, route = label, status, duration_ms, "request");
+        crate::trace::server_done(&tracing::Span::current(), label, status);
+    }
+    crate::metrics::request(label, status, elapsed);
     Ok(resp)
 }
 

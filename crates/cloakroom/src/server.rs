@@ -405,17 +405,22 @@ pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, Stri
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `listener` until `shutdown` flips, then drains for at most `limits.drain`: open
+/// Serves `listeners` until `shutdown` flips, then drains for at most `limits.drain`: open
 /// connections are shut down gracefully (HTTP/1 after the response in flight, HTTP/2 with
 /// GOAWAY) and the rest are closed when the drain time is over. The drain also waits for the
 /// tunnels holding this listener's leases (their owner drains them).
+///
+/// Each listener has an accept loop of its own, on the runtime it comes with (a per-core
+/// runtime, [`crate::cores`]) or, without one, on the caller's; a connection is served where
+/// it was accepted. The listeners count as one for the limits: `max_connections` and the
+/// per-IP cap are shared by all of them.
 /// With `tls`, every connection is a TLS handshake first (bounded by the header-read timeout).
 pub async fn serve<F, Fut>(
-    listener: TcpListener,
+    listeners: Vec<(Option<tokio::runtime::Handle>, std::net::TcpListener)>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     handler: F,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
@@ -435,16 +440,78 @@ pub async fn serve<F, Fut>(
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .keep_alive_interval(limits.http2_keep_alive_interval)
         .keep_alive_timeout(limits.http2_keep_alive_timeout);
-    let builder = Arc::new(builder);
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-    let permits = Arc::new(Semaphore::new(max));
-    let per_ip = Arc::new(PerIp {
-        max: limits.max_connections_per_ip,
-        counts: Mutex::new(HashMap::new()),
+    let group = Arc::new(Group {
+        builder,
+        permits: Arc::new(Semaphore::new(max)),
+        per_ip: Arc::new(PerIp {
+            max: limits.max_connections_per_ip,
+            counts: Mutex::new(HashMap::new()),
+        }),
+        limits,
+        tls,
+        graceful: CancellationToken::new(),
+        kill: CancellationToken::new(),
     });
-    // `graceful`: shut connections down gracefully; `kill`: drop what is left.
-    let graceful = CancellationToken::new();
-    let kill = CancellationToken::new();
+    let mut loops = Vec::with_capacity(listeners.len());
+    for (runtime, listener) in listeners {
+        let accepting = accept_loop(listener, group.clone(), handler.clone(), shutdown.clone());
+        loops.push(match runtime {
+            Some(rt) => rt.spawn(accepting),
+            None => tokio::spawn(accepting),
+        });
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    group.graceful.cancel();
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain, group.permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain time over; closing the remaining connections");
+    }
+    group.kill.cancel();
+}
+
+/// What the accept loops of one listener share: the connection builder, the limits, and the
+/// drain's two signals (`graceful`: shut connections down gracefully; `kill`: drop what is
+/// left).
+struct Group {
+    builder: auto::Builder<TokioExecutor>,
+    permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    graceful: CancellationToken,
+    kill: CancellationToken,
+}
+
+/// Accepts connections on `listener` until `shutdown` flips, serving each on this runtime.
+async fn accept_loop<F, Fut>(
+    listener: std::net::TcpListener,
+    group: Arc<Group>,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    // Registered with this runtime's reactor: the loop runs where its connections will.
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "a listener could not be served");
+            return;
+        }
+    };
+    if *shutdown.borrow() {
+        return;
+    }
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -458,13 +525,13 @@ pub async fn serve<F, Fut>(
                         continue;
                     }
                 };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let Ok(permit) = group.permits.clone().try_acquire_owned() else {
                     tracing::warn!("connection limit reached; closing a new connection");
                     metrics::counter!("cloakroom_connections_refused_total", "limit" => "total").increment(1);
                     drop(stream);
                     continue;
                 };
-                if !per_ip.try_acquire(peer.ip()) {
+                if !group.per_ip.try_acquire(peer.ip()) {
                     tracing::warn!(peer = %peer.ip(), "per-IP connection limit reached; closing a new connection");
                     metrics::counter!("cloakroom_connections_refused_total", "limit" => "per_ip").increment(1);
                     drop(stream);
@@ -474,44 +541,33 @@ pub async fn serve<F, Fut>(
                 let lease = ConnLease(Arc::new(Slot {
                     _permit: permit,
                     ip: peer.ip(),
-                    per_ip: per_ip.clone(),
+                    per_ip: group.per_ip.clone(),
                 }));
                 let _ = stream.set_nodelay(true);
-                let builder = builder.clone();
-                let tls = tls.clone();
+                let group = group.clone();
                 let handler = handler.clone();
-                let (graceful, kill) = (graceful.clone(), kill.clone());
                 tokio::spawn(async move {
-                    match tls {
+                    let g = &*group;
+                    match &g.tls {
                         None => {
-                            connection(&builder, stream, peer, lease, handler, &limits, graceful, kill).await;
+                            connection(&g.builder, stream, peer, lease, handler, &g.limits, &g.graceful, &g.kill).await;
                         }
                         Some(acceptor) => {
-                            let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                            let handshake = tokio::time::timeout(g.limits.header_read_timeout, acceptor.accept(stream));
                             let tls_stream = tokio::select! {
                                 r = handshake => match r {
                                     Ok(Ok(s)) => s,
                                     _ => return,
                                 },
-                                () = graceful.cancelled() => return,
+                                () = g.graceful.cancelled() => return,
                             };
-                            connection(&builder, tls_stream, peer, lease, handler, &limits, graceful, kill).await;
+                            connection(&g.builder, tls_stream, peer, lease, handler, &g.limits, &g.graceful, &g.kill).await;
                         }
                     }
                 });
             }
         }
     }
-    drop(listener);
-    graceful.cancel();
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(limits.drain, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain time over; closing the remaining connections");
-    }
-    kill.cancel();
 }
 
 /// Serves one connection: requests carry its lease, responses keep it busy until their body
@@ -524,8 +580,8 @@ async fn connection<I, F, Fut>(
     lease: ConnLease,
     handler: F,
     limits: &Limits,
-    graceful: CancellationToken,
-    kill: CancellationToken,
+    graceful: &CancellationToken,
+    kill: &CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,

@@ -55,11 +55,15 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
         }
     };
     let routed = audit.is_some();
+    let (otel, provider) = crate::trace::layer(telemetry)?.unzip();
+    // JSON without traces: Cloakroom's own formatter, no request span (`logline`).
+    let fast = config.format == LogFormat::Json && otel.is_none();
     // Everything but the audit events when they have a file of their own.
     let main = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(writer.clone());
     let main = match config.format {
+        LogFormat::Json if fast => crate::logline::JsonLayer::new(writer.clone()).boxed(),
         // The request span once, as `span` (not again in a `spans` list: formatting it twice
         // per line was measurable).
         LogFormat::Json => main
@@ -84,7 +88,6 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
                 tracing_subscriber::filter::Targets::new().with_target(AUDIT, tracing::Level::INFO),
             )
     });
-    let (otel, provider) = crate::trace::layer(telemetry)?.unzip();
     let installed = tracing_subscriber::registry()
         .with(main)
         .with(audit_layer)
@@ -100,8 +103,14 @@ pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<(), Strin
     if installed.is_ok() {
         let _ = LEVEL.set(Box::new(move |directives: &str| {
             let f = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
-            level.reload(f).map_err(|e| e.to_string())
+            level.reload(f).map_err(|e| e.to_string())?;
+            crate::logline::probe();
+            Ok(())
         }));
+        if fast {
+            crate::logline::install(writer.clone());
+            crate::logline::probe();
+        }
         let _ = INSTALLED.set(writer);
         if let Some(a) = audit {
             let _ = AUDIT_WRITER.set(a);
@@ -228,7 +237,9 @@ impl Batched {
         self.shared.write_out(&batch);
     }
 
-    fn push(&self, line: &[u8], urgent: bool) {
+    /// Appends one line (or drops and counts it when the batch is full); `urgent`: write it
+    /// out now (a warning or an error).
+    pub(crate) fn push(&self, line: &[u8], urgent: bool) {
         let notify = {
             let mut state = self
                 .shared

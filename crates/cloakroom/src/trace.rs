@@ -258,11 +258,7 @@ pub async fn shutdown() {
 /// the browser's `traceparent`/`tracestate` are removed from the request (whether tracing is
 /// on or not) and the request starts a new trace.
 pub(crate) fn server<B>(span: &tracing::Span, req: &mut http::Request<B>, trusted: bool) {
-    if !trusted {
-        let headers = req.headers_mut();
-        headers.remove(TRACEPARENT);
-        headers.remove(TRACESTATE);
-    }
+    strip_untrusted(req, trusted);
     if !enabled() {
         return;
     }
@@ -274,6 +270,16 @@ pub(crate) fn server<B>(span: &tracing::Span, req: &mut http::Request<B>, truste
     }
     span.set_attribute("http.request.method", req.method().as_str().to_string());
     span.set_attribute("url.path", first_chars(req.uri().path(), 256).to_string());
+}
+
+/// Without `trusted`, the browser's `traceparent`/`tracestate` are removed from the request
+/// (whether tracing is on or not).
+pub(crate) fn strip_untrusted<B>(req: &mut http::Request<B>, trusted: bool) {
+    if !trusted {
+        let headers = req.headers_mut();
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+    }
 }
 
 /// The request span's outcome: its route label and status (a 5xx is an error).

@@ -35,6 +35,7 @@ pub(super) struct RawServer {
     tls: Option<RawTls>,
     login_rate_limit: Option<u32>,
     login_rate_burst: Option<u32>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +96,8 @@ pub struct ServerConfig {
     pub tunnel_idle_timeout: Duration,
     /// TLS on the public listener: PEM certificate chain and key files.
     pub tls: Option<(String, String)>,
+    /// Per-core runtimes serving the public listener (0: one per CPU the process may use).
+    pub workers: usize,
 }
 
 /// `[admin]` and `CLOAKROOM_ADMIN_TOKEN`, validated.
@@ -183,6 +186,12 @@ impl ServerConfig {
         if http2_max_header_list_size < 1024 {
             errs.push("server.http2_max_header_list_size: must be at least 1024".into());
         }
+        let workers = raw.workers.unwrap_or(0);
+        if workers > 1024 {
+            errs.push(
+                "server.workers: must be at most 1024 (0: one per CPU the process may use)".into(),
+            );
+        }
         Self {
             listen,
             public_url,
@@ -204,6 +213,7 @@ impl ServerConfig {
             http2_max_header_list_size,
             tunnel_idle_timeout,
             tls: raw.tls.map(|t| (t.cert_file, t.key_file)),
+            workers,
         }
     }
 }
