@@ -295,6 +295,9 @@ pub struct Results {
     pub throughput: Vec<Scenario>,
     pub latency_rate: f64,
     pub latency: Vec<Scenario>,
+    /// (c) and nginx as a plain reverse proxy at the same fixed rate over the throughput runs'
+    /// connections, twice, interleaved (issue #26: the p99 added over nginx).
+    pub latency_vs_nginx: Vec<Scenario>,
     pub rss: Scenario,
     pub rss_idle_kib: Option<u64>,
     pub storm: Storm,
@@ -513,8 +516,20 @@ impl Rig {
         cookie: &str,
         rate: f64,
     ) -> Result<Load, String> {
+        self.fixed_rate_over(args, url, cookie, rate, args.latency_connections)
+            .await
+    }
+
+    /// [`Self::fixed_rate`] over `conns` connections.
+    async fn fixed_rate_over(
+        &self,
+        args: &Args,
+        url: &str,
+        cookie: &str,
+        rate: f64,
+        conns: usize,
+    ) -> Result<Load, String> {
         let (addr, path) = split_url(url)?;
-        let conns = args.latency_connections;
         match (&self.oha, args.builtin_load) {
             (Some(oha), false) => {
                 let (oha, url, cookie, secs) = (
@@ -885,6 +900,42 @@ async fn run(args: Args) -> Result<Results, String> {
         ));
         results.throughput.push(s);
     }
+    // --- p99 added over nginx: (c) and nginx at one fixed rate over the same connections -------
+    if let (Some(r), true) = (&mut references, args.runs("latency")) {
+        if let Some(nginx) = r.server("nginx") {
+            let nginx_pid = nginx.pid();
+            let c_rps = median_rps(&results.throughput, "c");
+            let rate = (c_rps / 2.0).max(10.0);
+            let nginx_url = format!("{}/public/bench", r.base("nginx"));
+            let (_, c_title, c_url, _) = runs[2];
+            for _round in 0..2 {
+                for (id, title, url, pid) in [
+                    (
+                        "nginx",
+                        refs::title("nginx"),
+                        nginx_url.as_str(),
+                        Some(nginx_pid),
+                    ),
+                    ("c", c_title, c_url, None),
+                ] {
+                    log(format!(
+                        "latency ({id}) at {rate:.0} req/s over {} connections",
+                        args.connections
+                    ));
+                    let load = rig.fixed_rate_over(&args, url, &cookies[0], rate, args.connections);
+                    let s = match pid {
+                        Some(pid) => rig.measure_process(id, title, pid, false, load).await?,
+                        None => rig.measure(id, title, true, load).await?,
+                    };
+                    log(format!(
+                        "    p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                        s.load.p50_us, s.load.p99_us, s.load.p999_us
+                    ));
+                    results.latency_vs_nginx.push(s);
+                }
+            }
+        }
+    }
     if let Some(mut r) = references.take() {
         r.stop()?;
         for (k, v) in &r.info.versions {
@@ -1191,6 +1242,21 @@ async fn storm(rig: &Rig, args: &Args) -> Result<Storm, String> {
         refresh_reuse: all.refresh_reuse,
         grant_errors: all.grant_errors,
     })
+}
+
+/// The median req/s of the throughput runs of `id` (0 when there are none).
+fn median_rps(runs: &[Scenario], id: &str) -> f64 {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter(|s| s.id == id)
+        .map(|s| s.load.rps)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn procs_which(name: &str) -> Option<PathBuf> {

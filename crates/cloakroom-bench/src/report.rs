@@ -223,7 +223,9 @@ fn ref_targets(r: &Results) -> Vec<Target> {
     let vs_floor = ratio(cpu("c"), cpu("p1"));
     let vs_oidc = ratio(rps("c"), rps("apache-oidc"));
     let vs_apache = ratio(rps("c"), rps("apache"));
-    let added = p99("c").zip(p99("nginx")).map(|(c, n)| c - n);
+    let lat = &r.latency_vs_nginx;
+    let lat_p99 = |id: &str| median(lat, id, |s| Some(s.load.p99_us));
+    let added = lat_p99("c").zip(lat_p99("nginx")).map(|(c, n)| c - n);
     let cpu_vs_nginx = format!(
         "{} × ({} vs {} µs)",
         f(cpu_ratio, 2),
@@ -278,15 +280,18 @@ fn ref_targets(r: &Results) -> Vec<Target> {
         },
         Target {
             what: format!(
-                "p99 added over nginx as a plain reverse proxy, {} connections (closed loop, medians)",
+                "p99 added over nginx as a plain reverse proxy, {} connections, both at {} req/s (open loop, medians of two rounds)",
                 r.settings
                     .get("connections (a, b, c and the references)")
-                    .map_or("?", String::as_str)
+                    .map_or("?", String::as_str),
+                lat.first().map_or("?".into(), |s| format!("{:.0}", s.load.rps))
             ),
             target: "≤ 300 µs".into(),
             measured: format!(
-                "{} µs ({} vs {} µs)",
+                "{} µs ({} vs {} µs); closed loop at full load: {} vs {} µs",
                 f(added, 0),
+                f(lat_p99("c"), 0),
+                f(lat_p99("nginx"), 0),
                 f(p99("c"), 0),
                 f(p99("nginx"), 0)
             ),
@@ -480,6 +485,14 @@ pub(crate) fn missing(r: &Results) -> Vec<String> {
                 }
             }
             None => m.push(format!("throughput ({id})")),
+        }
+    }
+    if r.refs.is_some() {
+        for id in ["nginx", "c"] {
+            match by_id(&r.latency_vs_nginx, id) {
+                Some(s) => check(&mut m, s, false),
+                None => m.push(format!("latency over the throughput connections ({id})")),
+            }
         }
     }
     check(&mut m, &r.rss, true);
@@ -745,10 +758,7 @@ fn capacity_figures(o: &mut String, r: &Results, x: &crate::scale::Scale) {
         .peak_rss_kib
         .zip(r.rss_idle_kib)
         .map(|(p, i)| p.saturating_sub(i) as f64 / 1024.0);
-    let _ = writeln!(
-        o,
-        "| figure | measured | from |\n|---|---|---|"
-    );
+    let _ = writeln!(o, "| figure | measured | from |\n|---|---|---|");
     let _ = writeln!(
         o,
         "| requests/s per Cloakroom core, busy sessions (cached) | {} | 10⁶ ÷ (c)'s CPU µs/req ({} µs) |",
@@ -930,6 +940,20 @@ pub(crate) fn markdown(r: &Results) -> String {
          difference and the CPU column, a few µs.",
         r.latency.first().map_or("", |s| s.load.tool.as_str())
     );
+    if !r.latency_vs_nginx.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### (c) against nginx at one fixed rate, over the throughput runs' connections\n"
+        );
+        o.push_str(HEADER);
+        for s in &r.latency_vs_nginx {
+            let _ = writeln!(o, "{}", row(s));
+        }
+        let _ = writeln!(
+            o,
+            "\nnginx as a plain reverse proxy and (c) alternately, twice, at half of (c)'s peak rate, open loop: the p99 added over nginx is the targets table's."
+        );
+    }
     let _ = writeln!(o, "\n## Peak RSS with many sessions\n");
     o.push_str(HEADER);
     let _ = writeln!(o, "{}", row(&r.rss));

@@ -8,13 +8,25 @@ use std::time::Duration;
 /// A route's request counter and duration histogram for one status.
 type RequestMetrics = (metrics::Counter, metrics::Histogram);
 
+/// A route label by its address and length: labels are `&'static str`s made once per route
+/// at router build, so the key is two words to hash (foldhash), never the label's text. (Two
+/// copies of one label are two keys for the same metric: harmless.)
+type LabelKey = (usize, usize);
+
+fn label_key(label: &'static str) -> LabelKey {
+    (label.as_ptr() as usize, label.len())
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 thread_local! {
-    /// Handles of the per-request metrics, per thread: looking a labelled metric up in the
-    /// registry hashes its whole key every time; a handle records directly.
-    static REQUESTS: RefCell<HashMap<(&'static str, u16), RequestMetrics>> =
-        RefCell::new(HashMap::new());
-    static UPSTREAM: RefCell<HashMap<&'static str, metrics::Histogram>> =
-        RefCell::new(HashMap::new());
+    /// Handles of the per-request metrics, per thread (per core), resolved on a label's first
+    /// request: looking a labelled metric up in the registry hashes its whole key every time;
+    /// a handle records directly.
+    static REQUESTS: RefCell<FastMap<(LabelKey, u16), RequestMetrics>> =
+        RefCell::new(FastMap::default());
+    static UPSTREAM: RefCell<FastMap<LabelKey, metrics::Histogram>> =
+        RefCell::new(FastMap::default());
 }
 
 /// A status code as a label value: the usual ones without an allocation per request.
@@ -54,7 +66,7 @@ fn status_label(status: u16) -> metrics::SharedString {
 /// A request finished.
 pub fn request(route: &'static str, status: u16, elapsed: Duration) {
     REQUESTS.with_borrow_mut(|m| {
-        let (count, duration) = m.entry((route, status)).or_insert_with(|| {
+        let (count, duration) = m.entry((label_key(route), status)).or_insert_with(|| {
             let label = status_label(status);
             (
                 metrics::counter!("cloakroom_requests_total", "route" => route, "status" => label),
@@ -69,7 +81,7 @@ pub fn request(route: &'static str, status: u16, elapsed: Duration) {
 /// An upstream answered (headers received).
 pub fn upstream(route: &'static str, elapsed: Duration) {
     UPSTREAM.with_borrow_mut(|m| {
-        m.entry(route)
+        m.entry(label_key(route))
             .or_insert_with(
                 || metrics::histogram!("cloakroom_upstream_duration_seconds", "route" => route),
             )

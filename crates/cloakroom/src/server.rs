@@ -597,7 +597,11 @@ async fn connection<I, F, Fut>(
         service_fn(move |mut req: Request<Incoming>| {
             let busy = activity.begin(req.version());
             req.extensions_mut().insert(lease.clone());
-            let fut = handler(req, peer);
+            // Boxed: hyper moves the service's future into its connection state
+            // (`Pin::set`), and the request's whole state machine is kilobytes; a box moves as
+            // a pointer (measured: the move was 1.7 % of Cloakroom's CPU, the allocation far
+            // less).
+            let fut = Box::pin(handler(req, peer));
             async move {
                 let resp = fut.await?;
                 Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _busy: busy }))

@@ -53,10 +53,16 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate` (W3C Trace Context).
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// A trace-only span: `span!("name", field = value, ...)`, of target [`TARGET`] at INFO.
+/// A trace-only span: `span!("name", field = value, ...)`, of target [`TARGET`] at INFO; with
+/// tracing off ([`enabled`] false) `Span::none()`, made without asking the subscriber (no
+/// callsite check, no registry slot, nothing to close: per request, nothing of tracing runs).
 macro_rules! span {
     ($name:literal $(, $($fields:tt)*)?) => {
-        ::tracing::info_span!(target: $crate::trace::TARGET, $name $(, $($fields)*)?)
+        if $crate::trace::enabled() {
+            ::tracing::info_span!(target: $crate::trace::TARGET, $name $(, $($fields)*)?)
+        } else {
+            ::tracing::Span::none()
+        }
     };
 }
 pub(crate) use span;
@@ -504,6 +510,38 @@ impl opentelemetry_http::HttpClient for OtlpHttp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the spans the subscriber is asked to make.
+    #[derive(Clone, Default)]
+    struct CountSpans(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl<S: tracing::Subscriber> Layer<S> for CountSpans {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// With `[telemetry]` off nothing of tracing runs for the trace-only spans of a request,
+    /// even under a subscriber that would take every span: none is made.
+    #[test]
+    fn with_tracing_off_no_trace_span_is_made_whatever_the_subscriber_takes() {
+        use tracing_subscriber::layer::SubscriberExt;
+        assert!(!enabled(), "no exporter is installed in unit tests");
+        let count = CountSpans::default();
+        let subscriber = tracing_subscriber::registry().with(count.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let a = span!("upstream", otel.kind = "client");
+            let b = span!("session.load", cache = tracing::field::Empty);
+            assert!(a.is_none() && b.is_none());
+            // The same subscriber does make an ordinary span: the count works.
+            let _c = tracing::info_span!("request");
+        });
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn an_incoming_context_is_read_only_when_trusted_and_valid() {

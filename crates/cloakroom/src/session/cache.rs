@@ -29,6 +29,10 @@
 
 use super::Session;
 use std::collections::HashMap;
+
+/// The shards' maps: the keys are store handles (SHA-256 output, base64), hashed by foldhash
+/// rather than SipHash (measured on the request path).
+type Map = HashMap<String, Entry, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -50,7 +54,7 @@ struct Entry {
 
 /// See the module documentation.
 pub struct SessionCache {
-    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    shards: Box<[Mutex<Map>]>,
     /// Per shard: bumped by every invalidation applied to it (and every clear).
     epochs: Box<[AtomicU64]>,
     /// When (ms after `base`, plus one; 0 = never) the last PING whose answer arrived was sent.
@@ -79,7 +83,7 @@ impl SessionCache {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
             epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             verified: AtomicU64::new(0),
             base: Instant::now(),
@@ -106,21 +110,24 @@ impl SessionCache {
         handle.as_bytes().first().map_or(0, |b| usize::from(*b)) % SHARDS
     }
 
-    fn shard(&self, handle: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn shard(&self, handle: &str) -> std::sync::MutexGuard<'_, Map> {
         self.shards[Self::shard_of(handle)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Whether the subscriber proved itself current recently enough to serve entries.
     #[must_use]
     pub fn fresh(&self) -> bool {
+        self.fresh_at(Instant::now())
+    }
+
+    /// [`Self::fresh`] at `now` (one clock read serves a lookup's two checks).
+    fn fresh_at(&self, now: Instant) -> bool {
         let v = self.verified.load(Ordering::Acquire);
-        v != 0 && self.now_ms().saturating_sub(v - 1) <= millis(MAX_STALENESS)
+        let now_ms =
+            u64::try_from(now.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX);
+        v != 0 && now_ms.saturating_sub(v - 1) <= millis(MAX_STALENESS)
     }
 
     /// The subscriber's marker sent at `sent` came back: everything published before it has
@@ -152,12 +159,13 @@ impl SessionCache {
     /// A cached session, if the cache is fresh and the entry young enough.
     #[must_use]
     pub fn get(&self, handle: &str) -> Option<Arc<Session>> {
-        if !self.fresh() {
+        let now = Instant::now();
+        if !self.fresh_at(now) {
             return None;
         }
         let mut shard = self.shard(handle);
         let entry = shard.get(handle)?;
-        if entry.filled.elapsed() > MAX_AGE {
+        if now.saturating_duration_since(entry.filled) > MAX_AGE {
             shard.remove(handle);
             return None;
         }

@@ -82,19 +82,21 @@ fn refused(r: &Raw) -> bool {
 const SMUGGLED: &str = "GET /public/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 fn upstream_never_saw_the_smuggled_request(env: &TestEnv, before: usize, what: &str) {
+    // Every request's path is kept: a smuggled request that reached the upstream is found here
+    // even when it arrived after the answer (then at the next attempt's check, or the last's).
+    // The count is a second check, with room for the one request an attempt forwards and the
+    // previous attempt's, whose head the upstream may read after that attempt's connection
+    // closed (a runtime per core runs the forward and the upstream connection in turn).
+    assert!(
+        !env.upstream.saw_path("/public/smuggled"),
+        "{what}: a smuggled request reached the upstream"
+    );
     let after = env.upstream.count();
     assert!(
-        after <= before + 1,
+        after <= before + 2,
         "{what}: the upstream saw {} requests for one",
         after - before
     );
-    if after > before {
-        assert_ne!(
-            env.upstream.last()["path"],
-            "/public/smuggled",
-            "{what}: a smuggled request reached the upstream"
-        );
-    }
 }
 
 // ------------------------------------------------------------------ request smuggling (HTTP/1.1)

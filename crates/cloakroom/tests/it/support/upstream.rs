@@ -26,6 +26,8 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 #[derive(Default)]
 pub(crate) struct Seen {
     pub count: AtomicUsize,
+    /// Every request's path, in order of arrival (the first 10,000).
+    pub paths: Mutex<Vec<String>>,
     pub last: Mutex<Option<serde_json::Value>>,
     /// Every `Authorization` value received, in order (the last 10,000).
     pub authorizations: Mutex<Vec<String>>,
@@ -161,6 +163,16 @@ impl Upstream {
             }
         });
         Self { addr, seen, task }
+    }
+
+    /// Whether any request so far was for `path`.
+    pub(crate) fn saw_path(&self, path: &str) -> bool {
+        self.seen
+            .paths
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| p == path)
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -328,6 +340,12 @@ async fn handle(
     peer_cert: Option<Arc<String>>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     seen.count.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut paths = seen.paths.lock().expect("lock");
+        if paths.len() < 10_000 {
+            paths.push(req.uri().path().to_string());
+        }
+    }
     if req
         .headers()
         .get("upgrade")
