@@ -1522,7 +1522,61 @@ and a recovery of cool-off + 2 s after it, every session of both groups calls at
 - **recovery**: every session's last call answers 200; how long after the outage the expired
   group's sessions did.
 
-### Where Cloakroom's CPU goes
+### Round 3 (issue #26): a runtime per core, and the log off tracing-subscriber's path
+
+What changed, each measured with this benchmark (same machine, (c) and the references in one
+run):
+
+- **A current-thread runtime per core** (`server.workers`, default one per CPU), each with its
+  own `SO_REUSEPORT` listener and its own upstream connection pool: a request, its connection
+  and its upstream connection stay on one thread. (p1) is a bare hyper-util proxy in the same
+  shape, beside (p) on a multi-thread runtime: the shape alone. Before this round (c) cost
+  58.5 µs per request against nginx's 19.2 µs (3.0×, 2026-12-02); the first run after it
+  (2026-12-07) 22.0 µs against 13.4 µs (1.64×), with (p) 16.5 µs and (p1) 15.6 µs, and the
+  full run of 2026-12-08 (the tables above) 19.8 µs against 13.5 µs (1.46×).
+- **Kept the per-core shape only:** the multi-thread runtime lost in every case measured
+  ((p) against (p1) in the same run: more CPU per request and fewer requests/s), so it is not a
+  setting. Not measured: one HTTP/2 connection carrying every request (a single gateway
+  connection), which the per-core shape serves on one core.
+- **The access line written by Cloakroom's own formatter** (`src/logline.rs`): no request span
+  when nothing exports or pretty-prints it, the request id in a task local, the line built
+  from its fixed fields in a buffer each thread keeps, one timestamp, handed to the batching
+  writer. Other events go through a layer that writes the same bytes as tracing-subscriber's
+  JSON formatter did (unit tests compare the two on the same events).
+- **Nothing of tracing per request with `[telemetry]` off:** the trace-only spans
+  (`session.load`, `upstream`, …) are `Span::none()` without asking the subscriber (they were
+  still made and closed: `Registry::new_span`/`try_close` about 3 % of the samples); a unit
+  test shows that no span is made even under a subscriber that would take every one.
+- **Smaller per-request items:** the request's future boxed before hyper moves it into the
+  connection (the move was 1.7 % of the samples, `memmove` from `Pin::set`); one clock read per
+  session-cache lookup instead of two; foldhash instead of SipHash for the cache's and the
+  metric handles' maps, the metric handles keyed by the route label's address.
+
+**The profile of (c) after it** (`perf record -e cpu-clock --call-graph dwarf`, 4 s, 7,643
+samples): the kernel's loopback TCP path (two `recvfrom`, two `writev`, the wake-ups they
+cause) about 60 % as before; hyper's server and client state machines, the client's dispatch
+channel and pool about 20 %; of Cloakroom's own code, the session lookup (open the cookie,
+AES-GCM, SHA-256 of the id, the cache) 3.1 %, the access line 1.7 %, the forwarded-header
+policy 0.9 %, clock reads 1.5 %, the metrics 0.5 %, the future's one copy into its box 0.9 %.
+What is left above (p1) is spread thin: there is no single item of more than a few percent
+left to remove.
+
+**What bounds the unmet targets now, and the next levers.**
+- *CPU ≤ 1.15 × (p1)* (1.37 × in the full run): the 5 µs above the bare proxy are the session
+  lookup, the access line, the header policy and hyper's extra work for the response headers
+  Cloakroom adds, about a percent each. Next levers: the session id's SHA-256 and base64 kept
+  per cookie value in the cache (skip both on a hit), the access line's timestamp formatted
+  once per millisecond per core, the router's `Arc` per core instead of one shared count.
+- *Throughput ≥ 10 × mod_auth_openidc* (9.98 ×): follows CPU per request on this machine.
+- *p99 added over nginx ≤ 300 µs at 64 connections*: one round 379 µs, the other 9.2 ms with a
+  compiler at `nice 19` on the same two vCPUs; closed loop at full load +20 µs. Needs a run on
+  a quiet machine before it says anything about Cloakroom.
+- *Peak RSS ≤ 64 MiB at 100 k sessions* (76.1 MiB; 63.8 MiB before): with one worker
+  (`server.workers = 1`, the RSS run alone) 70.7 MiB against 74.1 MiB with two, so the per-core
+  runtimes are about 3.5 MiB of it; the rest is not explained yet (next: a heap profile of the RSS run, mimalloc's
+  per-thread retention against glibc's with the per-core shape).
+
+### Where Cloakroom's CPU went before round 3
 
 From `perf record -e cpu-clock --call-graph dwarf -p <cloakroom>` during (b) and (c) while this
 benchmark was built (this VM exposes no hardware counters, so `perf stat -e instructions` does
@@ -1573,7 +1627,7 @@ more than the `write(2)` it saved: 40.9–44.3 µs against 35.7–37.7 µs for (
 this machine's noise but in the same direction in every pair. malloc, free and memmove were
 8 % of Cloakroom's samples before.
 
-**Measured, not changed: the runtime shape.** (c) on one worker thread
+**Measured, then changed in round 3: the runtime shape.** (c) on one worker thread
 (`TOKIO_WORKER_THREADS=1`) against two: 37.6–39.0 µs against 39.8–43.4 µs per request. Cross-
 thread wake-ups (the upstream connection's task and the request's on different workers, hyper's
 client dispatch channel) cost about 4 µs a request; a runtime per core with its own listener
