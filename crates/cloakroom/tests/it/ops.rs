@@ -400,3 +400,124 @@ async fn two_instances_share_sessions_and_logout_is_immediate_everywhere() {
         "A refuses the cookie at once"
     );
 }
+
+/// The access line and a warning inside a request, as the binary writes them with
+/// `format = "json"` (Cloakroom's own formatter since issue #26): the documented fields in
+/// their order, the request id from `X-Request-Id` in the `span` object, what a log shipper
+/// parsed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binarys_json_lines_keep_their_fields_order_and_request_id() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        ..Opts::default()
+    })
+    .await;
+    // A public route to a closed port: a 502 and its warning, inside the request.
+    let bin = env
+        .spawn_binary_logging(
+            "[[routes]]\nprefix = \"/gone/\"\nupstream = \"http://127.0.0.1:1\"\ntoken = \"none\"",
+            "level = \"info\"\nformat = \"json\"",
+        )
+        .await;
+    let client = reqwest::Client::new();
+    let ok = client
+        .get(format!("http://{}/public/orders?secret=1", bin.addr))
+        .header("x-request-id", "shipper-check-1")
+        .send()
+        .await
+        .expect("public call");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-request-id"], "shipper-check-1");
+    let down = client
+        .get(format!("http://{}/gone/x", bin.addr))
+        .header("x-request-id", "shipper-check-2")
+        .send()
+        .await
+        .expect("down call");
+    assert_eq!(down.status(), 502);
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &bin.pid().to_string()])
+        .status();
+    let mut bin = bin;
+    let _ = bin.child.wait();
+    let log = std::fs::read_to_string(&bin.stderr_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let access: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["message"] == "request").collect();
+    let first = access
+        .iter()
+        .find(|l| l["span"]["request_id"] == "shipper-check-1")
+        .unwrap_or_else(|| panic!("the access line of the first call:\n{log}"));
+    // The set of fields is exactly the documented one (their order: the raw line, below).
+    let mut k = keys(first);
+    k.sort();
+    assert_eq!(
+        k,
+        [
+            "duration_ms",
+            "level",
+            "message",
+            "method",
+            "path",
+            "route",
+            "span",
+            "status",
+            "timestamp"
+        ]
+    );
+    assert_eq!(first["level"], "INFO");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/public/orders", "never the query");
+    assert_eq!(first["route"], "/public/");
+    assert_eq!(first["status"], 200);
+    assert!(first["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    assert_eq!(
+        first["span"],
+        serde_json::json!({"request_id": "shipper-check-1", "name": "request"})
+    );
+    let ts = first["timestamp"].as_str().expect("timestamp");
+    assert!(
+        ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "RFC 3339 with microseconds: {ts}"
+    );
+    // The raw line: fields in the documented order.
+    let raw = log
+        .lines()
+        .find(|l| l.contains("\"shipper-check-1\"") && l.contains("\"message\":\"request\""))
+        .expect("raw access line");
+    let order = [
+        "\"timestamp\"",
+        "\"level\"",
+        "\"message\"",
+        "\"method\"",
+        "\"path\"",
+        "\"route\"",
+        "\"status\"",
+        "\"duration_ms\"",
+        "\"span\"",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|f| raw.find(f).unwrap_or_else(|| panic!("{f} in {raw}")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "field order: {raw}");
+    // A warning inside the second request carries that request's id.
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "request failed")
+        .unwrap_or_else(|| panic!("the upstream failure's warning:\n{log}"));
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["code"], "upstream_unavailable");
+    assert_eq!(failed["span"]["request_id"], "shipper-check-2");
+    assert!(access
+        .iter()
+        .any(|l| l["span"]["request_id"] == "shipper-check-2" && l["status"] == 502));
+}
