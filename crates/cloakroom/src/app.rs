@@ -464,7 +464,11 @@ impl App {
         } else {
             sessions
         };
-        let ender = Ender::new(sessions.clone(), providers.clone());
+        let ender = Ender::new(
+            sessions.clone(),
+            providers.clone(),
+            crate::refresh::lease(config.oidc.timeout, config.store.timeout),
+        );
         let reaper = config.session.end_timed_out.then(|| {
             crate::reaper::Reaper::new(
                 sessions.clone(),

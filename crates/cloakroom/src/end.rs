@@ -11,22 +11,31 @@
 //! ends: its callers do.
 
 use crate::oidc::Providers;
-use crate::session::{short, Session, Sessions, StoreError, Tokens};
+use crate::session::{short, LockState, Session, Sessions, StoreError, Tokens};
+use std::time::{Duration, Instant};
+
+/// How often a step-up upgrade looks again at a refresh lock another owner holds.
+const LOCK_POLL: Duration = Duration::from_millis(25);
 
 /// Ends sessions and revokes what they held. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ender {
     sessions: Sessions,
     providers: Providers,
+    /// The refresh lock's lease (`refresh::lease`): how long a step-up upgrade holds it, and
+    /// about how long it waits for a refresh in flight.
+    lock_lease: Duration,
 }
 
 impl Ender {
-    /// Over these sessions and these IdPs (each session's tokens go back to its own).
+    /// Over these sessions and these IdPs (each session's tokens go back to its own);
+    /// `lock_lease` is the refresh lock's lease (`refresh::lease`).
     #[must_use]
-    pub fn new(sessions: Sessions, providers: Providers) -> Self {
+    pub fn new(sessions: Sessions, providers: Providers, lock_lease: Duration) -> Self {
         Self {
             sessions,
             providers,
+            lock_lease,
         }
     }
 
@@ -116,12 +125,57 @@ impl Ender {
     /// tokens are revoked unless they came from the same IdP session (see
     /// [`Ender::end_replaced`]). False, and nothing written, if the old record is gone.
     ///
+    /// It runs under the session's refresh lock, so a refresh in flight (here or on another
+    /// instance) writes first and its tokens are in the record taken here; and the new record
+    /// gets a later refresh generation than the old one, so a refresh that read the old record
+    /// and outlived its lease is fenced off the new one instead of writing the old grant's
+    /// tokens over the step-up's (which would orphan the step-up grant).
+    ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn upgrade(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
-        let Some(deleted) = self.sessions.take(handle, None).await? else {
+        let owner = crate::crypto::random_token();
+        let locked = self.lock_out_refreshes(handle, &owner).await?;
+        let upgraded = self.upgrade_locked(handle, new).await;
+        if locked {
+            if let Err(e) = self.sessions.store().unlock(handle, &owner).await {
+                tracing::warn!(session = %short(handle), error = %e, "refresh lock not released after a step-up upgrade; its lease will end it");
+            }
+        }
+        upgraded
+    }
+
+    /// Takes the refresh lock of `handle` for `owner`, waiting (about a lease at most) while a
+    /// refresh holds it. False when it was not taken: a cool-off marker (no refresh calls the
+    /// IdP meanwhile) or a holder that outlived the wait (the generation still fences it).
+    async fn lock_out_refreshes(&self, handle: &str, owner: &str) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.lock_lease + Duration::from_secs(1);
+        loop {
+            let now_ms = self.sessions.clock().unix_ms();
+            match self
+                .sessions
+                .store()
+                .try_lock(handle, owner, self.lock_lease, now_ms)
+                .await?
+            {
+                LockState::Acquired => return Ok(true),
+                LockState::CoolingOff(_) => return Ok(false),
+                LockState::Held if Instant::now() >= deadline => {
+                    tracing::warn!(session = %short(handle), "a refresh held the session's lock for longer than its lease; upgrading without it");
+                    return Ok(false);
+                }
+                LockState::Held => tokio::time::sleep(LOCK_POLL).await,
+            }
+        }
+    }
+
+    async fn upgrade_locked(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
+        let Some((deleted, generation)) = self.sessions.take_record(handle, None).await? else {
             return Ok(false);
         };
+        let mut new = new.clone();
+        new.generation = generation.saturating_add(1);
+        let new = &new;
         self.sessions.save(handle, new).await?;
         tracing::info!(
             target: "audit", event = "session_upgraded",

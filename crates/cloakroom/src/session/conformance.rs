@@ -405,6 +405,7 @@ pub async fn run(store: Store) {
             },
             b"x".to_vec(),
             now_unix(),
+            0,
             Duration::from_millis(1),
             Duration::from_secs(60),
         )
