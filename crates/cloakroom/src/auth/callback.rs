@@ -184,15 +184,7 @@ impl Callback {
         let now = state.clock.unix();
         if let (Some(_), Some(old)) = (&pending.step_up, &pending.previous) {
             if state
-                .upgrade_in_place(
-                    old,
-                    &result,
-                    pending.provider.as_deref(),
-                    &oidc,
-                    req,
-                    ctx,
-                    now,
-                )
+                .upgrade_in_place(old, &result, &oidc, req, ctx, now)
                 .await?
             {
                 set_location(&mut resp, &pending.return_to)?;
@@ -331,7 +323,6 @@ impl Callback {
         &self,
         old: &str,
         result: &crate::oidc::LoginResult,
-        provider: Option<&str>,
         oidc: &crate::oidc::OidcClient,
         req: &Request<B>,
         ctx: &RequestCtx,
@@ -341,7 +332,7 @@ impl Callback {
             return Ok(false);
         };
         if prev.sub != result.sub
-            || prev.provider.as_deref() != provider
+            || prev.provider != self.providers.record_name(oidc)
             || !prev.binding().matches(oidc)
         {
             return Ok(false);
