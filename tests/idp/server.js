@@ -754,6 +754,29 @@ provider.use(async (ctx, next) => {
   }
 });
 
+// `iss_response: false`: an IdP without RFC 9207 — no `iss` in its authorization responses,
+// none promised in discovery (`authorization_response_iss_parameter_supported`).
+provider.use(async (ctx, next) => {
+  await next();
+  if (cfg.iss_response !== false) return;
+  if (ctx.oidc?.route === 'discovery' && ctx.body && typeof ctx.body === 'object') {
+    const { authorization_response_iss_parameter_supported: _dropped, ...rest } = ctx.body;
+    ctx.body = rest;
+  }
+  const loc = ctx.response.get('location');
+  if (loc && loc.includes('iss=')) {
+    try {
+      const u = new URL(loc);
+      if (u.searchParams.has('iss') && (u.searchParams.has('code') || u.searchParams.has('error'))) {
+        u.searchParams.delete('iss');
+        ctx.response.set('location', u.toString());
+      }
+    } catch {
+      // a relative Location is one of the IdP's own: left alone
+    }
+  }
+});
+
 // The published JWKS under `key_rotation`: the next key only once switched to, the first one
 // no more once retired.
 let nextPublished = false;

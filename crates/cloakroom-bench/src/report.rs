@@ -745,10 +745,7 @@ fn capacity_figures(o: &mut String, r: &Results, x: &crate::scale::Scale) {
         .peak_rss_kib
         .zip(r.rss_idle_kib)
         .map(|(p, i)| p.saturating_sub(i) as f64 / 1024.0);
-    let _ = writeln!(
-        o,
-        "| figure | measured | from |\n|---|---|---|"
-    );
+    let _ = writeln!(o, "| figure | measured | from |\n|---|---|---|");
     let _ = writeln!(
         o,
         "| requests/s per Cloakroom core, busy sessions (cached) | {} | 10⁶ ÷ (c)'s CPU µs/req ({} µs) |",

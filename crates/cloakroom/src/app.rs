@@ -187,9 +187,9 @@ async fn discover_providers(
     config: &Config,
     clock: &Clock,
 ) -> Result<(Arc<OidcClient>, Vec<Arc<OidcClient>>), StartupError> {
-    let redirect = crate::oidc::redirect_uri(config)?;
     let mut clients = Vec::new();
     for (i, p) in config.oidc.all().enumerate() {
+        let redirect = crate::oidc::redirect_uri(config, p)?;
         let recorded = (i > 0).then_some(p.name.as_str());
         let (resources, resource_scopes) =
             crate::config::login_resources_for(&config.routes, recorded);
@@ -638,6 +638,7 @@ fn router(
         cookies.clone(),
         clock.clone(),
         config.session.idle_timeout,
+        providers.clone(),
     );
     let limiter = LoginLimiter::from_config(&config.server);
     // Route labels live as long as the process: leaked once per start (a handful of bytes).

@@ -10,7 +10,7 @@
 //! Owns: the order "delete, then revoke what was deleted". Never decides *whether* a session
 //! ends: its callers do.
 
-use crate::oidc::Providers;
+use crate::oidc::{Binding, Providers};
 use crate::session::{short, LockState, Session, Sessions, StoreError, Tokens};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ impl Ender {
                     user_agent = s.user_agent.as_deref(),
                     "session ended"
                 );
-                self.revoke_later(s.provider.as_deref(), s.tokens);
+                self.revoke_session_later(s);
             }
             None => {
                 tracing::warn!(
@@ -111,7 +111,7 @@ impl Ender {
                     sub = %s.sub,
                     "session replaced by a new login"
                 );
-                self.revoke_later(s.provider.as_deref(), s.tokens);
+                self.revoke_session_later(s);
             }
             None => {
                 tracing::warn!(target: "audit", event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
@@ -187,13 +187,14 @@ impl Ender {
             Some(s) if same_grant(&s, new) => {
                 // One grant: the login's refresh token is the new session's now. Only the
                 // routes' own tokens of the old one are revoked.
+                let oidc = self.provider(s.binding());
                 let mut old = s.tokens;
                 if !old.derived.is_empty() {
                     old.refresh_token = None;
-                    self.revoke_derived_later(s.provider.as_deref(), old);
+                    self.revoke_derived_later(oidc, old);
                 }
             }
-            Some(s) => self.revoke_later(s.provider.as_deref(), s.tokens),
+            Some(s) => self.revoke_session_later(s),
             None => {
                 tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked")
             }
@@ -203,8 +204,12 @@ impl Ender {
 
     /// Revokes only the routes' own tokens of `tokens` (not the login's access token, which
     /// is the same grant's as a live session's).
-    fn revoke_derived_later(&self, provider: Option<&str>, tokens: Tokens) {
-        if let Some(oidc) = self.provider(provider) {
+    fn revoke_derived_later(
+        &self,
+        oidc: Option<std::sync::Arc<crate::oidc::OidcClient>>,
+        tokens: Tokens,
+    ) {
+        if let Some(oidc) = oidc {
             let revoke = async move { oidc.revoke_derived(&tokens).await };
             tokio::spawn(crate::logline::inherit(
                 tracing::Instrument::in_current_span(revoke),
@@ -212,15 +217,22 @@ impl Ender {
         }
     }
 
-    /// The IdP of a session that recorded `provider`; `None`, logged and counted as a failed
-    /// revocation, when the configuration no longer has it.
-    fn provider(&self, provider: Option<&str>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
-        let found = self.providers.of(provider);
+    /// The IdP of a session bound to `binding`; `None`, logged and counted as a failed
+    /// revocation, when the configuration no longer has it, or has it pointing at another
+    /// issuer or `client_id` (its tokens are then sent nowhere: [`Providers::bound`]).
+    fn provider(&self, binding: Binding<'_>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
+        let found = self.providers.bound(binding);
         if found.is_none() {
+            let changed = self.providers.of(binding.provider).is_some();
             tracing::warn!(
                 event = "revocation_failed",
-                provider = provider.unwrap_or("-"),
-                "the session's identity provider is no longer configured; its tokens were not revoked"
+                provider = binding.provider.unwrap_or("-"),
+                "{}",
+                if changed {
+                    "the session's identity provider now has another issuer or client_id; its tokens were not sent there"
+                } else {
+                    "the session's identity provider is no longer configured; its tokens were not revoked"
+                }
             );
             crate::metrics::revocation_failed();
         }
@@ -252,10 +264,22 @@ impl Ender {
         first_err.map_or(Ok(n), Err)
     }
 
-    /// Revokes `tokens` at `provider` (a session's recorded one; `None`: `[oidc]`) in the
-    /// background.
-    pub fn revoke_later(&self, provider: Option<&str>, tokens: Tokens) {
-        if let Some(oidc) = self.provider(provider) {
+    /// Revokes what session `s` held at its provider, in the background (nowhere when its
+    /// provider is not the one it logged in with any more).
+    pub fn revoke_session_later(&self, s: Session) {
+        if let Some(oidc) = self.provider(s.binding()) {
+            let tokens = s.tokens;
+            let revoke = async move { oidc.revoke_tokens(&tokens).await };
+            tokio::spawn(crate::logline::inherit(
+                tracing::Instrument::in_current_span(revoke),
+            ));
+        }
+    }
+
+    /// Revokes `tokens` at the provider of `binding` (a session's or a pending login's) in
+    /// the background.
+    pub fn revoke_later(&self, binding: Binding<'_>, tokens: Tokens) {
+        if let Some(oidc) = self.provider(binding) {
             let revoke = async move { oidc.revoke_tokens(&tokens).await };
             tokio::spawn(crate::logline::inherit(
                 tracing::Instrument::in_current_span(revoke),

@@ -242,6 +242,14 @@ pub struct Session {
     /// `[oidc]`. Its refresh, revocation, end-session and back-channel logout go there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The provider's issuer at login: a reload that re-points `provider` at another issuer
+    /// ends the session instead of sending its tokens there ([`crate::oidc::Providers::bound`]).
+    /// `None` in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `client_id` at login (as `issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The record's refresh generation as read from the store, and the one [`Sessions::save`]
     /// writes (not sealed: it lives beside the sealed data). A refresh writes only if the generation is still the one it read, so a
     /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
@@ -250,6 +258,16 @@ pub struct Session {
 }
 
 impl Session {
+    /// Which provider, issuer and `client_id` the session belongs to.
+    #[must_use]
+    pub fn binding(&self) -> crate::oidc::Binding<'_> {
+        crate::oidc::Binding {
+            provider: self.provider.as_deref(),
+            issuer: self.issuer.as_deref(),
+            client_id: self.client_id.as_deref(),
+        }
+    }
+
     /// When the idle timeout ends this session.
     #[must_use]
     pub fn idle_expires_at(&self, idle: Duration) -> i64 {
@@ -299,6 +317,24 @@ pub struct PendingLogin {
     /// The provider the login went to (`/auth/login?provider=`); `None`: `[oidc]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// That provider's issuer when the login started (see [`Session::issuer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Its `client_id` when the login started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl PendingLogin {
+    /// Which provider, issuer and `client_id` the login went to.
+    #[must_use]
+    pub fn binding(&self) -> crate::oidc::Binding<'_> {
+        crate::oidc::Binding {
+            provider: self.provider.as_deref(),
+            issuer: self.issuer.as_deref(),
+            client_id: self.client_id.as_deref(),
+        }
+    }
 }
 
 /// What a step-up login asks the IdP for (RFC 9470 §4).
@@ -717,6 +753,13 @@ pub struct Leftover {
     /// another user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Its provider's issuer and `client_id` (as [`Session::issuer`]; `None` in leftovers
+    /// written before they were recorded, which match by `provider` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// See `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation

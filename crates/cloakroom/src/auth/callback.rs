@@ -1,7 +1,9 @@
-//! `GET /auth/callback?code&state` (or `?error&state`): finish the code flow (SPEC §1).
+//! `GET /auth/callback?code&state` (or `?error&state`), and a provider's own
+//! `GET /auth/callback/<name>`: finish the code flow (SPEC §1).
 //!
 //! rate limit → the pending login from the login cookie named for `state` (sealed for it) →
-//! `iss` (RFC 9207) → "state used" marker (once) → (IdP error → back to `return_to`) →
+//! the login's provider must be the one this callback is for → `iss` (RFC 9207; required on
+//! a callback several providers share) → "state used" marker (once) → (IdP error → back to `return_to`) →
 //! exchange code → verify ID token → new session → end the browser's previous session →
 //! cookies → 302.
 
@@ -42,6 +44,7 @@ impl Callback {
         &self,
         req: &Request<B>,
         ctx: &RequestCtx,
+        path_provider: Option<&str>,
     ) -> Result<Response<Body>, Error> {
         let state = self;
         state.limiter.check(ctx.client_ip)?;
@@ -74,20 +77,40 @@ impl Callback {
         if pending.created_at + ttl < now {
             return Err(Error::InvalidState("the login took too long"));
         }
+        // The provider the login went to, with the issuer and client_id it had then: a reload
+        // in between that re-pointed it at another IdP ends the login here.
         let oidc = state
             .providers
-            .of(pending.provider.as_deref())
+            .bound(pending.binding())
             .ok_or(Error::InvalidState(
-                "the login's identity provider is no longer configured",
+                "the login's identity provider is no longer configured as it started",
             ))?
             .clone();
 
-        // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
+        // Mix-up defence (RFC 9700 §4.4): a response must come back to the callback of the
+        // provider the login went to. One to another provider's callback (sent there by a
+        // provider that passed the login on to an honest one) is refused before its code goes
+        // to any token endpoint.
+        if oidc.callback_name() != path_provider {
+            return Err(Error::InvalidState(
+                "this callback is not the login's identity provider's",
+            ));
+        }
+        // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer. On a
+        // callback several providers share, nothing else tells them apart: `iss` is required.
+        let shared = path_provider.is_none()
+            && state
+                .providers
+                .all()
+                .iter()
+                .filter(|c| c.callback_name().is_none())
+                .count()
+                > 1;
         match query_param(&pairs, "iss")? {
             Some(iss) if iss != oidc.issuer() => {
                 return Err(Error::InvalidState("iss does not match the issuer"));
             }
-            None if oidc.promises_iss() => {
+            None if oidc.promises_iss() || shared => {
                 return Err(Error::InvalidState(
                     "iss missing from the authorization response",
                 ));
@@ -153,9 +176,7 @@ impl Callback {
             ) {
                 tracing::info!(target: "audit", event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
-                state
-                    .ender
-                    .revoke_later(pending.provider.as_deref(), result.tokens);
+                state.ender.revoke_later(pending.binding(), result.tokens);
                 set_location(&mut resp, &with_error(&pending.return_to, "step_up_failed"))?;
                 return Ok(resp);
             }
@@ -163,7 +184,7 @@ impl Callback {
         let now = state.clock.unix();
         if let (Some(_), Some(old)) = (&pending.step_up, &pending.previous) {
             if state
-                .upgrade_in_place(old, &result, pending.provider.as_deref(), req, ctx, now)
+                .upgrade_in_place(old, &result, &oidc, req, ctx, now)
                 .await?
             {
                 set_location(&mut resp, &pending.return_to)?;
@@ -202,7 +223,15 @@ impl Callback {
                     tracing::debug!(session = %crate::session::short(old), error = %e, "reaping the previous session at login failed");
                 }
                 match state.sessions.take_leftover(old).await? {
-                    Some(left) if left.sub == result.sub && left.provider == pending.provider => {
+                    Some(left)
+                        if left.sub == result.sub
+                            && left.provider == pending.provider
+                            && left.issuer.as_deref().is_none_or(|i| i == oidc.issuer())
+                            && left
+                                .client_id
+                                .as_deref()
+                                .is_none_or(|c| c == oidc.client_id()) =>
+                    {
                         reconstituted = true;
                         restored = restored.or(left.state);
                     }
@@ -232,6 +261,8 @@ impl Callback {
             idle_timeout: remembered.then(|| secs(state.remember.idle_timeout)),
             reconstituted,
             provider: pending.provider.clone(),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
             generation: 0,
         };
         state.sessions.save(&handle, &session).await?;
@@ -292,7 +323,7 @@ impl Callback {
         &self,
         old: &str,
         result: &crate::oidc::LoginResult,
-        provider: Option<&str>,
+        oidc: &crate::oidc::OidcClient,
         req: &Request<B>,
         ctx: &RequestCtx,
         now: i64,
@@ -300,7 +331,10 @@ impl Callback {
         let Some(prev) = self.sessions.load(old).await? else {
             return Ok(false);
         };
-        if prev.sub != result.sub || prev.provider.as_deref() != provider {
+        if prev.sub != result.sub
+            || prev.provider != self.providers.record_name(oidc)
+            || !prev.binding().matches(oidc)
+        {
             return Ok(false);
         }
         let upgraded = Session {
@@ -324,6 +358,8 @@ impl Callback {
             idle_timeout: prev.idle_timeout,
             reconstituted: prev.reconstituted,
             provider: prev.provider.clone(),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
             generation: 0,
         };
         if !self.ender.upgrade(old, &upgraded).await? {

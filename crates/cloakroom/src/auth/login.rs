@@ -111,6 +111,8 @@ impl Login {
             step_up,
             remember,
             provider: state.providers.record_name(&oidc),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

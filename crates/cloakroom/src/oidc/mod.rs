@@ -34,7 +34,7 @@ pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
 pub use mtls::ClientCert;
-pub use providers::Providers;
+pub use providers::{Binding, Providers};
 pub use report::{capability_report, ReportLine};
 
 use errors::describe_token_error;
@@ -193,6 +193,9 @@ pub struct OidcClient {
     post_logout_redirect_uri: Url,
     clock_skew: Duration,
     promises_iss: bool,
+    /// Its logins come back to `<auth_prefix>/callback/<name>` (`callback = "own"`), not to
+    /// the shared `<auth_prefix>/callback`.
+    own_callback: bool,
     /// `oidc.dpop`: a DPoP key per login, proofs at the token endpoint.
     dpop: bool,
     /// `oidc.profile = "fapi2"`: ID tokens signed with PS256, ES256 or EdDSA only.
@@ -314,17 +317,24 @@ pub fn http_client(config: &OidcConfig) -> Result<reqwest::Client, reqwest::Erro
     b.build()
 }
 
-/// Our redirect URI: `<server.public_url><server.auth_prefix>/callback`.
+/// Provider `p`'s redirect URI: `<server.public_url><server.auth_prefix>/callback`, or with
+/// `callback = "own"` `…/callback/<name>`.
 ///
 /// # Errors
 /// [`StartupError::Discovery`] when the public URL cannot take the path.
-pub fn redirect_uri(config: &Config) -> Result<Url, StartupError> {
+pub fn redirect_uri(config: &Config, p: &OidcConfig) -> Result<Url, StartupError> {
+    let path = match p.callback {
+        crate::config::CallbackPath::Shared => format!("{}/callback", config.server.auth_prefix),
+        crate::config::CallbackPath::Own => {
+            format!("{}/callback/{}", config.server.auth_prefix, p.name)
+        }
+    };
     config
         .server
         .public_url
-        .join(&format!("{}/callback", config.server.auth_prefix))
+        .join(&path)
         .map_err(|e| StartupError::Discovery {
-            issuer: config.oidc.issuer.to_string(),
+            issuer: p.issuer.to_string(),
             reason: e.to_string(),
         })
 }
@@ -435,6 +445,7 @@ impl OidcClient {
             par: par.map(|p| aliases.pushed_authorization_request_endpoint.unwrap_or(p)),
             issuer: issuer_str,
             client_id: config.client_id.clone(),
+            own_callback: config.callback == crate::config::CallbackPath::Own,
             scopes: config.scopes.clone(),
             extra_params: config
                 .extra_auth_params
@@ -497,10 +508,23 @@ impl OidcClient {
         &self.issuer
     }
 
+    /// The `client_id` Cloakroom is registered with there.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     /// `oidc.clock_skew`: the tolerance for the IdP's timestamps.
     #[must_use]
     pub fn clock_skew(&self) -> Duration {
         self.clock_skew
+    }
+
+    /// The callback its logins come back to: `Some(name)` for `<auth_prefix>/callback/<name>`,
+    /// `None` for the shared `<auth_prefix>/callback`.
+    #[must_use]
+    pub fn callback_name(&self) -> Option<&str> {
+        self.own_callback.then_some(self.name.as_str())
     }
 
     /// RFC 9207: whether the IdP promises `iss` in authorization responses.

@@ -41,6 +41,8 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         idle_timeout: None,
         reconstituted: false,
         provider: None,
+        issuer: None,
+        client_id: None,
         generation: 0,
     }
 }

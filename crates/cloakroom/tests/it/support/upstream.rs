@@ -527,7 +527,7 @@ async fn handle(
         echoed["token_claims"] = serde_json::json!({
             "aud": pick("aud"), "sub": pick("sub"), "client_id": pick("client_id"),
             "acr": pick("acr"), "auth_time": pick("auth_time"), "scope": pick("scope"),
-            "act": pick("act"),
+            "act": pick("act"), "iss": pick("iss"),
         });
     }
     if let Some(t) = &bearer {
