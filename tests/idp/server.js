@@ -194,13 +194,21 @@ const USERS = {
   },
 };
 
+// `userinfo_claims: {name: value, ...}`: more claims the userinfo endpoint answers (with the
+// `openid` scope), never put in the ID token; e.g. protocol claims (`acr`, `auth_time`, `sid`,
+// `iss`, ...) a relying party must not take from there.
+const userinfoClaims = cfg.userinfo_claims && typeof cfg.userinfo_claims === 'object'
+  ? cfg.userinfo_claims : {};
+
 async function findAccount(_ctx, sub) {
   const user = USERS[sub];
   if (!user) return undefined;
   return {
     accountId: sub,
-    async claims() {
-      return { sub, ...user.claims };
+    async claims(use) {
+      return use === 'userinfo'
+        ? { ...userinfoClaims, sub, ...user.claims }
+        : { sub, ...user.claims };
     },
   };
 }
@@ -402,7 +410,7 @@ const configuration = {
 
   claims: {
     // `acr` and `amr` go with `openid` (set only when `acr_values` is configured).
-    openid: ['sub', 'acr', 'amr'],
+    openid: ['sub', 'acr', 'amr', ...Object.keys(userinfoClaims).filter((k) => !['sub', 'acr', 'amr'].includes(k))],
     profile: ['name'],
     email: ['email', 'email_verified'],
     acr: null,

@@ -1,6 +1,7 @@
 //! Cloakroom's own tokens (`token = "client"` / `"user_or_client"` routes, and the
-//! `actor_token` of a token exchange): the client credentials grant, one token per
-//! [`ClientSpec`] (scope + resource), shared by every instance.
+//! `actor_token` of a token exchange): the client credentials grant, one token per IdP client
+//! (provider, issuer, client id) and [`ClientSpec`] (scope + resource), shared by every
+//! instance.
 //!
 //! **Where it lives.** In this process (the hot path: no store round trip), and sealed in the
 //! store ([`Store::put_shared`]) until it is due, so a new or restarted instance takes the one
@@ -148,11 +149,14 @@ impl ClientTokens {
             .clone()
     }
 
-    /// Whose token it is and for what: the provider (name, issuer, `client_id`) and the spec.
-    /// A token of one provider's client is never handed out as another's.
+    /// Whose token for which spec: the provider, its issuer and Cloakroom's client id there,
+    /// and the spec (scope + resource). A token of one provider's client is never handed out
+    /// as another's, and a reload that points `[oidc]` at another IdP or client never finds the
+    /// old one's token, here or in the store (nor does an instance with the other
+    /// configuration).
     fn key(oidc: &OidcClient, spec: &ClientSpec) -> String {
         format!(
-            "{}|{}|{}|{}",
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
             oidc.name(),
             oidc.issuer(),
             oidc.client_id(),

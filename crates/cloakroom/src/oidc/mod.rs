@@ -175,6 +175,37 @@ pub struct LoginResult {
     pub refresh_expires_in: Option<i64>,
 }
 
+/// Claims the userinfo endpoint is never allowed to supply (`OidcClient::merge_userinfo`):
+/// the ID token's own validity and audience (`iss`, `aud`, `exp`, `iat`, `nbf`, `jti`, `nonce`,
+/// `azp`, the hashes), what the login reached (`acr`, `amr`, `auth_time`: step-up decisions
+/// read them), the IdP session (`sid`: back-channel logout and the same-grant rule read it),
+/// the token binding (`cnf`), and the JWT machinery of other specs (`act`, `may_act`, `events`,
+/// aggregated and distributed claims). `sub` must match and is the ID token's.
+pub const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "nonce",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "cnf",
+    "act",
+    "may_act",
+    "events",
+    "_claim_names",
+    "_claim_sources",
+];
+
 /// The relying party, built once at start-up.
 pub struct OidcClient {
     /// The provider's name (`oidc.name`, `[[oidc.providers]] name`).
@@ -851,7 +882,9 @@ impl OidcClient {
 
     /// `oidc.userinfo`: the userinfo endpoint's claims (OIDC Core 5.3), for the same `sub`
     /// (5.3.4, checked by `openidconnect`), added to the ID token's where it has none of its
-    /// own. The access token goes to the IdP only.
+    /// own — never a protocol claim ([`PROTOCOL_CLAIMS`]: what the login reached, its session,
+    /// its binding and the ID token's own validity come from the verified ID token only). The
+    /// access token goes to the IdP only.
     ///
     /// # Errors
     /// [`Error::TokenExchange`] when the IdP has no userinfo endpoint or the call fails.
@@ -877,6 +910,9 @@ impl OidcClient {
             return Err(Error::TokenExchange("userinfo: unreadable claims".into()));
         };
         for (k, v) in map {
+            if PROTOCOL_CLAIMS.contains(&k.as_str()) {
+                continue;
+            }
             claims.entry(k).or_insert(v);
         }
         Ok(())
