@@ -194,13 +194,21 @@ const USERS = {
   },
 };
 
+// `userinfo_claims: {name: value, ...}`: more claims the userinfo endpoint answers (with the
+// `openid` scope), never put in the ID token; e.g. protocol claims (`acr`, `auth_time`, `sid`,
+// `iss`, ...) a relying party must not take from there.
+const userinfoClaims = cfg.userinfo_claims && typeof cfg.userinfo_claims === 'object'
+  ? cfg.userinfo_claims : {};
+
 async function findAccount(_ctx, sub) {
   const user = USERS[sub];
   if (!user) return undefined;
   return {
     accountId: sub,
-    async claims() {
-      return { sub, ...user.claims };
+    async claims(use) {
+      return use === 'userinfo'
+        ? { ...userinfoClaims, sub, ...user.claims }
+        : { sub, ...user.claims };
     },
   };
 }
@@ -402,7 +410,7 @@ const configuration = {
 
   claims: {
     // `acr` and `amr` go with `openid` (set only when `acr_values` is configured).
-    openid: ['sub', 'acr', 'amr'],
+    openid: ['sub', 'acr', 'amr', ...Object.keys(userinfoClaims).filter((k) => !['sub', 'acr', 'amr'].includes(k))],
     profile: ['name'],
     email: ['email', 'email_verified'],
     acr: null,
@@ -751,6 +759,29 @@ provider.use(async (ctx, next) => {
   if (cfg.refresh_expires_in && ctx.oidc?.route === 'token' && ctx.status === 200
     && ctx.body && typeof ctx.body === 'object' && ctx.body.refresh_token) {
     ctx.body = { ...ctx.body, refresh_expires_in: refreshTokenTtl };
+  }
+});
+
+// `iss_response: false`: an IdP without RFC 9207 — no `iss` in its authorization responses,
+// none promised in discovery (`authorization_response_iss_parameter_supported`).
+provider.use(async (ctx, next) => {
+  await next();
+  if (cfg.iss_response !== false) return;
+  if (ctx.oidc?.route === 'discovery' && ctx.body && typeof ctx.body === 'object') {
+    const { authorization_response_iss_parameter_supported: _dropped, ...rest } = ctx.body;
+    ctx.body = rest;
+  }
+  const loc = ctx.response.get('location');
+  if (loc && loc.includes('iss=')) {
+    try {
+      const u = new URL(loc);
+      if (u.searchParams.has('iss') && (u.searchParams.has('code') || u.searchParams.has('error'))) {
+        u.searchParams.delete('iss');
+        ctx.response.set('location', u.toString());
+      }
+    } catch {
+      // a relative Location is one of the IdP's own: left alone
+    }
   }
 });
 

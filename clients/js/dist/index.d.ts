@@ -250,6 +250,12 @@ export interface ResolvedCloakroomOptions {
     activityPollDelayMs: number;
 }
 /**
+ * The header Cloakroom puts on its own error answers (and drops from upstreams' responses):
+ * only a 401 carrying it is acted on, so an API behind Cloakroom cannot send the browser
+ * anywhere with a `login_url` of its own.
+ */
+export declare const ERROR_HEADER = "x-cloakroom-error";
+/**
  * A client for one Cloakroom (one auth prefix). Create it with {@link createCloakroom}.
  */
 export declare class Cloakroom {
@@ -274,7 +280,10 @@ export declare class Cloakroom {
     loginUrl(options?: LoginOptions): string;
     /** Goes to the login (the IdP), coming back to `returnTo` (default: this page). */
     login(options?: LoginOptions): void;
-    /** Goes to a step-up challenge's `login_url`, coming back to `returnTo` (default: this page). */
+    /**
+     * Goes to a step-up challenge's `login_url`, coming back to `returnTo` (default: this page).
+     * Throws a `TypeError` for a `login_url` that is not Cloakroom's login (`base/login?…`).
+     */
     stepUp(challenge: Pick<StepUpChallenge, "login_url">, options?: StepUpOptions): void;
     /**
      * `GET /auth/user`: the user, or null when there is no session. `slide: true` (the default,

@@ -303,6 +303,13 @@ async function readJson(res: Response): Promise<unknown> {
   }
 }
 
+/**
+ * The header Cloakroom puts on its own error answers (and drops from upstreams' responses):
+ * only a 401 carrying it is acted on, so an API behind Cloakroom cannot send the browser
+ * anywhere with a `login_url` of its own.
+ */
+export const ERROR_HEADER = "x-cloakroom-error";
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null;
 }
@@ -440,13 +447,16 @@ export class Cloakroom {
   }
 
   async #handle401(res: Response): Promise<void> {
+    // Only Cloakroom's own answers: an upstream's 401 (whatever its body says) is the app's.
+    if (!res.headers.has(ERROR_HEADER)) return;
     const body = await readJson(res.clone());
     const code = errorCode(body);
     if (code === "unauthenticated") {
       // A session that ended for want of a refresh token may be restored by a silent login
       // (`session.without_refresh_token = "silent_login"`): the server names it. Not when this
       // page is the answer to one that failed (`?error=…`): then the user has to sign in.
-      const silent = isObject(body) && typeof body["login_url"] === "string" ? body["login_url"] : null;
+      const named = isObject(body) && typeof body["login_url"] === "string" ? body["login_url"] : null;
+      const silent = named === null ? null : this.#ownLoginUrl(named);
       const failedBefore = /[?&]error=/.test(this.#loc().search);
       const loginUrl = silent && !failedBefore
         ? `${silent}${silent.includes("?") ? "&" : "?"}return_to=${encodeURIComponent(this.#here())}`
@@ -456,11 +466,13 @@ export class Cloakroom {
         this.#navigate(loginUrl);
       }
     } else if (code === "step_up_required" && isObject(body) && typeof body["login_url"] === "string") {
+      const loginUrl = this.#ownLoginUrl(body["login_url"]);
+      if (loginUrl === null) return;
       const challenge: StepUpChallenge = {
         error: "step_up_required",
         acr_values: typeof body["acr_values"] === "string" ? body["acr_values"] : null,
         max_age: typeof body["max_age"] === "number" ? body["max_age"] : null,
-        login_url: body["login_url"],
+        login_url: loginUrl,
       };
       this.#emit("stepUpRequired", challenge);
       if (this.options.onStepUpRequired === "login") {
@@ -529,12 +541,31 @@ export class Cloakroom {
     this.#navigate(this.loginUrl(options));
   }
 
-  /** Goes to a step-up challenge's `login_url`, coming back to `returnTo` (default: this page). */
+  /**
+   * Goes to a step-up challenge's `login_url`, coming back to `returnTo` (default: this page).
+   * Throws a `TypeError` for a `login_url` that is not Cloakroom's login (`base/login?…`).
+   */
   stepUp(challenge: Pick<StepUpChallenge, "login_url">, options: StepUpOptions = {}): void {
-    const sep = challenge.login_url.includes("?") ? "&" : "?";
-    this.#navigate(
-      `${challenge.login_url}${sep}return_to=${encodeURIComponent(options.returnTo ?? this.#here())}`,
-    );
+    const url = this.#ownLoginUrl(challenge.login_url);
+    if (url === null) {
+      throw new TypeError(`not a Cloakroom login URL: ${challenge.login_url}`);
+    }
+    const sep = url.endsWith("?") ? "" : "&";
+    this.#navigate(`${url}${sep}return_to=${encodeURIComponent(options.returnTo ?? this.#here())}`);
+  }
+
+  /**
+   * `url` if it is Cloakroom's own login (`base/login?…`), else null. With an absolute `base`
+   * (Cloakroom on another origin) the server's path-only `login_url` is put on that origin.
+   */
+  #ownLoginUrl(url: string): string | null {
+    const base = this.options.base;
+    if (url.startsWith(`${base}/login?`)) return url;
+    const origin = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]+/i.exec(base)?.[0];
+    if (origin !== undefined && url.startsWith(`${base.slice(origin.length)}/login?`) && url.startsWith("/")) {
+      return origin + url;
+    }
+    return null;
   }
 
   // ---------------------------------------------------------------- the session

@@ -66,11 +66,14 @@ test("401 unauthenticated: emits and goes to the login, coming back to this page
   assert.equal(events[0][1].loginUrl, expected);
 });
 
+/** A 401 with this JSON body; `ours`: marked as Cloakroom's own (`x-cloakroom-error`). */
+const answer401 = (body, ours = true) => async () => new Response(JSON.stringify(body), {
+  status: 401,
+  headers: { "content-type": "application/json", ...(ours ? { "x-cloakroom-error": body.error } : {}) },
+});
+
 test("401 unauthenticated with a login_url: a silent login first, a plain one after it failed", async () => {
-  const answer = async () => new Response(
-    JSON.stringify({ error: "unauthenticated", login_url: "/auth/login?prompt=none" }),
-    { status: 401, headers: { "content-type": "application/json" } },
-  );
+  const answer = answer401({ error: "unauthenticated", login_url: "/auth/login?prompt=none" });
   const clock = new FakeClock();
   let location = new FakeLocation("/orders?page=2");
   let client = createCloakroom({ fetch: answer, location, timers: clock, channelName: null });
@@ -155,5 +158,82 @@ test("login() and loginUrl(): return_to, prompt, remember, acr_values, max_age, 
     "/bff/login?return_to=%2Fa%3Fb%3Dc&acr_values=urn%3Amfa&max_age=0",
     "/bff/login?return_to=%2Fa%3Fb%3Dc&remember=true&provider=partners",
     "/bff/login?return_to=%2Fa%3Fb%3Dc&provider=a%26b%3Dc",
+  ]);
+});
+
+test("a login_url that is not Cloakroom's login is never followed", async () => {
+  const foreign = [
+    "https://evil.example/auth/login?prompt=none",
+    "//evil.example/auth/login?prompt=none",
+    "/\\evil.example/auth/login?x",
+    "/auth/loginx?prompt=none",
+    "/auth/login",
+    "/other/login?prompt=none",
+    "javascript:alert(1)//auth/login?",
+  ];
+  const clock = new FakeClock();
+  for (const login_url of foreign) {
+    // Marked as Cloakroom's own: the ordinary login instead.
+    let location = new FakeLocation("/orders");
+    let client = createCloakroom({
+      fetch: answer401({ error: "unauthenticated", login_url }),
+      location,
+      timers: clock,
+      channelName: null,
+    });
+    await client.fetch("/api/orders");
+    assert.deepEqual(location.assigned, ["/auth/login?return_to=%2Forders"], login_url);
+    // A step-up challenge naming it: not acted on, and stepUp() refuses it.
+    location = new FakeLocation("/orders");
+    client = createCloakroom({
+      fetch: answer401({ error: "step_up_required", acr_values: null, max_age: 5, login_url }),
+      location,
+      timers: clock,
+      channelName: null,
+    });
+    const events = recorder(client, ["stepUpRequired"]);
+    await client.fetch("/api/orders");
+    assert.deepEqual(events, [], login_url);
+    assert.deepEqual(location.assigned, [], login_url);
+    assert.throws(() => client.stepUp({ login_url }), TypeError, login_url);
+  }
+});
+
+test("an upstream's 401 (not marked as Cloakroom's) is left to the app, whatever its body", async () => {
+  const clock = new FakeClock();
+  for (const body of [
+    { error: "unauthenticated", login_url: "https://evil.example/phish?" },
+    { error: "unauthenticated", login_url: "/auth/login?prompt=none" },
+    { error: "unauthenticated" },
+    { error: "step_up_required", acr_values: null, max_age: 5, login_url: "/auth/login?max_age=5" },
+  ]) {
+    const location = new FakeLocation("/orders");
+    const client = createCloakroom({ fetch: answer401(body, false), location, timers: clock, channelName: null });
+    const events = recorder(client, ["unauthenticated", "stepUpRequired"]);
+    const res = await client.fetch("/api/orders");
+    assert.equal(res.status, 401);
+    assert.deepEqual(events, [], JSON.stringify(body));
+    assert.deepEqual(location.assigned, [], JSON.stringify(body));
+  }
+});
+
+test("with Cloakroom on another origin (an absolute base) its path-only login_url goes there", async () => {
+  const clock = new FakeClock();
+  const location = new FakeLocation("/orders");
+  const client = createCloakroom({
+    base: "https://bff.example/auth",
+    fetch: answer401({ error: "unauthenticated", login_url: "/auth/login?prompt=none" }),
+    location,
+    timers: clock,
+    channelName: null,
+  });
+  await client.fetch("/api/orders");
+  assert.deepEqual(location.assigned, ["https://bff.example/auth/login?prompt=none&return_to=%2Forders"]);
+  client.stepUp({ login_url: "https://bff.example/auth/login?max_age=5" });
+  client.stepUp({ login_url: "/auth/login?max_age=5" });
+  assert.throws(() => client.stepUp({ login_url: "https://evil.example/auth/login?max_age=5" }), TypeError);
+  assert.deepEqual(location.assigned.slice(1), [
+    "https://bff.example/auth/login?max_age=5&return_to=%2Forders",
+    "https://bff.example/auth/login?max_age=5&return_to=%2Forders",
   ]);
 });

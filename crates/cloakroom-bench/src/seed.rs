@@ -92,6 +92,8 @@ pub(crate) async fn seed(
                     idle_timeout: None,
                     reconstituted: false,
                     provider: None,
+                    issuer: None,
+                    client_id: None,
                     generation: 0,
                 };
                 let id = SessionId::generate();

@@ -266,19 +266,22 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
             Some(serde_json::json!({ "keys": [keys[0].public_jwk(None)] }))
         }
     };
-    let registration = |client_id: &str, client_secret: &str, jwks| idp::ClientRegistration {
-        client_id: client_id.into(),
-        client_secret: cloakroom::secret::Secret::new(client_secret),
-        redirect_uri: format!("{public_url}/auth/callback"),
-        post_logout_redirect_uri: format!("{public_url}/"),
-        jwks,
-    };
+    // Each IdP has the callback of its own provider registered, and only that one: `[oidc]`'s
+    // is the shared `/auth/callback`, the partners' `/auth/callback/partners` (mix-up defence).
+    let registration =
+        |client_id: &str, client_secret: &str, jwks, callback: &str| idp::ClientRegistration {
+            client_id: client_id.into(),
+            client_secret: cloakroom::secret::Secret::new(client_secret),
+            redirect_uri: format!("{public_url}/auth/callback{callback}"),
+            post_logout_redirect_uri: format!("{public_url}/"),
+            jwks,
+        };
     let idp = idp::DevIdp::start(
         loopback(0),
         idp::IdpOptions {
             name: DEMO_IDP_NAME.into(),
             ..idp::IdpOptions::new(
-                registration(CLIENT_ID, &client_secret, jwks),
+                registration(CLIENT_ID, &client_secret, jwks, ""),
                 opts.access_token_ttl,
             )
         },
@@ -292,7 +295,12 @@ pub async fn start(opts: DemoOptions) -> Result<DemoHandle, DemoError> {
             name: PARTNER_IDP_NAME.into(),
             session_cookie: PARTNER_SESSION_COOKIE.into(),
             ..idp::IdpOptions::new(
-                registration(PARTNER_CLIENT_ID, &partner_secret, None),
+                registration(
+                    PARTNER_CLIENT_ID,
+                    &partner_secret,
+                    None,
+                    &format!("/{PARTNER_PROVIDER}"),
+                ),
                 opts.access_token_ttl,
             )
         },

@@ -49,6 +49,9 @@ struct Parts {
     clock: Clock,
     clients: Arc<crate::client_tokens::ClientTokens>,
     reaper: Option<crate::reaper::Reaper>,
+    /// The login rate limit in force: a reload keeps it (and every budget spent) unless its
+    /// settings changed.
+    limiter: std::sync::Mutex<LoginLimiter>,
     config: std::sync::Mutex<Config>,
     /// One reload at a time (a reload may wait on the IdPs' discovery).
     reloading: tokio::sync::Mutex<()>,
@@ -187,9 +190,9 @@ async fn discover_providers(
     config: &Config,
     clock: &Clock,
 ) -> Result<(Arc<OidcClient>, Vec<Arc<OidcClient>>), StartupError> {
-    let redirect = crate::oidc::redirect_uri(config)?;
     let mut clients = Vec::new();
     for (i, p) in config.oidc.all().enumerate() {
+        let redirect = crate::oidc::redirect_uri(config, p)?;
         let recorded = (i > 0).then_some(p.name.as_str());
         let (resources, resource_scopes) =
             crate::config::login_resources_for(&config.routes, recorded);
@@ -337,6 +340,11 @@ impl RunningApp {
         }
         // The new ring seals from now on; a record only a removed key opens stops opening.
         p.sessions.set_keys(new.keys.clone());
+        let limiter = p
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reload(&new.server);
         let next = router(
             &new,
             &p.sessions,
@@ -347,7 +355,11 @@ impl RunningApp {
             forwarder,
             p.clients.clone(),
             p.reaper.clone(),
+            limiter.clone(),
         );
+        *p.limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limiter;
         s.router.store(Arc::new(next));
         s.admin.token.store(new.admin.token.clone().map(Arc::new));
         if new.log.level != current.log.level {
@@ -464,7 +476,11 @@ impl App {
         } else {
             sessions
         };
-        let ender = Ender::new(sessions.clone(), providers.clone());
+        let ender = Ender::new(
+            sessions.clone(),
+            providers.clone(),
+            crate::refresh::lease(config.oidc.timeout, config.store.timeout),
+        );
         let reaper = config.session.end_timed_out.then(|| {
             crate::reaper::Reaper::new(
                 sessions.clone(),
@@ -524,6 +540,7 @@ impl App {
         let public_addr = local(&public, config.server.listen)?;
         let admin_addr = local(&admin, config.admin.listen)?;
         let limits = Limits::from_config(&config.server);
+        let limiter = LoginLimiter::from_config(&config.server);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let state = Arc::new(AppState {
             router: Arc::new(arc_swap::ArcSwap::from_pointee(router(
@@ -536,6 +553,7 @@ impl App {
                 forwarder,
                 clients.clone(),
                 reaper.clone(),
+                limiter.clone(),
             ))),
             admin: Arc::new(Admin {
                 sessions: sessions.clone(),
@@ -551,6 +569,7 @@ impl App {
                 clock,
                 clients,
                 reaper: reaper.clone(),
+                limiter: std::sync::Mutex::new(limiter),
                 config: std::sync::Mutex::new(config),
                 reloading: tokio::sync::Mutex::new(()),
             },
@@ -622,6 +641,7 @@ fn router(
     forwarder: Forwarder,
     clients: Arc<crate::client_tokens::ClientTokens>,
     reaper: Option<crate::reaper::Reaper>,
+    limiter: LoginLimiter,
 ) -> Router {
     let cookies = Arc::new(Cookies::new(
         &config.cookie,
@@ -634,13 +654,14 @@ fn router(
         cookies.clone(),
         clock.clone(),
         config.session.idle_timeout,
+        providers.clone(),
     );
-    let limiter = LoginLimiter::from_config(&config.server);
-    // Route labels live as long as the process: leaked once per start (a handful of bytes).
+    // Route labels live as long as the process (the metrics keep them too): one copy per
+    // distinct prefix, however often a reload rebuilds the router.
     let labels = config
         .routes
         .iter()
-        .map(|r| &*Box::leak(r.prefix.clone().into_boxed_str()))
+        .map(|r| route_label(&r.prefix))
         .collect();
     Router {
         trust_incoming_trace: config.telemetry.trust_incoming_trace,
@@ -710,6 +731,24 @@ fn router(
     }
 }
 
+/// The metric label of a route prefix, for the life of the process: the one copy of it, made
+/// the first time the prefix is seen. A reload that keeps its routes allocates nothing here;
+/// one that adds a prefix adds that prefix once (as the metrics recorder does for its series).
+fn route_label(prefix: &str) -> &'static str {
+    static LABELS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut labels = LABELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(l) = labels.get(prefix) {
+        return l;
+    }
+    let l: &'static str = String::leak(prefix.to_string());
+    labels.insert(l);
+    l
+}
+
 /// A session that just expires (idle or absolute timeout: Redis removes it, nobody ends it) or
 /// is ended where no invalidation message reaches this instance (Sentinel, Cluster) is noticed
 /// here: every [`TUNNEL_SWEEP`], each session with open streams is looked up, and the streams
@@ -756,6 +795,14 @@ mod tests {
             &env,
         )
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn route_labels_are_made_once_per_prefix() {
+        let a = route_label("/issue-30/a/");
+        let b = route_label(&String::from("/issue-30/a/"));
+        assert!(std::ptr::eq(a, b), "the same prefix, the same label");
+        assert_eq!(route_label("/issue-30/b/"), "/issue-30/b/");
     }
 
     #[test]

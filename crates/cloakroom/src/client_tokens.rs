@@ -1,6 +1,7 @@
 //! Cloakroom's own tokens (`token = "client"` / `"user_or_client"` routes, and the
-//! `actor_token` of a token exchange): the client credentials grant, one token per
-//! [`ClientSpec`] (scope + resource), shared by every instance.
+//! `actor_token` of a token exchange): the client credentials grant, one token per IdP client
+//! (provider, issuer, client id) and [`ClientSpec`] (scope + resource), shared by every
+//! instance.
 //!
 //! **Where it lives.** In this process (the hot path: no store round trip), and sealed in the
 //! store ([`Store::put_shared`]) until it is due, so a new or restarted instance takes the one
@@ -24,7 +25,7 @@ use crate::clock::Clock;
 use crate::config::ClientSpec;
 use crate::error::Error;
 use crate::oidc::grants::GrantError;
-use crate::oidc::Providers;
+use crate::oidc::{OidcClient, Providers};
 use crate::secret::Secret;
 use crate::session::SharedKeys;
 use crate::session::{BearerHeader, Credential, LockState, Store};
@@ -94,7 +95,8 @@ struct Slot {
 
 /// The client-token cache. See the module documentation.
 pub struct ClientTokens {
-    /// `[oidc]` (`Providers::primary`) is whose client Cloakroom's own tokens are.
+    /// `[oidc]` (`Providers::primary`) is whose client the routes' own tokens are; an
+    /// exchange's actor token is its session's provider's ([`ClientTokens::get_at`]).
     providers: Providers,
     store: Store,
     /// The sessions' key ring, swapped with theirs by a reload.
@@ -138,23 +140,38 @@ impl ClientTokens {
         }
     }
 
-    fn slot(&self, spec: &ClientSpec) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(spec.key.clone())
+            .entry(key.to_string())
             .or_default()
             .clone()
     }
 
-    /// The store name of a spec's token, and of its lock.
-    fn names(spec: &ClientSpec) -> (String, String) {
-        let h = crate::crypto::hash(&spec.key);
+    /// Whose token for which spec: the provider, its issuer and Cloakroom's client id there,
+    /// and the spec (scope + resource). A token of one provider's client is never handed out
+    /// as another's, and a reload that points `[oidc]` at another IdP or client never finds the
+    /// old one's token, here or in the store (nor does an instance with the other
+    /// configuration).
+    fn key(oidc: &OidcClient, spec: &ClientSpec) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            oidc.name(),
+            oidc.issuer(),
+            oidc.client_id(),
+            spec.key
+        )
+    }
+
+    /// The store name of a token, and of its lock.
+    fn names(key: &str) -> (String, String) {
+        let h = crate::crypto::hash(key);
         (h.clone(), format!("client-{h}"))
     }
 
-    fn aad(spec: &ClientSpec) -> Vec<u8> {
-        format!("client-token:{}", spec.key).into_bytes()
+    fn aad(key: &str) -> Vec<u8> {
+        format!("client-token:{key}").into_bytes()
     }
 
     /// A token for `spec` that is not due (or still valid while its renewal failed).
@@ -162,7 +179,21 @@ impl ClientTokens {
     /// # Errors
     /// [`Error::ClientTokenRefused`], [`Error::ClientTokenUnavailable`].
     pub async fn get(&self, spec: &ClientSpec) -> Result<Arc<ClientToken>, Error> {
-        let slot = self.slot(spec);
+        self.get_at(&self.providers.primary(), spec).await
+    }
+
+    /// As [`ClientTokens::get`], with `oidc`'s client: an exchange's `actor_token` comes from
+    /// the session's own provider, never from `[oidc]` for another provider's session.
+    ///
+    /// # Errors
+    /// [`Error::ClientTokenRefused`], [`Error::ClientTokenUnavailable`].
+    pub async fn get_at(
+        &self,
+        oidc: &Arc<OidcClient>,
+        spec: &ClientSpec,
+    ) -> Result<Arc<ClientToken>, Error> {
+        let key = Self::key(oidc, spec);
+        let slot = self.slot(&key);
         let now = self.clock.unix();
         // Fast path without waiting for a renewal in progress.
         if let Ok(s) = slot.try_lock() {
@@ -181,7 +212,7 @@ impl ClientTokens {
             }
             s.failed = None;
         }
-        match self.renew(spec).await {
+        match self.renew(oidc, spec, &key).await {
             Ok(t) => {
                 crate::metrics::route_token("client", "ok");
                 s.current = Some(t.clone());
@@ -225,13 +256,18 @@ impl ClientTokens {
 
     /// The shared token if a peer has a fresh one, else a new one from the IdP under the
     /// cross-instance lock.
-    async fn renew(&self, spec: &ClientSpec) -> Result<Arc<ClientToken>, GrantError> {
-        let (name, lock) = Self::names(spec);
+    async fn renew(
+        &self,
+        oidc: &OidcClient,
+        spec: &ClientSpec,
+        key: &str,
+    ) -> Result<Arc<ClientToken>, GrantError> {
+        let (name, lock) = Self::names(key);
         let owner = crate::crypto::random_token();
         let deadline = Instant::now() + self.lease;
         let store_err = |e: crate::session::StoreError| GrantError::Transient(e.to_string());
         loop {
-            if let Some(t) = self.shared(spec, &name).await.map_err(store_err)? {
+            if let Some(t) = self.shared(key, &name).await.map_err(store_err)? {
                 return Ok(t);
             }
             match self
@@ -241,7 +277,7 @@ impl ClientTokens {
                 .map_err(store_err)?
             {
                 LockState::Acquired => {
-                    let r = self.ask(spec, &name).await;
+                    let r = self.ask(oidc, spec, key, &name).await;
                     if let Err(e) = self.store.unlock(&lock, &owner).await {
                         tracing::warn!(error = %e, "client-token lock not released; its lease will end it");
                     }
@@ -260,7 +296,7 @@ impl ClientTokens {
     /// The token a peer stored, if it is not due.
     async fn shared(
         &self,
-        spec: &ClientSpec,
+        key: &str,
         name: &str,
     ) -> Result<Option<Arc<ClientToken>>, crate::session::StoreError> {
         let Some(blob) = self.store.get_shared(name).await? else {
@@ -269,18 +305,24 @@ impl ClientTokens {
         let t = self
             .keys
             .load()
-            .open(&Self::aad(spec), &blob)
+            .open(&Self::aad(key), &blob)
             .and_then(|json| serde_json::from_slice::<ClientToken>(&json).ok());
         Ok(t.filter(|t| !t.due(self.clock.unix(), self.skew))
             .map(Arc::new))
     }
 
-    async fn ask(&self, spec: &ClientSpec, name: &str) -> Result<Arc<ClientToken>, GrantError> {
+    async fn ask(
+        &self,
+        oidc: &OidcClient,
+        spec: &ClientSpec,
+        key: &str,
+        name: &str,
+    ) -> Result<Arc<ClientToken>, GrantError> {
         // A peer may have finished just before we took the lock.
-        if let Ok(Some(t)) = self.shared(spec, name).await {
+        if let Ok(Some(t)) = self.shared(key, name).await {
             return Ok(t);
         }
-        let g = self.providers.primary().client_credentials(spec).await?;
+        let g = oidc.client_credentials(spec).await?;
         let now = self.clock.unix();
         let t = ClientToken {
             access_token: g.access_token,
@@ -288,13 +330,17 @@ impl ClientTokens {
             lifetime: g.lifetime,
             header: BearerHeader::default(),
         };
-        tracing::info!(event = "client_token", "client credentials token obtained");
+        tracing::info!(
+            event = "client_token",
+            provider = oidc.name(),
+            "client credentials token obtained"
+        );
         // Kept in the store until it expires (one without an expiry: for an hour); a peer
         // takes it only while it is not due.
         let keep = t.expires_at.map_or(3600, |exp| exp - now).max(1);
         match serde_json::to_vec(&t) {
             Ok(json) => {
-                let blob = self.keys.load().seal(&Self::aad(spec), &json);
+                let blob = self.keys.load().seal(&Self::aad(key), &json);
                 let ttl = Duration::from_secs(u64::try_from(keep).unwrap_or(1));
                 if let Err(e) = self.store.put_shared(name, blob, ttl).await {
                     tracing::warn!(error = %e, "client token not shared through the store; peers will ask the IdP for their own");

@@ -127,4 +127,11 @@ pub(crate) fn decorate(resp: &mut Response<Body>, origin: HeaderValue) {
         HeaderValue::from_static("true"),
     );
     h.append(header::VARY, HeaderValue::from_static("Origin"));
+    // The SPA client reads it to tell our 401s from an upstream's.
+    if h.contains_key(crate::error::ERROR_HEADER) {
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(crate::error::ERROR_HEADER),
+        );
+    }
 }

@@ -10,23 +10,32 @@
 //! Owns: the order "delete, then revoke what was deleted". Never decides *whether* a session
 //! ends: its callers do.
 
-use crate::oidc::Providers;
-use crate::session::{short, Session, Sessions, StoreError, Tokens};
+use crate::oidc::{Binding, Providers};
+use crate::session::{short, LockState, Session, Sessions, StoreError, Tokens};
+use std::time::{Duration, Instant};
+
+/// How often a step-up upgrade looks again at a refresh lock another owner holds.
+const LOCK_POLL: Duration = Duration::from_millis(25);
 
 /// Ends sessions and revokes what they held. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ender {
     sessions: Sessions,
     providers: Providers,
+    /// The refresh lock's lease (`refresh::lease`): how long a step-up upgrade holds it, and
+    /// about how long it waits for a refresh in flight.
+    lock_lease: Duration,
 }
 
 impl Ender {
-    /// Over these sessions and these IdPs (each session's tokens go back to its own).
+    /// Over these sessions and these IdPs (each session's tokens go back to its own);
+    /// `lock_lease` is the refresh lock's lease (`refresh::lease`).
     #[must_use]
-    pub fn new(sessions: Sessions, providers: Providers) -> Self {
+    pub fn new(sessions: Sessions, providers: Providers, lock_lease: Duration) -> Self {
         Self {
             sessions,
             providers,
+            lock_lease,
         }
     }
 
@@ -57,7 +66,7 @@ impl Ender {
                     user_agent = s.user_agent.as_deref(),
                     "session ended"
                 );
-                self.revoke_later(s.provider.as_deref(), s.tokens);
+                self.revoke_session_later(s);
             }
             None => {
                 tracing::warn!(
@@ -102,7 +111,7 @@ impl Ender {
                     sub = %s.sub,
                     "session replaced by a new login"
                 );
-                self.revoke_later(s.provider.as_deref(), s.tokens);
+                self.revoke_session_later(s);
             }
             None => {
                 tracing::warn!(target: "audit", event = "session_ended", reason = "relogin", session = %short(handle), "replaced session does not open here; its tokens were not revoked");
@@ -116,12 +125,57 @@ impl Ender {
     /// tokens are revoked unless they came from the same IdP session (see
     /// [`Ender::end_replaced`]). False, and nothing written, if the old record is gone.
     ///
+    /// It runs under the session's refresh lock, so a refresh in flight (here or on another
+    /// instance) writes first and its tokens are in the record taken here; and the new record
+    /// gets a later refresh generation than the old one, so a refresh that read the old record
+    /// and outlived its lease is fenced off the new one instead of writing the old grant's
+    /// tokens over the step-up's (which would orphan the step-up grant).
+    ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn upgrade(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
-        let Some(deleted) = self.sessions.take(handle, None).await? else {
+        let owner = crate::crypto::random_token();
+        let locked = self.lock_out_refreshes(handle, &owner).await?;
+        let upgraded = self.upgrade_locked(handle, new).await;
+        if locked {
+            if let Err(e) = self.sessions.store().unlock(handle, &owner).await {
+                tracing::warn!(session = %short(handle), error = %e, "refresh lock not released after a step-up upgrade; its lease will end it");
+            }
+        }
+        upgraded
+    }
+
+    /// Takes the refresh lock of `handle` for `owner`, waiting (about a lease at most) while a
+    /// refresh holds it. False when it was not taken: a cool-off marker (no refresh calls the
+    /// IdP meanwhile) or a holder that outlived the wait (the generation still fences it).
+    async fn lock_out_refreshes(&self, handle: &str, owner: &str) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.lock_lease + Duration::from_secs(1);
+        loop {
+            let now_ms = self.sessions.clock().unix_ms();
+            match self
+                .sessions
+                .store()
+                .try_lock(handle, owner, self.lock_lease, now_ms)
+                .await?
+            {
+                LockState::Acquired => return Ok(true),
+                LockState::CoolingOff(_) => return Ok(false),
+                LockState::Held if Instant::now() >= deadline => {
+                    tracing::warn!(session = %short(handle), "a refresh held the session's lock for longer than its lease; upgrading without it");
+                    return Ok(false);
+                }
+                LockState::Held => tokio::time::sleep(LOCK_POLL).await,
+            }
+        }
+    }
+
+    async fn upgrade_locked(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
+        let Some((deleted, generation)) = self.sessions.take_record(handle, None).await? else {
             return Ok(false);
         };
+        let mut new = new.clone();
+        new.generation = generation.saturating_add(1);
+        let new = &new;
         self.sessions.save(handle, new).await?;
         tracing::info!(
             target: "audit", event = "session_upgraded",
@@ -133,13 +187,14 @@ impl Ender {
             Some(s) if same_grant(&s, new) => {
                 // One grant: the login's refresh token is the new session's now. Only the
                 // routes' own tokens of the old one are revoked.
+                let oidc = self.provider(s.binding());
                 let mut old = s.tokens;
                 if !old.derived.is_empty() {
                     old.refresh_token = None;
-                    self.revoke_derived_later(s.provider.as_deref(), old);
+                    self.revoke_derived_later(oidc, old);
                 }
             }
-            Some(s) => self.revoke_later(s.provider.as_deref(), s.tokens),
+            Some(s) => self.revoke_session_later(s),
             None => {
                 tracing::warn!(session = %short(handle), "the upgraded session's old record did not open here; its tokens were not revoked")
             }
@@ -149,8 +204,12 @@ impl Ender {
 
     /// Revokes only the routes' own tokens of `tokens` (not the login's access token, which
     /// is the same grant's as a live session's).
-    fn revoke_derived_later(&self, provider: Option<&str>, tokens: Tokens) {
-        if let Some(oidc) = self.provider(provider) {
+    fn revoke_derived_later(
+        &self,
+        oidc: Option<std::sync::Arc<crate::oidc::OidcClient>>,
+        tokens: Tokens,
+    ) {
+        if let Some(oidc) = oidc {
             let revoke = async move { oidc.revoke_derived(&tokens).await };
             tokio::spawn(crate::logline::inherit(
                 tracing::Instrument::in_current_span(revoke),
@@ -158,15 +217,22 @@ impl Ender {
         }
     }
 
-    /// The IdP of a session that recorded `provider`; `None`, logged and counted as a failed
-    /// revocation, when the configuration no longer has it.
-    fn provider(&self, provider: Option<&str>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
-        let found = self.providers.of(provider);
+    /// The IdP of a session bound to `binding`; `None`, logged and counted as a failed
+    /// revocation, when the configuration no longer has it, or has it pointing at another
+    /// issuer or `client_id` (its tokens are then sent nowhere: [`Providers::bound`]).
+    fn provider(&self, binding: Binding<'_>) -> Option<std::sync::Arc<crate::oidc::OidcClient>> {
+        let found = self.providers.bound(binding);
         if found.is_none() {
+            let changed = self.providers.of(binding.provider).is_some();
             tracing::warn!(
                 event = "revocation_failed",
-                provider = provider.unwrap_or("-"),
-                "the session's identity provider is no longer configured; its tokens were not revoked"
+                provider = binding.provider.unwrap_or("-"),
+                "{}",
+                if changed {
+                    "the session's identity provider now has another issuer or client_id; its tokens were not sent there"
+                } else {
+                    "the session's identity provider is no longer configured; its tokens were not revoked"
+                }
             );
             crate::metrics::revocation_failed();
         }
@@ -198,10 +264,22 @@ impl Ender {
         first_err.map_or(Ok(n), Err)
     }
 
-    /// Revokes `tokens` at `provider` (a session's recorded one; `None`: `[oidc]`) in the
-    /// background.
-    pub fn revoke_later(&self, provider: Option<&str>, tokens: Tokens) {
-        if let Some(oidc) = self.provider(provider) {
+    /// Revokes what session `s` held at its provider, in the background (nowhere when its
+    /// provider is not the one it logged in with any more).
+    pub fn revoke_session_later(&self, s: Session) {
+        if let Some(oidc) = self.provider(s.binding()) {
+            let tokens = s.tokens;
+            let revoke = async move { oidc.revoke_tokens(&tokens).await };
+            tokio::spawn(crate::logline::inherit(
+                tracing::Instrument::in_current_span(revoke),
+            ));
+        }
+    }
+
+    /// Revokes `tokens` at the provider of `binding` (a session's or a pending login's) in
+    /// the background.
+    pub fn revoke_later(&self, binding: Binding<'_>, tokens: Tokens) {
+        if let Some(oidc) = self.provider(binding) {
             let revoke = async move { oidc.revoke_tokens(&tokens).await };
             tokio::spawn(crate::logline::inherit(
                 tracing::Instrument::in_current_span(revoke),

@@ -8,6 +8,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, Body};
 
+/// The header on every error answer Cloakroom itself makes (its value: the error code). An
+/// upstream's copy is dropped from its responses, so a browser seeing it knows the answer, and
+/// any `login_url` in it, came from Cloakroom and not from an API behind it.
+pub const ERROR_HEADER: &str = "x-cloakroom-error";
+
 /// A failure on the request path. Every variant maps to one status and one code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +37,11 @@ pub enum Error {
     /// `return_to` is not a same-origin relative path.
     #[error("invalid return_to")]
     InvalidReturnTo,
+    /// `/auth/login` reached from another site (`Sec-Fetch-Site: cross-site`): a login CSRF
+    /// attempt (another site cannot start a login, a remembered one, or a step-up, in the user's
+    /// browser).
+    #[error("login started from another site")]
+    CrossSiteLogin,
     /// `/auth/login?provider=` names no configured provider.
     #[error("no such identity provider")]
     UnknownProvider,
@@ -138,6 +148,7 @@ impl Error {
             Error::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             Error::Origin => (StatusCode::FORBIDDEN, "origin"),
             Error::InvalidReturnTo => (StatusCode::BAD_REQUEST, "invalid_return_to"),
+            Error::CrossSiteLogin => (StatusCode::FORBIDDEN, "cross_site_login"),
             Error::UnknownProvider => (StatusCode::BAD_REQUEST, "unknown_provider"),
             Error::ProviderNotAllowed => (StatusCode::FORBIDDEN, "provider_not_allowed"),
             Error::InvalidState(_) => (StatusCode::BAD_REQUEST, "invalid_state"),
@@ -191,6 +202,10 @@ impl Error {
             _ => serde_json::json!({ "error": code }),
         };
         let mut resp = json_response(status, &body);
+        // Marks the answer as Cloakroom's own (an upstream's copy of the header is dropped,
+        // `proxy::filter_response`): the SPA client acts on a 401's `login_url` only then.
+        resp.headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static(code));
         match self {
             Error::RefreshUnavailable { retry_after, .. }
             | Error::RateLimited { retry_after }
@@ -337,6 +352,7 @@ mod tests {
             (Error::Csrf, 403, "csrf"),
             (Error::Origin, 403, "origin"),
             (Error::InvalidReturnTo, 400, "invalid_return_to"),
+            (Error::CrossSiteLogin, 403, "cross_site_login"),
             (Error::UnknownProvider, 400, "unknown_provider"),
             (Error::ProviderNotAllowed, 403, "provider_not_allowed"),
             (Error::InvalidState("x"), 400, "invalid_state"),
@@ -414,6 +430,7 @@ mod tests {
             let resp = e.into_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            assert_eq!(resp.headers()[ERROR_HEADER], code, "marked as ours");
         }
     }
 

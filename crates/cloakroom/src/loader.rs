@@ -2,11 +2,13 @@
 //! ring, the session cache and the store, sliding the idle timeout on activity.
 //!
 //! Owns: which session a request belongs to. Never refreshes (that is [`crate::refresh`]) and
-//! never ends a session.
+//! ends a session only when its provider no longer is the one it logged in with (a reload
+//! re-pointed it at another issuer or `client_id`): deleted, no token of it sent anywhere.
 
 use crate::clock::Clock;
 use crate::cookies::Cookies;
 use crate::error::Error;
+use crate::oidc::Providers;
 use crate::session::{Session, Sessions};
 use http::HeaderMap;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ pub(crate) struct SessionLoader {
     cookies: Arc<Cookies>,
     clock: Clock,
     slide_interval: i64,
+    /// Each session's provider must still be the one it logged in with.
+    providers: Providers,
 }
 
 impl SessionLoader {
@@ -29,12 +33,14 @@ impl SessionLoader {
         cookies: Arc<Cookies>,
         clock: Clock,
         idle_timeout: Duration,
+        providers: Providers,
     ) -> Self {
         Self {
             sessions,
             cookies,
             clock,
             slide_interval: slide_interval(idle_timeout),
+            providers,
         }
     }
 
@@ -78,6 +84,22 @@ impl SessionLoader {
         let Some(mut s) = loaded.await? else {
             return Ok(None);
         };
+        if self.providers.bound(s.binding()).is_none() {
+            // Its provider is gone or is now another IdP or registration: the session ends
+            // here, its tokens revoked nowhere (the IdP that issued them is not configured any
+            // more; the one under its name now must not see them).
+            self.sessions.take(&handle, Some(&s)).await?;
+            tracing::warn!(
+                target: "audit", event = "session_ended",
+                reason = "provider_changed",
+                session = %crate::session::short(&handle),
+                sub = %s.sub,
+                provider = s.provider.as_deref().unwrap_or("-"),
+                "the session's identity provider is no longer configured as it logged in (gone, or another issuer or client_id); ended, its tokens sent nowhere"
+            );
+            crate::metrics::revocation_failed();
+            return Ok(None);
+        }
         if slide {
             let now = self.clock.unix();
             if now - s.last_seen >= self.slide_interval {

@@ -160,7 +160,6 @@ async fn check(config: Config) -> ExitCode {
             println!("store: FAILED ({e})");
         }
     }
-    let redirect = cloakroom::oidc::redirect_uri(&config);
     let several = !config.oidc.providers.is_empty();
     for p in config.oidc.all() {
         // With several providers each report is named: "idp [name]: ...".
@@ -169,6 +168,7 @@ async fn check(config: Config) -> ExitCode {
         } else {
             String::new()
         };
+        let redirect = cloakroom::oidc::redirect_uri(&config, p);
         if !check_provider(p, &label, redirect.as_ref()).await {
             ok = false;
         }

@@ -25,7 +25,7 @@
 //! the next proof to it, so the retry is needed about once per nonce the upstream issues.
 //!
 //! Response policy ([`filter_response`]), on every route and on `101`: `Set-Cookie` naming our
-//! cookies and `Clear-Site-Data` are dropped; token routes get `Cache-Control: private` when
+//! cookies, `Clear-Site-Data` and `x-cloakroom-error` (the mark of our own errors) are dropped; token routes get `Cache-Control: private` when
 //! the upstream sent none. WebSocket tunnels and event streams are registered with their
 //! session in [`crate::tunnels::Tunnels`].
 
@@ -529,8 +529,8 @@ impl OurCookies {
 }
 
 /// The response-side policy (SPEC §2 v2), on every route and on `101`:
-/// `Set-Cookie` fields naming our cookies and `Clear-Site-Data` are dropped (logged and
-/// counted, never with a value); on token routes a response without `Cache-Control` gets
+/// `Set-Cookie` fields naming our cookies, `Clear-Site-Data` and [`crate::error::ERROR_HEADER`]
+/// are dropped (logged and counted, never with a value); on token routes a response without `Cache-Control` gets
 /// `Cache-Control: private`.
 pub fn filter_response(
     ours: &OurCookies,
@@ -555,6 +555,15 @@ pub fn filter_response(
                 headers.append(header::SET_COOKIE, v);
             }
         }
+    }
+    // Only Cloakroom's own error answers carry this mark (the SPA client follows a 401's
+    // `login_url` only then): an upstream's copy would make its body look like ours.
+    if headers.remove(crate::error::ERROR_HEADER).is_some() {
+        tracing::warn!(
+            route = route_label,
+            "dropped an upstream x-cloakroom-error header"
+        );
+        crate::metrics::upstream_header_dropped(route_label, crate::error::ERROR_HEADER);
     }
     // `remove` takes every field of the name.
     if headers.remove("clear-site-data").is_some() {
@@ -905,7 +914,12 @@ mod tests {
             h.append(header::SET_COOKIE, HeaderValue::from_static(v));
         }
         h.append("clear-site-data", HeaderValue::from_static("\"*\""));
+        h.append(
+            "x-cloakroom-error",
+            HeaderValue::from_static("unauthenticated"),
+        );
         filter_response(&ours, &mut h, "/t/", true);
+        assert!(h.get(crate::error::ERROR_HEADER).is_none(), "not ours");
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, ["keep=1", "cloakroom-loginx=1"]);
         assert!(h.get("clear-site-data").is_none());

@@ -110,11 +110,12 @@ impl Reaper {
                 created_at: taken.created_at,
                 state: state.and_then(|b| String::from_utf8(b).ok()),
                 provider: taken.provider.clone(),
+                issuer: taken.issuer.clone(),
+                client_id: taken.client_id.clone(),
             };
             self.sessions.save_leftover(handle, &left, window).await?;
         }
-        self.ender
-            .revoke_later(taken.provider.as_deref(), taken.tokens);
+        self.ender.revoke_session_later(taken);
         Ok(true)
     }
 

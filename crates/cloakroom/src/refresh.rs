@@ -537,12 +537,14 @@ impl Refresher {
             return Outcome::Fresh(Arc::new(s));
         }
         // The session's own IdP: where it logged in, and the only one its tokens mean anything to.
-        let Some(oidc) = self.ender.providers().of(s.provider.as_deref()) else {
+        // Bound to it by issuer and client_id too: a reload that re-pointed the name at
+        // another IdP or registration ends the session, and nothing of it is sent there.
+        let Some(oidc) = self.ender.providers().bound(s.binding()) else {
             tracing::warn!(
                 event = "refresh_failed",
                 session = %short(handle),
                 provider = s.provider.as_deref().unwrap_or("-"),
-                "the session's identity provider is no longer configured: the session ends"
+                "the session's identity provider is no longer configured as it logged in (gone, or another issuer or client_id): the session ends"
             );
             crate::metrics::refresh("provider_removed");
             if let Err(e) = self.ender.end(handle, Some(&s), "provider_removed").await {
@@ -573,10 +575,8 @@ impl Refresher {
                 let tokens = match oidc.finish_refresh(&resp, &s.tokens, &s.sub).await {
                     Ok(t) => t,
                     Err(e) => {
-                        self.ender.revoke_later(
-                            s.provider.as_deref(),
-                            oidc.unchecked_tokens(&resp, &s.tokens),
-                        );
+                        self.ender
+                            .revoke_later(s.binding(), oidc.unchecked_tokens(&resp, &s.tokens));
                         return self.failed(handle, flight, &s, e, lock).await;
                     }
                 };
@@ -613,14 +613,16 @@ impl Refresher {
     /// The exchanged token for `spec`, the login's access token as the subject.
     async fn exchange(
         &self,
-        oidc: &OidcClient,
+        oidc: &Arc<OidcClient>,
         s: &Session,
         spec: &ExchangeSpec,
     ) -> Result<DerivedToken, GrantError> {
+        // The actor token is the session's own provider's client's: that IdP is the one the
+        // exchange goes to, and no other provider's token is ever sent to it.
         let actor = match (&spec.actor, &self.clients) {
             (Some(a), Some(clients)) => Some(
                 clients
-                    .get(a)
+                    .get_at(oidc, a)
                     .await
                     .map_err(|e| GrantError::Transient(format!("actor token: {e}")))?,
             ),
@@ -708,7 +710,7 @@ impl Refresher {
                 Ok(RefreshWrite::Gone) => {
                     // Logged out while we refreshed: the new tokens must not outlive it.
                     crate::metrics::refresh("ended_meanwhile");
-                    self.ender.revoke_later(new.provider.as_deref(), new.tokens);
+                    self.ender.revoke_session_later(new);
                     return Outcome::Ended;
                 }
                 Ok(RefreshWrite::Fenced) => {

@@ -209,9 +209,23 @@ async fn handle_inner(
             };
             return (r.0, true, r.1);
         }
+        // `<auth_prefix>/callback/<name>`: a provider's own callback (`callback = "own"`).
+        if let Some(name) = rest.strip_prefix("/callback/") {
+            return if m == Method::GET {
+                (
+                    "callback",
+                    false,
+                    auth.callback.handle(&req, ctx, Some(name)).await,
+                )
+            } else {
+                ("auth", false, Err(Error::MethodNotAllowed))
+            };
+        }
         let r = match (rest, &m) {
             ("/login", &Method::GET) => ("login", auth.login.handle(&req, ctx).await),
-            ("/callback", &Method::GET) => ("callback", auth.callback.handle(&req, ctx).await),
+            ("/callback", &Method::GET) => {
+                ("callback", auth.callback.handle(&req, ctx, None).await)
+            }
             ("/providers", &Method::GET) => ("providers", Ok(auth.login.providers())),
             ("/login" | "/callback" | "/providers", _) => ("auth", Err(Error::MethodNotAllowed)),
             _ => ("auth", Err(Error::NotFound)),

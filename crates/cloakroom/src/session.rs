@@ -242,14 +242,32 @@ pub struct Session {
     /// `[oidc]`. Its refresh, revocation, end-session and back-channel logout go there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// The record's refresh generation as read from the store (not sealed: it lives beside the
-    /// sealed data). A refresh writes only if the generation is still the one it read, so a
+    /// The provider's issuer at login: a reload that re-points `provider` at another issuer
+    /// ends the session instead of sending its tokens there ([`crate::oidc::Providers::bound`]).
+    /// `None` in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `client_id` at login (as `issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The record's refresh generation as read from the store, and the one [`Sessions::save`]
+    /// writes (not sealed: it lives beside the sealed data). A refresh writes only if the generation is still the one it read, so a
     /// holder whose lock lease ran out cannot overwrite a newer refresh (`session/redis.rs`).
     #[serde(skip)]
     pub generation: u64,
 }
 
 impl Session {
+    /// Which provider, issuer and `client_id` the session belongs to.
+    #[must_use]
+    pub fn binding(&self) -> crate::oidc::Binding<'_> {
+        crate::oidc::Binding {
+            provider: self.provider.as_deref(),
+            issuer: self.issuer.as_deref(),
+            client_id: self.client_id.as_deref(),
+        }
+    }
+
     /// When the idle timeout ends this session.
     #[must_use]
     pub fn idle_expires_at(&self, idle: Duration) -> i64 {
@@ -299,6 +317,24 @@ pub struct PendingLogin {
     /// The provider the login went to (`/auth/login?provider=`); `None`: `[oidc]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// That provider's issuer when the login started (see [`Session::issuer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Its `client_id` when the login started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl PendingLogin {
+    /// Which provider, issuer and `client_id` the login went to.
+    #[must_use]
+    pub fn binding(&self) -> crate::oidc::Binding<'_> {
+        crate::oidc::Binding {
+            provider: self.provider.as_deref(),
+            issuer: self.issuer.as_deref(),
+            client_id: self.client_id.as_deref(),
+        }
+    }
 }
 
 /// What a step-up login asks the IdP for (RFC 9470 §4).
@@ -466,8 +502,9 @@ macro_rules! dispatch {
 
 impl Store {
     /// Adds a session to its indexes, then writes its record (sealed data, last-seen time,
-    /// generation 0): a failure in between leaves at worst an index entry without a record,
-    /// which [`Sessions::find`] prunes, never a live session missing from its indexes.
+    /// refresh generation — 0 for a new session): a failure in between leaves at worst an index entry without a record,
+    /// which [`Sessions::find`] prunes, never a live session missing from its indexes. Each
+    /// index's TTL becomes `index_ttl` unless it already lasts longer (never shortened).
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
@@ -476,10 +513,11 @@ impl Store {
         r: &RecordRef,
         blob: Vec<u8>,
         seen: i64,
+        generation: u64,
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_session(r, blob, seen, ttl, index_ttl).await)
+        dispatch!(self, s => s.put_session(r, blob, seen, generation, ttl, index_ttl).await)
     }
     /// Reads a session record.
     ///
@@ -715,6 +753,13 @@ pub struct Leftover {
     /// another user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Its provider's issuer and `client_id` (as [`Session::issuer`]; `None` in leftovers
+    /// written before they were recorded, which match by `provider` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// See `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Callbacks run when a session ends — here (`Sessions::take`) or, through the invalidation
@@ -970,6 +1015,20 @@ impl Sessions {
         (ttl > 0).then(|| Duration::from_secs(u64::try_from(ttl + linger).unwrap_or(1)))
     }
 
+    /// How long the index entries of `s` must last: as long as its record can (its absolute
+    /// expiry plus the linger), never less than `ttl`. Sliding and refreshing never move the
+    /// absolute expiry, so they need not renew the indexes; and the store only ever extends an
+    /// index's TTL, so the set outlives its longest-lived member (a remembered session's 30
+    /// days, not `session.absolute_timeout`).
+    fn index_ttl(&self, s: &Session, ttl: Duration) -> Duration {
+        let linger = self.linger.map_or(0, secs);
+        let left = s
+            .absolute_expires_at
+            .saturating_sub(self.clock.unix())
+            .saturating_add(linger);
+        ttl.max(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
+
     async fn schedule(&self, handle: &str, s: &Session) -> Result<(), StoreError> {
         if self.linger.is_some() {
             self.store.schedule(handle, s.expires_at(self.idle)).await?;
@@ -982,7 +1041,10 @@ impl Sessions {
         Ok(self.keys.load().seal(&record_aad(handle), &json))
     }
 
-    /// Writes (seals) a whole session with a TTL from its idle and absolute expiry.
+    /// Writes (seals) a whole session with a TTL from its idle and absolute expiry, at refresh
+    /// generation `s.generation` (0 for a new session; a record that replaces another under
+    /// the same handle must write a later one than the old record's, so that a refresh that
+    /// read the old record is fenced off the new one).
     /// Returns false (and writes nothing) when the session has already expired.
     ///
     /// # Errors
@@ -997,8 +1059,9 @@ impl Sessions {
                 &self.record_ref(handle, s),
                 blob,
                 s.last_seen,
+                s.generation,
                 ttl,
-                self.absolute,
+                self.index_ttl(s, ttl),
             )
             .await?;
         self.schedule(handle, s).await?;
@@ -1110,6 +1173,19 @@ impl Sessions {
         handle: &str,
         copy: Option<&Session>,
     ) -> Result<Option<Option<Session>>, StoreError> {
+        Ok(self.take_record(handle, copy).await?.map(|(s, _)| s))
+    }
+
+    /// As [`Sessions::take`], with the deleted record's refresh generation (known even when
+    /// the record does not open here).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn take_record(
+        &self,
+        handle: &str,
+        copy: Option<&Session>,
+    ) -> Result<Option<(Option<Session>, u64)>, StoreError> {
         let r = copy.map_or_else(
             || RecordRef {
                 handle: handle.to_string(),
@@ -1141,7 +1217,7 @@ impl Sessions {
                 self.store.unindex(&actual).await?;
             }
         }
-        Ok(Some(deleted))
+        Ok(Some((deleted, rec.generation)))
     }
 
     /// The store key of the SPA's state of session `handle`.

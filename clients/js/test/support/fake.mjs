@@ -50,8 +50,15 @@ export class FakeClock {
   }
 }
 
+// Cloakroom marks its own error answers (`x-cloakroom-error: <code>`), as the real one does.
 const json = (status, body) =>
-  new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+  new Response(JSON.stringify(body), {
+    status,
+    headers: {
+      "content-type": "application/json",
+      ...(status >= 400 && typeof body.error === "string" ? { "x-cloakroom-error": body.error } : {}),
+    },
+  });
 
 /**
  * One browser's view of Cloakroom: one cookie jar, so every client instance (tab) given this

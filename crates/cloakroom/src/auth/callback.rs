@@ -1,9 +1,13 @@
-//! `GET /auth/callback?code&state` (or `?error&state`): finish the code flow (SPEC §1).
+//! `GET /auth/callback?code&state` (or `?error&state`), and a provider's own
+//! `GET /auth/callback/<name>`: finish the code flow (SPEC §1).
 //!
 //! rate limit → the pending login from the login cookie named for `state` (sealed for it) →
-//! `iss` (RFC 9207) → "state used" marker (once) → (IdP error → back to `return_to`) →
+//! the login's provider must be the one this callback is for → `iss` (RFC 9207; required on
+//! a callback several providers share) → "state used" marker (once) → (IdP error → back to `return_to`) →
 //! exchange code → verify ID token → new session → end the browser's previous session →
-//! cookies → 302.
+//! cookies → 302. From the exchange until the session is stored, every way out (a failed
+//! step-up, a store error) revokes the new tokens, unless they are of the browser's live
+//! session's grant (`Callback::revoke_unheld`).
 
 use crate::body::{empty, Body};
 use crate::clock::Clock;
@@ -42,6 +46,7 @@ impl Callback {
         &self,
         req: &Request<B>,
         ctx: &RequestCtx,
+        path_provider: Option<&str>,
     ) -> Result<Response<Body>, Error> {
         let state = self;
         state.limiter.check(ctx.client_ip)?;
@@ -74,20 +79,40 @@ impl Callback {
         if pending.created_at + ttl < now {
             return Err(Error::InvalidState("the login took too long"));
         }
+        // The provider the login went to, with the issuer and client_id it had then: a reload
+        // in between that re-pointed it at another IdP ends the login here.
         let oidc = state
             .providers
-            .of(pending.provider.as_deref())
+            .bound(pending.binding())
             .ok_or(Error::InvalidState(
-                "the login's identity provider is no longer configured",
+                "the login's identity provider is no longer configured as it started",
             ))?
             .clone();
 
-        // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer (mix-up defence).
+        // Mix-up defence (RFC 9700 §4.4): a response must come back to the callback of the
+        // provider the login went to. One to another provider's callback (sent there by a
+        // provider that passed the login on to an honest one) is refused before its code goes
+        // to any token endpoint.
+        if oidc.callback_name() != path_provider {
+            return Err(Error::InvalidState(
+                "this callback is not the login's identity provider's",
+            ));
+        }
+        // RFC 9207: when present (or promised by the IdP), `iss` must be our issuer. On a
+        // callback several providers share, nothing else tells them apart: `iss` is required.
+        let shared = path_provider.is_none()
+            && state
+                .providers
+                .all()
+                .iter()
+                .filter(|c| c.callback_name().is_none())
+                .count()
+                > 1;
         match query_param(&pairs, "iss")? {
             Some(iss) if iss != oidc.issuer() => {
                 return Err(Error::InvalidState("iss does not match the issuer"));
             }
-            None if oidc.promises_iss() => {
+            None if oidc.promises_iss() || shared => {
                 return Err(Error::InvalidState(
                     "iss missing from the authorization response",
                 ));
@@ -143,6 +168,41 @@ impl Callback {
             }
         };
 
+        // The browser's earlier sessions (the one it had when the login started, and the one
+        // its cookie names now, should the callback carry it).
+        let current = state
+            .cookies
+            .session_id(req.headers())
+            .map(|id| id.handle());
+        let mut previous: Vec<String> = pending.previous.iter().cloned().chain(current).collect();
+        previous.dedup();
+        // Until a stored session holds them, the new tokens are revoked on every way out
+        // (`Callback::revoke_unheld`): a store that fails from here on leaves no live grant
+        // behind.
+        let unheld = Unheld {
+            sub: result.sub.clone(),
+            sid: result.sid.clone(),
+            provider: pending.provider.clone(),
+            issuer: oidc.issuer().to_string(),
+            client_id: oidc.client_id().to_string(),
+            tokens: result.tokens.clone(),
+        };
+        macro_rules! or_revoke {
+            (store $e:expr) => {
+                or_revoke!($e.map_err(Error::from))
+            };
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => {
+                        state.revoke_unheld(&previous, unheld).await;
+                        crate::metrics::login_finished(e.status_and_code().1);
+                        return Err(e);
+                    }
+                }
+            };
+        }
+
         // A step-up login must have reached what it asked for (RFC 9470 §4: the IdP may
         // answer with less); if not, back to the SPA with an error, nothing changed.
         if let Some(up) = &pending.step_up {
@@ -153,19 +213,20 @@ impl Callback {
             ) {
                 tracing::info!(target: "audit", event = "step_up_failed", sub = %result.sub, "the step-up login did not reach the acr or auth_time asked for");
                 crate::metrics::login_finished("step_up_failed");
-                state
-                    .ender
-                    .revoke_later(pending.provider.as_deref(), result.tokens);
+                // Not the grant of the session it meant to upgrade (`Callback::revoke_unheld`):
+                // a failed step-up must not end the live session's grant.
+                state.revoke_unheld(&previous, unheld).await;
                 set_location(&mut resp, &with_error(&pending.return_to, "step_up_failed"))?;
                 return Ok(resp);
             }
         }
         let now = state.clock.unix();
         if let (Some(_), Some(old)) = (&pending.step_up, &pending.previous) {
-            if state
-                .upgrade_in_place(old, &result, pending.provider.as_deref(), req, ctx, now)
-                .await?
-            {
+            if or_revoke!(
+                state
+                    .upgrade_in_place(old, &result, &oidc, req, ctx, now)
+                    .await
+            ) {
                 set_location(&mut resp, &pending.return_to)?;
                 return Ok(resp);
             }
@@ -184,14 +245,6 @@ impl Callback {
         } else {
             secs(state.absolute_timeout)
         };
-        // The browser's earlier sessions (the one it had when the login started, and the one
-        // its cookie names now, should the callback carry it).
-        let current = state
-            .cookies
-            .session_id(req.headers())
-            .map(|id| id.handle());
-        let mut previous: Vec<String> = pending.previous.into_iter().chain(current).collect();
-        previous.dedup();
         // Re-constitution: one that timed out idle leaves its state to the same user; anyone
         // else gets nothing, and the leftover is gone either way.
         let mut restored: Option<String> = None;
@@ -201,8 +254,16 @@ impl Callback {
                 if let Err(e) = reaper.reap(old).await {
                     tracing::debug!(session = %crate::session::short(old), error = %e, "reaping the previous session at login failed");
                 }
-                match state.sessions.take_leftover(old).await? {
-                    Some(left) if left.sub == result.sub && left.provider == pending.provider => {
+                match or_revoke!(store state.sessions.take_leftover(old).await) {
+                    Some(left)
+                        if left.sub == result.sub
+                            && left.provider == pending.provider
+                            && left.issuer.as_deref().is_none_or(|i| i == oidc.issuer())
+                            && left
+                                .client_id
+                                .as_deref()
+                                .is_none_or(|c| c == oidc.client_id()) =>
+                    {
                         reconstituted = true;
                         restored = restored.or(left.state);
                     }
@@ -232,14 +293,20 @@ impl Callback {
             idle_timeout: remembered.then(|| secs(state.remember.idle_timeout)),
             reconstituted,
             provider: pending.provider.clone(),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
             generation: 0,
         };
-        state.sessions.save(&handle, &session).await?;
+        or_revoke!(store state.sessions.save(&handle, &session).await);
         if let Some(st) = &restored {
-            state
+            // The session stands (its tokens are held); only the hand-over is lost.
+            if let Err(e) = state
                 .sessions
                 .save_state(&handle, &session, st.as_bytes())
-                .await?;
+                .await
+            {
+                tracing::warn!(session = %crate::session::short(&handle), error = %e, "the timed-out session's state was not handed over");
+            }
         }
         // Frequent re-logins must not grow the user's index: drop the handles whose records are
         // gone (expired, ended elsewhere) while we are here.
@@ -284,7 +351,50 @@ impl Callback {
     }
 }
 
+/// A login's tokens no stored session holds yet, and whose they are.
+struct Unheld {
+    sub: String,
+    sid: Option<String>,
+    provider: Option<String>,
+    /// The issuer and `client_id` of the provider that issued them (the pending login's).
+    issuer: String,
+    client_id: String,
+    tokens: crate::session::Tokens,
+}
+
 impl Callback {
+    /// Revokes the tokens of a login that made no session (a failed step-up, a store failure
+    /// after the code exchange) — unless, by the same-grant rule of [`Ender::end_replaced`], one
+    /// of the browser's live sessions is the same user's in the same IdP session (`sid`): the
+    /// IdP issued both from one grant, and revoking any of this login's tokens would end that
+    /// session's grant too (oidc-provider revokes every token of the grant with any one of
+    /// them). Then nothing is revoked: the grant lives on in the session that holds it, and
+    /// its logout revokes it. A session that cannot be read (the store is down) counts as not
+    /// the same grant.
+    async fn revoke_unheld(&self, previous: &[String], unheld: Unheld) {
+        for old in previous {
+            let Ok(Some(s)) = self.sessions.load(old).await else {
+                continue;
+            };
+            if s.sub == unheld.sub
+                && s.provider == unheld.provider
+                && s.issuer.as_deref().is_none_or(|i| i == unheld.issuer)
+                && s.client_id.as_deref().is_none_or(|c| c == unheld.client_id)
+                && s.sid.is_some()
+                && s.sid == unheld.sid
+            {
+                tracing::info!(session = %crate::session::short(old), "the login's tokens are of the live session's grant: not revoked");
+                return;
+            }
+        }
+        let binding = crate::oidc::Binding {
+            provider: unheld.provider.as_deref(),
+            issuer: Some(&unheld.issuer),
+            client_id: Some(&unheld.client_id),
+        };
+        self.ender.revoke_later(binding, unheld.tokens);
+    }
+
     /// A step-up login of the session's own user replaces that session's record under its
     /// handle: the browser keeps its cookie, the SPA its state. False when there is no such
     /// session (gone, or another user signed in): the caller makes a new one.
@@ -292,7 +402,7 @@ impl Callback {
         &self,
         old: &str,
         result: &crate::oidc::LoginResult,
-        provider: Option<&str>,
+        oidc: &crate::oidc::OidcClient,
         req: &Request<B>,
         ctx: &RequestCtx,
         now: i64,
@@ -300,7 +410,10 @@ impl Callback {
         let Some(prev) = self.sessions.load(old).await? else {
             return Ok(false);
         };
-        if prev.sub != result.sub || prev.provider.as_deref() != provider {
+        if prev.sub != result.sub
+            || prev.provider != self.providers.record_name(oidc)
+            || !prev.binding().matches(oidc)
+        {
             return Ok(false);
         }
         let upgraded = Session {
@@ -324,6 +437,8 @@ impl Callback {
             idle_timeout: prev.idle_timeout,
             reconstituted: prev.reconstituted,
             provider: prev.provider.clone(),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
             generation: 0,
         };
         if !self.ender.upgrade(old, &upgraded).await? {

@@ -56,6 +56,17 @@ impl Login {
         ctx: &RequestCtx,
     ) -> Result<Response<Body>, Error> {
         let state = self;
+        // Login CSRF: another site must not start a login (a remembered one, another
+        // provider's, a step-up bound to fail) in the user's browser. Browsers say where a
+        // navigation came from; `same-site`, `same-origin` and `none` (typed, bookmarked) pass,
+        // as does a client that sends no such header.
+        if req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            return Err(Error::CrossSiteLogin);
+        }
         state.limiter.check(ctx.client_ip)?;
         let pairs = query_pairs(req.uri());
         let return_to = query_param(&pairs, "return_to")?.unwrap_or_else(|| "/".into());
@@ -111,6 +122,8 @@ impl Login {
             step_up,
             remember,
             provider: state.providers.record_name(&oidc),
+            issuer: Some(oidc.issuer().to_string()),
+            client_id: Some(oidc.client_id().to_string()),
         };
         let json = serde_json::to_vec(&pending)
             .map_err(|e| Error::Internal(format!("pending login: {e}")))?;

@@ -117,7 +117,7 @@ impl Logout {
                 crate::metrics::logout();
                 state
                     .providers
-                    .of(s.provider.as_deref())
+                    .bound(s.binding())
                     .and_then(|oidc| oidc.end_session_url(Some(&s.tokens.id_token)))
                     .map(|u| u.to_string())
             }

@@ -38,7 +38,7 @@ pub use cookie::CookieConfig;
 pub use csrf::CsrfConfig;
 pub use log::{LogConfig, LogFormat};
 pub use oidc::{
-    provider_env_prefix, AssertionAudience, ClientAuth, OidcConfig, Par, Profile,
+    provider_env_prefix, AssertionAudience, CallbackPath, ClientAuth, OidcConfig, Par, Profile,
     FAPI2_MAX_CLOCK_SKEW, MAX_PROVIDERS,
 };
 pub use routes::{

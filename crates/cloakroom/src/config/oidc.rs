@@ -29,6 +29,8 @@ pub(super) struct RawOidc {
     userinfo: Option<bool>,
     profile: Option<String>,
     post_logout_redirect_uri: Option<String>,
+    /// `shared` (`<auth_prefix>/callback`) or `own` (`<auth_prefix>/callback/<name>`).
+    callback: Option<String>,
     #[serde(with = "humantime_serde")]
     timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
@@ -84,6 +86,18 @@ pub enum Par {
     Never,
 }
 
+/// Which redirect URI a provider's logins come back to (`callback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackPath {
+    /// `<auth_prefix>/callback`, the one URI of a single-provider deployment (`[oidc]`'s
+    /// default). Shared by several providers, it takes only authorization responses with an
+    /// RFC 9207 `iss` (mix-up defence).
+    Shared,
+    /// `<auth_prefix>/callback/<name>`, this provider's alone (`[[oidc.providers]]`' default):
+    /// a response there is refused unless the login was this provider's.
+    Own,
+}
+
 /// A security profile the whole configuration is held to (`oidc.profile`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -118,6 +132,8 @@ pub struct OidcConfig {
     pub issuer_id: String,
     /// OAuth client id.
     pub client_id: String,
+    /// The redirect URI its logins use (`callback`).
+    pub callback: CallbackPath,
     /// OAuth client secret.
     pub client_secret: Secret,
     /// Token endpoint authentication.
@@ -285,6 +301,9 @@ impl OidcConfig {
                 }
             }
             let mut own_errs = Vec::new();
+            // A provider beside [oidc] comes back to a callback of its own unless it says
+            // otherwise (mix-up defence, README "Several identity providers").
+            p.callback = p.callback.or_else(|| Some("own".into()));
             let built = Self::build_one(p, public_url, &own_env, &mut own_errs);
             errs.extend(own_errs.into_iter().map(|m| {
                 m.replace("oidc.", &format!("{key}."))
@@ -518,6 +537,14 @@ impl OidcConfig {
                 ));
             }
         }
+        let callback = match raw.callback.as_deref() {
+            None | Some("shared") => CallbackPath::Shared,
+            Some("own") => CallbackPath::Own,
+            Some(o) => {
+                errs.push(format!("oidc.callback: `{o}` must be shared or own"));
+                CallbackPath::Shared
+            }
+        };
         let post_logout_redirect_uri = match raw.post_logout_redirect_uri.as_deref() {
             None => public_url.join("/").unwrap_or_else(|_| public_url.clone()),
             Some(s) => {
@@ -536,6 +563,7 @@ impl OidcConfig {
                 .to_string(),
             issuer,
             client_id,
+            callback,
             client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
             client_auth,
             par,

@@ -361,7 +361,8 @@ pub(super) fn build(
             ));
         }
         let step_up = step_up(&key, &r, token, errs);
-        let providers = route_providers(&key, r.providers.as_deref(), token, oidc, errs);
+        let providers =
+            route_providers(&key, r.providers.as_deref(), token, &user_token, oidc, errs);
         if routes.iter().any(|x: &Route| x.prefix == r.prefix) {
             errs.push(format!("{key}.prefix: `{}` is given twice", r.prefix));
         }
@@ -518,14 +519,25 @@ fn step_up(key: &str, r: &RawRoute, token: TokenPolicy, errs: &mut Problems) -> 
 /// refresh token: the distinct resources of the routes' user tokens, and their scopes.
 #[must_use]
 /// `providers = [...]`: names of `[oidc]` (recorded as `None`) or of `[[oidc.providers]]`.
+///
+/// Left out, a route takes every provider's sessions — except, when there are several
+/// providers, a route on which Cloakroom asks the IdP for a token on the session's behalf
+/// (`token = "exchange"`, or a `resource`): that one takes `[oidc]`'s sessions only, so no
+/// other provider is asked for the route's resource or audience (at login or later) unless
+/// the route names it.
 fn route_providers(
     key: &str,
     names: Option<&[String]>,
     token: TokenPolicy,
+    user_token: &UserToken,
     oidc: &super::OidcConfig,
     errs: &mut Problems,
 ) -> Option<Vec<Option<String>>> {
-    let names = names?;
+    let Some(names) = names else {
+        let asks_idp = matches!(user_token, UserToken::Exchange(_) | UserToken::Resource(_));
+        return (asks_idp && token.uses_session() && !oidc.providers.is_empty())
+            .then(|| vec![None]);
+    };
     if names.is_empty() {
         errs.push(format!(
             "{key}.providers: must not be empty (leave it out to take every provider's sessions)"

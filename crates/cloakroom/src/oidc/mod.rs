@@ -34,7 +34,7 @@ pub use errors::{classify, FailureKind, RefreshError};
 pub use jwks::{JWKS_ANONYMOUS_REFETCH_INTERVAL, JWKS_REFETCH_INTERVAL};
 pub use logout_token::{LogoutClaims, LOGOUT_TOKEN_MAX_AGE};
 pub use mtls::ClientCert;
-pub use providers::Providers;
+pub use providers::{Binding, Providers};
 pub use report::{capability_report, ReportLine};
 
 use errors::describe_token_error;
@@ -175,6 +175,37 @@ pub struct LoginResult {
     pub refresh_expires_in: Option<i64>,
 }
 
+/// Claims the userinfo endpoint is never allowed to supply (`OidcClient::merge_userinfo`):
+/// the ID token's own validity and audience (`iss`, `aud`, `exp`, `iat`, `nbf`, `jti`, `nonce`,
+/// `azp`, the hashes), what the login reached (`acr`, `amr`, `auth_time`: step-up decisions
+/// read them), the IdP session (`sid`: back-channel logout and the same-grant rule read it),
+/// the token binding (`cnf`), and the JWT machinery of other specs (`act`, `may_act`, `events`,
+/// aggregated and distributed claims). `sub` must match and is the ID token's.
+pub const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "nonce",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "cnf",
+    "act",
+    "may_act",
+    "events",
+    "_claim_names",
+    "_claim_sources",
+];
+
 /// The relying party, built once at start-up.
 pub struct OidcClient {
     /// The provider's name (`oidc.name`, `[[oidc.providers]] name`).
@@ -193,6 +224,9 @@ pub struct OidcClient {
     post_logout_redirect_uri: Url,
     clock_skew: Duration,
     promises_iss: bool,
+    /// Its logins come back to `<auth_prefix>/callback/<name>` (`callback = "own"`), not to
+    /// the shared `<auth_prefix>/callback`.
+    own_callback: bool,
     /// `oidc.dpop`: a DPoP key per login, proofs at the token endpoint.
     dpop: bool,
     /// `oidc.profile = "fapi2"`: ID tokens signed with PS256, ES256 or EdDSA only.
@@ -314,17 +348,24 @@ pub fn http_client(config: &OidcConfig) -> Result<reqwest::Client, reqwest::Erro
     b.build()
 }
 
-/// Our redirect URI: `<server.public_url><server.auth_prefix>/callback`.
+/// Provider `p`'s redirect URI: `<server.public_url><server.auth_prefix>/callback`, or with
+/// `callback = "own"` `…/callback/<name>`.
 ///
 /// # Errors
 /// [`StartupError::Discovery`] when the public URL cannot take the path.
-pub fn redirect_uri(config: &Config) -> Result<Url, StartupError> {
+pub fn redirect_uri(config: &Config, p: &OidcConfig) -> Result<Url, StartupError> {
+    let path = match p.callback {
+        crate::config::CallbackPath::Shared => format!("{}/callback", config.server.auth_prefix),
+        crate::config::CallbackPath::Own => {
+            format!("{}/callback/{}", config.server.auth_prefix, p.name)
+        }
+    };
     config
         .server
         .public_url
-        .join(&format!("{}/callback", config.server.auth_prefix))
+        .join(&path)
         .map_err(|e| StartupError::Discovery {
-            issuer: config.oidc.issuer.to_string(),
+            issuer: p.issuer.to_string(),
             reason: e.to_string(),
         })
 }
@@ -435,6 +476,7 @@ impl OidcClient {
             par: par.map(|p| aliases.pushed_authorization_request_endpoint.unwrap_or(p)),
             issuer: issuer_str,
             client_id: config.client_id.clone(),
+            own_callback: config.callback == crate::config::CallbackPath::Own,
             scopes: config.scopes.clone(),
             extra_params: config
                 .extra_auth_params
@@ -497,10 +539,23 @@ impl OidcClient {
         &self.issuer
     }
 
+    /// The `client_id` Cloakroom is registered with there.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     /// `oidc.clock_skew`: the tolerance for the IdP's timestamps.
     #[must_use]
     pub fn clock_skew(&self) -> Duration {
         self.clock_skew
+    }
+
+    /// The callback its logins come back to: `Some(name)` for `<auth_prefix>/callback/<name>`,
+    /// `None` for the shared `<auth_prefix>/callback`.
+    #[must_use]
+    pub fn callback_name(&self) -> Option<&str> {
+        self.own_callback.then_some(self.name.as_str())
     }
 
     /// RFC 9207: whether the IdP promises `iss` in authorization responses.
@@ -827,7 +882,9 @@ impl OidcClient {
 
     /// `oidc.userinfo`: the userinfo endpoint's claims (OIDC Core 5.3), for the same `sub`
     /// (5.3.4, checked by `openidconnect`), added to the ID token's where it has none of its
-    /// own. The access token goes to the IdP only.
+    /// own — never a protocol claim ([`PROTOCOL_CLAIMS`]: what the login reached, its session,
+    /// its binding and the ID token's own validity come from the verified ID token only). The
+    /// access token goes to the IdP only.
     ///
     /// # Errors
     /// [`Error::TokenExchange`] when the IdP has no userinfo endpoint or the call fails.
@@ -853,6 +910,9 @@ impl OidcClient {
             return Err(Error::TokenExchange("userinfo: unreadable claims".into()));
         };
         for (k, v) in map {
+            if PROTOCOL_CLAIMS.contains(&k.as_str()) {
+                continue;
+            }
             claims.entry(k).or_insert(v);
         }
         Ok(())

@@ -9,6 +9,29 @@ use super::OidcClient;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
+/// What a session, pending login or leftover records of its provider: the name (`None`:
+/// `[oidc]`), and the issuer and `client_id` it logged in with (`None` in records written
+/// before they were recorded). See [`Providers::bound`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// The provider's name as recorded ([`Providers::record_name`]).
+    pub provider: Option<&'a str>,
+    /// The issuer at login.
+    pub issuer: Option<&'a str>,
+    /// The `client_id` at login.
+    pub client_id: Option<&'a str>,
+}
+
+impl Binding<'_> {
+    /// Whether `client` still has the recorded issuer and `client_id` (a record without them
+    /// matches any).
+    #[must_use]
+    pub fn matches(&self, client: &OidcClient) -> bool {
+        self.issuer.is_none_or(|i| i == client.issuer())
+            && self.client_id.is_none_or(|c| c == client.client_id())
+    }
+}
+
 /// The providers, `[oidc]` first. Cheap to clone; every clone sees a [`Providers::replace`].
 #[derive(Debug, Clone)]
 pub struct Providers {
@@ -86,6 +109,18 @@ impl Providers {
             None => Some(self.primary()),
             Some(n) => self.named(n),
         }
+    }
+
+    /// The provider a session, pending login or leftover is bound to: the one its record
+    /// names ([`Providers::of`]), and only while that provider still has the issuer and
+    /// `client_id` the record was made with. A record without them (written before they were
+    /// recorded) is taken as the named provider's as configured now. `None` when the provider
+    /// is gone or now points at another IdP or registration (a reload changed `[oidc]`,
+    /// `[[oidc.providers]]` or which one is `[oidc]`): such a record is ended and no token of
+    /// it is sent anywhere.
+    #[must_use]
+    pub fn bound(&self, b: Binding<'_>) -> Option<Arc<OidcClient>> {
+        self.of(b.provider).filter(|c| b.matches(c))
     }
 
     /// The provider whose issuer is `iss` (back-channel logout tokens say who sent them).

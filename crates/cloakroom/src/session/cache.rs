@@ -278,6 +278,8 @@ mod tests {
             idle_timeout: None,
             reconstituted: false,
             provider: None,
+            issuer: None,
+            client_id: None,
             generation: 0,
         })
     }

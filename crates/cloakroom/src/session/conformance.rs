@@ -41,6 +41,8 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         idle_timeout: None,
         reconstituted: false,
         provider: None,
+        issuer: None,
+        client_id: None,
         generation: 0,
     }
 }
@@ -405,6 +407,7 @@ pub async fn run(store: Store) {
             },
             b"x".to_vec(),
             now_unix(),
+            0,
             Duration::from_millis(1),
             Duration::from_secs(60),
         )

@@ -75,6 +75,7 @@ impl MemoryStore {
         r: &RecordRef,
         blob: Vec<u8>,
         seen: i64,
+        generation: u64,
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
@@ -86,7 +87,8 @@ impl MemoryStore {
                 .entry(k)
                 .or_insert_with(|| (HashSet::new(), now + index_ttl));
             e.0.insert(r.handle.clone());
-            e.1 = now + index_ttl;
+            // Only ever extended, as in Redis (`index_add`).
+            e.1 = e.1.max(now + index_ttl);
         };
         for (i, n) in r.entries() {
             add(key(i, n));
@@ -96,7 +98,7 @@ impl MemoryStore {
             Record {
                 data: blob,
                 seen,
-                generation: 0,
+                generation,
                 expires: now + ttl,
             },
         );

@@ -130,16 +130,29 @@ impl RedisStore {
         r: &RecordRef,
         blob: Vec<u8>,
         seen: i64,
+        generation: u64,
         ttl: Duration,
         index_ttl: Duration,
     ) -> Result<(), StoreError> {
         // Indexes first (each its own slot), then the record: no failure leaves a live session
-        // that "log out everywhere" or back-channel logout cannot find.
+        // that "log out everywhere" or back-channel logout cannot find. An index's TTL is only
+        // ever extended (`index_add`): a shorter-lived session of the same user written later
+        // must not cut short the entry of a remembered one.
+        let ms = millis(index_ttl);
         for ik in self.keys.indexes(r) {
-            let mut p = redis::pipe();
-            p.cmd("SADD").arg(&ik).arg(&r.handle);
-            p.cmd("EXPIRE").arg(&ik).arg(index_ttl.as_secs().max(1));
-            self.pipeline(p).await?;
+            let script = self.scripts.index_add.clone();
+            let handle = r.handle.clone();
+            self.run(move |mut c| {
+                Box::pin(async move {
+                    script
+                        .key(ik)
+                        .arg(handle)
+                        .arg(ms)
+                        .invoke_async::<()>(&mut c)
+                        .await
+                })
+            })
+            .await?;
         }
         let k = self.keys.session(&r.handle);
         let mut session = redis::pipe();
@@ -153,7 +166,7 @@ impl RedisStore {
             .arg("s")
             .arg(seen)
             .arg("g")
-            .arg(0);
+            .arg(generation);
         session.cmd("PEXPIRE").arg(&k).arg(millis(ttl));
         self.pipeline(session).await.map(|_| ())
     }

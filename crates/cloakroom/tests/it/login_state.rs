@@ -435,3 +435,135 @@ async fn a_route_whose_prefix_starts_like_the_auth_prefix_is_reachable() {
         .expect("request");
     assert_eq!(r.status(), 404);
 }
+
+/// Issue #30 item 8: login CSRF. Another site cannot start a login in the user's browser (a
+/// remembered one, another provider's, a step-up bound to fail): a navigation the browser marks
+/// `Sec-Fetch-Site: cross-site` is refused with 403 `cross_site_login`, before anything is
+/// set in the browser. Same-origin, same-site and user-typed (`none`)
+/// navigations, and clients that send no such header, log in as before.
+#[tokio::test]
+async fn a_login_started_from_another_site_is_refused() {
+    let env = TestEnv::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for site in ["cross-site", "Cross-Site"] {
+        let r = client
+            .get(env.url("/auth/login?return_to=/app&remember=true"))
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), 403, "{site}");
+        assert!(r.headers().get("set-cookie").is_none());
+        assert!(r.headers().get("location").is_none());
+        assert_eq!(r.headers()["x-cloakroom-error"], "cross_site_login");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["error"], "cross_site_login");
+    }
+    for site in [Some("same-origin"), Some("same-site"), Some("none"), None] {
+        let mut req = client.get(env.url("/auth/login?return_to=/app"));
+        if let Some(s) = site {
+            req = req.header("sec-fetch-site", s);
+        }
+        let r = req.send().await.expect("login");
+        assert_eq!(r.status(), 302, "{site:?}");
+    }
+}
+
+/// Issue #30 item 10: the login budget is per IPv6 /64 (rotating through one's own /64 buys
+/// no new budget; another /64 has its own), per IPv4 address as before.
+#[tokio::test]
+async fn the_login_rate_limit_counts_an_ipv6_64_as_one_client() {
+    let env = TestEnv::start_with(Opts {
+        login_rate_limit: 3,
+        ..Opts::default()
+    })
+    .await;
+    // The test client is the trusted proxy; the client IP comes from X-Forwarded-For.
+    let port = env.apps[0].public_addr.port();
+    let config = trusting_loopback(&env, port);
+    env.apps[0].reload(config).await.expect("reload");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |ip: String| {
+        let client = client.clone();
+        let url = env.url("/auth/login");
+        async move {
+            client
+                .get(url)
+                .header("x-forwarded-for", ip)
+                .send()
+                .await
+                .expect("login")
+                .status()
+                .as_u16()
+        }
+    };
+    let mut statuses = Vec::new();
+    for i in 1..=5 {
+        statuses.push(login(format!("2001:db8:aa:bb::{i:x}")).await);
+    }
+    assert_eq!(statuses, [302, 302, 302, 429, 429], "one /64, one budget");
+    assert_eq!(
+        login("2001:db8:aa:bb:ffff:ffff:ffff:ffff".into()).await,
+        429
+    );
+    assert_eq!(login("2001:db8:aa:bc::1".into()).await, 302, "another /64");
+    assert_eq!(login("192.0.2.1".into()).await, 302);
+    assert_eq!(login("192.0.2.2".into()).await, 302, "IPv4: per address");
+}
+
+/// Issue #30 item 10: a reload keeps the login limiter, budgets and all, while its settings
+/// stay the same (a reload is no way to a fresh budget).
+#[tokio::test]
+async fn a_reload_keeps_the_login_budgets() {
+    let env = TestEnv::start_with(Opts {
+        login_rate_limit: 3,
+        ..Opts::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = || async {
+        client
+            .get(env.url("/auth/login"))
+            .send()
+            .await
+            .expect("login")
+            .status()
+            .as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(login().await, 302);
+    }
+    // A reload that changes something else (a route).
+    let port = env.apps[0].public_addr.port();
+    let more = "[[routes]]\nprefix = \"/more/\"\nupstream = \"http://@UPSTREAM@\"\n";
+    let config = env.config(port, &env.keys, more);
+    env.apps[0].reload(config).await.expect("reload");
+    assert_eq!(login().await, 429, "the budget survived the reload");
+    let mut b = Browser::new();
+    assert_eq!(
+        b.xhr(Method::GET, &env.url("/more/x")).await.status,
+        401,
+        "the reload took effect"
+    );
+}
+
+/// The env's config with `server.trusted_proxies = ["127.0.0.1"]`.
+fn trusting_loopback(env: &TestEnv, port: u16) -> cloakroom::config::Config {
+    let text = env.toml(port, &env.opts.extra_toml).replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        1,
+    );
+    cloakroom::config::Config::from_toml(&text, &env.env_vars(&env.keys))
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+}

@@ -26,6 +26,7 @@ mod proxying;
 mod reconstitute;
 mod refresh;
 mod reload;
+mod remembered;
 mod route_tokens;
 mod second_idp;
 mod session_cache;

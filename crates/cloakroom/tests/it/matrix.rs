@@ -266,6 +266,57 @@ async fn claims_only_at_userinfo() {
     core(o, USUAL).await;
 }
 
+/// Issue #30 item 9: the userinfo endpoint adds profile claims, never protocol ones. The IdP's
+/// userinfo answers a forged `acr`, `amr`, `auth_time`, `sid`, `cnf` and the ID token's own
+/// validity claims (none of which its ID token carries, or with other values): the session
+/// keeps the ID token's (or none), so a route that wants the forged `acr` still asks for a
+/// step-up.
+#[tokio::test]
+async fn userinfo_never_supplies_protocol_claims() {
+    const FORGED_ACR: &str = "urn:forged:loa:9";
+    let forged = serde_json::json!({
+        "acr": FORGED_ACR, "amr": ["hwk", "mfa"], "auth_time": 4_102_444_800_i64,
+        "sid": "forged-sid", "cnf": {"jkt": "forged"}, "iss": "https://evil.example",
+        "aud": "someone-else", "exp": 4_102_444_800_i64, "iat": 1, "nbf": 4_102_444_800_i64,
+        "nonce": "forged", "azp": "someone-else", "at_hash": "forged", "c_hash": "forged",
+        "s_hash": "forged", "jti": "forged", "nickname": "Al",
+    });
+    let mut o = with_idp(&[("userinfo_claims", forged.clone())]);
+    o.oidc_toml = "userinfo = true".into();
+    o.extra_toml = format!(
+        "[[routes]]\nprefix = \"/gold/\"\nupstream = \"http://@UPSTREAM@\"\nacr_values = [\"{FORGED_ACR}\"]\n"
+    );
+    let env = TestEnv::start_with(o).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let s = env.session_of(&b).await.expect("a session");
+    assert_eq!(
+        s.claims["nickname"], "Al",
+        "the userinfo merge ran: {:?}",
+        s.claims
+    );
+    for (k, v) in forged.as_object().expect("object") {
+        if k != "nickname" {
+            assert_ne!(
+                s.claims.get(k),
+                Some(v),
+                "{k} taken from userinfo: {:?}",
+                s.claims
+            );
+        }
+    }
+    assert_eq!(s.sid.as_deref().filter(|sid| *sid == "forged-sid"), None);
+    let user = b.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_ne!(user["acr"], FORGED_ACR, "{user}");
+    let r = b.xhr(Method::GET, &env.url("/gold/x")).await;
+    assert_eq!(
+        r.status, 401,
+        "the forged acr satisfied the route: {}",
+        r.body
+    );
+    assert_eq!(r.json()["error"], "step_up_required");
+}
+
 /// No refresh token granted (no `offline_access`): the session lasts while its access token
 /// does, then ends; with `silent_login` the 401 names a silent re-authentication, which
 /// brings a new session without the user typing anything while the IdP session lives.

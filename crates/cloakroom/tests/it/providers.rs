@@ -340,3 +340,252 @@ async fn the_admin_api_tells_the_providers_apart() {
         200
     );
 }
+
+/// Both IdPs without RFC 9207 `iss` in their authorization responses (most IdPs in the wild),
+/// and Cloakroom's authorization requests in the front channel (no PAR), so the state a
+/// provider is given can be seen.
+fn without_iss(second_toml: &str, extra_toml: &str) -> Opts {
+    let mut o = Opts {
+        par: "never",
+        second_toml: format!("par = \"never\"\n{second_toml}"),
+        ..two_providers(extra_toml)
+    };
+    o.idp_extra
+        .insert("iss_response".into(), serde_json::Value::Bool(false));
+    o
+}
+
+/// The mix-up attack (RFC 9700 §4.4) between two real IdPs: the browser starts a login at the
+/// second provider, which (malicious) passes it on to the first, honest one with Cloakroom's
+/// client_id there, the first IdP's registered redirect URI and the same `state`. The honest
+/// IdP's code comes back to `/auth/callback`, the first provider's callback; the pending login
+/// is the second provider's, whose callback is `/auth/callback/second`. Refused before the code
+/// goes to any token endpoint (the second IdP's would have got it).
+#[tokio::test]
+async fn a_mix_up_between_two_providers_through_the_callback_is_refused() {
+    let env = TestEnv::start_with(without_iss("", "")).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let mut b = Browser::new();
+    let r = b
+        .get(&env.url("/auth/login?return_to=/app&provider=second"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let at_second = r.location();
+    assert!(at_second.starts_with(&idp2.issuer), "{at_second}");
+    let q = crate::support::query(&at_second);
+    assert_eq!(q["redirect_uri"], env.url("/auth/callback/second"));
+    // The malicious provider sends the browser on to the honest one.
+    let mut honest = url::Url::parse(&format!("{}/auth", env.idp.issuer)).expect("url");
+    honest
+        .query_pairs_mut()
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid")
+        .append_pair("redirect_uri", &env.url("/auth/callback"))
+        .append_pair("state", &q["state"])
+        .append_pair("nonce", &q["nonce"])
+        .append_pair("code_challenge", &q["code_challenge"])
+        .append_pair("code_challenge_method", "S256");
+    let callback = env
+        .idp
+        .login(&mut b, honest.as_str(), "alice", "wonderland")
+        .await;
+    assert!(
+        callback.starts_with(&env.url("/auth/callback?")),
+        "{callback}"
+    );
+    let cq = crate::support::query(&callback);
+    assert!(
+        cq.contains_key("code") && !cq.contains_key("iss"),
+        "{callback}"
+    );
+    let hits_before = idp2.stat(&["token_endpoint_hits"]).await;
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "invalid_state");
+    assert_eq!(
+        idp2.stat(&["token_endpoint_hits"]).await,
+        hits_before,
+        "the honest IdP's code went to the second IdP's token endpoint"
+    );
+    assert_eq!(
+        env.idp
+            .stat(&["token_requests", "authorization_code"])
+            .await,
+        0
+    );
+    assert!(env.session_of(&b).await.is_none(), "no session");
+
+    // Each provider's own logins still work, each through its own callback.
+    let mut first = Browser::new();
+    let mut second = Browser::new();
+    login_at(&env, &mut first, "", &env.idp).await;
+    login_at(&env, &mut second, "&provider=second", idp2).await;
+    let u = second.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_eq!(u["provider"], "second", "{u}");
+    // A response for the first provider's login at the second's callback is refused too.
+    let mut c = Browser::new();
+    let r = c.get(&env.url("/auth/login?return_to=/app")).await;
+    let callback = env
+        .idp
+        .login(&mut c, &r.location(), "alice", "wonderland")
+        .await;
+    let moved = callback.replace("/auth/callback?", "/auth/callback/second?");
+    let r = c.get(&moved).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "invalid_state");
+}
+
+/// Two providers on the one shared callback (`callback = "shared"`): nothing but RFC 9207 `iss`
+/// tells their responses apart, so a response without it is refused, even from a provider
+/// that does not promise it. With `iss`, the shared callback works.
+#[tokio::test]
+async fn a_callback_shared_by_two_providers_takes_only_responses_with_iss() {
+    let env = TestEnv::start_with(without_iss("callback = \"shared\"", "")).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let mut b = Browser::new();
+    let r = b
+        .get(&env.url("/auth/login?return_to=/app&provider=second"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(
+        crate::support::query(&r.location())["redirect_uri"],
+        env.url("/auth/callback")
+    );
+    let callback = idp2
+        .login(&mut b, &r.location(), "alice", "wonderland")
+        .await;
+    assert!(!crate::support::query(&callback).contains_key("iss"));
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "invalid_state");
+    assert_eq!(idp2.stat(&["token_endpoint_hits"]).await, 0);
+    drop(env);
+
+    // IdPs that send `iss`: the shared callback takes each one's responses.
+    let env = TestEnv::start_with(Opts {
+        second_toml: "callback = \"shared\"".into(),
+        ..two_providers("")
+    })
+    .await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let mut b = Browser::new();
+    login_at(&env, &mut b, "&provider=second", idp2).await;
+    let u = b.xhr(Method::GET, &env.url("/auth/user")).await.json();
+    assert_eq!(u["provider"], "second", "{u}");
+}
+
+const PARTNER_API: &str = "https://partner-api.test";
+const INTERNAL: &str = "https://internal.test";
+
+/// A token-exchange route with an actor token that takes both providers' sessions: a session
+/// of the second provider is exchanged at the second IdP with the second IdP's own
+/// client-credentials token as the actor. The first IdP is never asked for a token, so no
+/// token it issued exists to be sent anywhere. Routes that ask an IdP for a token on the
+/// session's behalf and name no `providers` take only `[oidc]`'s sessions: the second
+/// provider gets 403 there and is never asked for their resources at login.
+#[tokio::test]
+async fn a_partner_session_on_an_exchange_route_sends_no_primary_issued_token() {
+    let extra = r#"
+[[routes]]
+prefix = "/partner-api/"
+upstream = "http://@UPSTREAM@"
+token = "exchange"
+providers = ["default", "second"]
+[routes.exchange]
+audience = "https://partner-api.test"
+actor_token = true
+[[routes]]
+prefix = "/internal-exchange/"
+upstream = "http://@UPSTREAM@"
+token = "exchange"
+[routes.exchange]
+audience = "https://partner-api.test"
+actor_token = true
+[[routes]]
+prefix = "/internal/"
+upstream = "http://@UPSTREAM@"
+resource = "https://internal.test"
+scopes = ["internal:read"]
+"#;
+    let mut o = Opts {
+        par: "never",
+        second_toml: "par = \"never\"".into(),
+        ..two_providers(extra)
+    };
+    o.idp_extra.insert(
+        "token_exchange".into(),
+        serde_json::json!({"audiences": [PARTNER_API]}),
+    );
+    o.idp_extra.insert(
+        "resource_servers".into(),
+        serde_json::json!([{"indicator": INTERNAL, "scope": "internal:read"}]),
+    );
+    o.idp_client_extra
+        .insert("client_credentials".into(), true.into());
+    o.idp_client_extra
+        .insert("token_exchange".into(), true.into());
+    o.idp_client_extra
+        .insert("scope".into(), "openid profile email offline_access".into());
+    let env = TestEnv::start_with(o).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+
+    let mut second = Browser::new();
+    let r = second
+        .get(&env.url("/auth/login?return_to=/app&provider=second"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        !r.location().contains("resource="),
+        "the second provider is asked for an internal resource: {}",
+        r.location()
+    );
+    let callback = idp2
+        .login(&mut second, &r.location(), "alice", "wonderland")
+        .await;
+    assert_eq!(second.get(&callback).await.status, 302);
+
+    let seen = env.upstream.authorizations_seen();
+    let r = second.xhr(Method::GET, &env.url("/partner-api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = &r.json()["token_claims"];
+    assert_eq!(c["aud"], PARTNER_API, "{c}");
+    assert_eq!(c["iss"], idp2.issuer.as_str(), "{c}");
+    assert_eq!(c["act"]["sub"], CLIENT_ID, "{c}");
+    assert_eq!(env.upstream.authorizations_since(seen).len(), 1);
+    assert_eq!(
+        idp2.stat(&["token_requests", "client_credentials"]).await,
+        1,
+        "the actor token is the second IdP's own"
+    );
+    assert_eq!(
+        env.idp.stat(&["token_endpoint_hits"]).await,
+        0,
+        "the first IdP issued a token for a session of the second"
+    );
+    for prefix in ["/internal-exchange/x", "/internal/x"] {
+        let r = second.xhr(Method::GET, &env.url(prefix)).await;
+        assert_eq!(r.status, 403, "{prefix}: {}", r.body);
+        assert_eq!(r.json()["error"], "provider_not_allowed", "{prefix}");
+    }
+    assert_eq!(env.idp.stat(&["token_endpoint_hits"]).await, 0);
+
+    // The first provider's sessions take every one of these routes, with its own tokens.
+    let mut first = Browser::new();
+    let r = first.get(&env.url("/auth/login?return_to=/app")).await;
+    assert!(r.location().contains("resource="), "{}", r.location());
+    let callback = env
+        .idp
+        .login(&mut first, &r.location(), "alice", "wonderland")
+        .await;
+    assert_eq!(first.get(&callback).await.status, 302);
+    for prefix in ["/partner-api/x", "/internal-exchange/x", "/internal/x"] {
+        let r = first.xhr(Method::GET, &env.url(prefix)).await;
+        assert_eq!(r.status, 200, "{prefix}: {}", r.body);
+        assert_eq!(
+            r.json()["token_claims"]["iss"],
+            env.idp.issuer.as_str(),
+            "{prefix}"
+        );
+    }
+}

@@ -189,6 +189,50 @@ async fn route_policies_and_header_hygiene() {
     );
 }
 
+/// Issue #30 item 4: Cloakroom's own error answers carry `x-cloakroom-error: <code>` (the SPA
+/// client acts on a 401's `login_url` only then), and an upstream's copy of that header is
+/// dropped on every route, so an API cannot pass its 401 off as Cloakroom's.
+#[tokio::test]
+async fn cloakroom_marks_its_own_errors_and_an_upstreams_copy_of_the_mark_is_dropped() {
+    let env = TestEnv::start().await;
+    let mut anon = Browser::new();
+    let mark = |r: &crate::support::browser::Resp| {
+        r.headers
+            .get_all("x-cloakroom-error")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+    };
+    // Ours: no session, no CSRF header, no route.
+    let r = anon.xhr(Method::GET, &env.url("/api/x")).await;
+    assert_eq!((r.status, mark(&r)), (401, vec!["unauthenticated".into()]));
+    let r = anon.get(&env.url("/api/x")).await;
+    assert_eq!((r.status, mark(&r)), (403, vec!["csrf".into()]));
+    let r = anon.get(&env.url("/nowhere")).await;
+    assert_eq!((r.status, mark(&r)), (404, vec!["not_found".into()]));
+    // An upstream's 401 dressed as ours: passed on, body and all, without the mark.
+    let r = anon.get(&env.url("/public/fake-login-401")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        r.json()["login_url"],
+        "https://evil.example/auth/login?prompt=none"
+    );
+    assert_eq!(
+        mark(&r),
+        Vec::<String>::new(),
+        "an upstream's copy is dropped"
+    );
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let r = b.xhr(Method::GET, &env.url("/api/fake-login-401")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(mark(&r), Vec::<String>::new(), "on token routes too");
+    // An upstream's RFC 9470 challenge becomes Cloakroom's own step-up answer: marked.
+    let r = b.xhr(Method::GET, &env.url("/api/challenge/x")).await;
+    assert_eq!(r.json()["error"], "step_up_required", "{}", r.body);
+    assert_eq!(mark(&r), vec!["step_up_required".to_string()]);
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     let env = TestEnv::start().await;

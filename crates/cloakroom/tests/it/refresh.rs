@@ -680,3 +680,51 @@ async fn key_rotation_on_two_instances_keeps_every_session_findable() {
         );
     }
 }
+
+/// Issue #30 item 11: a store that fails after the code exchange (the session cannot be
+/// written) leaves no live grant behind: the callback answers 503 and the tokens the IdP just
+/// issued — which no session holds — are revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_after_the_code_exchange_revokes_the_new_tokens() {
+    let env = TestEnv::start_with(Opts {
+        idp_fault: true,
+        redis_fault: true,
+        ..Opts::default()
+    })
+    .await;
+    let idp = env.idp_fault.as_ref().expect("IdP proxy");
+    let redis = env.redis_fault.as_ref().expect("Redis proxy");
+    let mut b = Browser::new();
+    let r = b.get(&env.url("/auth/login?return_to=/app")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = env
+        .idp
+        .login(&mut b, &r.location(), "alice", "wonderland")
+        .await;
+    // The IdP holds the code exchange; Redis goes away while it does; then the IdP answers.
+    let exchanges = |sent: &str| sent.matches("grant_type=authorization_code").count();
+    let before = exchanges(&idp.sent());
+    idp.set(Fault::Stall);
+    let pending = tokio::spawn(async move { b.get(&callback).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exchanges(&idp.sent()) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code exchange reached the IdP's proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.set(Fault::Drop);
+    idp.set(Fault::Pass);
+    let r = pending.await.expect("join");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "store_unavailable");
+    assert!(r.set_cookie("__Host-cloakroom").is_none(), "no session");
+    // The refresh token and the access token, revoked at the IdP.
+    assert_eq!(env.idp.wait_stat(&["revocations"], 2).await, 2);
+    let revoked = env.idp.stats().await["revoked_tokens"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(revoked, 2, "both answered 200");
+    redis.set(Fault::Pass);
+}

@@ -519,3 +519,71 @@ async fn a_reload_changes_the_log_level() {
     );
     terminate(bin);
 }
+
+/// Sessions are bound to their provider's issuer and client_id, not only to its name (issue
+/// #30, item 5): a reload that points `[oidc]` at another IdP ends the sessions made at the
+/// old one instead of sending their tokens to the new one — no refresh, no revocation there,
+/// no token to the API either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_re_points_a_provider_ends_its_sessions_and_sends_their_tokens_nowhere() {
+    let env = TestEnv::start_with(Opts {
+        binary: true,
+        second_idp: true,
+        ..Opts::default()
+    })
+    .await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let bin = env.spawn_binary("").await;
+    let base = format!("http://{}", bin.addr);
+    let admin = bin.admin_addr;
+    let mut b = Browser::new();
+    login_through(&env, &mut b, &base, "", &env.idp).await;
+    assert_eq!(
+        b.xhr(Method::GET, &format!("{base}/api/x")).await.status,
+        200
+    );
+
+    // `[oidc]` now names the second IdP (and the second provider entry is gone: issuers differ).
+    let text = std::fs::read_to_string(&bin.config_path).expect("config");
+    let block_at = text
+        .find("[[oidc.providers]]")
+        .expect("the second provider's entry");
+    let block_end = text[block_at..]
+        .find("\n\n")
+        .map_or(text.len(), |i| block_at + i);
+    let without = format!("{}{}", &text[..block_at], &text[block_end..]);
+    let issuer_line = format!("issuer = \"{}\"", env.idp.issuer);
+    assert!(without.contains(&issuer_line), "{without}");
+    let re_pointed = without.replacen(&issuer_line, &format!("issuer = \"{}\"", idp2.issuer), 1);
+    std::fs::write(&bin.config_path, re_pointed).expect("write");
+    let before = idp2.stats().await;
+    hup(bin.pid());
+    wait_for("the reload", async || {
+        metric(admin, "cloakroom_config_reload_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+
+    let seen = env.upstream.authorizations_seen();
+    let r = b.xhr(Method::GET, &format!("{base}/api/x")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        env.upstream.authorizations_since(seen).is_empty(),
+        "the old IdP's token went to the API"
+    );
+    let r = b.xhr(Method::GET, &format!("{base}/auth/user")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Logging out now finds nothing to revoke; nothing of the old session reached the new IdP.
+    let r = b
+        .send(
+            b.request(Method::POST, &format!("{base}/auth/logout"))
+                .header("x-csrf", "1"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = idp2.stats().await;
+    for k in ["token_endpoint_hits", "revocations"] {
+        assert_eq!(after[k], before[k], "{k} at the new IdP: {after}");
+    }
+    terminate(bin);
+}

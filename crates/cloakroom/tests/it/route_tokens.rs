@@ -560,3 +560,100 @@ async fn an_idp_that_is_down_answers_503_with_retry_after_for_each_kind_and_keep
         200
     );
 }
+
+/// Issue #30 item 8: a step-up the IdP did not satisfy, in the same IdP session as the live
+/// session it meant to upgrade, came from that session's grant (oidc-provider issues both from
+/// one, and revokes every token of a grant with any one of them): its tokens are not revoked,
+/// and the live session keeps refreshing.
+#[tokio::test]
+async fn a_failed_step_up_leaves_the_grant_it_shares_with_the_live_session_alone() {
+    let env = TestEnv::start_with(opts()).await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let before = env.session_of(&b).await.expect("session");
+    let r = b.xhr(Method::GET, &env.url("/gold/x")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let login_url = r.json()["login_url"]
+        .as_str()
+        .expect("login_url")
+        .to_string();
+    // The user signs in again, at the lower level: the step-up fails.
+    let (asked, back) = step_up(&env, &mut b, &login_url, &[("acr", LOA1)]).await;
+    assert!(asked, "the IdP asked for a new login");
+    assert_eq!(back, "/app/page?error=step_up_failed");
+    // The live session's grant stands: its refresh token refreshes.
+    let refreshes = env.idp.stat(&["token_requests", "refresh_token"]).await;
+    env.advance(Duration::from_secs(601));
+    let r = b.xhr(Method::GET, &env.url("/api/x")).await;
+    assert_eq!(
+        r.status, 200,
+        "the live session's grant was revoked: {}",
+        r.body
+    );
+    assert_eq!(
+        env.idp.stat(&["token_requests", "refresh_token"]).await,
+        refreshes + 1
+    );
+    let after = env.session_of(&b).await.expect("the session lives on");
+    assert_eq!(after.created_at, before.created_at);
+    let rt = after.tokens.refresh_token.expect("a refresh token");
+    let v = env
+        .idp
+        .introspect(CLIENT_ID, crate::support::CLIENT_SECRET, rt.expose())
+        .await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(env.idp.stat(&["revocations"]).await, 0, "nothing revoked");
+}
+
+/// Issue #30 item 11: Cloakroom's own (client-credentials) tokens are kept per provider,
+/// issuer and client id: after a reload points `[oidc]` at another IdP, a client route gets a
+/// token of the new IdP's, not the old one's still cached (in this process or the store).
+#[tokio::test]
+async fn client_tokens_are_kept_per_idp_and_client_so_a_reload_to_another_idp_gets_its_own() {
+    let mut o = opts();
+    o.second_idp = true;
+    let env = TestEnv::start_with(o).await;
+    let idp2 = env.idp2.as_ref().expect("second IdP");
+    let plain = reqwest::Client::new();
+    let call = || async {
+        let r = plain.get(env.url("/jobs/run")).send().await.expect("call");
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.expect("json");
+        (status, v)
+    };
+    let (st, v) = call().await;
+    assert_eq!(st, 200, "{v}");
+    let first = v["token_sha256"].clone();
+    assert_eq!(
+        env.idp
+            .stat(&["token_requests", "client_credentials"])
+            .await,
+        1
+    );
+    // [oidc] is the second IdP now (the first one becomes the provider named "second").
+    let (one, two) = (env.idp.issuer.clone(), idp2.issuer.clone());
+    let port = env.apps[0].public_addr.port();
+    let text = env
+        .toml(port, &env.opts.extra_toml)
+        .replacen(&format!("issuer = \"{one}\""), "issuer = \"@PRIMARY@\"", 1)
+        .replacen(
+            &format!("issuer = \"{two}\""),
+            &format!("issuer = \"{one}\""),
+            1,
+        )
+        .replacen("issuer = \"@PRIMARY@\"", &format!("issuer = \"{two}\""), 1);
+    let config = cloakroom::config::Config::from_toml(&text, &env.env_vars(&env.keys))
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    env.apps[0].reload(config).await.expect("reload");
+    let (st, v) = call().await;
+    assert_eq!(st, 200, "{v}");
+    assert_ne!(
+        v["token_sha256"], first,
+        "the old IdP's token, after the reload"
+    );
+    assert_eq!(
+        idp2.stat(&["token_requests", "client_credentials"]).await,
+        1,
+        "the new IdP was asked"
+    );
+}

@@ -254,6 +254,55 @@ async fn spa_client_sends_a_page_without_a_session_to_login_and_back_real_idp() 
     spa_task.abort();
 }
 
+/// Issue #30 item 4: in a real browser, through Cloakroom, the library follows only the
+/// `login_url` of Cloakroom's own 401 (marked `x-cloakroom-error`). An upstream's 401 that
+/// looks like Cloakroom's — its body naming a login elsewhere, Cloakroom's header copied onto
+/// it — sends the browser nowhere: Cloakroom drops the copied header and the library leaves
+/// an unmarked 401 to the app.
+#[tokio::test]
+async fn spa_client_follows_only_cloakrooms_own_login_url_never_an_upstreams() {
+    let (env, spa_task) = real_idp_env().await;
+    let c = chrome("foreign-login-url").await;
+    c.open_logged_out(&env.url("/")).await;
+    let script = format!(
+        "return import('{js}').then(async (m) => {{ \
+           const assigned = []; \
+           const location = {{ pathname: '/orders', search: '', hash: '', \
+                               assign: (u) => assigned.push(u) }}; \
+           const client = m.createCloakroom({{ location, channelName: null }}); \
+           const seen = []; \
+           client.on('unauthenticated', (e) => seen.push(e.loginUrl)); \
+           const theirs = await client.fetch('/public/fake-login-401'); \
+           const theirsMark = theirs.headers.get('x-cloakroom-error'); \
+           const theirsBody = await theirs.json(); \
+           const afterTheirs = assigned.slice(); \
+           const ours = await client.fetch('/api/x'); \
+           client.stop(); \
+           return {{ theirs: theirs.status, theirsMark, theirsLoginUrl: theirsBody.login_url, \
+                     afterTheirs, ours: ours.status, oursMark: ours.headers.get('x-cloakroom-error'), \
+                     assigned, seen }}; \
+         }});",
+        js = demo::CLIENT_JS_PATH
+    );
+    let v = c.js("fetch", &script).await;
+    let expect = serde_json::json!({
+        "theirs": 401,
+        "theirsMark": null,
+        "theirsLoginUrl": "https://evil.example/auth/login?prompt=none",
+        "afterTheirs": [],
+        "ours": 401,
+        "oursMark": "unauthenticated",
+        "assigned": ["/auth/login?return_to=%2Forders"],
+        "seen": ["/auth/login?return_to=%2Forders"],
+    });
+    if v != expect {
+        c.fail("fetch", format!("expected {expect}\n     got {v}"))
+            .await;
+    }
+    c.close().await;
+    spa_task.abort();
+}
+
 // ------------------------------------------------------------------ (d) devices, notes, remember me
 
 /// Another device of the same user: the demo's login flow with the test's HTTP browser.

@@ -122,3 +122,139 @@ async fn an_upstreams_rfc_9470_challenge_reaches_the_spa_as_a_step_up_answer() {
     assert_eq!(r.json()["error"], "use_dpop_nonce");
     assert!(r.headers.get("www-authenticate").is_some());
 }
+
+/// The session's refresh lock key in the env's Redis.
+fn lock_key(env: &TestEnv, b: &Browser) -> String {
+    let mut headers = http::HeaderMap::new();
+    let cookie = format!("__Host-cloakroom={}", b.jar["__Host-cloakroom"]);
+    headers.insert(http::header::COOKIE, cookie.parse().expect("cookie"));
+    let handle = cloakroom::cookies::Cookies::from_config(&env.config(1, &env.keys, ""))
+        .session_id(&headers)
+        .expect("session id")
+        .handle();
+    format!("cloakroom:lock:{{{handle}}}")
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_in_flight_cannot_undo_a_step_up_upgrade() {
+    use crate::support::fault::{Fault, FaultProxy};
+    use std::time::Duration;
+    let mut env = TestEnv::start_with(Opts {
+        extra_toml: ROUTES.into(),
+        access_token_ttl: 60,
+        refresh_skew: "10s",
+        idp_fault: true,
+        ..Opts::default()
+    })
+    .await;
+    let mut b = Browser::new();
+    env.login(&mut b).await;
+    let cookie = format!("__Host-cloakroom={}", b.jar["__Host-cloakroom"]);
+    let before = env.session_of(&b).await.expect("session");
+    assert!(before.claims.get("auth_time").is_none());
+    // A second instance, whose Redis connections go through a proxy of this test's own (with a
+    // store timeout long enough that a held write is not retried).
+    let redis_addr = env
+        .redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("addr");
+    let redis = FaultProxy::start(redis_addr).await;
+    let toml = env.toml(1, ROUTES).replace(
+        &format!("url = \"{}\"", env.store_url()),
+        &format!("url = \"{}\"\ntimeout = \"10s\"", redis.url("redis")),
+    );
+    let vars = env.env_vars(&env.keys);
+    let other = env
+        .start_extra_with(
+            move |port| toml.replace("127.0.0.1:1\"", &format!("127.0.0.1:{port}\"")),
+            &vars,
+        )
+        .await;
+    let idp = env.idp_fault.as_ref().expect("IdP proxy");
+
+    // The access token expires; a call on the second instance starts a refresh there, which
+    // reads the record (generation 0), takes the lock and is held at the IdP.
+    env.advance(Duration::from_secs(61));
+    idp.set(Fault::Stall);
+    let lock = lock_key(&env, &b);
+    let api = {
+        let (url, cookie) = (format!("{}/api/x", env.base(other)), cookie.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("x-csrf", "1")
+                .header("cookie", cookie)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    until("no refresh started", || {
+        env.redis.cli(&["EXISTS", &lock]).contains('1')
+    })
+    .await;
+    // The IdP answers (rotating the refresh token); the write of the refreshed session is held
+    // on its way to Redis.
+    redis.set(Fault::Stall);
+    idp.set(Fault::Pass);
+    env.idp
+        .wait_stat(&["token_requests", "refresh_token"], 1)
+        .await;
+
+    // Meanwhile the user steps up on the first instance.
+    let r = b
+        .get(&env.url("/auth/login?max_age=300&return_to=/app/pay"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let callback = env.follow_back(&mut b, &r.location()).await;
+    let mut step_up = tokio::spawn(async move {
+        let r = b.get(&callback).await;
+        (b, r)
+    });
+    // The upgrade waits for the refresh in flight (it holds the lock); without that wait it
+    // would be done by now.
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut step_up)
+        .await
+        .ok();
+    let waited = early.is_none();
+    redis.set(Fault::Pass);
+    let (b, r) = match early {
+        Some(done) => done,
+        None => step_up.await,
+    }
+    .expect("join");
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(r.location(), "/app/pay");
+    until("the refresh lock was not released", || {
+        !env.redis.cli(&["EXISTS", &lock]).contains('1')
+    })
+    .await;
+    let _ = api.await;
+
+    // The record is the upgraded session, not the refresh of the old one written over it.
+    let after = env.session_of(&b).await.expect("session");
+    assert!(
+        after.claims.get("auth_time").is_some(),
+        "the step-up was undone by the refresh in flight (the upgrade waited: {waited})"
+    );
+    let mut b = b;
+    let r = b.xhr(Method::GET, &env.url("/recent/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Its refresh token is the live one: the next refresh works, no grant lost.
+    env.advance(Duration::from_secs(61));
+    let before_refreshes = env.idp.stat(&["token_requests", "refresh_token"]).await;
+    assert_eq!(b.xhr(Method::GET, &env.url("/plain/x")).await.status, 200);
+    assert!(env.idp.stat(&["token_requests", "refresh_token"]).await > before_refreshes);
+    assert_eq!(env.idp.stat(&["refresh_reuse"]).await, 0);
+    assert_eq!(env.idp.stat(&["grants_revoked"]).await, 0);
+}

@@ -368,6 +368,8 @@ async fn the_session_cache_stays_exact_on_sentinel_across_a_failover() {
     // The master moves; the logout is then published on the new one, where each instance
     // now has a subscription of its own.
     logout_elsewhere_ends_the_cached_session(&env, reads, async {
+        // The session must have reached the replica before it is promoted.
+        set.master.cli(&["WAIT", "1", "5000"]);
         set.failover().await;
         subscribed_on(&set.replica, 2).await;
     })

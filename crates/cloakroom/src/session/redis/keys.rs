@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | `<prefix>:s:{<handle>}` | hash: `d` sealed session, `s` last-seen (unix s), `g` refresh generation | min(idle, absolute) expiry |
 //! | `<prefix>:lock:{<handle>}` | string: refresh-lock owner token, or `cooloff:<unix ms>` | the lease (cool-off: twice its length) |
-//! | `<prefix>:u:{<index key of sub>}` | set of handles | absolute timeout, renewed on write |
-//! | `<prefix>:sid:{<index key of sid>}` | set of handles | absolute timeout, renewed on write |
+//! | `<prefix>:u:{<index key of sub>}` | set of handles | its longest-lived member's remaining life (+ linger), only ever extended |
+//! | `<prefix>:sid:{<index key of sid>}` | set of handles | its longest-lived member's remaining life (+ linger), only ever extended |
 //! | `<prefix>:once:{<hash>}` | string: a back-channel logout `jti` or a used login `state` | its TTL |
 //! | `<prefix>:shared:{<hash>}` | string: a sealed value every instance shares (a client-credentials token, the SPA's state of a session, what a re-constituted session gets back) | until it is due |
 //! | `<prefix>:expiry:{all}` | sorted set: handle → when the session expires (unix s), kept only with `session.reconstitute` (the reaper's schedule) | none |

@@ -38,6 +38,12 @@ pub(super) struct Scripts {
     /// in one step, then publishes `~<handle>` ("ended") unless the channel is empty. Nil when
     /// the record was already gone (nothing published then).
     pub(super) take: redis::Script,
+    /// Enter a handle in an index: KEYS index; ARGV handle, TTL ms. Adds the handle, then
+    /// moves the set's TTL to the given one only if that is later than the TTL it has (a set
+    /// just created has none): an index is never shortened, so it outlives its longest-lived
+    /// member whatever order the members were written in. (`EXPIRE … GT` would need Redis 7,
+    /// and sets no TTL on a set that has none.)
+    pub(super) index_add: redis::Script,
 }
 
 impl Scripts {
@@ -82,6 +88,12 @@ impl Scripts {
                  if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end \
                  return v",
             ),
+            index_add: redis::Script::new(
+                "redis.call('SADD', KEYS[1], ARGV[1]) \
+                 local t = redis.call('PTTL', KEYS[1]) \
+                 if t < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+                 return 1",
+            ),
         }
     }
 }
@@ -101,6 +113,7 @@ mod tests {
             s.cool_off.get_hash(),
             s.unlock.get_hash(),
             s.take.get_hash(),
+            s.index_add.get_hash(),
         ];
         assert_eq!(
             hashes,
@@ -111,6 +124,7 @@ mod tests {
                 "c2e071a4573c312f5bb77fe7394085a19cd1f3b4",
                 "6fbe84d1140fd2047394924af9d845b83c070bec",
                 "2ea76682a018a11ef017fad9abb222246db0fb23",
+                "d31ec1c0172e02ad493a498f7ffbf0085f25ef7f",
             ]
         );
     }

@@ -151,6 +151,9 @@ pub(crate) struct Opts {
     pub second_idp: bool,
     /// DOT as one more provider, `[[oidc.providers]] name = "dot"` ([`TestEnv::dot2`]).
     pub dot_provider: bool,
+    /// More keys of the `second` provider's entry (TOML lines), e.g. `callback = "shared"`
+    /// (then the second IdP registers the shared callback URLs instead of its own).
+    pub second_toml: String,
     /// More environment variables for Cloakroom (e.g. `CLOAKROOM_OTLP_HEADERS`).
     pub env: Vec<(&'static str, String)>,
 }
@@ -196,6 +199,7 @@ impl Default for Opts {
             login_rate_limit: 1_000_000,
             second_idp: false,
             dot_provider: false,
+            second_toml: String::new(),
             env: Vec::new(),
         }
     }
@@ -323,12 +327,17 @@ impl TestEnv {
                 (None, None, Some(dot))
             }
         };
+        // Each provider beside [oidc] has a callback of its own (`callback = "own"`, the
+        // default), and only that one is registered at its IdP.
+        let own = |name: &str| -> Vec<String> {
+            redirects.iter().map(|r| format!("{r}/{name}")).collect()
+        };
         let dot2 = if opts.dot_provider {
             Some(
                 dot_idp::DotIdp::shared()
                     .register(
                         dot_idp::CLIENT_SECRET,
-                        &redirects,
+                        &own("dot"),
                         &post_logout,
                         opts.access_token_ttl,
                         &serde_json::Map::new(),
@@ -343,7 +352,12 @@ impl TestEnv {
                 idp_fault: false,
                 ..opts.clone()
             };
-            Some(Self::start_idp(&plain, &redirects, &post_logout).await.0)
+            let second = if opts.second_toml.contains("callback = \"shared\"") {
+                redirects.clone()
+            } else {
+                own("second")
+            };
+            Some(Self::start_idp(&plain, &second, &post_logout).await.0)
         } else {
             None
         };
@@ -588,8 +602,8 @@ strip_prefix = true
                 .idp2
                 .as_ref()
                 .map(|i| format!(
-                    "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n",
-                    i.issuer
+                    "[[oidc.providers]]\nname = \"second\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n{}\n",
+                    i.issuer, self.opts.second_toml
                 ))
                 .into_iter()
                 .chain(self.dot2.as_ref().map(|d| format!(

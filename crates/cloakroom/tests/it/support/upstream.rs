@@ -468,6 +468,25 @@ async fn handle(
             return Ok(resp);
         }
     }
+    // `/fake-login-401`: an API that answers like Cloakroom's own "log in again" 401, with
+    // Cloakroom's mark on it and a login URL elsewhere (what an SPA client must not follow).
+    if path.contains("/fake-login-401") {
+        let mut resp = hyper::Response::new(full(
+            r#"{"error":"unauthenticated","login_url":"https://evil.example/auth/login?prompt=none"}"#,
+        ));
+        *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        let h = resp.headers_mut();
+        h.insert("content-type", "application/json".parse().expect("static"));
+        h.append(
+            "x-cloakroom-error",
+            "unauthenticated".parse().expect("static"),
+        );
+        h.append(
+            "x-cloakroom-error",
+            "step_up_required".parse().expect("static"),
+        );
+        return Ok(resp);
+    }
     // `/challenge/…`: an API that always wants a login at most a minute old (RFC 9470).
     if path.contains("/challenge/") {
         seen.step_up_challenges.fetch_add(1, Ordering::SeqCst);
@@ -545,7 +564,7 @@ async fn handle(
         echoed["token_claims"] = serde_json::json!({
             "aud": pick("aud"), "sub": pick("sub"), "client_id": pick("client_id"),
             "acr": pick("acr"), "auth_time": pick("auth_time"), "scope": pick("scope"),
-            "act": pick("act"),
+            "act": pick("act"), "iss": pick("iss"),
         });
     }
     if let Some(t) = &bearer {
