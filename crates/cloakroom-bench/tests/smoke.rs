@@ -85,6 +85,7 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
             "apache",
             "apache-oidc",
             "p",
+            "p1",
             "a",
             "b",
             "c",
@@ -94,9 +95,24 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
             "d"
         ],
         "direct, then pass-through, authenticated and the three references twice, interleaved; \
-         the minimal reference proxy; direct, pass-through and authenticated at a fixed rate; \
+         the minimal reference proxies (multi-thread, per core); direct, pass-through and authenticated at a fixed rate; \
          peak RSS; storm"
     );
+    // (c) against nginx at one fixed rate over the throughput connections, twice, interleaved.
+    let vs_nginx: Vec<&str> = r["latency_vs_nginx"]
+        .as_array()
+        .expect("latency_vs_nginx")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(vs_nginx, ["nginx", "c", "nginx", "c"]);
+    for s in r["latency_vs_nginx"].as_array().expect("latency_vs_nginx") {
+        assert!(s["load"]["requests"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(
+            s["load"]["p99_us"].as_f64().is_some_and(f64::is_finite),
+            "{s}"
+        );
+    }
     for s in &scenarios {
         let id = s["id"].as_str().unwrap_or("?");
         let load = &s["load"];
@@ -118,7 +134,7 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
             s["cpu_us_per_req"].as_f64().is_some_and(f64::is_finite),
             "{id}: {s}"
         );
-        if id == "p" {
+        if id == "p" || id == "p1" {
             continue;
         }
         if refs.contains(&id) {
@@ -212,9 +228,21 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
         assert_eq!(c["passed"], true, "{c}");
     }
     assert_eq!(r["refs"]["oidc_sessions"], 2, "{}", r["refs"]);
-    // Every target was evaluated (issues #6, #10 and #13), and the report names each.
+    // Every target was evaluated (issues #6, #10, #13 and #26), and the report names each.
     let targets = r["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 13);
+    assert_eq!(targets.len(), 16);
+    for what in [
+        "vs the per-core bare hyper proxy (p1)",
+        "p99 added over nginx as a plain reverse proxy",
+    ] {
+        assert!(
+            targets
+                .iter()
+                .any(|t| t["what"].as_str().is_some_and(|w| w.contains(what))),
+            "target {what:?}"
+        );
+    }
+    assert!(report_has_round3_figures(&md));
     let report = std::fs::read_to_string(&md).expect("report");
     for t in targets {
         assert!(report.contains(t["what"].as_str().expect("what")), "{t}");
@@ -302,4 +330,19 @@ fn the_benchmark_runs_every_scenario_and_collects_every_metric() {
     );
     assert_eq!(e["not_recovered"], 0, "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The report carries issue #26's capacity figures and the per-core reference.
+fn report_has_round3_figures(md: &std::path::Path) -> bool {
+    let report = std::fs::read_to_string(md).expect("report");
+    [
+        "requests/s per Cloakroom core",
+        "Redis commands per steady-state request: single server",
+        "… Sentinel-monitored master",
+        "… 3-master Cluster, 2 instances",
+        "(p1) reference: minimal hyper-util proxy, a runtime per core",
+        "### (c) against nginx at one fixed rate",
+    ]
+    .iter()
+    .all(|s| report.contains(s))
 }
