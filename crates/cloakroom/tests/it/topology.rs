@@ -368,8 +368,22 @@ async fn the_session_cache_stays_exact_on_sentinel_across_a_failover() {
     // The master moves; the logout is then published on the new one, where each instance
     // now has a subscription of its own.
     logout_elsewhere_ends_the_cached_session(&env, reads, async {
-        // The session must have reached the replica before it is promoted.
-        set.master.cli(&["WAIT", "1", "5000"]);
+        // The session must have reached the replica before it is promoted: WAIT until the
+        // replica acknowledged every write so far (it may still be in its first sync).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while set
+            .master
+            .values(&["WAIT", "1", "1000"])
+            .first()
+            .map(String::as_str)
+            != Some("1")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never acknowledged the master's writes: {}",
+                set.replica.cli(&["INFO", "replication"])
+            );
+        }
         set.failover().await;
         subscribed_on(&set.replica, 2).await;
     })
