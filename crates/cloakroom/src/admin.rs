@@ -155,22 +155,31 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
     let except = crate::query::query_param(&pairs, "except")?;
     let providers = state.ender.providers();
     // `Some(recorded)`: only sessions of that provider (`None` recorded: `[oidc]`).
-    let only: Option<Option<String>> = match crate::query::query_param(&pairs, "provider")? {
+    let filter = match crate::query::query_param(&pairs, "provider")? {
         None => None,
-        Some(name) => Some(
-            providers
-                .named(&name)
-                .map(|p| providers.record_name(&p))
-                .ok_or(Error::UnknownProvider)?,
-        ),
+        Some(name) => Some(providers.named(&name).ok_or(Error::UnknownProvider)?),
     };
+    let only: Option<Option<String>> = filter.as_ref().map(|p| providers.record_name(p));
+    // Whose `sub` index a per-user lookup reads: that provider's, or every provider's (the
+    // same `sub` at two IdPs is two users; the admin asked for all of them).
+    let scopes: Vec<String> = filter.as_ref().map_or_else(
+        || {
+            providers
+                .all()
+                .iter()
+                .map(|p| p.issuer().to_string())
+                .collect()
+        },
+        |p| vec![p.issuer().to_string()],
+    );
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
     let primary = providers.primary().name().to_string();
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
             let idle = state.sessions.idle_timeout();
-            let found = state.sessions.find(Index::Sub, &sub).await?;
-            let unreadable = found.unreadable.len();
+            let found = state.sessions.find(Index::Sub, &scopes, &sub).await?;
+            let unreadable = found.unreadable.len() + found.unscoped.len();
             let list: Vec<serde_json::Value> = found
                 .live
                 .into_iter()
@@ -209,13 +218,11 @@ async fn admin_api(state: &Admin, req: &Request<Incoming>) -> Result<Response<Bo
         }
         (&Method::DELETE, ["admin", "users", sub, "sessions"]) => {
             let sub = decode(sub);
-            let found = state.sessions.find(Index::Sub, &sub).await?;
-            // Records this instance cannot open say no provider: ended only without a filter.
-            let unreadable = if only.is_some() {
-                Vec::new()
-            } else {
-                found.unreadable
-            };
+            let mut found = state.sessions.find(Index::Sub, &scopes, &sub).await?;
+            // Records this instance cannot open say no provider: those of the provider's own
+            // index are its; those of the unscoped index of an earlier release are ended only
+            // without a filter (or with one provider).
+            let unreadable = found.unreadable_of(only.is_none() || providers.len() == 1);
             let victims: Vec<(String, Option<crate::session::Session>)> = found
                 .live
                 .into_iter()

@@ -185,6 +185,26 @@ impl KeyRing {
             .map(|k| URL_SAFE_NO_PAD.encode(hmac_sha256(&k.index, &data)))
             .collect()
     }
+    /// The index names of `value` within `scope` (an issuer), one per key: an HMAC over
+    /// `kind@iss`, NUL, the scope's length (8 bytes, big-endian), the scope, `|`, the value.
+    /// The length prefix makes the split unambiguous whatever either string holds, and the
+    /// kind's `@iss` keeps every name apart from the unscoped (pre-upgrade) ones of
+    /// [`KeyRing::index_names`].
+    #[must_use]
+    pub fn scoped_index_names(&self, kind: &str, scope: &str, value: &str) -> Vec<String> {
+        let mut data = Vec::with_capacity(kind.len() + 14 + scope.len() + value.len());
+        data.extend_from_slice(kind.as_bytes());
+        data.extend_from_slice(b"@iss");
+        data.push(0);
+        data.extend_from_slice(&(scope.len() as u64).to_be_bytes());
+        data.extend_from_slice(scope.as_bytes());
+        data.push(b'|');
+        data.extend_from_slice(value.as_bytes());
+        self.keys
+            .iter()
+            .map(|k| URL_SAFE_NO_PAD.encode(hmac_sha256(&k.index, &data)))
+            .collect()
+    }
     /// Which keys, in which order, without revealing them: each key's id and a keyed hash of
     /// nothing (tells two rings apart, e.g. for a reload; never key material).
     #[must_use]

@@ -803,8 +803,27 @@ pub struct Found {
     /// Live sessions this instance can open.
     pub live: Vec<(String, Session)>,
     /// Records that exist but do not open here (sealed with a key this instance does not
-    /// have, e.g. mid-rotation): kept in the index, and still ended by "log out everywhere".
+    /// have, e.g. mid-rotation), found through the index of one of the issuers looked up:
+    /// kept in the index, and still ended by "log out everywhere" and back-channel logout.
     pub unreadable: Vec<String>,
+    /// Records that do not open here found only through the unscoped index of a release
+    /// before the per-issuer index (keyed by the value alone): they can be any provider's, so
+    /// a lookup for one provider must not end them (see [`Found::unreadable_of`]).
+    pub unscoped: Vec<String>,
+}
+
+impl Found {
+    /// The unreadable records a lookup for one provider may end: those of its own index, and
+    /// those of the unscoped (pre-upgrade) index only when `only_provider` (a single provider
+    /// is configured, so the old index cannot mix users of several IdPs).
+    #[must_use]
+    pub fn unreadable_of(&mut self, only_provider: bool) -> Vec<String> {
+        let mut v = std::mem::take(&mut self.unreadable);
+        if only_provider {
+            v.append(&mut self.unscoped);
+        }
+        v
+    }
 }
 
 /// What reading a record gave.
@@ -988,25 +1007,32 @@ impl Sessions {
     pub fn record_ref(&self, handle: &str, s: &Session) -> RecordRef {
         RecordRef {
             handle: handle.to_string(),
-            subs: self.index_names(Index::Sub, &s.sub),
+            subs: self.index_names(Index::Sub, s.issuer.as_deref(), &s.sub),
             sids: s
                 .sid
                 .as_deref()
-                .map(|sid| self.index_names(Index::Sid, sid))
+                .map(|sid| self.index_names(Index::Sid, s.issuer.as_deref(), sid))
                 .unwrap_or_default(),
         }
     }
 
-    /// The index names of `value`, one per key of the ring, the first key's first (see
-    /// [`KeyRing::index_names`]). Entries are written under all of them and read from all of
-    /// them.
+    /// The index names of `value` at `issuer`, one per key of the ring, the first key's
+    /// first (see [`KeyRing::scoped_index_names`]): each IdP's users have their own index, as
+    /// two IdPs may issue the same `sub` (or `sid`) to different people. Entries are written
+    /// under all of them and read from all of them. `None` (a record written before sessions
+    /// recorded their issuer) gives the unscoped names of earlier releases
+    /// ([`KeyRing::index_names`]).
     #[must_use]
-    pub fn index_names(&self, index: Index, value: &str) -> Vec<String> {
+    pub fn index_names(&self, index: Index, issuer: Option<&str>, value: &str) -> Vec<String> {
         let kind = match index {
             Index::Sub => "sub",
             Index::Sid => "sid",
         };
-        self.keys.load().index_names(kind, value)
+        let keys = self.keys.load();
+        match issuer {
+            Some(iss) => keys.scoped_index_names(kind, iss, value),
+            None => keys.index_names(kind, value),
+        }
     }
 
     fn ttl(&self, s: &Session) -> Option<Duration> {
@@ -1344,11 +1370,14 @@ impl Sessions {
     pub async fn prune_sample(
         &self,
         index: Index,
+        issuer: &str,
         value: &str,
         n: usize,
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for name in self.index_names(index, value) {
+        let mut names = self.index_names(index, Some(issuer), value);
+        names.extend(self.index_names(index, None, value));
+        for name in names {
             let mut stale = Vec::new();
             for h in self.store.index_sample(index, &name, n).await? {
                 if self.store.get_session(&h).await?.is_none() {
@@ -1363,18 +1392,36 @@ impl Sessions {
         Ok(removed)
     }
 
-    /// Sessions in an index (`sub` or `sid`). A handle is pruned from the index only when its
-    /// record no longer exists — never because this instance cannot open it (a key rotation in
-    /// progress), so every instance keeps finding every session.
+    /// Sessions in the indexes (`sub` or `sid`) of `value` at each of `issuers`, and in the
+    /// unscoped index of earlier releases (sessions stored before the upgrade are there until
+    /// they end; its unreadable records go to [`Found::unscoped`]). Live sessions are any
+    /// provider's the indexes hold: callers still check the provider. A handle is pruned from
+    /// an index only when its record no longer exists — never because this instance cannot
+    /// open it (a key rotation in progress), so every instance keeps finding every session.
     ///
     /// # Errors
     /// [`StoreError`] when the store does not answer.
-    pub async fn find(&self, index: Index, value: &str) -> Result<Found, StoreError> {
+    pub async fn find(
+        &self,
+        index: Index,
+        issuers: &[&str],
+        value: &str,
+    ) -> Result<Found, StoreError> {
         let mut found = Found::default();
         let mut seen = std::collections::HashSet::new();
         // Every key's index name: an entry written by an instance whose ring has other keys
         // (mid-rotation) is found under a key both rings share.
-        for name in self.index_names(index, value) {
+        let mut names: Vec<(String, bool)> = issuers
+            .iter()
+            .flat_map(|iss| self.index_names(index, Some(iss), value))
+            .map(|n| (n, true))
+            .collect();
+        names.extend(
+            self.index_names(index, None, value)
+                .into_iter()
+                .map(|n| (n, false)),
+        );
+        for (name, scoped) in names {
             let mut stale = Vec::new();
             for h in self.store.index_members(index, &name).await? {
                 if !seen.insert(h.clone()) {
@@ -1382,7 +1429,8 @@ impl Sessions {
                 }
                 match self.load_record(&h).await? {
                     Loaded::Live(s) => found.live.push((h, *s)),
-                    Loaded::Unreadable => found.unreadable.push(h),
+                    Loaded::Unreadable if scoped => found.unreadable.push(h),
+                    Loaded::Unreadable => found.unscoped.push(h),
                     Loaded::Missing => stale.push(h),
                 }
             }

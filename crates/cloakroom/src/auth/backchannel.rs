@@ -83,11 +83,19 @@ impl Backchannel {
         if store.remembered(&jti_key).await? {
             return Err(bad("replayed jti"));
         }
-        let found = match (&claims.sid, &claims.sub) {
-            (Some(sid), _) => state.sessions.find(Index::Sid, sid).await?,
-            (None, Some(sub)) => state.sessions.find(Index::Sub, sub).await?,
+        // This issuer's index only (and the unscoped one of earlier releases): the same `sid`
+        // or `sub` at another IdP is another user.
+        let iss = [oidc.issuer()];
+        let mut found = match (&claims.sid, &claims.sub) {
+            (Some(sid), _) => state.sessions.find(Index::Sid, &iss, sid).await?,
+            (None, Some(sub)) => state.sessions.find(Index::Sub, &iss, sub).await?,
             (None, None) => crate::session::Found::default(),
         };
+        // Records this instance cannot open (a key rotation in progress) are ended too when
+        // this issuer's index holds them: the IdP said this session is over. Those found only
+        // in the unscoped index of an earlier release may be another IdP's user's: left alone
+        // unless there is one provider.
+        let unreadable = found.unreadable_of(state.providers.len() == 1);
         let mut victims: Vec<(String, Option<crate::session::Session>)> = found
             .live
             .into_iter()
@@ -98,9 +106,7 @@ impl Backchannel {
             })
             .map(|(h, s)| (h, Some(s)))
             .collect();
-        // Records this instance cannot open (a key rotation in progress) are ended too: the IdP
-        // said this session is over.
-        victims.extend(found.unreadable.into_iter().map(|h| (h, None)));
+        victims.extend(unreadable.into_iter().map(|h| (h, None)));
         let n = state.ender.end_all(victims, "backchannel_logout").await?;
         // A concurrent delivery of the same token may have remembered it first: both are fine.
         let _ = store.remember_once(&jti_key, remember).await?;

@@ -312,7 +312,7 @@ impl Callback {
         // gone (expired, ended elsewhere) while we are here.
         if let Err(e) = state
             .sessions
-            .prune_sample(crate::session::Index::Sub, &session.sub, 16)
+            .prune_sample(crate::session::Index::Sub, oidc.issuer(), &session.sub, 16)
             .await
         {
             tracing::debug!(error = %e, "index pruning at login failed; the next lookup prunes");

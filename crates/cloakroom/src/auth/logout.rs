@@ -72,14 +72,18 @@ impl Logout {
         if scope != Scope::This {
             if let Some((handle, s)) = &current {
                 // The same path as the admin API: every instance's cache is told.
-                let found = state.sessions.find(Index::Sub, &s.sub).await?;
-                // The same `sub` at another identity provider is another user.
+                // The same `sub` at another identity provider is another user: its issuer's
+                // index only (and the unscoped one of earlier releases, see `Found`).
+                let iss = state.providers.issuer_of(s);
+                let iss: Vec<&str> = iss.as_deref().into_iter().collect();
+                let mut found = state.sessions.find(Index::Sub, &iss, &s.sub).await?;
+                let unreadable = found.unreadable_of(state.providers.len() == 1);
                 let others: Vec<(String, Option<crate::session::Session>)> = found
                     .live
                     .into_iter()
                     .filter(|(_, x)| x.provider == s.provider)
                     .map(|(h, x)| (h, Some(x)))
-                    .chain(found.unreadable.into_iter().map(|h| (h, None)))
+                    .chain(unreadable.into_iter().map(|h| (h, None)))
                     .filter(|(h, _)| h != handle)
                     .collect();
                 ended = state.ender.end_all(others, "logout_others").await?;

@@ -67,10 +67,17 @@ impl Devices {
             .ok_or(Error::Unauthenticated)
     }
 
+    /// The user's sessions found through their issuer's `sub` index.
+    async fn mine(&self, s: &Session) -> Result<crate::session::Found, Error> {
+        let iss = self.ender.providers().issuer_of(s);
+        let iss: Vec<&str> = iss.as_deref().into_iter().collect();
+        Ok(self.sessions.find(Index::Sub, &iss, &s.sub).await?)
+    }
+
     /// `GET /auth/sessions`.
     pub(crate) async fn list<B>(&self, req: &Request<B>) -> Result<Response<Body>, Error> {
         let (handle, s) = self.current(req).await?;
-        let found = self.sessions.find(Index::Sub, &s.sub).await?;
+        let found = self.mine(&s).await?;
         // The same `sub` at another identity provider is another user.
         let mut list: Vec<(String, Session)> = found
             .live
@@ -90,7 +97,7 @@ impl Devices {
     /// `DELETE /auth/sessions/{id}`: `id` as listed. Only the user's own sessions are found.
     pub(crate) async fn end<B>(&self, req: &Request<B>, id: &str) -> Result<Response<Body>, Error> {
         let (handle, s) = self.current(req).await?;
-        let found = self.sessions.find(Index::Sub, &s.sub).await?;
+        let found = self.mine(&s).await?;
         let mut hits = found
             .live
             .into_iter()

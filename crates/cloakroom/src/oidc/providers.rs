@@ -111,6 +111,16 @@ impl Providers {
         }
     }
 
+    /// The issuer whose index holds a session's `sub` and `sid`: the one it records, or (a
+    /// record written before sessions recorded it) its provider's as configured now.
+    #[must_use]
+    pub fn issuer_of(&self, s: &crate::session::Session) -> Option<String> {
+        s.issuer.clone().or_else(|| {
+            self.of(s.provider.as_deref())
+                .map(|p| p.issuer().to_string())
+        })
+    }
+
     /// The provider a session, pending login or leftover is bound to: the one its record
     /// names ([`Providers::of`]), and only while that provider still has the issuer and
     /// `client_id` the record was made with. A record without them (written before they were

@@ -14,6 +14,9 @@ fn now_ms() -> i64 {
     crate::clock::Clock::system().unix_ms()
 }
 
+/// The issuer the sessions here are of.
+const ISS: &str = "https://idp.conformance.example";
+
 fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
     let now = now_unix();
     Session {
@@ -41,7 +44,7 @@ fn session(sub: &str, sid: Option<&str>, last_seen_ago: i64) -> Session {
         idle_timeout: None,
         reconstituted: false,
         provider: None,
-        issuer: None,
+        issuer: Some(ISS.into()),
         client_id: None,
         generation: 0,
     }
@@ -83,7 +86,7 @@ pub async fn run(store: Store) {
         .await
         .expect("save"));
     let mut by_sub: Vec<String> = sessions
-        .find(Index::Sub, &sub)
+        .find(Index::Sub, &[ISS], &sub)
         .await
         .expect("find")
         .live
@@ -94,7 +97,11 @@ pub async fn run(store: Store) {
     let mut want = vec![h.clone(), h2.clone()];
     want.sort();
     assert_eq!(by_sub, want);
-    let by_sid = sessions.find(Index::Sid, &sid).await.expect("find").live;
+    let by_sid = sessions
+        .find(Index::Sid, &[ISS], &sid)
+        .await
+        .expect("find")
+        .live;
     assert_eq!(by_sid.len(), 1);
     assert_eq!(by_sid[0].0, h);
 
@@ -103,14 +110,14 @@ pub async fn run(store: Store) {
     assert!(!sessions.delete(&h, &s).await.expect("delete again"));
     assert!(sessions.load(&h).await.expect("load").is_none());
     assert!(sessions
-        .find(Index::Sid, &sid)
+        .find(Index::Sid, &[ISS], &sid)
         .await
         .expect("find")
         .live
         .is_empty());
     assert_eq!(
         sessions
-            .find(Index::Sub, &sub)
+            .find(Index::Sub, &[ISS], &sub)
             .await
             .expect("find")
             .live
@@ -402,7 +409,7 @@ pub async fn run(store: Store) {
         .put_session(
             &RecordRef {
                 handle: ghost.clone(),
-                subs: sessions.index_names(Index::Sub, &sub2),
+                subs: sessions.index_names(Index::Sub, Some(ISS), &sub2),
                 sids: Vec::new(),
             },
             b"x".to_vec(),
@@ -414,12 +421,29 @@ pub async fn run(store: Store) {
         .await
         .expect("put");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let found = sessions.find(Index::Sub, &sub2).await.expect("find");
+    let found = sessions
+        .find(Index::Sub, &[ISS], &sub2)
+        .await
+        .expect("find");
     assert!(found.live.is_empty());
     assert_eq!(found.unreadable, vec![foreign.clone()], "kept, not pruned");
+    // Another issuer's index is another: the same `sub` there finds nothing of this one's.
+    let elsewhere = sessions
+        .find(Index::Sub, &["https://other.conformance.example"], &sub2)
+        .await
+        .expect("find");
+    assert!(
+        elsewhere.live.is_empty()
+            && elsewhere.unreadable.is_empty()
+            && elsewhere.unscoped.is_empty(),
+        "the same sub at another issuer is another user"
+    );
     assert_eq!(
         store
-            .index_members(Index::Sub, &sessions.index_names(Index::Sub, &sub2)[0])
+            .index_members(
+                Index::Sub,
+                &sessions.index_names(Index::Sub, Some(ISS), &sub2)[0]
+            )
             .await
             .expect("members"),
         vec![foreign.clone()],
@@ -434,13 +458,23 @@ pub async fn run(store: Store) {
     );
     assert!(other.load(&foreign).await.expect("load").is_none());
     // Index names are keyed hashes: neither the sub nor a plain hash of it appears.
-    let name = &sessions.index_names(Index::Sub, &sub2)[0];
+    let name = &sessions.index_names(Index::Sub, Some(ISS), &sub2)[0];
     assert_ne!(name, &crypto::hash(&sub2));
     assert!(!name.contains(&sub2));
     assert_ne!(
-        sessions.index_names(Index::Sub, &sub2),
-        sessions.index_names(Index::Sid, &sub2),
+        sessions.index_names(Index::Sub, Some(ISS), &sub2),
+        sessions.index_names(Index::Sid, Some(ISS), &sub2),
         "sub and sid indexes never share a name"
+    );
+    assert_ne!(
+        sessions.index_names(Index::Sub, Some(ISS), &sub2),
+        sessions.index_names(Index::Sub, Some("https://other.conformance.example"), &sub2),
+        "each issuer's users have their own index"
+    );
+    assert_ne!(
+        sessions.index_names(Index::Sub, Some(ISS), &sub2),
+        sessions.index_names(Index::Sub, None, &sub2),
+        "the per-issuer names are never the unscoped ones of earlier releases"
     );
 
     store.ping().await.expect("ping");

@@ -589,3 +589,84 @@ scopes = ["internal:read"]
         );
     }
 }
+
+/// The record keys in Redis.
+fn records(env: &TestEnv) -> std::collections::BTreeSet<String> {
+    env.redis
+        .values(&["KEYS", "cloakroom:s:*"])
+        .into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| k.starts_with("cloakroom:s:"))
+        .collect()
+}
+
+/// Issue #30, item 7: the same `sub` at two IdPs is two users with two indexes (an HMAC over
+/// the issuer and the `sub`). The second IdP's back-channel logout and a second-provider
+/// session's `logout scope=everywhere` end only the second provider's sessions, and never a
+/// record of the first provider's alice that does not open here (it says no provider).
+#[tokio::test]
+async fn another_providers_logout_never_ends_the_same_subs_sessions_even_unreadable_ones() {
+    let env = TestEnv::start_with(two_providers("")).await;
+    let idp2 = env.idp2.as_ref().expect("the second IdP");
+    let mut a1 = Browser::new();
+    login_at(&env, &mut a1, "", &env.idp).await;
+    let before = records(&env);
+    let mut a2 = Browser::new();
+    login_at(&env, &mut a2, "", &env.idp).await;
+    let after = records(&env);
+    let mut new = after.difference(&before);
+    let (Some(garbled), None) = (new.next().cloned(), new.next()) else {
+        panic!("one new record: {before:?} → {after:?}");
+    };
+    // The first provider's second alice session becomes a record nobody can open.
+    env.redis
+        .cli(&["HSET", &garbled, "d", "garbage, not a sealed session"]);
+    let exists = |k: &str| env.redis.values(&["EXISTS", k]).concat().trim() == "1";
+    assert!(exists(&garbled));
+
+    let mut b1 = Browser::new();
+    let mut b2 = Browser::new();
+    login_at(&env, &mut b1, "&provider=second", idp2).await;
+    login_at(&env, &mut b2, "&provider=second", idp2).await;
+
+    // "Sign out everywhere" from a second-provider session: both of its alice's sessions end,
+    // the first provider's alice keeps hers, the unreadable one included.
+    let r = b1
+        .send(
+            b1.request(Method::POST, &env.url("/auth/logout"))
+                .header("x-csrf", "1")
+                .header("content-type", "application/json")
+                .body(r#"{"scope":"everywhere"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["ended"], 2, "{}", r.body);
+    assert_eq!(b2.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+    assert_eq!(a1.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert!(
+        exists(&garbled),
+        "the first provider's unreadable record was ended by the second's logout everywhere"
+    );
+
+    // A back-channel logout from the second IdP for alice: the same.
+    let mut b3 = Browser::new();
+    login_at(&env, &mut b3, "&provider=second", idp2).await;
+    let token = logout_token(idp2, "alice").await;
+    assert_eq!(env.post_logout_token(&token).await, 200);
+    assert_eq!(b3.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+    assert_eq!(a1.xhr(Method::GET, &env.url("/api/x")).await.status, 200);
+    assert!(
+        exists(&garbled),
+        "the first provider's unreadable record was ended by the second IdP's back-channel logout"
+    );
+
+    // The first IdP's back-channel logout ends both of its alice's sessions, the unreadable
+    // one too: it is in that issuer's index.
+    let token = logout_token(&env.idp, "alice").await;
+    assert_eq!(env.post_logout_token(&token).await, 200);
+    assert_eq!(a1.xhr(Method::GET, &env.url("/api/x")).await.status, 401);
+    assert!(
+        !exists(&garbled),
+        "the first IdP's logout ends its unreadable record"
+    );
+}

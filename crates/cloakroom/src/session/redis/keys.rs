@@ -15,7 +15,8 @@
 //!
 //! And one pub/sub channel, `<prefix>:invalidate` (its messages: `invalidation.rs`).
 //!
-//! A handle is a hash of the session id, an index key an HMAC of `sub`/`sid`: a key listing
+//! A handle is a hash of the session id, an index key an HMAC of the issuer and `sub`/`sid`
+//! (each IdP's users apart; earlier releases: of the value alone, still read): a key listing
 //! shows neither a usable cookie nor who is logged in.
 
 use crate::session::{Index, RecordRef};
