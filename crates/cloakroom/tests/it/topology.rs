@@ -368,21 +368,30 @@ async fn the_session_cache_stays_exact_on_sentinel_across_a_failover() {
     // The master moves; the logout is then published on the new one, where each instance
     // now has a subscription of its own.
     logout_elsewhere_ends_the_cached_session(&env, reads, async {
-        // The session must have reached the replica before it is promoted: WAIT until the
-        // replica acknowledged every write so far (it may still be in its first sync).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while set
-            .master
-            .values(&["WAIT", "1", "1000"])
-            .first()
-            .map(String::as_str)
-            != Some("1")
-        {
+        // The session must have reached the replica before it is promoted. (`WAIT` from
+        // redis-cli proves nothing: it waits for that connection's own writes, none.) The
+        // replica's applied offset must reach the master's current one.
+        let field = |info: &str, name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let target = field(
+            &set.master.cli(&["INFO", "replication"]),
+            "master_repl_offset:",
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = set.replica.cli(&["INFO", "replication"]);
+            if field(&info, "slave_repl_offset:") >= target {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "the replica never acknowledged the master's writes: {}",
-                set.replica.cli(&["INFO", "replication"])
+                "the replica never caught up with offset {target}: {info}"
             );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         set.failover().await;
         subscribed_on(&set.replica, 2).await;
