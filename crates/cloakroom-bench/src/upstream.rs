@@ -156,9 +156,6 @@ pub(crate) fn run_minimal_proxy(
     if per_core {
         return run_minimal_proxy_per_core(listen, upstream);
     }
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,40 +163,52 @@ pub(crate) fn run_minimal_proxy(
         return std::process::ExitCode::FAILURE;
     };
     rt.block_on(async move {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, hyper::body::Incoming> =
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1024)
-                .pool_timer(TokioTimer::new())
-                .build(connector);
         let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await else {
             return std::process::ExitCode::FAILURE;
         };
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let client = client.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    let client = client.clone();
-                    async move {
-                        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        let uri: http::Uri = format!("http://{upstream}{pq}")
-                            .parse()
-                            .unwrap_or_else(|_| http::Uri::from_static("/"));
-                        *req.uri_mut() = uri;
-                        client.request(req).await
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        minimal_proxy(listener, upstream).await
     })
+}
+
+/// The minimal proxy's accept loop on `listener`, with an upstream pool of its own, on the
+/// runtime it runs on: nothing but the URI rewritten.
+async fn minimal_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: SocketAddr,
+) -> std::process::ExitCode {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let client = client.clone();
+                async move {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let uri: http::Uri = format!("http://{upstream}{pq}")
+                        .parse()
+                        .unwrap_or_else(|_| http::Uri::from_static("/"));
+                    *req.uri_mut() = uri;
+                    client.request(req).await
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 /// The reference floor in Cloakroom's runtime shape, (p1): the same minimal proxy, but one
@@ -208,9 +217,6 @@ pub(crate) fn run_minimal_proxy(
 /// request and its upstream connection stay on one thread. Set beside (p), it shows what the
 /// runtime shape alone buys.
 fn run_minimal_proxy_per_core(listen: u16, upstream: SocketAddr) -> std::process::ExitCode {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let n = cloakroom::cores::count(0);
     let Ok(listeners) = cloakroom::cores::bind_group(SocketAddr::from(([127, 0, 0, 1], listen)), n)
     else {
@@ -227,41 +233,8 @@ fn run_minimal_proxy_per_core(listen: u16, upstream: SocketAddr) -> std::process
                     return;
                 };
                 rt.block_on(async move {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    let client: Client<HttpConnector, hyper::body::Incoming> =
-                        Client::builder(TokioExecutor::new())
-                            .pool_max_idle_per_host(1024)
-                            .pool_timer(TokioTimer::new())
-                            .build(connector);
-                    let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                        return;
-                    };
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let _ = stream.set_nodelay(true);
-                        let client = client.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(
-                                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                                    let client = client.clone();
-                                    async move {
-                                        let pq =
-                                            req.uri().path_and_query().map_or("/", |p| p.as_str());
-                                        let uri: http::Uri = format!("http://{upstream}{pq}")
-                                            .parse()
-                                            .unwrap_or_else(|_| http::Uri::from_static("/"));
-                                        *req.uri_mut() = uri;
-                                        client.request(req).await
-                                    }
-                                },
-                            );
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
+                    if let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) {
+                        minimal_proxy(listener, upstream).await;
                     }
                 });
             })

@@ -134,15 +134,22 @@ impl Ender {
     /// # Errors
     /// [`StoreError`] when the store does not answer.
     pub async fn upgrade(&self, handle: &str, new: &Session) -> Result<bool, StoreError> {
-        let owner = crate::crypto::random_token();
-        let locked = self.lock_out_refreshes(handle, &owner).await?;
-        let upgraded = self.upgrade_locked(handle, new).await;
-        if locked {
-            if let Err(e) = self.sessions.store().unlock(handle, &owner).await {
-                tracing::warn!(session = %short(handle), error = %e, "refresh lock not released after a step-up upgrade; its lease will end it");
+        // On a task of its own: a browser that gives up on the callback mid-way must leave
+        // neither the record taken without its successor written nor the refresh lock held.
+        let (this, handle, new) = (self.clone(), handle.to_string(), new.clone());
+        let done = tokio::spawn(crate::logline::inherit(tracing::Instrument::in_current_span(async move {
+            let owner = crate::crypto::random_token();
+            let locked = this.lock_out_refreshes(&handle, &owner).await?;
+            let upgraded = this.upgrade_locked(&handle, &new).await;
+            if locked {
+                if let Err(e) = this.sessions.store().unlock(&handle, &owner).await {
+                    tracing::warn!(session = %short(&handle), error = %e, "refresh lock not released after a step-up upgrade; its lease will end it");
+                }
             }
-        }
-        upgraded
+            upgraded
+        })))
+        .await;
+        done.map_err(|e| StoreError(format!("the step-up upgrade stopped: {e}")))?
     }
 
     /// Takes the refresh lock of `handle` for `owner`, waiting (about a lease at most) while a
